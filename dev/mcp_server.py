@@ -1,0 +1,111 @@
+"""Demo MCP server for the dev stack and the end-to-end tests.
+
+A FastMCP server over streamable HTTP with the tools the gateway's demo policy is
+written against (`add`, `subtract`, `whoami`) plus `ticks`, which streams progress
+notifications so tests can watch SSE pass through the gateway event by event.
+
+`/_debug/requests` (outside the MCP endpoint) lists what this backend received, so
+tests can assert on what reached a backend. It binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import deque
+
+import uvicorn
+from fastmcp import Context, FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+RECEIVED: deque[dict] = deque(maxlen=1000)
+
+
+def build(name: str) -> FastMCP:
+    mcp = FastMCP(name)
+
+    @mcp.tool
+    def add(a: float, b: float) -> float:
+        """Add two numbers."""
+        return a + b
+
+    @mcp.tool
+    def subtract(a: float, b: float) -> float:
+        """Subtract b from a."""
+        return a - b
+
+    @mcp.tool
+    def whoami() -> str:
+        """Name of the backend that serves this session."""
+        return name
+
+    @mcp.tool
+    async def ticks(count: int, interval_ms: int, ctx: Context) -> int:
+        """Send `count` progress notifications `interval_ms` apart, then return `count`."""
+        for i in range(count):
+            await ctx.report_progress(progress=i + 1, total=count, message=f"tick {i + 1}")
+            await ctx.info(f"tick {i + 1}")
+            await asyncio.sleep(interval_ms / 1000)
+        return count
+
+    @mcp.custom_route("/_debug/requests", methods=["GET"])
+    async def received(_: Request) -> JSONResponse:
+        return JSONResponse({"backend": name, "requests": list(RECEIVED)})
+
+    return mcp
+
+
+class Recorder:
+    """ASGI middleware that records every request to the MCP endpoint."""
+
+    def __init__(self, app, path: str):
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(self.path):
+            return await self.app(scope, receive, send)
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            more = message.get("more_body", False)
+        RECEIVED.append(
+            {
+                "method": scope["method"],
+                "path": scope["path"],
+                "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+                "body": body.decode("utf-8", errors="replace"),
+            }
+        )
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="backend name, returned by whoami")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+
+    mcp = build(args.name)
+    # The gateway in front validates Host and Origin; behind it the backend sees
+    # Envoy's forwarded Host, so its own check would refuse every call.
+    app = mcp.http_app(path="/mcp", host_origin_protection=False)
+    uvicorn.run(Recorder(app, "/mcp"), host=args.host, port=args.port, log_level="warning", lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+//! Serving a sidecar: command line, binding, gRPC health, signals and graceful
+//! shutdown.
+//!
+//! Shutdown order: on SIGTERM or SIGINT the health service turns `NOT_SERVING`, the
+//! listener stops accepting, and in-flight calls (an ext_proc stream lives as long as
+//! its HTTP request) may finish within the configured grace period; whatever is still
+//! running after it is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::{CONFIG_ENV, ConfigError, GatewayConfig, ServerConfig};
+use crate::telemetry::LogFormat;
+
+/// Exit code for an unusable config (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code when the server cannot start or fails while serving.
+pub const EXIT_SERVE_FAILED: u8 = 1;
+
+/// Command-line options every sidecar takes.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Gateway config file (YAML).
+    #[arg(long, env = CONFIG_ENV)]
+    pub config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    /// Loads the config file these options name.
+    pub fn load_config(&self) -> Result<(PathBuf, GatewayConfig), ConfigError> {
+        let path = self.config.clone().ok_or(ConfigError::NoFile)?;
+        let config = GatewayConfig::load(&path)?;
+        Ok((path, config))
+    }
+}
+
+/// Why a sidecar could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the listener first, so a port in use is reported before anything else runs.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `routes` plus `grpc.health.v1` on `listener` until `shutdown` resolves,
+/// then drains for at most the configured grace period.
+///
+/// `services` are the fully qualified gRPC service names reported by the health
+/// service, besides the overall status (`""`).
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    services: &[&str],
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let names: Vec<String> = std::iter::once("")
+        .chain(services.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    for name in &names {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        for name in &names {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutting down: no new connections, draining in-flight calls");
+        // The receiver lives until `serve` returns, so this cannot fail while it matters.
+        let _ = draining_tx.send(true);
+    };
+
+    let server = Server::builder()
+        .add_routes(routes.add_service(health))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+
+    let grace = config.shutdown_grace_period;
+    let grace_over = async move {
+        // An error means the sender is gone, which only happens once the server is done.
+        let _ = draining_rx.wait_for(|draining| *draining).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = &mut server => {
+            result?;
+            tracing::info!("all calls drained; stopped");
+        }
+        () = grace_over => {
+            tracing::warn!(grace_period = ?grace, "grace period over; dropping calls still in flight");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "received shutdown signal");
+}
