@@ -181,7 +181,14 @@ def main() -> int:
         print(issue(store, args.issuer, args.aud, args.sub, args.scope, args.ttl))
         return 0
     ssl = {"ssl_certfile": str(args.cert), "ssl_keyfile": str(args.key)} if args.cert else {}
-    uvicorn.run(app(store, args.issuer, args.aud), host=args.host, port=args.port, log_level="warning", **ssl)
+    uvicorn.run(
+        app(store, args.issuer, args.aud),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        **ssl,
+    )
     return 0
 
 

@@ -104,7 +104,14 @@ def main() -> None:
     # The gateway in front validates Host and Origin; behind it the backend sees
     # Envoy's forwarded Host, so its own check would refuse every call.
     app = mcp.http_app(path="/mcp", host_origin_protection=False)
-    uvicorn.run(Recorder(app, "/mcp"), host=args.host, port=args.port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        Recorder(app, "/mcp"),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":

@@ -1,1 +1,34 @@
-fn main() {}
+//! ext-authz binary: loads the gateway config, binds, serves until SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ext_authz::check::Authorizer;
+use ext_authz::service::{AuthzService, SERVICE_NAME};
+use gateway_core::server::{self, CommonArgs, Sidecar};
+
+/// Envoy ext_authz gRPC server for the MCP gateway.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    gateway_core::telemetry::init(args.common.log_format);
+    server::run("ext-authz", &args.common, async |path, config| {
+        let section = config.ext_authz(path)?;
+        let service = AuthzService::new(Arc::new(Authorizer::new()))
+            .into_server(section.server.max_message_bytes);
+        Ok(Sidecar {
+            server: section.server.clone(),
+            routes: tonic::service::Routes::new(service),
+            services: vec![SERVICE_NAME],
+        })
+    })
+    .await
+}

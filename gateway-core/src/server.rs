@@ -8,7 +8,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,6 +43,54 @@ impl CommonArgs {
         let path = self.config.clone().ok_or(ConfigError::NoFile)?;
         let config = GatewayConfig::load(&path)?;
         Ok((path, config))
+    }
+}
+
+/// A sidecar ready to serve: its server settings and its gRPC routes.
+pub struct Sidecar {
+    pub server: ServerConfig,
+    pub routes: Routes,
+    /// Fully qualified names of the gRPC services in `routes`, for the health service.
+    pub services: Vec<&'static str>,
+}
+
+/// The whole life of a sidecar process after logging is set up: load the config,
+/// let `build` turn it into a [`Sidecar`], bind, serve until SIGTERM or SIGINT.
+/// Returns the process exit code: [`EXIT_BAD_CONFIG`] when the config or `build`
+/// fails, [`EXIT_SERVE_FAILED`] when binding or serving fails.
+pub async fn run(
+    name: &str,
+    args: &CommonArgs,
+    build: impl AsyncFnOnce(&Path, &GatewayConfig) -> anyhow::Result<Sidecar>,
+) -> ExitCode {
+    let (path, config) = match args.load_config() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            tracing::error!(error = %err, "bad config");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let sidecar = match build(&path, &config).await {
+        Ok(sidecar) => sidecar,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "bad config");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let listen = sidecar.server.listen;
+    let result = match bind(listen).await {
+        Ok(listener) => {
+            tracing::info!(%listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "{name} serving");
+            serve(listener, sidecar.routes, &sidecar.services, &sidecar.server, shutdown_signal()).await
+        }
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "{name} failed");
+            ExitCode::from(EXIT_SERVE_FAILED)
+        }
     }
 }
 

@@ -1,1 +1,26 @@
-//! placeholder
+//! End-to-end harness: real Envoy, real sidecars, real MCP servers and clients, on
+//! loopback.
+//!
+//! # Layout
+//! - [`paths`]: where the repository, the dev virtualenv, certificates and binaries are.
+//! - [`process`]: one supervised child process with its own log file; stopped (and
+//!   its log tail printed when a test fails) when dropped.
+//! - [`stack`]: the whole gateway (token issuer, MCP backends, both sidecars, Envoy)
+//!   started on free or fixed ports, each part waited for until ready.
+//! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
+//!
+//! `cargo xtask up` runs the dev stack with this same code.
+
+pub mod mcp;
+pub mod paths;
+pub mod process;
+pub mod stack;
+
+/// How long to wait for anything to become ready, in seconds (env `E2E_PATIENCE_SECS`).
+pub fn patience() -> std::time::Duration {
+    let secs = std::env::var("E2E_PATIENCE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    std::time::Duration::from_secs(secs)
+}

@@ -1,0 +1,11 @@
+//! ext-proc: Envoy's ext_proc gRPC server for the MCP gateway.
+//!
+//! # Layout
+//! - [`exchange`]: the pure core. One [`exchange::Exchange`] per HTTP request decides,
+//!   phase by phase, which headers to change and which bodies Envoy should send.
+//!   Knows nothing about gRPC.
+//! - [`service`]: the thin adapter from `envoy.service.ext_proc.v3.ExternalProcessor`
+//!   onto the core; it answers every message Envoy sends with the matching response.
+
+pub mod exchange;
+pub mod service;

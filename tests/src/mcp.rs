@@ -1,0 +1,147 @@
+//! A raw streamable-HTTP MCP client, for what SDK clients will not send.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+
+/// The protocol version this client negotiates.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// An initialized MCP session over raw HTTP.
+pub struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// The `Mcp-Session-Id` the gateway handed out.
+    pub session_id: String,
+    next_id: AtomicU64,
+}
+
+impl RawSession {
+    /// Sends `initialize` and `notifications/initialized`.
+    pub async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Self> {
+        let init = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                       "clientInfo": {"name": "e2e-raw", "version": "0"}}
+        });
+        let response = post(http, url, token, None, &init).await?;
+        let status = response.status();
+        let session_id = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("initialize: HTTP {status}: {text}");
+        }
+        let session_id = session_id.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
+        let session = Self {
+            http: http.clone(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+            session_id,
+            next_id: AtomicU64::new(1),
+        };
+        let ack = session
+            .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        if ack.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("notifications/initialized: HTTP {}", ack.status());
+        }
+        Ok(session)
+    }
+
+    /// POSTs a JSON-RPC body within this session.
+    pub async fn post(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
+        post(&self.http, &self.url, &self.token, Some(&self.session_id), body).await
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a request and returns the JSON-RPC response (from JSON or SSE).
+    pub async fn request(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id();
+        let response = self
+            .post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{method}: HTTP {status}: {text}");
+        }
+        messages(&text)?
+            .into_iter()
+            .find(|m| m.get("id") == Some(&json!(id)))
+            .ok_or_else(|| anyhow!("{method}: no response with id {id} in: {text}"))
+    }
+
+    /// Calls a tool and returns the text of its first content item.
+    pub async fn call_tool(&self, name: &str, arguments: Value) -> anyhow::Result<String> {
+        let response = self
+            .request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await?;
+        response["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("tools/call {name}: unexpected answer {response}"))
+    }
+}
+
+/// POSTs a JSON-RPC body as an MCP client does.
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", PROTOCOL_VERSION)
+        .json(body);
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    request.send().await.context("POST to the gateway")
+}
+
+/// The JSON-RPC messages of a response body, JSON or `text/event-stream`.
+pub fn messages(body: &str) -> anyhow::Result<Vec<Value>> {
+    let trimmed = body.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return Ok(match serde_json::from_str(trimmed)? {
+            Value::Array(items) => items,
+            one => vec![one],
+        });
+    }
+    sse_data(body)
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).with_context(|| format!("SSE data is not JSON: {d}")))
+        .collect()
+}
+
+/// The `data` of each complete event in an SSE text (multi-line data joined by `\n`).
+pub fn sse_data(text: &str) -> Vec<String> {
+    let normalized = text.replace("\r\n", "\n");
+    normalized
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .filter_map(|block| {
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}

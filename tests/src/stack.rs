@@ -1,0 +1,475 @@
+//! The whole gateway on loopback: token issuer, MCP backends, both sidecars, Envoy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use envoy_bootstrap::{Endpoint, Profile, TlsFiles};
+use serde_yaml::Value;
+
+use crate::paths;
+use crate::process::Process;
+
+/// The ports a stack listens on.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub listener: u16,
+    pub admin: u16,
+    pub ext_authz: u16,
+    pub ext_proc: u16,
+    pub issuer: u16,
+    pub backends: Vec<u16>,
+}
+
+impl Ports {
+    /// The dev stack's fixed ports (DESIGN.md): https://localhost:8443/mcp, admin 9901.
+    pub fn dev() -> Self {
+        Self {
+            listener: 8443,
+            admin: 9901,
+            ext_authz: 50051,
+            ext_proc: 50052,
+            issuer: 9443,
+            backends: vec![9001, 9002, 9003],
+        }
+    }
+
+    /// Free loopback ports, for tests that run side by side.
+    pub fn free(backends: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            listener: free_port()?,
+            admin: free_port()?,
+            ext_authz: free_port()?,
+            ext_proc: free_port()?,
+            issuer: free_port()?,
+            backends: (0..backends).map(|_| free_port()).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// A port the kernel just handed out and nobody holds now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// How to start a stack.
+pub struct StackOptions {
+    pub ports: Ports,
+    /// Where the sidecar binaries are.
+    pub bin_dir: PathBuf,
+    /// Where configs and logs go; a temporary directory when `None`.
+    pub work_dir: Option<PathBuf>,
+    /// Envoy worker threads; `None` for one per core.
+    pub envoy_concurrency: Option<u32>,
+    /// Changes to the gateway config (dev/gateway.yaml) before the sidecars read it.
+    pub gateway_config: Box<dyn Fn(&mut Value) + Send>,
+}
+
+impl StackOptions {
+    /// Options for a test: free ports, debug binaries, temporary directory.
+    pub fn for_test() -> anyhow::Result<Self> {
+        Ok(Self {
+            ports: Ports::free(3)?,
+            bin_dir: paths::bin_dir(),
+            work_dir: None,
+            envoy_concurrency: Some(1),
+            gateway_config: Box::new(|_| {}),
+        })
+    }
+}
+
+/// A running gateway. Dropping it stops every process, Envoy first.
+pub struct Stack {
+    envoy: Option<Process>,
+    ext_authz: Option<Process>,
+    ext_proc: Option<Process>,
+    backends: Vec<Process>,
+    issuer: Option<Process>,
+    ports: Ports,
+    bin_dir: PathBuf,
+    work: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+/// Names of the demo backends, as their `whoami` tool answers.
+pub fn backend_name(index: usize) -> String {
+    format!("mcp-{}", (b'a' + index as u8) as char)
+}
+
+impl Stack {
+    /// Starts every part and waits until each is ready.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let (work, temp) = match &options.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("mcp-gateway-e2e-").tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        for needed in [paths::venv_bin("python"), paths::venv_bin("envoy"), paths::certs_dir().join("ca.pem")] {
+            if !needed.exists() {
+                bail!("{} is missing: run `cargo xtask setup`", needed.display());
+            }
+        }
+        let mut stack = Stack {
+            envoy: None,
+            ext_authz: None,
+            ext_proc: None,
+            backends: Vec::new(),
+            issuer: None,
+            ports: options.ports.clone(),
+            bin_dir: options.bin_dir.clone(),
+            work: work.clone(),
+            temp,
+            http: https_client()?,
+        };
+
+        stack.write_gateway_config(&*options.gateway_config)?;
+        stack.write_envoy_config()?;
+
+        // Start everything, then wait: the Python parts take seconds to import.
+        stack.issuer = Some(stack.spawn_issuer()?);
+        for index in 0..stack.ports.backends.len() {
+            let backend = stack.spawn_backend(index)?;
+            stack.backends.push(backend);
+        }
+        stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
+        stack.ext_proc = Some(stack.spawn_sidecar("ext-proc")?);
+        stack.envoy = Some(stack.spawn_envoy(options.envoy_concurrency)?);
+
+        stack.wait_issuer().await?;
+        for index in 0..stack.backends.len() {
+            stack.wait_backend(index).await?;
+        }
+        stack.wait_sidecar("ext-authz").await?;
+        stack.wait_sidecar("ext-proc").await?;
+        stack.wait_envoy().await?;
+        Ok(stack)
+    }
+
+    /// The MCP endpoint clients use.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/mcp", self.ports.listener)
+    }
+
+    /// Base URL of the gateway's listener.
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.ports.listener)
+    }
+
+    /// The token issuer's URL (its `iss`).
+    pub fn issuer_url(&self) -> String {
+        format!("https://localhost:{}", self.ports.issuer)
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// Where configs and logs of this stack are.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    /// An HTTPS client that trusts the dev CA.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A fresh bearer token from the stack's issuer.
+    pub async fn token(&self, sub: &str, scope: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/token", self.issuer_url()))
+            .form(&[("sub", sub), ("scope", scope), ("aud", &self.url())])
+            .send()
+            .await?
+            .error_for_status()?;
+        let body: serde_json::Value = response.json().await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("issuer answered without access_token: {body}"))
+    }
+
+    /// One counter or gauge from Envoy's admin `/stats`.
+    pub async fn envoy_stat(&self, name: &str) -> anyhow::Result<u64> {
+        let text = reqwest::get(format!(
+            "http://127.0.0.1:{}/stats?filter=^{}$",
+            self.ports.admin,
+            name.replace('.', "\\.")
+        ))
+        .await?
+        .text()
+        .await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .ok_or_else(|| anyhow!("Envoy has no stat {name}: {text}"))?
+            .trim()
+            .parse()
+            .context("stat is not a number")
+    }
+
+    /// Every request backend `index` received, as its `/_debug/requests` lists them.
+    pub async fn backend_requests(&self, index: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let port = self.ports.backends[index];
+        let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
+            .await?
+            .json()
+            .await?;
+        Ok(body["requests"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Kills ext-authz at once (SIGKILL), as a crash would.
+    pub fn kill_ext_authz(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.ext_authz.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts ext-authz again on its port and waits until it serves.
+    pub async fn restart_ext_authz(&mut self) -> anyhow::Result<()> {
+        self.kill_ext_authz()?;
+        self.ext_authz = Some(self.spawn_sidecar("ext-authz")?);
+        self.wait_sidecar("ext-authz").await
+    }
+
+    /// Runs `dev/client.py` (the official MCP Python SDK) against the gateway and
+    /// returns its JSON report; fails when the client reports a failure.
+    pub async fn python_client(&self, token: &str, sessions: u32, calls: u32) -> anyhow::Result<serde_json::Value> {
+        let output = tokio::process::Command::new(paths::venv_bin("python"))
+            .arg(paths::dev_script("client.py"))
+            .args(["--url", &self.url(), "--token", token])
+            .arg("--ca")
+            .arg(paths::certs_dir().join("ca.pem"))
+            .args(["--sessions", &sessions.to_string(), "--calls", &calls.to_string()])
+            .output()
+            .await?;
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "client.py printed no report ({}); stderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        if !output.status.success() {
+            bail!(
+                "client.py failed ({}): {report:#}\nstderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(report)
+    }
+
+    // === start-up ===
+
+    fn write_gateway_config(&self, adjust: &dyn Fn(&mut Value)) -> anyhow::Result<()> {
+        let source = paths::dev_script("gateway.yaml");
+        let text = std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
+        let mut config: Value = serde_yaml::from_str(&text)?;
+        let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
+        config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
+        config["ext_proc"]["server"]["listen"] = listen(self.ports.ext_proc);
+        adjust(&mut config);
+        std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
+        Ok(())
+    }
+
+    fn gateway_config_path(&self) -> PathBuf {
+        self.work.join("gateway.yaml")
+    }
+
+    fn envoy_config_path(&self) -> PathBuf {
+        self.work.join("envoy.yaml")
+    }
+
+    fn write_envoy_config(&self) -> anyhow::Result<()> {
+        let loopback = |port: u16| Endpoint {
+            host: "127.0.0.1".to_owned(),
+            port,
+        };
+        let certs = paths::certs_dir();
+        let profile = Profile {
+            listener: loopback(self.ports.listener),
+            admin: loopback(self.ports.admin),
+            tls: TlsFiles {
+                certificate_chain: certs.join("server.pem").display().to_string(),
+                private_key: certs.join("server.key").display().to_string(),
+            },
+            ext_authz: loopback(self.ports.ext_authz),
+            ext_proc: loopback(self.ports.ext_proc),
+            backends: self.ports.backends.iter().map(|p| loopback(*p)).collect(),
+        };
+        std::fs::write(self.envoy_config_path(), envoy_bootstrap::render(&profile)?)?;
+        Ok(())
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.work.join(format!("{name}.log"))
+    }
+
+    fn python(&self, script: &str) -> Command {
+        let mut command = Command::new(paths::venv_bin("python"));
+        command.arg(paths::dev_script(script)).env("PYTHONUNBUFFERED", "1");
+        command
+    }
+
+    fn spawn_issuer(&self) -> anyhow::Result<Process> {
+        let certs = paths::certs_dir();
+        let mut command = self.python("issuer.py");
+        command
+            .arg("serve")
+            .arg("--key-dir")
+            .arg(self.work.join("issuer-keys"))
+            .args(["--issuer", &self.issuer_url(), "--aud", &self.url()])
+            .args(["--port", &self.ports.issuer.to_string()])
+            .arg("--cert")
+            .arg(certs.join("server.pem"))
+            .arg("--key")
+            .arg(certs.join("server.key"));
+        Process::spawn("issuer", command, &self.log("issuer"))
+    }
+
+    fn spawn_backend(&self, index: usize) -> anyhow::Result<Process> {
+        let name = backend_name(index);
+        let mut command = self.python("mcp_server.py");
+        command.args(["--name", &name, "--port", &self.ports.backends[index].to_string()]);
+        Process::spawn(&name, command, &self.log(&name))
+    }
+
+    fn spawn_sidecar(&self, name: &str) -> anyhow::Result<Process> {
+        let binary = self.bin_dir.join(name);
+        if !binary.exists() {
+            bail!("{} is missing: build it with `cargo build --bins`", binary.display());
+        }
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(self.gateway_config_path())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        Process::spawn(name, command, &self.log(name))
+    }
+
+    fn spawn_envoy(&self, concurrency: Option<u32>) -> anyhow::Result<Process> {
+        let mut command = Command::new(paths::venv_bin("envoy"));
+        command
+            .arg("-c")
+            .arg(self.envoy_config_path())
+            .args(["--disable-hot-restart", "--log-level", "warning"])
+            .current_dir(paths::repo_root());
+        if let Some(n) = concurrency {
+            command.args(["--concurrency", &n.to_string()]);
+        }
+        Process::spawn("envoy", command, &self.log("envoy"))
+    }
+
+    // === readiness ===
+
+    async fn wait_issuer(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/.well-known/openid-configuration", self.issuer_url());
+        let http = self.http.clone();
+        let process = self.issuer.as_mut().ok_or_else(|| anyhow!("issuer not started"))?;
+        wait_until(process, || async { Ok(http.get(&url).send().await?.status().is_success()) }).await
+    }
+
+    async fn wait_backend(&mut self, index: usize) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/_debug/requests", self.ports.backends[index]);
+        let process = &mut self.backends[index];
+        wait_until(process, || async { Ok(reqwest::get(&url).await?.status().is_success()) }).await
+    }
+
+    async fn wait_sidecar(&mut self, name: &str) -> anyhow::Result<()> {
+        let (process, port) = match name {
+            "ext-authz" => (self.ext_authz.as_mut(), self.ports.ext_authz),
+            _ => (self.ext_proc.as_mut(), self.ports.ext_proc),
+        };
+        let process = process.ok_or_else(|| anyhow!("{name} not started"))?;
+        wait_until(process, || grpc_serving(port)).await
+    }
+
+    async fn wait_envoy(&mut self) -> anyhow::Result<()> {
+        let ready = format!("http://127.0.0.1:{}/ready", self.ports.admin);
+        let health = format!("{}/healthz", self.base_url());
+        let http = self.http.clone();
+        let process = self.envoy.as_mut().ok_or_else(|| anyhow!("envoy not started"))?;
+        wait_until(process, || async {
+            Ok(reqwest::get(&ready).await?.status().is_success()
+                && http.get(&health).send().await?.status().is_success())
+        })
+        .await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Envoy first, so nothing new reaches the parts behind it.
+        drop(self.envoy.take());
+        drop(self.ext_authz.take());
+        drop(self.ext_proc.take());
+        self.backends.clear();
+        drop(self.issuer.take());
+        if std::thread::panicking()
+            && let Some(temp) = self.temp.take()
+        {
+            eprintln!("configs and logs kept in {}", temp.keep().display());
+        }
+    }
+}
+
+/// Polls `ready` until it says yes, the process dies, or patience runs out.
+async fn wait_until<F, Fut>(process: &mut Process, ready: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let started = Instant::now();
+    let deadline = started + crate::patience();
+    loop {
+        process.ensure_running()?;
+        let last_error = match ready().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => "not ready".to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "{} not ready after {:?} ({last_error}); log tail:\n{}",
+                process.name(),
+                started.elapsed(),
+                process.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the gRPC server on `port` reports SERVING on `grpc.health.v1`.
+pub async fn grpc_serving(port: u16) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await?;
+    Ok(response.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// An HTTPS client that trusts the dev CA (and HTTP/2 when the server offers it).
+pub fn https_client() -> anyhow::Result<reqwest::Client> {
+    let ca = std::fs::read(paths::certs_dir().join("ca.pem")).context("dev CA: run `cargo xtask setup`")?;
+    Ok(reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real Envoy, both sidecars, FastMCP backends and the official
+//! MCP Python client, all on loopback. Run `cargo xtask setup` first (`cargo xtask
+//! test` does).
+
+mod e2e {
+    mod envoy_configs;
+    mod foundation;
+}

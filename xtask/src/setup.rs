@@ -1,0 +1,65 @@
+//! `cargo xtask setup`: everything the dev stack and the tests need, made once.
+//!
+//! - `.dev/venv`: a virtualenv with `dev/requirements.txt` (Envoy, MCP SDK, FastMCP),
+//!   reinstalled only when that file changes;
+//! - `.dev/certs`: a dev CA and an ECDSA P-256 server certificate (`dev/certs.py`);
+//! - release builds of both sidecars (skipped with `--no-build`).
+
+use std::process::Command;
+
+use anyhow::Context;
+use e2e::paths;
+
+use crate::{cargo, run};
+
+#[derive(Debug, clap::Args)]
+pub struct Setup {
+    /// Skip the release builds of the sidecars.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl Setup {
+    pub fn run(&self) -> anyhow::Result<()> {
+        virtualenv()?;
+        certificates()?;
+        if !self.no_build {
+            let mut build = cargo();
+            build.args(["build", "--release", "-p", "ext-authz", "-p", "ext-proc"]);
+            run(build)?;
+        }
+        Ok(())
+    }
+}
+
+fn virtualenv() -> anyhow::Result<()> {
+    let requirements_path = paths::dev_script("requirements.txt");
+    let requirements = std::fs::read_to_string(&requirements_path)
+        .with_context(|| requirements_path.display().to_string())?;
+    let venv = paths::dev_dir().join("venv");
+    let stamp = venv.join(".requirements.installed");
+    let python = paths::venv_bin("python");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
+        return Ok(());
+    }
+    let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    if !python.exists() {
+        let mut create = Command::new(system_python);
+        create.args(["-m", "venv"]).arg(&venv);
+        run(create)?;
+    }
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements_path);
+    run(install)?;
+    std::fs::write(&stamp, requirements)?;
+    Ok(())
+}
+
+fn certificates() -> anyhow::Result<()> {
+    // certs.py itself skips the work while the certificate is valid.
+    let mut certs = Command::new(paths::venv_bin("python"));
+    certs.arg(paths::dev_script("certs.py")).arg(paths::certs_dir());
+    run(certs)
+}
