@@ -116,7 +116,12 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
         .ok_or_else(|| missing("listener https has no filter chain"))?;
     let cert = at(
         chain,
-        &["transport_socket", "typed_config", "common_tls_context", "tls_certificates"],
+        &[
+            "transport_socket",
+            "typed_config",
+            "common_tls_context",
+            "tls_certificates",
+        ],
     )?
     .get_mut(0)
     .ok_or_else(|| missing("listener https has no certificate"))?;
@@ -124,8 +129,14 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
     *at(cert, &["private_key", "filename"])? = profile.tls.private_key.clone().into();
 
     let clusters = at(doc, &["static_resources", "clusters"])?;
-    set_cluster(named(clusters, "ext_authz")?, std::slice::from_ref(&profile.ext_authz))?;
-    set_cluster(named(clusters, "ext_proc")?, std::slice::from_ref(&profile.ext_proc))?;
+    set_cluster(
+        named(clusters, "ext_authz")?,
+        std::slice::from_ref(&profile.ext_authz),
+    )?;
+    set_cluster(
+        named(clusters, "ext_proc")?,
+        std::slice::from_ref(&profile.ext_proc),
+    )?;
     set_cluster(named(clusters, "mcp_backends")?, &profile.backends)?;
     Ok(())
 }
@@ -133,13 +144,18 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
 /// Points a cluster at `endpoints`: STATIC for IP addresses, STRICT_DNS for names.
 fn set_cluster(cluster: &mut Value, endpoints: &[Endpoint]) -> Result<(), BootstrapError> {
     if endpoints.is_empty() {
-        return Err(BootstrapError::Profile("a cluster needs at least one endpoint".into()));
+        return Err(BootstrapError::Profile(
+            "a cluster needs at least one endpoint".into(),
+        ));
     }
     let all_ip = endpoints.iter().all(|e| e.host.parse::<IpAddr>().is_ok());
     at(cluster, &[])?
         .as_mapping_mut()
         .ok_or_else(|| missing("cluster is not a mapping"))?
-        .insert("type".into(), if all_ip { "STATIC" } else { "STRICT_DNS" }.into());
+        .insert(
+            "type".into(),
+            if all_ip { "STATIC" } else { "STRICT_DNS" }.into(),
+        );
     let lb_endpoints: Vec<Value> = endpoints
         .iter()
         .map(|e| {
@@ -182,7 +198,10 @@ fn at<'a>(value: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Bootstra
 /// The element of a sequence whose `name` is `name`.
 fn named<'a>(seq: &'a mut Value, name: &str) -> Result<&'a mut Value, BootstrapError> {
     seq.as_sequence_mut()
-        .and_then(|s| s.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name)))
+        .and_then(|s| {
+            s.iter_mut()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        })
         .ok_or_else(|| missing(&format!("nothing named `{name}`")))
 }
 
@@ -223,7 +242,9 @@ impl fmt::Display for Endpoint {
 
 impl<'de> Deserialize<'de> for Endpoint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

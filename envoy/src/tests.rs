@@ -49,7 +49,8 @@ fn names_resolve_by_dns_and_addresses_stay_static() {
     let compose = yaml(&render(&profile("envoy/profiles/compose.yaml")).expect("renders"));
     assert_eq!(cluster(&compose, "mcp_backends")["type"], "STRICT_DNS");
     assert_eq!(cluster(&compose, "ext_authz")["type"], "STRICT_DNS");
-    let endpoints = &cluster(&compose, "mcp_backends")["load_assignment"]["endpoints"][0]["lb_endpoints"];
+    let endpoints =
+        &cluster(&compose, "mcp_backends")["load_assignment"]["endpoints"][0]["lb_endpoints"];
     assert_eq!(endpoints.as_sequence().map(Vec::len), Some(3));
     assert_eq!(
         endpoints[1]["endpoint"]["address"]["socket_address"]["address"],
@@ -67,7 +68,10 @@ fn overlay_keeps_filters_and_moves_listener_and_admin() {
     p.listener = "127.0.0.1:18443".parse().expect("endpoint");
     p.admin = "127.0.0.1:19901".parse().expect("endpoint");
     let doc = yaml(&render(&p).expect("renders"));
-    assert_eq!(doc["admin"]["address"]["socket_address"]["port_value"], 19901);
+    assert_eq!(
+        doc["admin"]["address"]["socket_address"]["port_value"],
+        19901
+    );
     let listener = &doc["static_resources"]["listeners"][0];
     assert_eq!(listener["address"]["socket_address"]["port_value"], 18443);
     let source = yaml(SOURCE);
@@ -80,7 +84,10 @@ fn overlay_keeps_filters_and_moves_listener_and_admin() {
 #[test]
 fn bad_profiles_are_refused_with_the_reason() {
     let err = Profile::parse("p.yaml", "listener: nowhere\n").expect_err("no port");
-    assert!(err.to_string().contains("`nowhere` is not host:port"), "{err}");
+    assert!(
+        err.to_string().contains("`nowhere` is not host:port"),
+        "{err}"
+    );
     let err = Profile::parse(
         "p.yaml",
         "listener: a:1\nadmin: a:1\ntls: {certificate_chain: c, private_key: k}\next_authz: a:1\next_proc: a:1\nbackends: []\nextra: 1\n",

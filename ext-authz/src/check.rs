@@ -58,7 +58,12 @@ fn call_info(body: &[u8]) -> CallInfo {
     let join = |items: Vec<&str>| (!items.is_empty()).then(|| items.join(","));
     let messages = body.messages();
     CallInfo {
-        rpc_method: join(messages.iter().filter_map(|m| m.method.as_deref()).collect()),
+        rpc_method: join(
+            messages
+                .iter()
+                .filter_map(|m| m.method.as_deref())
+                .collect(),
+        ),
         tool: join(messages.iter().filter_map(|m| m.tool.as_deref()).collect()),
     }
 }

@@ -70,7 +70,9 @@ impl Exchange {
         };
         if let Some(session) = headers.get(SESSION_HEADER) {
             edits.remove.clear();
-            edits.set.push((SESSION_HASH_HEADER.to_owned(), session.to_vec()));
+            edits
+                .set
+                .push((SESSION_HASH_HEADER.to_owned(), session.to_vec()));
         }
         RequestPlan {
             edits,
@@ -103,7 +105,9 @@ fn response_body_mode(headers: &impl Headers, wants_body: bool) -> BodyMode {
 pub fn is_event_stream(headers: &impl Headers) -> bool {
     headers.get("content-type").is_some_and(|ct| {
         let essence = ct.split(|b| *b == b';').next().unwrap_or_default();
-        essence.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
     })
 }
 
@@ -140,7 +144,11 @@ mod tests {
 
     #[test]
     fn event_streams_are_recognised_with_parameters_and_case() {
-        for ct in ["text/event-stream", "Text/Event-Stream; charset=utf-8", " text/event-stream ;x"] {
+        for ct in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            " text/event-stream ;x",
+        ] {
             assert!(is_event_stream(&Map(vec![("content-type", ct)])), "{ct}");
         }
         for ct in ["application/json", "text/event-streams", "text/plain"] {

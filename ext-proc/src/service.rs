@@ -17,8 +17,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ProcessingRequest, ProcessingResponse, TrailersResponse,
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ProcessingRequest,
+    ProcessingResponse, TrailersResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -77,9 +77,14 @@ impl ExternalProcessor for ProcService {
     }
 }
 
-fn answer(exchange: &mut Exchange, message: ProcessingRequest) -> Result<ProcessingResponse, Status> {
+fn answer(
+    exchange: &mut Exchange,
+    message: ProcessingRequest,
+) -> Result<ProcessingResponse, Status> {
     let Some(phase) = message.request else {
-        return Err(Status::invalid_argument("ProcessingRequest without a phase"));
+        return Err(Status::invalid_argument(
+            "ProcessingRequest without a phase",
+        ));
     };
     let reply = match phase {
         Phase::RequestHeaders(headers) => {

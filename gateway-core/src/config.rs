@@ -99,12 +99,16 @@ impl GatewayConfig {
 
     /// The ext-authz section, or an error naming the missing key.
     pub fn ext_authz(&self, path: &Path) -> Result<&ExtAuthzConfig, ConfigError> {
-        self.ext_authz.as_ref().ok_or_else(|| missing(path, "ext_authz"))
+        self.ext_authz
+            .as_ref()
+            .ok_or_else(|| missing(path, "ext_authz"))
     }
 
     /// The ext-proc section, or an error naming the missing key.
     pub fn ext_proc(&self, path: &Path) -> Result<&ExtProcConfig, ConfigError> {
-        self.ext_proc.as_ref().ok_or_else(|| missing(path, "ext_proc"))
+        self.ext_proc
+            .as_ref()
+            .ok_or_else(|| missing(path, "ext_proc"))
     }
 }
 

@@ -81,7 +81,14 @@ pub async fn run(
     let result = match bind(listen).await {
         Ok(listener) => {
             tracing::info!(%listen, config = %path.display(), version = env!("CARGO_PKG_VERSION"), "{name} serving");
-            serve(listener, sidecar.routes, &sidecar.services, &sidecar.server, shutdown_signal()).await
+            serve(
+                listener,
+                sidecar.routes,
+                &sidecar.services,
+                &sidecar.server,
+                shutdown_signal(),
+            )
+            .await
         }
         Err(err) => Err(err),
     };

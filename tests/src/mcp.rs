@@ -20,7 +20,11 @@ pub struct RawSession {
 
 impl RawSession {
     /// Sends `initialize` and `notifications/initialized`.
-    pub async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Self> {
+    pub async fn initialize(
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let init = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
@@ -37,7 +41,8 @@ impl RawSession {
         if !status.is_success() {
             bail!("initialize: HTTP {status}: {text}");
         }
-        let session_id = session_id.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
+        let session_id =
+            session_id.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
         let session = Self {
             http: http.clone(),
             url: url.to_owned(),
@@ -56,7 +61,14 @@ impl RawSession {
 
     /// POSTs a JSON-RPC body within this session.
     pub async fn post(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
-        post(&self.http, &self.url, &self.token, Some(&self.session_id), body).await
+        post(
+            &self.http,
+            &self.url,
+            &self.token,
+            Some(&self.session_id),
+            body,
+        )
+        .await
     }
 
     /// A fresh request id.

@@ -43,7 +43,9 @@ impl Ports {
             ext_authz: free_port()?,
             ext_proc: free_port()?,
             issuer: free_port()?,
-            backends: (0..backends).map(|_| free_port()).collect::<Result<_, _>>()?,
+            backends: (0..backends)
+                .map(|_| free_port())
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -108,11 +110,17 @@ impl Stack {
                 (dir.clone(), None)
             }
             None => {
-                let temp = tempfile::Builder::new().prefix("mcp-gateway-e2e-").tempdir()?;
+                let temp = tempfile::Builder::new()
+                    .prefix("mcp-gateway-e2e-")
+                    .tempdir()?;
                 (temp.path().to_owned(), Some(temp))
             }
         };
-        for needed in [paths::venv_bin("python"), paths::venv_bin("envoy"), paths::certs_dir().join("ca.pem")] {
+        for needed in [
+            paths::venv_bin("python"),
+            paths::venv_bin("envoy"),
+            paths::certs_dir().join("ca.pem"),
+        ] {
             if !needed.exists() {
                 bail!("{} is missing: run `cargo xtask setup`", needed.display());
             }
@@ -219,10 +227,11 @@ impl Stack {
     /// Every request backend `index` received, as its `/_debug/requests` lists them.
     pub async fn backend_requests(&self, index: usize) -> anyhow::Result<Vec<serde_json::Value>> {
         let port = self.ports.backends[index];
-        let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
-            .await?
-            .json()
-            .await?;
+        let body: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
+                .await?
+                .json()
+                .await?;
         Ok(body["requests"].as_array().cloned().unwrap_or_default())
     }
 
@@ -243,22 +252,33 @@ impl Stack {
 
     /// Runs `dev/client.py` (the official MCP Python SDK) against the gateway and
     /// returns its JSON report; fails when the client reports a failure.
-    pub async fn python_client(&self, token: &str, sessions: u32, calls: u32) -> anyhow::Result<serde_json::Value> {
+    pub async fn python_client(
+        &self,
+        token: &str,
+        sessions: u32,
+        calls: u32,
+    ) -> anyhow::Result<serde_json::Value> {
         let output = tokio::process::Command::new(paths::venv_bin("python"))
             .arg(paths::dev_script("client.py"))
             .args(["--url", &self.url(), "--token", token])
             .arg("--ca")
             .arg(paths::certs_dir().join("ca.pem"))
-            .args(["--sessions", &sessions.to_string(), "--calls", &calls.to_string()])
+            .args([
+                "--sessions",
+                &sessions.to_string(),
+                "--calls",
+                &calls.to_string(),
+            ])
             .output()
             .await?;
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "client.py printed no report ({}); stderr:\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "client.py printed no report ({}); stderr:\n{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?;
         if !output.status.success() {
             bail!(
                 "client.py failed ({}): {report:#}\nstderr:\n{}",
@@ -273,7 +293,8 @@ impl Stack {
 
     fn write_gateway_config(&self, adjust: &dyn Fn(&mut Value)) -> anyhow::Result<()> {
         let source = paths::dev_script("gateway.yaml");
-        let text = std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
+        let text =
+            std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
         let mut config: Value = serde_yaml::from_str(&text)?;
         let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
         config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
@@ -318,7 +339,9 @@ impl Stack {
 
     fn python(&self, script: &str) -> Command {
         let mut command = Command::new(paths::venv_bin("python"));
-        command.arg(paths::dev_script(script)).env("PYTHONUNBUFFERED", "1");
+        command
+            .arg(paths::dev_script(script))
+            .env("PYTHONUNBUFFERED", "1");
         command
     }
 
@@ -341,20 +364,28 @@ impl Stack {
     fn spawn_backend(&self, index: usize) -> anyhow::Result<Process> {
         let name = backend_name(index);
         let mut command = self.python("mcp_server.py");
-        command.args(["--name", &name, "--port", &self.ports.backends[index].to_string()]);
+        command.args([
+            "--name",
+            &name,
+            "--port",
+            &self.ports.backends[index].to_string(),
+        ]);
         Process::spawn(&name, command, &self.log(&name))
     }
 
     fn spawn_sidecar(&self, name: &str) -> anyhow::Result<Process> {
         let binary = self.bin_dir.join(name);
         if !binary.exists() {
-            bail!("{} is missing: build it with `cargo build --bins`", binary.display());
+            bail!(
+                "{} is missing: build it with `cargo build --bins`",
+                binary.display()
+            );
         }
         let mut command = Command::new(binary);
-        command
-            .arg("--config")
-            .arg(self.gateway_config_path())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        command.arg("--config").arg(self.gateway_config_path()).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         Process::spawn(name, command, &self.log(name))
     }
 
@@ -376,14 +407,26 @@ impl Stack {
     async fn wait_issuer(&mut self) -> anyhow::Result<()> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer_url());
         let http = self.http.clone();
-        let process = self.issuer.as_mut().ok_or_else(|| anyhow!("issuer not started"))?;
-        wait_until(process, || async { Ok(http.get(&url).send().await?.status().is_success()) }).await
+        let process = self
+            .issuer
+            .as_mut()
+            .ok_or_else(|| anyhow!("issuer not started"))?;
+        wait_until(process, || async {
+            Ok(http.get(&url).send().await?.status().is_success())
+        })
+        .await
     }
 
     async fn wait_backend(&mut self, index: usize) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{}/_debug/requests", self.ports.backends[index]);
+        let url = format!(
+            "http://127.0.0.1:{}/_debug/requests",
+            self.ports.backends[index]
+        );
         let process = &mut self.backends[index];
-        wait_until(process, || async { Ok(reqwest::get(&url).await?.status().is_success()) }).await
+        wait_until(process, || async {
+            Ok(reqwest::get(&url).await?.status().is_success())
+        })
+        .await
     }
 
     async fn wait_sidecar(&mut self, name: &str) -> anyhow::Result<()> {
@@ -399,7 +442,10 @@ impl Stack {
         let ready = format!("http://127.0.0.1:{}/ready", self.ports.admin);
         let health = format!("{}/healthz", self.base_url());
         let http = self.http.clone();
-        let process = self.envoy.as_mut().ok_or_else(|| anyhow!("envoy not started"))?;
+        let process = self
+            .envoy
+            .as_mut()
+            .ok_or_else(|| anyhow!("envoy not started"))?;
         wait_until(process, || async {
             Ok(reqwest::get(&ready).await?.status().is_success()
                 && http.get(&health).send().await?.status().is_success())
@@ -460,14 +506,17 @@ pub async fn grpc_serving(port: u16) -> anyhow::Result<bool> {
         .connect()
         .await?;
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await?;
     Ok(response.into_inner().status == ServingStatus::Serving as i32)
 }
 
 /// An HTTPS client that trusts the dev CA (and HTTP/2 when the server offers it).
 pub fn https_client() -> anyhow::Result<reqwest::Client> {
-    let ca = std::fs::read(paths::certs_dir().join("ca.pem")).context("dev CA: run `cargo xtask setup`")?;
+    let ca = std::fs::read(paths::certs_dir().join("ca.pem"))
+        .context("dev CA: run `cargo xtask setup`")?;
     Ok(reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .timeout(Duration::from_secs(60))

@@ -5,4 +5,5 @@
 mod e2e {
     mod envoy_configs;
     mod foundation;
+    mod sidecars;
 }

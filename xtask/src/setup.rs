@@ -39,7 +39,9 @@ fn virtualenv() -> anyhow::Result<()> {
     let venv = paths::dev_dir().join("venv");
     let stamp = venv.join(".requirements.installed");
     let python = paths::venv_bin("python");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
+    if python.exists()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str())
+    {
         return Ok(());
     }
     let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -50,7 +52,14 @@ fn virtualenv() -> anyhow::Result<()> {
     }
     let mut install = Command::new(&python);
     install
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&requirements_path);
     run(install)?;
     std::fs::write(&stamp, requirements)?;
@@ -60,6 +69,8 @@ fn virtualenv() -> anyhow::Result<()> {
 fn certificates() -> anyhow::Result<()> {
     // certs.py itself skips the work while the certificate is valid.
     let mut certs = Command::new(paths::venv_bin("python"));
-    certs.arg(paths::dev_script("certs.py")).arg(paths::certs_dir());
+    certs
+        .arg(paths::dev_script("certs.py"))
+        .arg(paths::certs_dir());
     run(certs)
 }

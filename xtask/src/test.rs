@@ -24,7 +24,14 @@ impl Test {
         fmt.args(["fmt", "--all", "--check"]);
         run(fmt)?;
         let mut clippy = cargo();
-        clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
         run(clippy)?;
         let mut build = cargo();
         build.args(["build", "--workspace", "--bins"]);
@@ -48,4 +55,3 @@ fn has_nextest() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
-

@@ -35,8 +35,18 @@ impl Token {
             .arg("--key-dir")
             .arg(paths::dev_stack_dir().join("issuer-keys"))
             .args(["--issuer", &format!("https://localhost:{}", ports.issuer)])
-            .args(["--aud", &format!("https://localhost:{}/mcp", ports.listener)])
-            .args(["--sub", &self.sub, "--scope", &self.scope, "--ttl", &self.ttl.to_string()])
+            .args([
+                "--aud",
+                &format!("https://localhost:{}/mcp", ports.listener),
+            ])
+            .args([
+                "--sub",
+                &self.sub,
+                "--scope",
+                &self.scope,
+                "--ttl",
+                &self.ttl.to_string(),
+            ])
             .status()?;
         if !status.success() {
             bail!("issuer.py token failed ({status})");

@@ -29,13 +29,17 @@ fn unknown_key_names_file_key_and_reason() {
 fn bad_address_names_the_key() {
     let err = parse("ext_proc:\n  server:\n    listen: not-an-address\n").expect_err("bad address");
     let msg = err.to_string();
-    assert!(msg.starts_with("gateway.yaml: ext_proc.server.listen: "), "{msg}");
+    assert!(
+        msg.starts_with("gateway.yaml: ext_proc.server.listen: "),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_duration_names_the_key() {
-    let err = parse("ext_proc:\n  server:\n    listen: 127.0.0.1:1\n    shutdown_grace_period: soon\n")
-        .expect_err("bad duration");
+    let err =
+        parse("ext_proc:\n  server:\n    listen: 127.0.0.1:1\n    shutdown_grace_period: soon\n")
+            .expect_err("bad duration");
     assert!(
         err.to_string()
             .starts_with("gateway.yaml: ext_proc.server.shutdown_grace_period: "),
@@ -46,7 +50,9 @@ fn bad_duration_names_the_key() {
 #[test]
 fn missing_section_is_named() {
     let cfg = parse("ext_proc:\n  server:\n    listen: 127.0.0.1:1\n").expect("valid");
-    let err = cfg.ext_authz(Path::new("gw.yaml")).expect_err("no ext_authz section");
+    let err = cfg
+        .ext_authz(Path::new("gw.yaml"))
+        .expect_err("no ext_authz section");
     assert_eq!(
         err.to_string(),
         "gw.yaml: ext_authz: missing section; this sidecar needs it"
@@ -56,5 +62,9 @@ fn missing_section_is_named() {
 #[test]
 fn unreadable_file_is_named() {
     let err = GatewayConfig::load(Path::new("/nonexistent/gateway.yaml")).expect_err("no file");
-    assert!(err.to_string().starts_with("/nonexistent/gateway.yaml: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/gateway.yaml: cannot read"),
+        "{err}"
+    );
 }

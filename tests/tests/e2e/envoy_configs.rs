@@ -13,7 +13,11 @@ fn validate(path: &std::path::Path) {
         .output()
         .expect("envoy runs: run `cargo xtask setup`");
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{} fails validation:\n{log}", path.display());
+    assert!(
+        output.status.success(),
+        "{} fails validation:\n{log}",
+        path.display()
+    );
     assert!(
         !log.contains("deprecated"),
         "{} uses deprecated fields:\n{log}",
@@ -33,7 +37,8 @@ fn shipped_bootstraps_validate() {
     let certs = paths::certs_dir();
     let dir = tempfile::tempdir().expect("temp dir");
     for shipped in SHIPPED {
-        let text = std::fs::read_to_string(paths::repo_root().join(shipped.output)).expect("shipped file");
+        let text =
+            std::fs::read_to_string(paths::repo_root().join(shipped.output)).expect("shipped file");
         let profile_text =
             std::fs::read_to_string(paths::repo_root().join(shipped.profile)).expect("profile");
         let profile = Profile::parse(shipped.profile, &profile_text).expect("profile");
@@ -42,7 +47,10 @@ fn shipped_bootstraps_validate() {
                 &profile.tls.certificate_chain,
                 &certs.join("server.pem").display().to_string(),
             )
-            .replace(&profile.tls.private_key, &certs.join("server.key").display().to_string());
+            .replace(
+                &profile.tls.private_key,
+                &certs.join("server.key").display().to_string(),
+            );
         assert_ne!(local, text, "{}: TLS paths not found", shipped.output);
         let path = dir.path().join(shipped.output.replace('/', "_"));
         std::fs::write(&path, local).expect("write");

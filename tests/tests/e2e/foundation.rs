@@ -20,16 +20,26 @@ async fn python_sdk_sessions_stay_on_their_backend() {
     let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
 
-    let report = stack.python_client(&token, 10, 20).await.expect("every call succeeds");
+    let report = stack
+        .python_client(&token, 10, 20)
+        .await
+        .expect("every call succeeds");
 
     let sessions = report["sessions"].as_array().expect("sessions");
     assert_eq!(sessions.len(), 10);
     let all_backends: HashSet<String> = (0..3).map(backend_name).collect();
     for session in sessions {
         assert_eq!(session["ok"], 20, "{session}");
-        assert_eq!(session["tools"], json!(["add", "subtract", "ticks", "whoami"]));
+        assert_eq!(
+            session["tools"],
+            json!(["add", "subtract", "ticks", "whoami"])
+        );
         let whoami = session["whoami"].as_array().expect("whoami answers");
-        assert_eq!(whoami.len(), 1, "whoami changed within a session: {session}");
+        assert_eq!(
+            whoami.len(),
+            1,
+            "whoami changed within a session: {session}"
+        );
         let backend = whoami[0].as_str().expect("name");
         assert!(all_backends.contains(backend), "{backend}");
     }
@@ -42,7 +52,13 @@ async fn ext_authz_down_fails_closed_and_recovers_without_restarting_envoy() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    assert_eq!(session.call_tool("add", json!({"a": 1, "b": 2})).await.expect("add"), "3.0");
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("add"),
+        "3.0"
+    );
 
     stack.kill_ext_authz().expect("kill ext-authz");
     let upstream_before = stack
@@ -91,7 +107,11 @@ async fn ext_authz_down_fails_closed_and_recovers_without_restarting_envoy() {
 async fn backend_request_count(stack: &Stack) -> usize {
     let mut total = 0;
     for index in 0..stack.ports().backends.len() {
-        total += stack.backend_requests(index).await.expect("backend requests").len();
+        total += stack
+            .backend_requests(index)
+            .await
+            .expect("backend requests")
+            .len();
     }
     total
 }
@@ -153,7 +173,11 @@ async fn sse_events_arrive_one_by_one_not_at_the_end() {
         "events arrived bunched together ({spread:?} between the first and the result): buffered"
     );
     for pair in progress.windows(2) {
-        assert!(pair[1] - pair[0] >= Duration::from_millis(250), "{:?}", pair[1] - pair[0]);
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(250),
+            "{:?}",
+            pair[1] - pair[0]
+        );
     }
 }
 

@@ -1,0 +1,272 @@
+//! The sidecar processes on their own: config errors, ports in use, health,
+//! graceful shutdown, and ext_proc streams as Envoy may open them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::paths;
+use e2e::process::Process;
+use e2e::stack::{free_port, grpc_serving};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn sidecar_config(authz_port: u16, proc_port: u16) -> String {
+    format!(
+        "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n\
+         ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n"
+    )
+}
+
+/// Runs a sidecar to completion and returns (exit code, stderr).
+fn run_to_exit(binary: &str, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let output = Command::new(paths::bin_dir().join(binary))
+        .args(args)
+        .env_remove("MCP_GATEWAY_CONFIG")
+        .output()
+        .expect("binary runs: `cargo build --bins`");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn start(binary: &str, config: &std::path::Path, dir: &tempfile::TempDir) -> Process {
+    let mut command = Command::new(paths::bin_dir().join(binary));
+    command.arg("--config").arg(config);
+    Process::spawn(binary, command, &dir.path().join(format!("{binary}.log"))).expect("spawn")
+}
+
+async fn wait_serving(process: &mut Process, port: u16) {
+    let deadline = std::time::Instant::now() + e2e::patience();
+    while !grpc_serving(port).await.unwrap_or(false) {
+        process.ensure_running().expect("still running");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never served",
+            process.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn missing_config_file_exits_64_naming_the_file() {
+    for binary in ["ext-authz", "ext-proc"] {
+        let (code, stderr) = run_to_exit(
+            binary,
+            &["--config".as_ref(), "/nonexistent/gw.yaml".as_ref()],
+        );
+        assert_eq!(code, Some(64), "{binary}: {stderr}");
+        assert!(
+            stderr.contains("/nonexistent/gw.yaml: cannot read"),
+            "{binary}: {stderr}"
+        );
+    }
+    let (code, stderr) = run_to_exit("ext-proc", &[]);
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("pass --config <FILE> or set MCP_GATEWAY_CONFIG"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_config_exits_64_naming_file_key_and_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = config(
+        &dir,
+        "ext_authz:\n  server:\n    listen: 127.0.0.1:1\n    grace: 5s\n",
+    );
+    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("gateway.yaml: ext_authz.server: unknown field `grace`"),
+        "{stderr}"
+    );
+
+    // A file valid for ext-authz lacks ext-proc's section.
+    let path = config(&dir, "ext_authz:\n  server:\n    listen: 127.0.0.1:1\n");
+    let (code, stderr) = run_to_exit("ext-proc", &["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("ext_proc: missing section"), "{stderr}");
+}
+
+#[test]
+fn port_in_use_exits_1_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = config(&dir, &sidecar_config(port, port));
+    for binary in ["ext-authz", "ext-proc"] {
+        let (code, stderr) = run_to_exit(binary, &["--config".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(1), "{binary}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "{binary}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_on_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().expect("port");
+    let path = config(&dir, &sidecar_config(port, free_port().expect("port")));
+    let mut command = Command::new(paths::bin_dir().join("ext-authz"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"]);
+    let mut authz = Process::spawn("ext-authz", command, &dir.path().join("a.log")).expect("spawn");
+    wait_serving(&mut authz, port).await;
+    let status = authz.stop(Duration::from_secs(10)).expect("stops");
+    assert!(status.success(), "{status}");
+    let log = authz.log_text();
+    let first = log.lines().next().expect("a log line");
+    let line: serde_json::Value = serde_json::from_str(first).expect("JSON log line");
+    assert_eq!(line["level"], "INFO");
+    assert!(
+        line["message"]
+            .as_str()
+            .expect("message")
+            .contains("ext-authz serving"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().expect("port");
+    let path = config(&dir, &sidecar_config(free_port().expect("port"), port));
+    let mut proc_ = start("ext-proc", &path, &dir);
+    wait_serving(&mut proc_, port).await;
+
+    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+
+    tx.send(headers(
+        Phase::RequestHeaders,
+        &[(":method", "POST"), ("mcp-session-id", "s1")],
+    ))
+    .await
+    .expect("send");
+    let first = replies.message().await.expect("reply").expect("some reply");
+    assert!(
+        matches!(first.response, Some(Reply::RequestHeaders(_))),
+        "{first:?}"
+    );
+
+    proc_.signal(libc::SIGTERM);
+    // Health turns NOT_SERVING while the stream drains.
+    let deadline = std::time::Instant::now() + e2e::patience();
+    while grpc_serving(port).await.unwrap_or(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still SERVING after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tx.send(headers(
+        Phase::ResponseHeaders,
+        &[(":status", "200"), ("content-type", "application/json")],
+    ))
+    .await
+    .expect("send after SIGTERM");
+    let second = replies
+        .message()
+        .await
+        .expect("reply after SIGTERM")
+        .expect("some reply");
+    assert!(
+        matches!(second.response, Some(Reply::ResponseHeaders(_))),
+        "{second:?}"
+    );
+    drop(tx);
+    assert!(replies.message().await.expect("clean end").is_none());
+
+    let status = proc_.wait_for_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "ext-proc exit: {status}");
+    assert!(
+        proc_.log_text().contains("all calls drained"),
+        "{}",
+        proc_.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_proc_answers_a_stream_that_starts_in_the_response_phase() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().expect("port");
+    let path = config(&dir, &sidecar_config(free_port().expect("port"), port));
+    let mut proc_ = start("ext-proc", &path, &dir);
+    wait_serving(&mut proc_, port).await;
+
+    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    // As after an ext_authz local reply: no request phase at all.
+    tx.send(headers(
+        Phase::ResponseHeaders,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+    ))
+    .await
+    .expect("send");
+    let reply = replies.message().await.expect("reply").expect("some reply");
+    assert!(
+        matches!(reply.response, Some(Reply::ResponseHeaders(_))),
+        "{reply:?}"
+    );
+    let mode = reply.mode_override.expect("mode override");
+    assert_eq!(
+        mode.response_body_mode,
+        BodySendMode::None as i32,
+        "an event stream is never buffered"
+    );
+}
+
+fn headers(phase: fn(HttpHeaders) -> Phase, pairs: &[(&str, &str)]) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(phase(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).to_owned(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream: false,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
