@@ -1,13 +1,19 @@
-//! ext-authz: Envoy's ext_authz gRPC server for the MCP gateway.
+//! ext-authz: Envoy's ext_authz gRPC server for the MCP gateway, an OAuth 2.1
+//! resource server as the MCP authorization spec requires.
 //!
 //! # Layout
-//! - [`check`]: the pure core. Given the HTTP request as Envoy saw it, decide and
-//!   say what to record about the call. Knows nothing about gRPC.
-//! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`
-//!   onto the core.
-//!
-//! This foundation allows every request and records the JSON-RPC method and tool;
-//! authentication and authorization rules build on [`check::Authorizer`].
+//! - [`check`]: the pure core of a decision: protected resource metadata,
+//!   authentication, and what Envoy should do. Knows nothing about gRPC.
+//! - [`authn`]: bearer tokens to identities (issuers, claims, scopes, token cache).
+//! - [`jwks`]: issuers' signing keys: fetch, discovery, cache, refresh.
+//! - [`crypto`]: JWS signatures through OpenSSL (a jsonwebtoken `CryptoProvider`).
+//! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`.
 
+pub mod authn;
 pub mod check;
+pub mod crypto;
+pub mod jwks;
 pub mod service;
+
+#[cfg(test)]
+mod test_util;

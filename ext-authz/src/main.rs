@@ -1,9 +1,11 @@
 //! ext-authz binary: loads the gateway config, binds, serves until SIGTERM.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
 use ext_authz::service::{AuthzService, SERVICE_NAME};
 use gateway_core::server::{self, CommonArgs, Sidecar};
@@ -20,10 +22,18 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     gateway_core::telemetry::init(args.common.log_format);
+    let (openssl, openssl_conf) = ext_authz::crypto::openssl_description();
+    tracing::info!(
+        openssl,
+        openssl_conf = openssl_conf.as_deref().unwrap_or("(none)"),
+        "JWT signatures verified by OpenSSL"
+    );
     server::run("ext-authz", &args.common, async |path, config| {
         let section = config.ext_authz(path)?;
-        let service = AuthzService::new(Arc::new(Authorizer::new()))
-            .into_server(section.server.max_message_bytes);
+        let config_dir = path.parent().unwrap_or(Path::new("."));
+        let authenticator = Authenticator::from_config(section, config_dir)?;
+        let authorizer = Arc::new(Authorizer::new(section, authenticator));
+        let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),
             routes: tonic::service::Routes::new(service),

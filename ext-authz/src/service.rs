@@ -1,25 +1,31 @@
 //! The gRPC adapter: `envoy.service.auth.v3.Authorization/Check` onto [`Authorizer`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status;
-use tonic::{Request, Response};
+use tonic::{Code, Request, Response};
 
-use crate::check::{Authorizer, HttpRequest, Verdict};
+use crate::check::{Authorizer, CallInfo, HttpRequest, Verdict};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
+/// Per-route `context_extensions` key that lets the client's token through.
+pub const PASSTHROUGH_EXTENSION: &str = "authorization_passthrough";
+
 /// The Authorization gRPC service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthzService {
     authorizer: Arc<Authorizer>,
 }
@@ -42,15 +48,20 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, tonic::Status> {
         let request = request.into_inner();
-        let http = request
-            .attributes
-            .as_ref()
+        let attributes = request.attributes.as_ref();
+        let http = attributes
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
+        let extensions: Option<&HashMap<String, String>> =
+            attributes.map(|a| &a.context_extensions);
         let view = match http {
             Some(http) => HttpRequest {
                 method: &http.method,
                 path: &http.path,
+                authorization: http.headers.get("authorization").map(String::as_str),
+                passthrough_authorization: extensions
+                    .and_then(|e| e.get(PASSTHROUGH_EXTENSION))
+                    .is_some_and(|v| v == "true"),
                 // `pack_as_bytes: true` fills raw_body; fall back for configs without it.
                 body: if http.raw_body.is_empty() {
                     http.body.as_bytes()
@@ -60,46 +71,113 @@ impl Authorization for AuthzService {
             },
             None => HttpRequest::default(),
         };
-        let verdict = self.authorizer.check(&view);
-        tracing::debug!(
-            method = view.method,
-            path = view.path,
-            rpc_method = verdict.call.rpc_method.as_deref(),
-            tool = verdict.call.tool.as_deref(),
-            allowed = verdict.allowed,
-            "check"
-        );
-        Ok(Response::new(to_response(&verdict)))
+        let verdict = self.authorizer.check(&view).await;
+        Ok(Response::new(to_response(&view, verdict)))
     }
 }
 
-fn to_response(verdict: &Verdict) -> CheckResponse {
-    let mut fields = BTreeMap::new();
-    let mut put = |key: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            fields.insert(key.to_owned(), string_value(v));
+fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
+    match verdict {
+        Verdict::Allow(allowed) => {
+            let identity = &allowed.identity;
+            tracing::debug!(
+                method = request.method,
+                path = request.path,
+                rpc_method = allowed.call.rpc_method.as_deref(),
+                tool = allowed.call.tool.as_deref(),
+                subject = %identity.subject,
+                "allow"
+            );
+            let mut metadata = call_metadata(&allowed.call, "allow");
+            metadata.insert("subject".into(), string(&identity.subject));
+            metadata.insert("issuer".into(), string(&identity.issuer));
+            metadata.insert("scopes".into(), string(&identity.scopes.join(" ")));
+            if let Some(client_id) = &identity.client_id {
+                metadata.insert("client_id".into(), string(client_id));
+            }
+            CheckResponse {
+                status: Some(status(Code::Ok)),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: allowed
+                        .set_headers
+                        .into_iter()
+                        .map(|(key, value)| header(key, value))
+                        .collect(),
+                    headers_to_remove: allowed.remove_headers,
+                    ..Default::default()
+                })),
+                dynamic_metadata: Some(Struct { fields: metadata }),
+            }
         }
-    };
-    put("rpc_method", &verdict.call.rpc_method);
-    put("tool", &verdict.call.tool);
-    let allowed = verdict.allowed;
-    CheckResponse {
-        status: Some(Status {
-            code: if allowed {
-                tonic::Code::Ok
-            } else {
-                tonic::Code::PermissionDenied
-            } as i32,
+        Verdict::Deny(denied) => {
+            if denied.status >= 400 {
+                tracing::info!(
+                    method = request.method,
+                    path = request.path,
+                    status = denied.status,
+                    reason = %denied.reason,
+                    "deny"
+                );
+            }
+            let mut metadata = call_metadata(&denied.call, "deny");
+            metadata.insert("reason".into(), string(&denied.reason));
+            let code = match denied.status {
+                401 => Code::Unauthenticated,
+                400 => Code::InvalidArgument,
+                404 => Code::NotFound,
+                _ => Code::PermissionDenied,
+            };
+            CheckResponse {
+                status: Some(status(code)),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(denied.status),
+                    }),
+                    headers: denied
+                        .headers
+                        .into_iter()
+                        .map(|(key, value)| header(key, value))
+                        .collect(),
+                    body: denied.body,
+                })),
+                dynamic_metadata: Some(Struct { fields: metadata }),
+            }
+        }
+    }
+}
+
+fn call_metadata(call: &CallInfo, decision: &str) -> HashMap<String, Value> {
+    let mut fields = HashMap::new();
+    fields.insert("decision".to_owned(), string(decision));
+    if let Some(m) = &call.rpc_method {
+        fields.insert("rpc_method".to_owned(), string(m));
+    }
+    if let Some(t) = &call.tool {
+        fields.insert("tool".to_owned(), string(t));
+    }
+    fields
+}
+
+fn header(key: String, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key,
+            value,
             ..Default::default()
         }),
-        http_response: allowed.then(|| HttpResponse::OkResponse(OkHttpResponse::default())),
-        dynamic_metadata: Some(Struct {
-            fields: fields.into_iter().collect(),
-        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
     }
 }
 
-fn string_value(s: &str) -> Value {
+fn status(code: Code) -> Status {
+    Status {
+        code: code as i32,
+        ..Default::default()
+    }
+}
+
+fn string(s: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     }

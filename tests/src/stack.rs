@@ -299,6 +299,14 @@ impl Stack {
         let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
         config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
         config["ext_proc"]["server"]["listen"] = listen(self.ports.ext_proc);
+        config["ext_authz"]["resource"] = self.url().into();
+        let issuer = &mut config["ext_authz"]["issuers"][0];
+        issuer["issuer"] = self.issuer_url().into();
+        issuer["ca_file"] = paths::certs_dir()
+            .join("ca.pem")
+            .display()
+            .to_string()
+            .into();
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
         Ok(())

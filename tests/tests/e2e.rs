@@ -3,6 +3,7 @@
 //! test` does).
 
 mod e2e {
+    mod authn;
     mod envoy_configs;
     mod foundation;
     mod sidecars;

@@ -6,7 +6,7 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
 
 #[test]
 fn minimal_config_takes_defaults() {
-    let cfg = parse("ext_authz:\n  server:\n    listen: 127.0.0.1:50051\n").expect("valid config");
+    let cfg = parse("ext_authz:\n  server:\n    listen: 127.0.0.1:50051\n  resource: https://gw/mcp\n  issuers: []\n").expect("valid config");
     let server = &cfg.ext_authz(Path::new("x")).expect("section").server;
     assert_eq!(server.listen.port(), 50051);
     assert_eq!(server.shutdown_grace_period, Duration::from_secs(30));
@@ -66,5 +66,22 @@ fn unreadable_file_is_named() {
         err.to_string()
             .starts_with("/nonexistent/gateway.yaml: cannot read"),
         "{err}"
+    );
+}
+
+#[test]
+fn issuer_defaults_are_safe() {
+    let cfg = parse(
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers:\n  - issuer: https://idp\n",
+    )
+    .expect("valid");
+    let authz = cfg.ext_authz.expect("section");
+    let issuer = &authz.issuers[0];
+    assert!(issuer.algorithms.iter().all(|a| !a.starts_with("HS")));
+    assert_eq!(issuer.scopes_claim, "scope");
+    assert_eq!(issuer.jwks.unknown_kid_interval, Duration::from_secs(30));
+    assert!(
+        issuer.audiences.is_empty(),
+        "empty means the gateway's resource"
     );
 }

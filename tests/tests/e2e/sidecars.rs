@@ -24,7 +24,8 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 
 fn sidecar_config(authz_port: u16, proc_port: u16) -> String {
     format!(
-        "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n\
+        "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n  resource: https://gw/mcp\n  \
+         issuers: [{{issuer: https://idp.invalid, jwks_uri: https://idp.invalid/jwks}}]\n\
          ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n"
     )
 }
@@ -97,10 +98,34 @@ fn bad_config_exits_64_naming_file_key_and_reason() {
     );
 
     // A file valid for ext-authz lacks ext-proc's section.
-    let path = config(&dir, "ext_authz:\n  server:\n    listen: 127.0.0.1:1\n");
+    let path = config(
+        &dir,
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers: [{issuer: https://idp}]\n",
+    );
     let (code, stderr) = run_to_exit("ext-proc", &["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("ext_proc: missing section"), "{stderr}");
+
+    // Values the sidecar cannot use are named too.
+    let path = config(
+        &dir,
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
+         issuers: [{issuer: https://idp, algorithms: [HS256]}]\n",
+    );
+    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("ext_authz.issuers[0].algorithms: `HS256` is not accepted"),
+        "{stderr}"
+    );
+    let path = config(
+        &dir,
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
+         issuers: [{issuer: http://idp.example}]\n",
+    );
+    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("must be https"), "{stderr}");
 }
 
 #[test]
@@ -134,16 +159,25 @@ async fn json_logs_on_request() {
     let status = authz.stop(Duration::from_secs(10)).expect("stops");
     assert!(status.success(), "{status}");
     let log = authz.log_text();
-    let first = log.lines().next().expect("a log line");
-    let line: serde_json::Value = serde_json::from_str(first).expect("JSON log line");
-    assert_eq!(line["level"], "INFO");
-    assert!(
-        line["message"]
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ext-authz serving"))
+        })
+        .unwrap_or_else(|| panic!("no start-up line: {log}"));
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["listen"], format!("127.0.0.1:{port}"));
+    assert!(lines.iter().any(|l| {
+        l["openssl"]
             .as_str()
-            .expect("message")
-            .contains("ext-authz serving"),
-        "{line}"
-    );
+            .is_some_and(|v| v.starts_with("OpenSSL"))
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,476 @@
+//! Issuers' signing keys: fetched over HTTPS, cached (moka), refreshed in the
+//! background, refetched on an unknown `kid` at most once per interval, and kept
+//! through an IdP outage up to a maximum staleness.
+//!
+//! Behaviour, per issuer:
+//! - A background task refetches before the keys expire: Cache-Control `max-age`,
+//!   clamped to `[refresh_floor, refresh_ceiling]`; after a failed fetch it retries
+//!   sooner (a tenth of the floor, at least a second).
+//! - A token with a `kid` the cached set lacks triggers one refetch, single-flight
+//!   (concurrent requests wait for the same fetch), and no more than once per
+//!   `unknown_kid_interval`: a flood of random `kid`s costs the IdP one request
+//!   per interval. The same gate guards the first fetch when no keys are cached.
+//! - Keys older than `max_staleness` (no successful fetch since) are not used:
+//!   requests fail closed.
+//! - JWKs with `use: enc`, an unsupported `kty` or curve, or that fail to parse are
+//!   skipped with a warning; the rest of the set is used.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gateway_core::config::JwksSettings;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use tokio::sync::RwLock;
+
+use crate::crypto::ParsedKeys;
+
+/// A verification key from an issuer's JWKS.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: Option<String>,
+    pub decoding: DecodingKey,
+    /// The algorithms this key can verify.
+    pub algorithms: &'static [Algorithm],
+}
+
+/// One fetched key set.
+pub struct KeySet {
+    pub keys: Vec<SigningKey>,
+    pub fetched_at: Instant,
+}
+
+impl KeySet {
+    /// The key for `kid` that can verify `algorithm`. Without a `kid`, the only
+    /// key that fits.
+    pub fn find(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<&SigningKey> {
+        let mut fits = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithms.contains(&algorithm));
+        match kid {
+            Some(kid) => fits.find(|k| k.kid.as_deref() == Some(kid)),
+            None => {
+                let first = fits.next()?;
+                fits.next().is_none().then_some(first)
+            }
+        }
+    }
+}
+
+/// Why no key could be found.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("signing keys unavailable")]
+    Unavailable,
+    #[error("signing keys are stale")]
+    Stale,
+    #[error("unknown signing key")]
+    UnknownKid,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("GET {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET {url}: response larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("GET {url}: not JSON: {reason}")]
+    Json { url: String, reason: String },
+    #[error("discovery for {issuer}: {reason}")]
+    Discovery { issuer: String, reason: String },
+}
+
+/// The keys of one issuer.
+pub struct IssuerKeys {
+    issuer: String,
+    configured_jwks_uri: Option<String>,
+    discovered_jwks_uri: RwLock<Option<String>>,
+    settings: JwksSettings,
+    http: reqwest::Client,
+    current: moka::future::Cache<(), Arc<KeySet>>,
+    refetch_gate: moka::future::Cache<(), ()>,
+    /// The first fetch, shared by the refresh task and the first requests.
+    initial: tokio::sync::OnceCell<()>,
+    /// When the refresh task should fetch next, from the last fetch's Cache-Control.
+    next_refresh: std::sync::Mutex<Duration>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl IssuerKeys {
+    /// Builds the key source and starts its background refresh, which ends when
+    /// the returned value is dropped.
+    pub fn start(
+        issuer: String,
+        jwks_uri: Option<String>,
+        settings: JwksSettings,
+        http: reqwest::Client,
+    ) -> Arc<Self> {
+        let keys = Arc::new(Self {
+            issuer,
+            configured_jwks_uri: jwks_uri,
+            discovered_jwks_uri: RwLock::new(None),
+            refetch_gate: moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(settings.unknown_kid_interval)
+                .build(),
+            settings,
+            http,
+            current: moka::future::Cache::new(1),
+            initial: tokio::sync::OnceCell::new(),
+            next_refresh: std::sync::Mutex::new(Duration::ZERO),
+            fetches: Default::default(),
+        });
+        tokio::spawn(refresh_loop(Arc::downgrade(&keys)));
+        keys
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// How many fetches of the JWKS this source made (for tests and metrics).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The key that verifies a token with `kid` and `algorithm`.
+    pub async fn key(
+        &self,
+        kid: Option<&str>,
+        algorithm: Algorithm,
+    ) -> Result<SigningKey, KeyError> {
+        self.initial_load().await;
+        if let Some(set) = self.usable().await
+            && let Some(key) = set.find(kid, algorithm)
+        {
+            return Ok(key.clone());
+        }
+        // Unknown kid, stale or no keys: at most one gated refetch.
+        let had_keys = self.current.get(&()).await.is_some();
+        self.gated_refetch().await;
+        match self.usable().await {
+            Some(set) => set
+                .find(kid, algorithm)
+                .cloned()
+                .ok_or(KeyError::UnknownKid),
+            None if had_keys => Err(KeyError::Stale),
+            None => Err(KeyError::Unavailable),
+        }
+    }
+
+    /// Waits for the first fetch (made once, by whoever needs keys first).
+    async fn initial_load(&self) {
+        self.initial
+            .get_or_init(|| async {
+                if let Err(err) = self.refresh().await {
+                    tracing::warn!(issuer = %self.issuer, error = %err, "JWKS fetch failed");
+                }
+            })
+            .await;
+    }
+
+    /// Whether the cached keys are fresh enough to use (for the token cache).
+    pub async fn fresh(&self) -> bool {
+        self.usable().await.is_some()
+    }
+
+    async fn usable(&self) -> Option<Arc<KeySet>> {
+        let set = self.current.get(&()).await?;
+        (set.fetched_at.elapsed() <= self.settings.max_staleness).then_some(set)
+    }
+
+    /// Refetches unless a refetch ran within `unknown_kid_interval`; concurrent
+    /// callers share one fetch.
+    async fn gated_refetch(&self) {
+        self.refetch_gate
+            .entry(())
+            .or_insert_with(async {
+                if let Err(err) = self.refresh().await {
+                    tracing::warn!(issuer = %self.issuer, error = %err, "JWKS refetch failed");
+                }
+            })
+            .await;
+    }
+
+    /// Fetches the JWKS now and, on success, replaces the cached keys. Returns
+    /// how long to wait before the next refresh.
+    pub async fn refresh(&self) -> Result<Duration, FetchError> {
+        let uri = self.jwks_uri().await?;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (body, max_age) = self.get_json(&uri).await?;
+        let keys = parse_jwks(&self.issuer, &body);
+        tracing::info!(issuer = %self.issuer, keys = keys.len(), "JWKS fetched");
+        self.current
+            .insert(
+                (),
+                Arc::new(KeySet {
+                    keys,
+                    fetched_at: Instant::now(),
+                }),
+            )
+            .await;
+        let s = &self.settings;
+        let next = max_age
+            .unwrap_or(s.refresh_ceiling)
+            .clamp(s.refresh_floor, s.refresh_ceiling);
+        if let Ok(mut slot) = self.next_refresh.lock() {
+            *slot = next;
+        }
+        Ok(next)
+    }
+
+    /// How soon the refresh task retries after a failed fetch: a tenth of the
+    /// floor, at least a second.
+    fn retry_wait(&self) -> Duration {
+        (self.settings.refresh_floor / 10).max(Duration::from_secs(1))
+    }
+
+    async fn jwks_uri(&self) -> Result<String, FetchError> {
+        if let Some(uri) = &self.configured_jwks_uri {
+            return Ok(uri.clone());
+        }
+        if let Some(uri) = self.discovered_jwks_uri.read().await.clone() {
+            return Ok(uri);
+        }
+        let uri = self.discover().await?;
+        *self.discovered_jwks_uri.write().await = Some(uri.clone());
+        Ok(uri)
+    }
+
+    /// OIDC discovery, then RFC 8414; the document must name this issuer.
+    async fn discover(&self) -> Result<String, FetchError> {
+        let mut reasons = Vec::new();
+        for url in discovery_urls(&self.issuer) {
+            match self.get_json(&url).await {
+                Ok((doc, _)) => {
+                    if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+                        reasons.push(format!("{url}: names another issuer"));
+                        continue;
+                    }
+                    match doc.get("jwks_uri").and_then(Value::as_str) {
+                        Some(uri) if secure_url(uri) => return Ok(uri.to_owned()),
+                        Some(uri) => reasons.push(format!("{url}: jwks_uri {uri} is not https")),
+                        None => reasons.push(format!("{url}: no jwks_uri")),
+                    }
+                }
+                Err(err) => reasons.push(err.to_string()),
+            }
+        }
+        Err(FetchError::Discovery {
+            issuer: self.issuer.clone(),
+            reason: reasons.join("; "),
+        })
+    }
+
+    /// GETs a JSON document within the size limit; returns it and its max-age.
+    async fn get_json(&self, url: &str) -> Result<(Value, Option<Duration>), FetchError> {
+        let http_err = |source| FetchError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let response = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(http_err)?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status {
+                url: url.to_owned(),
+                status: response.status().as_u16(),
+            });
+        }
+        let max_age = response
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .and_then(cache_max_age);
+        let limit = self.settings.max_bytes;
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.map_err(http_err)?);
+            if body.len() > limit {
+                return Err(FetchError::TooLarge {
+                    url: url.to_owned(),
+                    limit,
+                });
+            }
+        }
+        let value = serde_json::from_slice(&body).map_err(|e| FetchError::Json {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok((value, max_age))
+    }
+}
+
+async fn refresh_loop(keys: Weak<IssuerKeys>) {
+    let Some(strong) = keys.upgrade() else { return };
+    strong.initial_load().await;
+    let mut wait = if strong.current.get(&()).await.is_some() {
+        strong
+            .next_refresh
+            .lock()
+            .map(|d| *d)
+            .unwrap_or(strong.settings.refresh_floor)
+    } else {
+        strong.retry_wait()
+    };
+    drop(strong);
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(strong) = keys.upgrade() else { return };
+        wait = match strong.refresh().await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(issuer = %strong.issuer, error = %err, "JWKS refresh failed; keeping the last good keys");
+                strong.retry_wait()
+            }
+        };
+    }
+}
+
+/// Whether keys may be fetched from `url`: HTTPS, or plain HTTP to a loopback
+/// host (local development and tests).
+pub fn secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// The discovery documents to try for `issuer`, in order (RFC 8414 §3.1 inserts
+/// the well-known segment before an issuer's path).
+pub fn discovery_urls(issuer: &str) -> Vec<String> {
+    let trimmed = issuer.trim_end_matches('/');
+    let (origin, path) = match trimmed.find("://").map(|i| i + 3) {
+        Some(start) => match trimmed[start..].find('/') {
+            Some(slash) => trimmed.split_at(start + slash),
+            None => (trimmed, ""),
+        },
+        None => (trimmed, ""),
+    };
+    vec![
+        format!("{trimmed}/.well-known/openid-configuration"),
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+    ]
+}
+
+/// `max-age` of a Cache-Control value; `no-cache`/`no-store` count as zero.
+pub fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(secs) = lower.strip_prefix("max-age=") {
+            max_age = secs.trim_matches('"').parse().ok().map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+/// The usable signing keys of a JWKS document.
+pub fn parse_jwks(issuer: &str, doc: &Value) -> Vec<SigningKey> {
+    let Some(entries) = doc.get("keys").and_then(Value::as_array) else {
+        tracing::warn!(issuer, "JWKS has no `keys` array");
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let kid = entry.get("kid").and_then(Value::as_str).map(str::to_owned);
+        if entry
+            .get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
+            tracing::debug!(issuer, ?kid, "skipping JWK not for signatures");
+            continue;
+        }
+        match signing_key(entry) {
+            Ok(key) => keys.push(key),
+            Err(reason) => tracing::warn!(issuer, ?kid, reason, "skipping JWK"),
+        }
+    }
+    keys
+}
+
+fn signing_key(entry: &Value) -> Result<SigningKey, String> {
+    let jwk: Jwk =
+        serde_json::from_value(entry.clone()).map_err(|e| format!("unsupported JWK: {e}"))?;
+    let algorithms: &'static [Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => return Err("unsupported curve".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            &[Algorithm::EdDSA]
+        }
+        _ => return Err("unsupported key type".into()),
+    };
+    // A key that names its algorithm verifies only that one.
+    let named = match jwk.common.key_algorithm {
+        Some(alg) => Some(
+            Algorithm::try_from(alg).map_err(|_| format!("`alg` {alg} is not a JWS algorithm"))?,
+        ),
+        None => None,
+    };
+    let algorithms = match named {
+        Some(named) => {
+            let i = algorithms
+                .iter()
+                .position(|a| *a == named)
+                .ok_or("`alg` does not fit the key type")?;
+            &algorithms[i..=i]
+        }
+        None => algorithms,
+    };
+    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    // Parse into OpenSSL now, once, so no token pays for it.
+    ParsedKeys::get(&decoding, algorithms[0]).map_err(|e| e.to_string())?;
+    Ok(SigningKey {
+        kid: jwk.common.key_id,
+        decoding,
+        algorithms,
+    })
+}
+
+#[cfg(test)]
+mod tests;

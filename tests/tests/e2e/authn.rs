@@ -1,0 +1,252 @@
+//! The gateway as an OAuth 2.1 resource server, end to end through Envoy: what a
+//! client sees without a token, with a bad one, with too few scopes; what the
+//! backend sees with a good one.
+
+use e2e::mcp::{self, RawSession};
+use e2e::paths;
+use e2e::stack::{Stack, StackOptions};
+use serde_json::{Value, json};
+
+async fn stack() -> Stack {
+    Stack::start(StackOptions::for_test().expect("free ports"))
+        .await
+        .expect("stack starts")
+}
+
+fn metadata_url(stack: &Stack) -> String {
+    format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        stack.base_url()
+    )
+}
+
+async fn post_initialize(stack: &Stack, authorization: Option<&str>) -> reqwest::Response {
+    let mut request = stack
+        .http()
+        .post(stack.url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "0"}}}));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.send().await.expect("Envoy answers")
+}
+
+fn www_authenticate(response: &reqwest::Response) -> String {
+    response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+async fn backend_requests(stack: &Stack) -> Vec<Value> {
+    let mut all = Vec::new();
+    for index in 0..stack.ports().backends.len() {
+        all.extend(stack.backend_requests(index).await.expect("backend"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_client_is_told_where_to_get_one() {
+    let stack = stack().await;
+    let response = post_initialize(&stack, None).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        www_authenticate(&response),
+        format!(
+            "Bearer resource_metadata=\"{}\", scope=\"mcp:tools\"",
+            metadata_url(&stack)
+        )
+    );
+
+    // The metadata is public, at the path-suffixed and the root well-known URL.
+    for url in [
+        metadata_url(&stack),
+        format!("{}/.well-known/oauth-protected-resource", stack.base_url()),
+    ] {
+        let response = stack.http().get(&url).send().await.expect("metadata");
+        assert_eq!(response.status(), 200, "{url}");
+        let doc: Value = response.json().await.expect("JSON");
+        assert_eq!(doc["resource"], stack.url());
+        assert_eq!(doc["authorization_servers"], json!([stack.issuer_url()]));
+        assert_eq!(doc["scopes_supported"], json!(["mcp:tools"]));
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    }
+    let unknown = stack
+        .http()
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/other",
+            stack.base_url()
+        ))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status(), 404);
+    assert!(backend_requests(&stack).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_invalid_token_and_reach_no_backend() {
+    let stack = stack().await;
+    let issuer = stack.issuer_url();
+    let form_token = |fields: Vec<(&'static str, String)>| {
+        let stack = &stack;
+        let issuer = issuer.clone();
+        async move {
+            let response = stack
+                .http()
+                .post(format!("{issuer}/token"))
+                .form(&fields)
+                .send()
+                .await
+                .expect("issuer");
+            let body: Value = response.json().await.expect("json");
+            body["access_token"].as_str().expect("token").to_owned()
+        }
+    };
+    let expired = form_token(vec![("ttl", "-120".into()), ("aud", stack.url())]).await;
+    let foreign = form_token(vec![("aud", "https://other.example/mcp".into())]).await;
+    let valid = stack.token("alice", "mcp:tools").await.expect("token");
+    let (head, _) = valid.rsplit_once('.').expect("jwt");
+    let forged = format!("{head}.AAAA");
+
+    for (token, description) in [
+        (expired.as_str(), "token expired"),
+        (foreign.as_str(), "token not issued for this resource"),
+        (forged.as_str(), "bad signature"),
+        ("garbage", "malformed token"),
+    ] {
+        let response = post_initialize(&stack, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(response.status(), 401, "{description}");
+        assert_eq!(
+            www_authenticate(&response),
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{description}\", resource_metadata=\"{}\"",
+                metadata_url(&stack)
+            )
+        );
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(body["error"], "invalid_token");
+    }
+
+    // A token in the query string is not a bearer token.
+    let response = stack
+        .http()
+        .post(format!("{}?access_token={valid}", stack.url()))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 401);
+    assert!(
+        !www_authenticate(&response).contains("error="),
+        "treated as no token"
+    );
+    assert!(backend_requests(&stack).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_scopes_get_403_insufficient_scope() {
+    let stack = stack().await;
+    let token = stack.token("alice", "profile").await.expect("token");
+    let response = post_initialize(&stack, Some(&format!("Bearer {token}"))).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        www_authenticate(&response),
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:tools\", resource_metadata=\"{}\"",
+            metadata_url(&stack)
+        )
+    );
+
+    // The official client surfaces the 403 and gets nothing done.
+    let err = stack
+        .python_client(&token, 1, 1)
+        .await
+        .expect_err("a token without mcp:tools is refused");
+    assert!(format!("{err:#}").contains("403"), "{err:#}");
+    assert!(backend_requests(&stack).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_gets_the_identity_never_the_token() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    // A client trying to pass itself off as someone else.
+    let response = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .header("x-mcp-subject", "root")
+        .header("x-mcp-client-id", "trusted-client")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "add", "arguments": {"a": 1, "b": 1}}}))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(response.status(), 200);
+
+    let requests = backend_requests(&stack).await;
+    assert!(
+        requests.len() >= 3,
+        "initialize, initialized, call: {requests:?}"
+    );
+    for request in &requests {
+        let headers = &request["headers"];
+        assert!(
+            headers.get("authorization").is_none(),
+            "token passed through: {request}"
+        );
+        assert_eq!(headers["x-mcp-subject"], "alice", "{request}");
+        assert_eq!(headers["x-mcp-client-id"], "dev-client", "{request}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_oauth_discovery_follows_our_challenge_and_metadata() {
+    let stack = stack().await;
+    let output = tokio::process::Command::new(paths::venv_bin("python"))
+        .arg(paths::dev_script("oauth_probe.py"))
+        .args(["--url", &stack.url()])
+        .arg("--ca")
+        .arg(paths::certs_dir().join("ca.pem"))
+        .output()
+        .await
+        .expect("probe runs");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    let requests = report["requests"].as_array().expect("requests");
+    let urls: Vec<&str> = requests.iter().filter_map(|r| r["url"].as_str()).collect();
+
+    // 1. the MCP call, refused with our challenge;
+    assert_eq!(
+        urls.first().copied(),
+        Some(stack.url().as_str()),
+        "{report:#}"
+    );
+    assert_eq!(requests[0]["status"], 401);
+    // 2. our protected resource metadata, from the challenge's resource_metadata;
+    let metadata = urls
+        .iter()
+        .position(|u| *u == metadata_url(&stack))
+        .unwrap_or_else(|| panic!("metadata never fetched: {report:#}"));
+    assert_eq!(requests[metadata]["status"], 200);
+    // 3. then the authorization server it names.
+    let issuer = stack.issuer_url();
+    assert!(
+        urls[metadata + 1..]
+            .iter()
+            .any(|u| u.starts_with(&format!("{issuer}/.well-known/"))),
+        "authorization server metadata never fetched: {report:#}"
+    );
+    assert!(backend_requests(&stack).await.is_empty());
+}
