@@ -10,7 +10,8 @@ JWTs shaped like RFC 9068 access tokens (`iss`, `sub`, `aud`, `scope`, `client_i
 
 `token` signs with the same key files the server publishes, so it works whether or
 not the server is running. `POST /token` (form fields sub, scope, ttl, aud) does the
-same over HTTP. This is a development tool: it hands a token to anyone who asks.
+same over HTTP; `POST /_admin/rotate` adds a new signing key (the newest signs, all
+are published). This is a development tool: it hands a token to anyone who asks.
 """
 
 from __future__ import annotations
@@ -148,8 +149,12 @@ def app(store: KeyStore, issuer: str, default_aud: str) -> Starlette:
         )
         return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl})
 
+    async def rotate(_: Request) -> JSONResponse:
+        return JSONResponse({"kid": store.rotate()})
+
     return Starlette(
         routes=[
+            Route("/_admin/rotate", rotate, methods=["POST"]),
             Route("/.well-known/openid-configuration", metadata),
             Route("/.well-known/oauth-authorization-server", metadata),
             Route("/jwks", jwks),

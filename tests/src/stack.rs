@@ -147,11 +147,13 @@ impl Stack {
             let backend = stack.spawn_backend(index)?;
             stack.backends.push(backend);
         }
+        // ext-authz fetches the issuer's keys at start: let the issuer be up first,
+        // as an IdP would be.
+        stack.wait_issuer().await?;
         stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
         stack.ext_proc = Some(stack.spawn_sidecar("ext-proc")?);
         stack.envoy = Some(stack.spawn_envoy(options.envoy_concurrency)?);
 
-        stack.wait_issuer().await?;
         for index in 0..stack.backends.len() {
             stack.wait_backend(index).await?;
         }
@@ -204,6 +206,30 @@ impl Stack {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("issuer answered without access_token: {body}"))
+    }
+
+    /// Makes the issuer sign with a new key from now on; returns its `kid`.
+    pub async fn rotate_issuer_key(&self) -> anyhow::Result<String> {
+        let body: serde_json::Value = self
+            .http
+            .post(format!("{}/_admin/rotate", self.issuer_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        body["kid"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("rotate answered {body}"))
+    }
+
+    /// Stops the token issuer, as an IdP outage would.
+    pub fn stop_issuer(&mut self) -> anyhow::Result<()> {
+        if let Some(mut issuer) = self.issuer.take() {
+            issuer.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
     }
 
     /// One counter or gauge from Envoy's admin `/stats`.
