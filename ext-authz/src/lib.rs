@@ -15,5 +15,5 @@ pub mod crypto;
 pub mod jwks;
 pub mod service;
 
-#[cfg(test)]
-mod test_util;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;

@@ -3,6 +3,7 @@
 //!
 //! Every task is idempotent: a step already done is skipped.
 
+mod bench;
 mod envoy_config;
 mod setup;
 mod test;
@@ -33,6 +34,8 @@ enum Task {
     Test(test::Test),
     /// Regenerate the shipped Envoy bootstraps from envoy/bootstrap.yaml.
     EnvoyConfig(envoy_config::EnvoyConfig),
+    /// Load ext-authz's Check on one core: Check/s, p50, p99.
+    Bench(bench::Bench),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Task::Token(task) => task.run(),
         Task::Test(task) => task.run(),
         Task::EnvoyConfig(task) => task.run(),
+        Task::Bench(task) => task.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

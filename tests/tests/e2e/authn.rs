@@ -255,23 +255,35 @@ async fn python_sdk_oauth_discovery_follows_our_challenge_and_metadata() {
 async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
     let mut stack = stack().await;
     let before = stack.token("alice", "mcp:tools").await.expect("token");
-    assert_eq!(post_initialize(&stack, Some(&format!("Bearer {before}"))).await.status(), 200);
+    assert_eq!(
+        post_initialize(&stack, Some(&format!("Bearer {before}")))
+            .await
+            .status(),
+        200
+    );
 
     // The IdP rotates: the new kid is unknown to the gateway until it refetches.
     let kid = stack.rotate_issuer_key().await.expect("rotate");
     let after = stack.token("bob", "mcp:tools").await.expect("token");
     let header = after.split('.').next().expect("jwt");
-    let header: Value = serde_json::from_slice(
-        &base64_url_decode(header),
-    )
-    .expect("header JSON");
+    let header: Value = serde_json::from_slice(&base64_url_decode(header)).expect("header JSON");
     assert_eq!(header["kid"], kid);
-    assert_eq!(post_initialize(&stack, Some(&format!("Bearer {after}"))).await.status(), 200);
+    assert_eq!(
+        post_initialize(&stack, Some(&format!("Bearer {after}")))
+            .await
+            .status(),
+        200
+    );
 
     // The IdP goes away: keys already fetched keep verifying new tokens.
     let later = stack.token("carol", "mcp:tools").await.expect("token");
     stack.stop_issuer().expect("stop issuer");
-    assert_eq!(post_initialize(&stack, Some(&format!("Bearer {later}"))).await.status(), 200);
+    assert_eq!(
+        post_initialize(&stack, Some(&format!("Bearer {later}")))
+            .await
+            .status(),
+        200
+    );
 }
 
 fn base64_url_decode(text: &str) -> Vec<u8> {
@@ -280,7 +292,9 @@ fn base64_url_decode(text: &str) -> Vec<u8> {
     let mut count = 0;
     let mut out = Vec::new();
     for c in text.bytes() {
-        let Some(v) = alphabet.iter().position(|a| *a == c) else { continue };
+        let Some(v) = alphabet.iter().position(|a| *a == c) else {
+            continue;
+        };
         bits = (bits << 6) | v as u32;
         count += 6;
         if count >= 8 {
