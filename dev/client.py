@@ -5,6 +5,9 @@ and whoami in turn), checking every answer. Prints one JSON report on stdout and
 exits 1 when any call failed, any answer was wrong, or a session's `whoami` changed.
 
     client.py --url https://localhost:8443/mcp --token "$TOKEN" --ca .dev/certs/ca.pem
+
+With `--call TOOL JSON_ARGS` (repeatable) it instead makes exactly those calls in
+one session and reports each outcome, a JSON-RPC error (a policy denial) included.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 
 import httpx
 from mcp import ClientSession
+from mcp.shared.exceptions import McpError
 from mcp.client.streamable_http import streamable_http_client
 
 
@@ -50,6 +54,26 @@ async def run_session(url: str, token: str, ctx: ssl.SSLContext, calls: int) -> 
     return report
 
 
+async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple[str, str]]) -> dict:
+    """One session, the given calls in order; every outcome is reported, errors included."""
+    outcomes = []
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(headers=headers, verify=ctx, timeout=httpx.Timeout(30, read=300)) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write, session_id):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                for name, arguments in calls:
+                    outcome: dict = {"tool": name, "arguments": json.loads(arguments)}
+                    try:
+                        result = await session.call_tool(name, outcome["arguments"])
+                        outcome["is_error"] = bool(result.isError)
+                        outcome["text"] = result.content[0].text if result.content else ""
+                    except McpError as exc:
+                        outcome["jsonrpc_error"] = {"code": exc.error.code, "message": exc.error.message}
+                    outcomes.append(outcome)
+    return {"calls": outcomes}
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
@@ -57,9 +81,19 @@ async def main() -> int:
     parser.add_argument("--ca", help="CA bundle that signed the gateway's certificate")
     parser.add_argument("--sessions", type=int, default=1)
     parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument(
+        "--call",
+        nargs=2,
+        action="append",
+        metavar=("TOOL", "JSON_ARGS"),
+        help="make these calls, in order, in one session, and report each outcome",
+    )
     args = parser.parse_args()
 
     ctx = ssl.create_default_context(cafile=args.ca)
+    if args.call:
+        print(json.dumps(await run_calls(args.url, args.token, ctx, args.call), indent=1))
+        return 0
     results = await asyncio.gather(
         *(run_session(args.url, args.token, ctx, args.calls) for _ in range(args.sessions)),
         return_exceptions=True,

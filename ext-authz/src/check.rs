@@ -1,13 +1,31 @@
 //! Deciding on one HTTP request: serve the protected resource metadata,
-//! authenticate the caller, and say what to tell Envoy.
+//! authenticate the caller, judge every JSON-RPC message by the rules, and say
+//! what to tell Envoy.
+//!
+//! Replies, in order of checks:
+//! - token problems: 401/403 with `WWW-Authenticate` (RFC 6750);
+//! - an unsupported `MCP-Protocol-Version`: 400;
+//! - a body over the size limit: 413; malformed JSON or not JSON-RPC: 400 with a
+//!   JSON-RPC error (-32700 parse error, -32600 invalid request);
+//! - a batch under a protocol version after 2025-03-26: 400;
+//! - a denied request: HTTP 200 with a JSON-RPC error echoing its `id` and naming
+//!   the rule, so SDK clients keep their session; a denied notification or
+//!   response: 403 with a JSON-RPC error body. One denial in a batch refuses the
+//!   whole batch and nothing is forwarded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gateway_core::config::{ExtAuthzConfig, IdentityHeaders};
-use gateway_core::jsonrpc::Body;
-use serde_json::json;
+use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
+use gateway_core::rules::{Decision, Effect, RequestFacts};
+use serde_json::{Value, json};
 
 use crate::authn::{Authenticator, AuthnError, Identity};
+use crate::policy::PolicyStore;
+
+/// JSON-RPC error code of a policy denial (implementation-defined range).
+pub const DENIED_CODE: i64 = -32001;
 
 /// The parts of an HTTP request the decision looks at.
 #[derive(Debug, Default)]
@@ -21,6 +39,12 @@ pub struct HttpRequest<'a> {
     pub passthrough_authorization: bool,
     /// The raw request body (empty for GET and DELETE).
     pub body: &'a [u8],
+    /// The `MCP-Protocol-Version` header, if any.
+    pub protocol_version: Option<&'a str>,
+    /// All request headers (lower-case names), for rules.
+    pub headers: Option<&'a HashMap<String, String>>,
+    /// The client's address, for rules.
+    pub source_address: &'a str,
 }
 
 /// What ext-authz decided.
@@ -34,6 +58,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Allowed {
     pub call: CallInfo,
+    /// The rules that allowed the messages, joined by `,`; `None` without a body.
+    pub rule: Option<String>,
     pub identity: Arc<Identity>,
     /// Headers to set on the upstream request, replacing any the client sent.
     pub set_headers: Vec<(String, String)>,
@@ -45,6 +71,8 @@ pub struct Allowed {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Denied {
     pub call: CallInfo,
+    /// The rule that denied, for policy denials.
+    pub rule: Option<String>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -69,14 +97,22 @@ pub struct Authorizer {
     authenticator: Authenticator,
     metadata: ResourceMetadata,
     identity_headers: IdentityHeaders,
+    policy: Arc<PolicyStore>,
+    limits: Limits,
 }
 
 impl Authorizer {
-    pub fn new(config: &ExtAuthzConfig, authenticator: Authenticator) -> Self {
+    pub fn new(
+        config: &ExtAuthzConfig,
+        authenticator: Authenticator,
+        policy: Arc<PolicyStore>,
+    ) -> Self {
         Self {
             authenticator,
             metadata: ResourceMetadata::new(config),
             identity_headers: config.identity_headers.clone(),
+            policy,
+            limits: config.limits,
         }
     }
 
@@ -90,18 +126,115 @@ impl Authorizer {
         if path.starts_with(METADATA_PATH) {
             return Verdict::Deny(self.metadata.serve(request.method, path));
         }
-        let call = if request.method == "POST" {
-            call_info(request.body)
-        } else {
-            CallInfo::default()
+        let identity = match self.authenticator.authenticate(request.authorization).await {
+            Ok(identity) => identity,
+            Err(err) => {
+                let call = if request.method == "POST" {
+                    call_info(
+                        &Body::parse(request.body, &self.limits)
+                            .map(|b| b.messages)
+                            .unwrap_or_default(),
+                    )
+                } else {
+                    CallInfo::default()
+                };
+                return Verdict::Deny(self.metadata.challenge(call, &err));
+            }
         };
-        match self.authenticator.authenticate(request.authorization).await {
-            Ok(identity) => Verdict::Allow(self.allow(call, identity, request)),
-            Err(err) => Verdict::Deny(self.metadata.challenge(call, &err)),
+        let version = match jsonrpc::protocol_version(request.protocol_version) {
+            Ok(version) => version,
+            Err(why) => {
+                return Verdict::Deny(invalid(
+                    400,
+                    jsonrpc::error_response(None, -32600, &why),
+                    why,
+                ));
+            }
+        };
+        if request.method != "POST" {
+            // GET (the server's event stream) and DELETE (session end) carry no call.
+            return Verdict::Allow(self.allow(CallInfo::default(), None, identity, request));
         }
+        let body = match Body::parse(request.body, &self.limits) {
+            Ok(body) => body,
+            Err(err @ ParseError::TooLarge { .. }) => {
+                return Verdict::Deny(invalid(
+                    413,
+                    jsonrpc::error_response(None, -32600, &err.to_string()),
+                    err.to_string(),
+                ));
+            }
+            Err(err) => {
+                return Verdict::Deny(invalid(
+                    400,
+                    jsonrpc::error_response(None, err.code(), &err.to_string()),
+                    err.to_string(),
+                ));
+            }
+        };
+        let call = call_info(&body.messages);
+        if body.batch && version != BATCH_VERSION {
+            let why = format!("JSON-RPC batches are not allowed in protocol {version}");
+            let mut denied = invalid(400, jsonrpc::error_response(None, -32600, &why), why);
+            denied.call = call;
+            return Verdict::Deny(denied);
+        }
+        let decisions = self.judge(&body.messages, &identity, request, path);
+        if decisions.iter().all(|d| d.effect == Effect::Allow) {
+            let rules = decisions
+                .iter()
+                .map(|d| &*d.rule)
+                .collect::<Vec<_>>()
+                .join(",");
+            return Verdict::Allow(self.allow(call, Some(rules), identity, request));
+        }
+        Verdict::Deny(policy_denial(&body, &decisions, call))
     }
 
-    fn allow(&self, call: CallInfo, identity: Arc<Identity>, request: &HttpRequest<'_>) -> Allowed {
+    /// One decision per message: built-in checks first, then the rules.
+    fn judge(
+        &self,
+        messages: &[Message],
+        identity: &Identity,
+        request: &HttpRequest<'_>,
+        path: &str,
+    ) -> Vec<Decision> {
+        let policy = self.policy.current();
+        let facts = RequestFacts {
+            claims: Some(&identity.claims),
+            subject: Some(&identity.subject),
+            issuer: Some(&identity.issuer),
+            client_id: identity.client_id.as_deref(),
+            scopes: &identity.scopes,
+            headers: request.headers,
+            path,
+            method: request.method,
+            source_address: request.source_address,
+        };
+        let refs: Vec<&Message> = messages.iter().collect();
+        let mut decisions = policy.for_path(path).evaluate(&facts, &refs);
+        for (decision, message) in decisions.iter_mut().zip(messages) {
+            if message
+                .method
+                .as_deref()
+                .is_some_and(jsonrpc::is_miscased_method)
+            {
+                *decision = Decision {
+                    effect: Effect::Deny,
+                    rule: "builtin:method-case".into(),
+                };
+            }
+        }
+        decisions
+    }
+
+    fn allow(
+        &self,
+        call: CallInfo,
+        rule: Option<String>,
+        identity: Arc<Identity>,
+        request: &HttpRequest<'_>,
+    ) -> Allowed {
         let mut set_headers = Vec::new();
         let mut remove_headers = Vec::new();
         // MCP forbids token passthrough: the backend gets the identity, not the token.
@@ -124,6 +257,7 @@ impl Authorizer {
         }
         Allowed {
             call,
+            rule,
             identity,
             set_headers,
             remove_headers,
@@ -187,6 +321,7 @@ impl ResourceMetadata {
         }
         Denied {
             call: CallInfo::default(),
+            rule: None,
             status,
             headers,
             body,
@@ -243,6 +378,7 @@ impl ResourceMetadata {
         };
         Denied {
             call,
+            rule: None,
             status,
             headers: vec![
                 ("www-authenticate".to_owned(), challenge),
@@ -271,12 +407,89 @@ fn split_origin(url: &str) -> (&str, &str) {
     }
 }
 
-fn call_info(body: &[u8]) -> CallInfo {
-    let Ok(body) = Body::parse(body) else {
-        return CallInfo::default();
+/// The reply to a body some rule denied.
+fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied {
+    let denied = decisions
+        .iter()
+        .zip(&body.messages)
+        .find(|(d, _)| d.effect == Effect::Deny)
+        .map(|(d, m)| (d.rule.clone(), m));
+    let Some((rule, message)) = denied else {
+        return invalid(
+            500,
+            jsonrpc::error_response(None, -32603, "no decision"),
+            "no decision".into(),
+        );
     };
+    let what = message.tool.as_deref().map_or_else(
+        || message.method.clone().unwrap_or_else(|| "response".into()),
+        |tool| format!("{} {tool}", message.method.as_deref().unwrap_or_default()),
+    );
+    let reason = if &*rule == "default" {
+        format!("denied by policy: no rule allows {what}")
+    } else {
+        format!("denied by rule `{rule}`: {what}")
+    };
+    let requests: Vec<&Message> = body
+        .messages
+        .iter()
+        .filter(|m| m.kind == Kind::Request)
+        .collect();
+    let (status, reply) = if !body.batch {
+        match message.kind {
+            // A request gets an answer the client's SDK understands, in a 200.
+            Kind::Request => (
+                200,
+                jsonrpc::error_response(message.id.as_ref(), DENIED_CODE, &reason),
+            ),
+            Kind::Notification | Kind::Response => {
+                (403, jsonrpc::error_response(None, DENIED_CODE, &reason))
+            }
+        }
+    } else if requests.is_empty() {
+        (403, jsonrpc::error_response(None, DENIED_CODE, &reason))
+    } else {
+        // Every request of the batch gets an answer; none is forwarded.
+        let answers: Vec<Value> = body
+            .messages
+            .iter()
+            .zip(decisions)
+            .filter(|(m, _)| m.kind == Kind::Request)
+            .map(|(m, d)| {
+                let text = if d.effect == Effect::Deny {
+                    reason.clone()
+                } else {
+                    format!("batch refused: {reason}")
+                };
+                jsonrpc::error_response(m.id.as_ref(), DENIED_CODE, &text)
+            })
+            .collect();
+        (200, Value::Array(answers))
+    };
+    Denied {
+        call,
+        rule: Some(rule.to_string()),
+        status,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: reply.to_string(),
+        reason,
+    }
+}
+
+/// A 4xx for a request that is not valid MCP.
+fn invalid(status: u16, body: Value, reason: String) -> Denied {
+    Denied {
+        call: CallInfo::default(),
+        rule: None,
+        status,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: body.to_string(),
+        reason,
+    }
+}
+
+fn call_info(messages: &[Message]) -> CallInfo {
     let join = |items: Vec<&str>| (!items.is_empty()).then(|| items.join(","));
-    let messages = body.messages();
     CallInfo {
         rpc_method: join(
             messages

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
+use ext_authz::policy::{self, PolicyStore};
 use ext_authz::service::{AuthzService, SERVICE_NAME};
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
@@ -32,7 +34,14 @@ async fn main() -> ExitCode {
         let section = config.ext_authz(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let authenticator = Authenticator::from_config(section, config_dir)?;
-        let authorizer = Arc::new(Authorizer::new(section, authenticator));
+        let policy = Arc::new(PolicyStore::load(config_dir.join(&section.rules_file))?);
+        tracing::info!(
+            file = %policy.path().display(),
+            rules = policy.current().rule_count(),
+            "rules loaded"
+        );
+        tokio::spawn(policy::watch(policy.clone(), Duration::from_secs(1)));
+        let authorizer = Arc::new(Authorizer::new(section, authenticator, policy));
         let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),

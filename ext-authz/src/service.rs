@@ -68,6 +68,9 @@ impl Authorization for AuthzService {
                 } else {
                     &http.raw_body
                 },
+                protocol_version: http.headers.get("mcp-protocol-version").map(String::as_str),
+                headers: Some(&http.headers),
+                source_address: attributes.and_then(source_address).unwrap_or_default(),
             },
             None => HttpRequest::default(),
         };
@@ -88,7 +91,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 subject = %identity.subject,
                 "allow"
             );
-            let mut metadata = call_metadata(&allowed.call, "allow");
+            let mut metadata = call_metadata(&allowed.call, "allow", allowed.rule.as_deref());
             metadata.insert("subject".into(), string(&identity.subject));
             metadata.insert("issuer".into(), string(&identity.issuer));
             metadata.insert("scopes".into(), string(&identity.scopes.join(" ")));
@@ -110,16 +113,19 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             }
         }
         Verdict::Deny(denied) => {
-            if denied.status >= 400 {
+            if denied.status >= 400 || denied.rule.is_some() {
                 tracing::info!(
                     method = request.method,
                     path = request.path,
                     status = denied.status,
+                    rule = denied.rule.as_deref(),
+                    rpc_method = denied.call.rpc_method.as_deref(),
+                    tool = denied.call.tool.as_deref(),
                     reason = %denied.reason,
                     "deny"
                 );
             }
-            let mut metadata = call_metadata(&denied.call, "deny");
+            let mut metadata = call_metadata(&denied.call, "deny", denied.rule.as_deref());
             metadata.insert("reason".into(), string(&denied.reason));
             let code = match denied.status {
                 401 => Code::Unauthenticated,
@@ -146,9 +152,12 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
     }
 }
 
-fn call_metadata(call: &CallInfo, decision: &str) -> HashMap<String, Value> {
+fn call_metadata(call: &CallInfo, decision: &str, rule: Option<&str>) -> HashMap<String, Value> {
     let mut fields = HashMap::new();
     fields.insert("decision".to_owned(), string(decision));
+    if let Some(rule) = rule {
+        fields.insert("rule".to_owned(), string(rule));
+    }
     if let Some(m) = &call.rpc_method {
         fields.insert("rpc_method".to_owned(), string(m));
     }
@@ -156,6 +165,23 @@ fn call_metadata(call: &CallInfo, decision: &str) -> HashMap<String, Value> {
         fields.insert("tool".to_owned(), string(t));
     }
     fields
+}
+
+fn source_address(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<&str> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    let address = attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match address {
+        Address::SocketAddress(socket) => Some(socket.address.as_str()),
+        _ => None,
+    }
 }
 
 fn header(key: String, value: String) -> HeaderValueOption {

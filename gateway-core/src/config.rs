@@ -42,6 +42,12 @@ pub struct ExtAuthzConfig {
     pub scopes_supported: Vec<String>,
     /// Trusted token issuers; a token's `iss` picks one, and only its keys verify it.
     pub issuers: Vec<IssuerConfig>,
+    /// The authorization rules file (see `gateway_core::rules`), relative to this
+    /// file. Reloaded on SIGHUP and when it changes.
+    pub rules_file: PathBuf,
+    /// Limits on JSON-RPC bodies: size, nesting, string length, batch length.
+    #[serde(default)]
+    pub limits: crate::jsonrpc::Limits,
     /// Tokens longer than this are refused without being parsed.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
@@ -197,11 +203,10 @@ fn default_max_message_bytes() -> usize {
 /// A config file that cannot be used, with what is wrong and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `reason` starts with the dotted path of the offending key.
     #[error("{path}: {reason}")]
@@ -213,9 +218,9 @@ pub enum ConfigError {
 impl GatewayConfig {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(path, &text)
     }

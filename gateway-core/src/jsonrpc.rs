@@ -1,90 +1,210 @@
-//! The MCP/JSON-RPC message model as the gateway sees it.
+//! The MCP/JSON-RPC message model as the gateway sees it, and parsing that sees
+//! what the backend will see.
 //!
-//! A POST body to an MCP endpoint holds one JSON-RPC message (a request, a
-//! notification or a response) or, under protocol 2025-03-26 only, a batch of them.
-//! The gateway reads the envelope and, for `tools/call`, the tool name.
+//! A POST body holds one JSON-RPC message (request, notification or response) or,
+//! under protocol 2025-03-26 only, a batch of them. Parsing is strict where lenient
+//! parsers disagree: a body with a duplicate key is refused (one parser would take
+//! the first value, another the last), integers beyond 64 bits are refused rather
+//! than rounded, and limits on size, depth, string length and batch length give
+//! precise errors. String escapes are decoded (`"ad\u0064"` is `add`), exactly as
+//! the backend will decode them.
 
-use serde_json::Value;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Protocol versions the gateway speaks.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25"];
+/// The version a request without `MCP-Protocol-Version` is taken to speak (the spec's
+/// backwards-compatibility default).
+pub const DEFAULT_VERSION: &str = "2025-03-26";
+/// The only version that allows JSON-RPC batches.
+pub const BATCH_VERSION: &str = "2025-03-26";
+
+/// Limits on what a body may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects (a top-level object is depth 1).
+    pub max_depth: usize,
+    /// Longest string or object key, in bytes.
+    pub max_string_bytes: usize,
+    /// Most messages in one batch.
+    pub max_batch_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_depth: 64,
+            max_string_bytes: 1024 * 1024,
+            max_batch_len: 100,
+        }
+    }
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("duplicate key `{0}`")]
+    DuplicateKey(String),
+    #[error("nesting deeper than {limit}")]
+    TooDeep { limit: usize },
+    #[error("string longer than {limit} bytes")]
+    StringTooLong { limit: usize },
+    #[error("integer beyond 64 bits")]
+    IntegerOutOfRange,
+    #[error("batch of more than {limit} messages")]
+    BatchTooLong { limit: usize },
+    #[error("empty batch")]
+    EmptyBatch,
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    NotJsonRpc(&'static str),
+}
+
+impl ParseError {
+    /// The JSON-RPC error code for this failure: -32700 when the JSON itself is
+    /// unusable, -32600 when it is JSON but not a valid request.
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::NotJsonRpc(_)
+            | ParseError::EmptyBatch
+            | ParseError::BatchTooLong { .. } => -32600,
+            _ => -32700,
+        }
+    }
+}
 
 /// A parsed POST body.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Body {
-    Single(Message),
-    Batch(Vec<Message>),
+pub struct Body {
+    pub messages: Vec<Message>,
+    /// Whether the body was a JSON array (a batch), even of one.
+    pub batch: bool,
 }
 
-/// One JSON-RPC message, reduced to what the gateway routes, logs and judges on.
+/// What a JSON-RPC message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Notification => "notification",
+            Kind::Response => "response",
+        }
+    }
+}
+
+/// One JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    /// `id` of a request or response; `None` for a notification.
+    pub kind: Kind,
+    /// `id` of a request or response.
     pub id: Option<Value>,
-    /// `method` of a request or notification; `None` for a response.
+    /// `method` of a request or notification.
     pub method: Option<String>,
-    /// `params.name` of a `tools/call` request.
+    /// `params.name` of a `tools/call` (or `prompts/get`) request.
     pub tool: Option<String>,
     /// `params`, when present.
     pub params: Option<Value>,
 }
 
-/// Why a body is not JSON-RPC.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ParseError {
-    #[error("body is not valid JSON: {0}")]
-    Json(String),
-    #[error("body is neither a JSON-RPC object nor an array of them")]
-    NotJsonRpc,
-    #[error("a batch must not be empty")]
-    EmptyBatch,
-}
-
 impl Body {
-    /// Parses a POST body.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+    /// Parses a POST body within `limits`.
+    pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Self, ParseError> {
+        let value = parse_strict(bytes, limits)?;
         match value {
-            Value::Object(_) => Message::from_value(value).map(Body::Single),
+            Value::Object(map) => Ok(Body {
+                messages: vec![Message::from_object(map)?],
+                batch: false,
+            }),
             Value::Array(items) if items.is_empty() => Err(ParseError::EmptyBatch),
-            Value::Array(items) => items
-                .into_iter()
-                .map(Message::from_value)
-                .collect::<Result<_, _>>()
-                .map(Body::Batch),
-            _ => Err(ParseError::NotJsonRpc),
-        }
-    }
-
-    /// The messages of the body, one for a single message.
-    pub fn messages(&self) -> &[Message] {
-        match self {
-            Body::Single(m) => std::slice::from_ref(m),
-            Body::Batch(ms) => ms,
+            Value::Array(items) if items.len() > limits.max_batch_len => {
+                Err(ParseError::BatchTooLong {
+                    limit: limits.max_batch_len,
+                })
+            }
+            Value::Array(items) => {
+                let messages = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Object(map) => Message::from_object(map),
+                        _ => Err(ParseError::NotJsonRpc("a batch element is not an object")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Body {
+                    messages,
+                    batch: true,
+                })
+            }
+            _ => Err(ParseError::NotJsonRpc("neither an object nor an array")),
         }
     }
 }
 
 impl Message {
-    fn from_value(value: Value) -> Result<Self, ParseError> {
-        let Value::Object(mut map) = value else {
-            return Err(ParseError::NotJsonRpc);
-        };
+    fn from_object(mut map: Map<String, Value>) -> Result<Self, ParseError> {
         if map.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            return Err(ParseError::NotJsonRpc);
+            return Err(ParseError::NotJsonRpc("`jsonrpc` must be \"2.0\""));
         }
-        let method = match map.remove("method") {
-            Some(Value::String(m)) => Some(m),
+        let id = match map.remove("id") {
             None => None,
-            Some(_) => return Err(ParseError::NotJsonRpc),
+            Some(id @ (Value::String(_) | Value::Number(_))) => Some(id),
+            Some(Value::Null) if map.contains_key("error") => Some(Value::Null),
+            Some(_) => return Err(ParseError::NotJsonRpc("`id` must be a string or a number")),
+        };
+        let method = match map.remove("method") {
+            None => None,
+            Some(Value::String(m)) => Some(m),
+            Some(_) => return Err(ParseError::NotJsonRpc("`method` must be a string")),
         };
         let params = map.remove("params");
-        let tool = match (&method, &params) {
-            (Some(m), Some(p)) if m == "tools/call" => {
-                p.get("name").and_then(Value::as_str).map(str::to_owned)
+        if params
+            .as_ref()
+            .is_some_and(|p| !p.is_object() && !p.is_array())
+        {
+            return Err(ParseError::NotJsonRpc(
+                "`params` must be an object or an array",
+            ));
+        }
+        let kind = match (&method, &id) {
+            (Some(_), Some(_)) => Kind::Request,
+            (Some(_), None) => Kind::Notification,
+            (None, Some(_)) if map.contains_key("result") || map.contains_key("error") => {
+                Kind::Response
             }
+            _ => {
+                return Err(ParseError::NotJsonRpc(
+                    "neither a request, a notification nor a response",
+                ));
+            }
+        };
+        let tool = match method.as_deref() {
+            Some("tools/call" | "prompts/get") => params
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             _ => None,
         };
         Ok(Message {
-            id: map.remove("id"),
+            kind,
+            id,
             method,
             tool,
             params,
@@ -92,54 +212,254 @@ impl Message {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+/// Methods of the MCP specification (2025-03-26 to 2025-11-25), both directions.
+pub const MCP_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/resources/list_changed",
+    "notifications/resources/updated",
+    "notifications/prompts/list_changed",
+    "notifications/elicitation/complete",
+    "notifications/tasks/status",
+];
 
-    #[test]
-    fn tools_call_yields_method_and_tool() {
-        let body = Body::parse(
-            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1}}}"#,
-        )
-        .expect("valid");
-        let [m] = body.messages() else {
-            panic!("one message")
-        };
-        assert_eq!(m.method.as_deref(), Some("tools/call"));
-        assert_eq!(m.tool.as_deref(), Some("add"));
-        assert_eq!(m.id, Some(json!(7)));
-    }
+/// Whether `method` differs from an MCP method only in letter case, the kind of
+/// spelling a lenient backend might accept while rules written for the real name
+/// do not see it.
+pub fn is_miscased_method(method: &str) -> bool {
+    MCP_METHODS
+        .iter()
+        .any(|m| *m != method && m.eq_ignore_ascii_case(method))
+}
 
-    #[test]
-    fn notification_has_no_id() {
-        let body = Body::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-            .expect("valid");
-        assert_eq!(body.messages()[0].id, None);
-        assert_eq!(body.messages()[0].tool, None);
-    }
+/// A JSON-RPC error response.
+pub fn error_response(id: Option<&Value>, code: i64, message: &str) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": code, "message": message},
+    })
+}
 
-    #[test]
-    fn batch_keeps_every_message() {
-        let body = Body::parse(
-            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"}]"#,
-        )
-        .expect("valid");
-        assert_eq!(body.messages().len(), 2);
-    }
-
-    #[test]
-    fn malformed_bodies_are_refused() {
-        assert!(matches!(Body::parse(b"{"), Err(ParseError::Json(_))));
-        assert_eq!(Body::parse(b"[]"), Err(ParseError::EmptyBatch));
-        assert_eq!(Body::parse(b"42"), Err(ParseError::NotJsonRpc));
-        assert_eq!(
-            Body::parse(br#"{"id":1,"method":"ping"}"#),
-            Err(ParseError::NotJsonRpc)
-        );
-        assert_eq!(
-            Body::parse(br#"{"jsonrpc":"2.0","method":5}"#),
-            Err(ParseError::NotJsonRpc)
-        );
+/// The protocol version a request speaks: its `MCP-Protocol-Version` header, or the
+/// spec's default when absent. An unsupported value is an error (the spec's 400).
+pub fn protocol_version(header: Option<&str>) -> Result<&'static str, String> {
+    match header {
+        None => Ok(DEFAULT_VERSION),
+        Some(v) => SUPPORTED_VERSIONS
+            .iter()
+            .copied()
+            .find(|s| *s == v.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unsupported MCP-Protocol-Version `{v}`; supported: {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                )
+            }),
     }
 }
+
+/// Parses JSON with the gateway's strictness: limits, no duplicate keys, no
+/// integers beyond 64 bits.
+pub fn parse_strict(bytes: &[u8], limits: &Limits) -> Result<Value, ParseError> {
+    if bytes.len() > limits.max_body_bytes {
+        return Err(ParseError::TooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
+    if has_huge_integer(bytes) {
+        return Err(ParseError::IntegerOutOfRange);
+    }
+    let failure = Cell::new(None);
+    let seed = Strict {
+        depth: 0,
+        limits,
+        failure: &failure,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let result = seed
+        .deserialize(&mut deserializer)
+        .and_then(|v| deserializer.end().map(|()| v));
+    result.map_err(|e| {
+        failure
+            .take()
+            .unwrap_or_else(|| ParseError::Json(e.to_string()))
+    })
+}
+
+/// A seed that builds a `Value`, recording the first limit it hits in `failure`.
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    depth: usize,
+    limits: &'a Limits,
+    failure: &'a Cell<Option<ParseError>>,
+}
+
+impl Strict<'_> {
+    fn fail<E: de::Error>(&self, error: ParseError) -> E {
+        let message = error.to_string();
+        self.failure.set(Some(error));
+        E::custom(message)
+    }
+
+    fn nested<E: de::Error>(&self) -> Result<Self, E> {
+        if self.depth + 1 > self.limits.max_depth {
+            return Err(self.fail(ParseError::TooDeep {
+                limit: self.limits.max_depth,
+            }));
+        }
+        Ok(Strict {
+            depth: self.depth + 1,
+            ..*self
+        })
+    }
+
+    fn string<E: de::Error>(&self, s: &str) -> Result<(), E> {
+        if s.len() > self.limits.max_string_bytes {
+            return Err(self.fail(ParseError::StringTooLong {
+                limit: self.limits.max_string_bytes,
+            }));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.string(v)?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.string(&v)?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.string(&key)?;
+            if object.contains_key(&key) {
+                return Err(self.fail(ParseError::DuplicateKey(key)));
+            }
+            let value = map.next_value_seed(inner)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Whether the JSON text holds an integer literal that fits neither i64 nor u64
+/// (serde_json would round it to a float without a word).
+fn has_huge_integer(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let is_integer = !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+                let digits = bytes[start..i]
+                    .iter()
+                    .filter(|b| b.is_ascii_digit())
+                    .count();
+                if is_integer && digits >= 19 {
+                    let text = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+                    if text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+                        return true;
+                    }
+                }
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;

@@ -315,6 +315,35 @@ impl Stack {
         Ok(report)
     }
 
+    /// Runs `dev/client.py --call ...`: the given tool calls in one SDK session;
+    /// returns each call's outcome.
+    pub async fn python_calls(
+        &self,
+        token: &str,
+        calls: &[(&str, serde_json::Value)],
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut command = tokio::process::Command::new(paths::venv_bin("python"));
+        command
+            .arg(paths::dev_script("client.py"))
+            .args(["--url", &self.url(), "--token", token])
+            .arg("--ca")
+            .arg(paths::certs_dir().join("ca.pem"));
+        for (tool, arguments) in calls {
+            command.args(["--call", tool, &arguments.to_string()]);
+        }
+        let output = command.output().await?;
+        if !output.status.success() {
+            bail!(
+                "client.py failed ({}): {}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        Ok(report["calls"].as_array().cloned().unwrap_or_default())
+    }
+
     // === start-up ===
 
     fn write_gateway_config(&self, adjust: &dyn Fn(&mut Value)) -> anyhow::Result<()> {
@@ -333,9 +362,33 @@ impl Stack {
             .display()
             .to_string()
             .into();
+        // The rules file is copied next to the config, so a test may rewrite it.
+        let rules = paths::dev_script("rules.yaml");
+        std::fs::copy(&rules, self.rules_path()).with_context(|| rules.display().to_string())?;
+        config["ext_authz"]["rules_file"] = self.rules_path().display().to_string().into();
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
         Ok(())
+    }
+
+    /// The rules file ext-authz of this stack reads (a copy of dev/rules.yaml).
+    pub fn rules_path(&self) -> PathBuf {
+        self.work.join("rules.yaml")
+    }
+
+    /// The ext-authz log so far.
+    pub fn ext_authz_log(&self) -> String {
+        self.ext_authz
+            .as_ref()
+            .map(Process::log_text)
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to ext-authz (e.g. `libc::SIGHUP`).
+    pub fn signal_ext_authz(&self, signal: i32) {
+        if let Some(process) = &self.ext_authz {
+            process.signal(signal);
+        }
     }
 
     fn gateway_config_path(&self) -> PathBuf {

@@ -6,5 +6,6 @@ mod e2e {
     mod authn;
     mod envoy_configs;
     mod foundation;
+    mod policy;
     mod sidecars;
 }

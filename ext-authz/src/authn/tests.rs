@@ -8,7 +8,7 @@ const RESOURCE: &str = "https://gw.example/mcp";
 
 fn config(jwks_uri: &str, extra_issuer_yaml: &str) -> ExtAuthzConfig {
     let text = format!(
-        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {jwks_uri}\n    algorithms: [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]\n    jwks: {{unknown_kid_interval: 2s, refresh_floor: 1h, refresh_ceiling: 1h, max_staleness: 1h}}\n{extra_issuer_yaml}"
+        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  rules_file: r.yaml\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {jwks_uri}\n    algorithms: [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]\n    jwks: {{unknown_kid_interval: 2s, refresh_floor: 1h, refresh_ceiling: 1h, max_staleness: 1h}}\n{extra_issuer_yaml}"
     );
     let config = GatewayConfig::parse(Path::new("test.yaml"), &text).expect("valid config");
     config.ext_authz.expect("section")

@@ -7,16 +7,29 @@ use std::path::Path;
 const RESOURCE: &str = "https://gw.example/mcp";
 const ISSUER: &str = "https://idp.example";
 
+const RULES: &str = r#"
+default:
+  rules:
+  - {name: lifecycle, effect: allow, methods: [initialize, ping, notifications/initialized]}
+  - {name: small-add, effect: allow, tools: [add], when: mcp.params.arguments.a < 1000}
+  - {name: no-delete, effect: deny, tools: [delete]}
+"#;
+
 async fn authorizer(server: &JwksServer, extra: &str) -> Authorizer {
     let text = format!(
-        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n{extra}",
+        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  rules_file: r.yaml\n  limits: {{max_body_bytes: 2048}}\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n{extra}",
         server.url
     );
     let config = GatewayConfig::parse(Path::new("t.yaml"), &text).expect("config");
     let section = config.ext_authz.expect("section");
     let authenticator =
         Authenticator::from_config(&section, Path::new(".")).expect("authenticator");
-    Authorizer::new(&section, authenticator)
+    let policy = gateway_core::rules::Policy::parse("r.yaml", RULES).expect("rules");
+    Authorizer::new(
+        &section,
+        authenticator,
+        Arc::new(PolicyStore::fixed(policy)),
+    )
 }
 
 fn request<'a>(
@@ -31,6 +44,9 @@ fn request<'a>(
         authorization,
         passthrough_authorization: false,
         body,
+        protocol_version: None,
+        headers: None,
+        source_address: "127.0.0.1",
     }
 }
 
@@ -181,4 +197,156 @@ fn origins_split_from_paths() {
     );
     assert_eq!(split_origin("https://gw"), ("https://gw", ""));
     assert_eq!(quoted("a\"b\\c\n"), "abc");
+}
+
+struct Caller {
+    bearer: String,
+}
+
+async fn caller(key: &TestKey) -> Caller {
+    Caller {
+        bearer: format!(
+            "Bearer {}",
+            key.sign(&claims(ISSUER, RESOURCE, "mcp:tools"))
+        ),
+    }
+}
+
+impl Caller {
+    fn post<'a>(&'a self, body: &'a str, version: Option<&'a str>) -> HttpRequest<'a> {
+        let mut r = request("POST", "/mcp", Some(&self.bearer), body.as_bytes());
+        r.protocol_version = version;
+        r
+    }
+}
+
+fn json(d: &Denied) -> serde_json::Value {
+    serde_json::from_str(&d.body).expect("JSON body")
+}
+
+fn add(id: u32, a: i64) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{a},"b":1}}}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_denied_request_is_a_json_rpc_error_in_a_200_naming_the_rule() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "").await;
+    let c = caller(&key).await;
+
+    let Verdict::Allow(allowed) = authz.check(&c.post(&add(1, 5), None)).await else {
+        panic!("a=5 is allowed")
+    };
+    assert_eq!(allowed.rule.as_deref(), Some("small-add"));
+
+    let d = denied(authz.check(&c.post(&add(7, 5000), None)).await);
+    assert_eq!(d.status, 200);
+    assert_eq!(d.rule.as_deref(), Some("default"));
+    let body = json(&d);
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["error"]["code"], DENIED_CODE);
+    assert_eq!(
+        body["error"]["message"],
+        "denied by policy: no rule allows tools/call add"
+    );
+
+    let del = r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete"}}"#;
+    let d = denied(authz.check(&c.post(del, None)).await);
+    assert_eq!((d.status, d.rule.as_deref()), (200, Some("no-delete")));
+    assert_eq!(json(&d)["id"], "x");
+    assert_eq!(
+        json(&d)["error"]["message"],
+        "denied by rule `no-delete`: tools/call delete"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_notification_is_403() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "").await;
+    let c = caller(&key).await;
+    let d = denied(
+        authz
+            .check(&c.post(r#"{"jsonrpc":"2.0","method":"notifications/secret"}"#, None))
+            .await,
+    );
+    assert_eq!(d.status, 403);
+    assert_eq!(json(&d)["error"]["code"], DENIED_CODE);
+    assert!(json(&d)["id"].is_null());
+}
+
+#[tokio::test]
+async fn batches_are_refused_whole_or_refused_outright() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "").await;
+    let c = caller(&key).await;
+    let batch = format!("[{},{}]", add(1, 5), add(2, 5000));
+
+    // 2025-03-26 (also the default without a header): judged element by element.
+    for version in [None, Some("2025-03-26")] {
+        let d = denied(authz.check(&c.post(&batch, version)).await);
+        assert_eq!(d.status, 200);
+        let answers = json(&d);
+        assert_eq!(answers.as_array().map(Vec::len), Some(2));
+        assert_eq!(answers[0]["id"], 1);
+        assert!(
+            answers[0]["error"]["message"]
+                .as_str()
+                .expect("text")
+                .starts_with("batch refused: ")
+        );
+        assert_eq!(answers[1]["id"], 2);
+    }
+    let ok = format!("[{},{}]", add(1, 5), add(2, 6));
+    assert!(matches!(
+        authz.check(&c.post(&ok, None)).await,
+        Verdict::Allow(_)
+    ));
+
+    // Later versions have no batches at all.
+    for version in ["2025-06-18", "2025-11-25"] {
+        let d = denied(authz.check(&c.post(&ok, Some(version))).await);
+        assert_eq!(d.status, 400, "{version}");
+        assert_eq!(json(&d)["error"]["code"], -32600);
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_and_versions_get_precise_errors() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "").await;
+    let c = caller(&key).await;
+
+    let d = denied(authz.check(&c.post("{not json", None)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (400, Some(-32700))
+    );
+    let dup = r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}"#;
+    let d = denied(authz.check(&c.post(dup, None)).await);
+    assert_eq!(d.status, 400);
+    assert_eq!(json(&d)["error"]["message"], "duplicate key `method`");
+    let big = add(1, 5).replace("\"b\":1", &format!("\"b\":\"{}\"", "x".repeat(4096)));
+    assert_eq!(denied(authz.check(&c.post(&big, None)).await).status, 413);
+    let d = denied(authz.check(&c.post(&add(1, 5), Some("1999-01-01"))).await);
+    assert_eq!(d.status, 400);
+    assert!(
+        json(&d)["error"]["message"]
+            .as_str()
+            .expect("text")
+            .contains("unsupported MCP-Protocol-Version")
+    );
+    // Method names are case-sensitive; a miscased MCP method is refused outright.
+    let miscased = r#"{"jsonrpc":"2.0","id":3,"method":"INITIALIZE","params":{}}"#;
+    let d = denied(authz.check(&c.post(miscased, None)).await);
+    assert_eq!(
+        (d.status, d.rule.as_deref()),
+        (200, Some("builtin:method-case"))
+    );
 }

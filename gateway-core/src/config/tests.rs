@@ -6,7 +6,7 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
 
 #[test]
 fn minimal_config_takes_defaults() {
-    let cfg = parse("ext_authz:\n  server:\n    listen: 127.0.0.1:50051\n  resource: https://gw/mcp\n  issuers: []\n").expect("valid config");
+    let cfg = parse("ext_authz:\n  server:\n    listen: 127.0.0.1:50051\n  resource: https://gw/mcp\n  issuers: []\n  rules_file: rules.yaml\n").expect("valid config");
     let server = &cfg.ext_authz(Path::new("x")).expect("section").server;
     assert_eq!(server.listen.port(), 50051);
     assert_eq!(server.shutdown_grace_period, Duration::from_secs(30));
@@ -72,7 +72,7 @@ fn unreadable_file_is_named() {
 #[test]
 fn issuer_defaults_are_safe() {
     let cfg = parse(
-        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers:\n  - issuer: https://idp\n",
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  rules_file: r.yaml\n  issuers:\n  - issuer: https://idp\n",
     )
     .expect("valid");
     let authz = cfg.ext_authz.expect("section");

@@ -61,10 +61,15 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "ext_authz:\n  server: {{listen: 127.0.0.1:{port}}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  \
+            "ext_authz:\n  server: {{listen: 127.0.0.1:{port}}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  rules_file: rules.yaml\n  \
              issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n    algorithms: [RS256, ES256]\n",
             jwks.url
         ),
+    )?;
+    // The dev stack's demo policy: the benchmark call passes through its rules.
+    std::fs::copy(
+        e2e::paths::dev_script("rules.yaml"),
+        dir.path().join("rules.yaml"),
     )?;
     let mut command = match args.authz_cpu {
         Some(cpu) => {

@@ -17,6 +17,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "default: {default_effect: allow}\n",
+    )
+    .expect("write rules");
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -25,7 +30,7 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 fn sidecar_config(authz_port: u16, proc_port: u16) -> String {
     format!(
         "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n  resource: https://gw/mcp\n  \
-         issuers: [{{issuer: https://idp.invalid, jwks_uri: https://idp.invalid/jwks}}]\n\
+         issuers: [{{issuer: https://idp.invalid, jwks_uri: https://idp.invalid/jwks}}]\n  rules_file: rules.yaml\n\
          ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n"
     )
 }
@@ -100,7 +105,7 @@ fn bad_config_exits_64_naming_file_key_and_reason() {
     // A file valid for ext-authz lacks ext-proc's section.
     let path = config(
         &dir,
-        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers: [{issuer: https://idp}]\n",
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers: [{issuer: https://idp}]\n  rules_file: rules.yaml\n",
     );
     let (code, stderr) = run_to_exit("ext-proc", &["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(64), "{stderr}");
@@ -110,7 +115,7 @@ fn bad_config_exits_64_naming_file_key_and_reason() {
     let path = config(
         &dir,
         "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
-         issuers: [{issuer: https://idp, algorithms: [HS256]}]\n",
+         issuers: [{issuer: https://idp, algorithms: [HS256]}]\n  rules_file: rules.yaml\n",
     );
     let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(64), "{stderr}");
@@ -121,11 +126,25 @@ fn bad_config_exits_64_naming_file_key_and_reason() {
     let path = config(
         &dir,
         "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
-         issuers: [{issuer: http://idp.example}]\n",
+         issuers: [{issuer: http://idp.example}]\n  rules_file: rules.yaml\n",
     );
     let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("must be https"), "{stderr}");
+
+    // A rule that does not compile: named, with the parser's message.
+    let path = config(&dir, &sidecar_config(1, 2));
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "default:\n  rules:\n  - {name: half-written, effect: allow, when: 'mcp.tool in [\"add\"'}\n",
+    )
+    .expect("write rules");
+    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("rules.yaml: rule `half-written`: when: "),
+        "{stderr}"
+    );
 }
 
 #[test]

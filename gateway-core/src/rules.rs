@@ -1,0 +1,453 @@
+//! Authorization rules over JSON-RPC messages: CEL expressions, compiled once.
+//!
+//! A rules file holds a default rule set and, optionally, rule sets for path
+//! prefixes (the longest matching prefix wins). Each rule has a `name`, an `effect`
+//! (`allow` or `deny`), an optional cheap pre-filter (`methods`, `tools`) and an
+//! optional CEL condition `when` (absent: always true).
+//!
+//! # Evaluation of one message
+//! 1. Rules whose pre-filter does not match the message are skipped without
+//!    running CEL.
+//! 2. Any matching `deny` rule denies: deny wins over allow.
+//! 3. Otherwise any matching `allow` rule allows.
+//! 4. Otherwise the set's `default_effect` applies (`deny` unless said otherwise).
+//!
+//! # What "matching" means when data is missing or odd
+//! - A `when` that reads a field the message lacks (`mcp.params.arguments.a` with
+//!   no `a`) does not match: for an allow rule that means no allow, for a deny rule
+//!   no deny. Write `has(mcp.params.arguments.a)` to test presence explicitly.
+//! - Any other evaluation error (comparing a string with a number, a `when` that is
+//!   not a boolean) fails closed: a deny rule matches, an allow rule does not.
+//! - Numbers compare by value: `5`, `5.0` and `5e0` are equal, `-0 < 1000`, and
+//!   integers up to 64 bits are exact (larger ones never reach the rules: the
+//!   parser refuses them).
+//!
+//! # Variables
+//! `jwt` (the token's claims), `auth` (`subject`, `issuer`, `client_id`, `scopes`),
+//! `mcp` (`method`, `tool`, `params`, `id`, `kind`: request, notification or
+//! response), `request` (`headers` with lower-case names, `path`, `method`),
+//! `source` (`address`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use cel::objects::Key;
+use cel::{Context, Env, ExecutionError, Program};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::jsonrpc::Message;
+
+/// The variables a `when` may use.
+pub const VARIABLES: &[&str] = &["jwt", "auth", "mcp", "request", "source"];
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    #[default]
+    Deny,
+}
+
+/// The rules file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Rules for paths no route names.
+    #[serde(default)]
+    pub default: RuleSetConfig,
+    /// Rules for path prefixes, e.g. one backend's.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One rule set as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSetConfig {
+    /// What happens when no rule matches.
+    #[serde(default)]
+    pub default_effect: Effect,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Rules for requests whose path starts with `path_prefix`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    #[serde(default)]
+    pub default_effect: Effect,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Named in denials and decision logs.
+    pub name: String,
+    pub effect: Effect,
+    /// Only messages with one of these methods (exact, case-sensitive).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only `tools/call` (and `prompts/get`) of one of these names.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// CEL condition; absent means always.
+    pub when: Option<String>,
+}
+
+/// A rules file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {reason}")]
+    Yaml { path: String, reason: String },
+    #[error("{path}: rule `{rule}`: {reason}")]
+    Rule {
+        path: String,
+        rule: String,
+        reason: String,
+    },
+}
+
+/// Which rule decided, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The rule's name, or `default` when no rule matched.
+    pub rule: Arc<str>,
+}
+
+/// All rule sets, compiled.
+pub struct Policy {
+    default: RuleSet,
+    /// Longest prefix first.
+    routes: Vec<(String, RuleSet)>,
+}
+
+/// One compiled rule set.
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    default_effect: Effect,
+    default_rule: Arc<str>,
+    env: Arc<Env>,
+    /// Variables some rule reads; the others are never built.
+    uses: HashSet<&'static str>,
+}
+
+struct Rule {
+    name: Arc<str>,
+    effect: Effect,
+    methods: Option<HashSet<String>>,
+    tools: Option<HashSet<String>>,
+    program: Option<Program>,
+}
+
+/// What a message is judged with, besides the message itself.
+#[derive(Debug, Default)]
+pub struct RequestFacts<'a> {
+    pub claims: Option<&'a serde_json::Map<String, Json>>,
+    pub subject: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub headers: Option<&'a HashMap<String, String>>,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub source_address: &'a str,
+}
+
+impl Policy {
+    /// Reads and compiles a rules file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Compiles rules text; `name` labels errors.
+    pub fn parse(name: &str, text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| PolicyError::Yaml {
+            path: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::compile(name, &file)
+    }
+
+    /// Compiles a parsed rules file.
+    pub fn compile(name: &str, file: &PolicyFile) -> Result<Self, PolicyError> {
+        let env = Arc::new(Env::stdlib());
+        let default =
+            RuleSet::compile(name, &file.default.rules, file.default.default_effect, &env)?;
+        let mut routes = file
+            .routes
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.path_prefix.clone(),
+                    RuleSet::compile(name, &r.rules, r.default_effect, &env)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(Self { default, routes })
+    }
+
+    /// The rule set for a request path (query excluded).
+    pub fn for_path(&self, path: &str) -> &RuleSet {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(&self.default, |(_, set)| set)
+    }
+
+    /// How many rules all sets hold.
+    pub fn rule_count(&self) -> usize {
+        self.default.rules.len()
+            + self
+                .routes
+                .iter()
+                .map(|(_, s)| s.rules.len())
+                .sum::<usize>()
+    }
+}
+
+impl RuleSet {
+    fn compile(
+        file: &str,
+        configs: &[RuleConfig],
+        default_effect: Effect,
+        env: &Arc<Env>,
+    ) -> Result<Self, PolicyError> {
+        let mut rules = Vec::with_capacity(configs.len());
+        let mut uses = HashSet::new();
+        let mut names = HashSet::new();
+        for config in configs {
+            let error = |reason: String| PolicyError::Rule {
+                path: file.to_owned(),
+                rule: config.name.clone(),
+                reason,
+            };
+            if config.name.trim().is_empty() {
+                return Err(error("a rule needs a name".into()));
+            }
+            if !names.insert(config.name.clone()) {
+                return Err(error("another rule has the same name".into()));
+            }
+            let program = match &config.when {
+                None => None,
+                Some(source) => {
+                    let program = env
+                        .compile(source)
+                        .map_err(|e| error(format!("when: {}", e.to_string().trim())))?;
+                    for variable in program.references().variables() {
+                        match VARIABLES.iter().find(|v| **v == variable) {
+                            Some(known) => {
+                                uses.insert(*known);
+                            }
+                            None => {
+                                return Err(error(format!(
+                                    "when: unknown variable `{variable}` (use {})",
+                                    VARIABLES.join(", ")
+                                )));
+                            }
+                        }
+                    }
+                    Some(program)
+                }
+            };
+            let set =
+                |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
+            rules.push(Rule {
+                name: config.name.as_str().into(),
+                effect: config.effect,
+                methods: set(&config.methods),
+                tools: set(&config.tools),
+                program,
+            });
+        }
+        Ok(Self {
+            rules,
+            default_effect,
+            default_rule: "default".into(),
+            env: env.clone(),
+            uses,
+        })
+    }
+
+    /// Judges each message of one request; the facts are converted once.
+    pub fn evaluate(&self, facts: &RequestFacts<'_>, messages: &[&Message]) -> Vec<Decision> {
+        let mut root = Context::with_env(self.env.clone());
+        if self.uses.contains("jwt") {
+            root.add_variable_from_value(
+                "jwt",
+                facts.claims.map_or(cel::Value::Null, object_to_cel),
+            );
+        }
+        if self.uses.contains("auth") {
+            let mut auth: HashMap<Key, cel::Value> = HashMap::new();
+            auth.insert("subject".into(), opt_str(facts.subject));
+            auth.insert("issuer".into(), opt_str(facts.issuer));
+            auth.insert("client_id".into(), opt_str(facts.client_id));
+            auth.insert(
+                "scopes".into(),
+                facts
+                    .scopes
+                    .iter()
+                    .map(|s| cel::Value::from(s.as_str()))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            root.add_variable_from_value("auth", auth);
+        }
+        if self.uses.contains("request") {
+            let headers: HashMap<Key, cel::Value> = facts
+                .headers
+                .map(|h| {
+                    h.iter()
+                        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut request: HashMap<Key, cel::Value> = HashMap::new();
+            request.insert("headers".into(), headers.into());
+            request.insert("path".into(), facts.path.into());
+            request.insert("method".into(), facts.method.into());
+            root.add_variable_from_value("request", request);
+        }
+        if self.uses.contains("source") {
+            let mut source: HashMap<Key, cel::Value> = HashMap::new();
+            source.insert("address".into(), facts.source_address.into());
+            root.add_variable_from_value("source", source);
+        }
+        messages
+            .iter()
+            .map(|message| {
+                let mut scope = root.new_inner_scope();
+                if self.uses.contains("mcp") {
+                    scope.add_variable_from_value("mcp", mcp_value(message));
+                }
+                self.decide(&scope, message)
+            })
+            .collect()
+    }
+
+    fn decide(&self, context: &Context<'_, '_>, message: &Message) -> Decision {
+        let mut allowed_by: Option<&Arc<str>> = None;
+        for rule in &self.rules {
+            if !rule.applies_to(message) {
+                continue;
+            }
+            let matched = match &rule.program {
+                None => true,
+                Some(program) => match program.execute(context) {
+                    Ok(cel::Value::Bool(b)) => b,
+                    // A field the message lacks: the rule does not match.
+                    Err(ExecutionError::NoSuchKey(_)) => false,
+                    // Anything else fails closed.
+                    Ok(_) | Err(_) => rule.effect == Effect::Deny,
+                },
+            };
+            if !matched {
+                continue;
+            }
+            match rule.effect {
+                Effect::Deny => {
+                    return Decision {
+                        effect: Effect::Deny,
+                        rule: rule.name.clone(),
+                    };
+                }
+                Effect::Allow => {
+                    allowed_by.get_or_insert(&rule.name);
+                }
+            }
+        }
+        match allowed_by {
+            Some(rule) => Decision {
+                effect: Effect::Allow,
+                rule: rule.clone(),
+            },
+            None => Decision {
+                effect: self.default_effect,
+                rule: self.default_rule.clone(),
+            },
+        }
+    }
+}
+
+impl Rule {
+    fn applies_to(&self, message: &Message) -> bool {
+        let method_ok = self.methods.as_ref().is_none_or(|m| {
+            message
+                .method
+                .as_ref()
+                .is_some_and(|method| m.contains(method))
+        });
+        let tool_ok = self
+            .tools
+            .as_ref()
+            .is_none_or(|t| message.tool.as_ref().is_some_and(|tool| t.contains(tool)));
+        method_ok && tool_ok
+    }
+}
+
+fn mcp_value(message: &Message) -> cel::Value {
+    let mut mcp: HashMap<Key, cel::Value> = HashMap::new();
+    mcp.insert("kind".into(), message.kind.as_str().into());
+    mcp.insert("method".into(), opt_str(message.method.as_deref()));
+    mcp.insert("tool".into(), opt_str(message.tool.as_deref()));
+    mcp.insert(
+        "id".into(),
+        message.id.as_ref().map_or(cel::Value::Null, json_to_cel),
+    );
+    // Missing params read as an empty object, so `mcp.params.x` is a missing field.
+    mcp.insert(
+        "params".into(),
+        message.params.as_ref().map_or_else(
+            || cel::Value::from(HashMap::<Key, cel::Value>::new()),
+            json_to_cel,
+        ),
+    );
+    mcp.into()
+}
+
+fn opt_str(value: Option<&str>) -> cel::Value {
+    value.map_or(cel::Value::Null, cel::Value::from)
+}
+
+/// A JSON value as CEL sees it: integers as int (or uint beyond i64), floats as
+/// double; CEL compares them across types by value.
+pub fn json_to_cel(value: &Json) -> cel::Value {
+    match value {
+        Json::Null => cel::Value::Null,
+        Json::Bool(b) => cel::Value::Bool(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => s.as_str().into(),
+        Json::Array(items) => items.iter().map(json_to_cel).collect::<Vec<_>>().into(),
+        Json::Object(map) => object_to_cel(map),
+    }
+}
+
+fn object_to_cel(map: &serde_json::Map<String, Json>) -> cel::Value {
+    map.iter()
+        .map(|(k, v)| (Key::from(k.as_str()), json_to_cel(v)))
+        .collect::<HashMap<_, _>>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests;

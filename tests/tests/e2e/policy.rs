@@ -1,0 +1,256 @@
+//! Authorization rules on every JSON-RPC message, end to end: the dev stack's
+//! demo policy with the official Python client, batches, strict parsing, and
+//! hot reload.
+
+use std::time::{Duration, Instant};
+
+use e2e::mcp::{self, RawSession};
+use e2e::stack::{Stack, StackOptions};
+use serde_json::{Value, json};
+
+async fn stack() -> Stack {
+    Stack::start(StackOptions::for_test().expect("free ports"))
+        .await
+        .expect("stack starts")
+}
+
+async fn backend_bodies(stack: &Stack) -> Vec<String> {
+    let mut all = Vec::new();
+    for index in 0..stack.ports().backends.len() {
+        for request in stack.backend_requests(index).await.expect("backend") {
+            all.push(request["body"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_policy_with_the_python_sdk() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let outcomes = stack
+        .python_calls(
+            &token,
+            &[
+                ("add", json!({"a": 5, "b": 7})),
+                ("add", json!({"a": 5000, "b": 1})),
+                ("subtract", json!({"a": 10, "b": 4})),
+                ("whoami", json!({})),
+            ],
+        )
+        .await
+        .expect("client runs");
+    assert_eq!(outcomes[0]["text"], "12.0", "{outcomes:#?}");
+    let denial = &outcomes[1]["jsonrpc_error"];
+    assert_eq!(denial["code"], -32001, "{outcomes:#?}");
+    assert_eq!(
+        denial["message"],
+        "denied by policy: no rule allows tools/call add"
+    );
+    // The session survives the denial.
+    assert_eq!(outcomes[2]["text"], "6.0", "{outcomes:#?}");
+    assert!(
+        outcomes[3]["text"]
+            .as_str()
+            .expect("name")
+            .starts_with("mcp-"),
+        "{outcomes:#?}"
+    );
+    // The denied call never reached a backend.
+    assert!(
+        !backend_bodies(&stack)
+            .await
+            .iter()
+            .any(|b| b.contains("5000"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_forbidden_call_is_refused_whole() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_bodies(&stack).await.len();
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 5000, "b": 2}}}
+    ]);
+    let response = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-03-26")
+        .header("mcp-session-id", &session.session_id)
+        .json(&batch)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let answers: Value = response.json().await.expect("JSON");
+    assert_eq!(answers[0]["id"], 1);
+    assert!(
+        answers[0]["error"]["message"]
+            .as_str()
+            .expect("text")
+            .starts_with("batch refused")
+    );
+    assert_eq!(answers[1]["id"], 2);
+    assert_eq!(answers[1]["error"]["code"], -32001);
+    assert_eq!(
+        backend_bodies(&stack).await.len(),
+        before,
+        "the backend received nothing"
+    );
+
+    // The same batch under 2025-06-18: batches do not exist there.
+    let response = session.post(&batch).await.expect("answer");
+    assert_eq!(response.status(), 400);
+    assert_eq!(backend_bodies(&stack).await.len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_parsing_and_versions_end_to_end() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_bodies(&stack).await.len();
+    let raw = |body: &'static str, version: &'static str| {
+        stack
+            .http()
+            .post(stack.url())
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", version)
+            .header("mcp-session-id", &session.session_id)
+            .body(body)
+            .send()
+    };
+    // Duplicate `method`: one parser would see tools/list, another tools/call.
+    let response = raw(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"add","arguments":{"a":5000}}}"#,
+        mcp::PROTOCOL_VERSION,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32700);
+    // Malformed JSON.
+    assert_eq!(
+        raw("{\"jsonrpc\":", mcp::PROTOCOL_VERSION)
+            .await
+            .expect("answer")
+            .status(),
+        400
+    );
+    // An unsupported protocol version.
+    assert_eq!(
+        raw(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, "2099-01-01")
+            .await
+            .expect("answer")
+            .status(),
+        400
+    );
+    // Escaped names are judged as what they spell: `ad\u0064` with a=5000 is denied...
+    let response = raw(
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ad\u0064","arguments":{"a":5000,"b":1}}}"#,
+        mcp::PROTOCOL_VERSION,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32001);
+    assert_eq!(
+        backend_bodies(&stack).await.len(),
+        before,
+        "nothing above reached a backend"
+    );
+    // ...and with a=5 it reaches the backend, which calls `add`.
+    let answer = session
+        .request(
+            "tools/call",
+            json!({"name": "ad\u{0064}", "arguments": {"a": 5, "b": 1}}),
+        )
+        .await
+        .expect("allowed");
+    assert_eq!(answer["result"]["content"][0]["text"], "6.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_on_change_and_a_bad_file_keeps_the_old_rules() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    assert_eq!(
+        session
+            .call_tool("whoami", json!({}))
+            .await
+            .map(|s| s.starts_with("mcp-"))
+            .ok(),
+        Some(true)
+    );
+
+    // A broken file: refused, logged, the old rules stay.
+    let rules = std::fs::read_to_string(stack.rules_path()).expect("rules");
+    std::fs::write(
+        stack.rules_path(),
+        format!("{rules}\n  - {{name: broken, effect: allow, when: 'mcp.tool == '}}\n"),
+    )
+    .expect("write");
+    stack.signal_ext_authz(libc::SIGHUP);
+    wait_for_log(&stack, "rules NOT reloaded").await;
+    assert!(
+        stack.ext_authz_log().contains("rule `broken`: when:"),
+        "the error names the rule"
+    );
+    assert!(
+        session.call_tool("whoami", json!({})).await.is_ok(),
+        "old rules still allow whoami"
+    );
+    assert!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 1}))
+            .await
+            .is_ok()
+    );
+
+    // A valid file that forbids whoami takes effect for the next request.
+    std::fs::write(
+        stack.rules_path(),
+        rules.replace("tools: [whoami]", "tools: [nothing-any-more]"),
+    )
+    .expect("write");
+    wait_for_log(&stack, "rules reloaded").await;
+    let denied = session
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await
+        .expect("answer");
+    assert_eq!(denied["error"]["code"], -32001, "{denied}");
+    assert!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 1}))
+            .await
+            .is_ok()
+    );
+}
+
+async fn wait_for_log(stack: &Stack, needle: &str) {
+    let deadline = Instant::now() + e2e::patience();
+    while !stack.ext_authz_log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "ext-authz never logged `{needle}`:\n{}",
+            stack.ext_authz_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
