@@ -73,6 +73,8 @@ pub struct Denied {
     pub call: CallInfo,
     /// The rule that denied, for policy denials.
     pub rule: Option<String>,
+    /// Who was denied, once authenticated.
+    pub subject: Option<String>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -188,7 +190,9 @@ impl Authorizer {
                 .join(",");
             return Verdict::Allow(self.allow(call, Some(rules), identity, request));
         }
-        Verdict::Deny(policy_denial(&body, &decisions, call))
+        let mut denied = policy_denial(&body, &decisions, call);
+        denied.subject = Some(identity.subject.clone());
+        Verdict::Deny(denied)
     }
 
     /// One decision per message: built-in checks first, then the rules.
@@ -322,6 +326,7 @@ impl ResourceMetadata {
         Denied {
             call: CallInfo::default(),
             rule: None,
+            subject: None,
             status,
             headers,
             body,
@@ -379,6 +384,7 @@ impl ResourceMetadata {
         Denied {
             call,
             rule: None,
+            subject: None,
             status,
             headers: vec![
                 ("www-authenticate".to_owned(), challenge),
@@ -469,6 +475,7 @@ fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied 
     Denied {
         call,
         rule: Some(rule.to_string()),
+        subject: None,
         status,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: reply.to_string(),
@@ -481,6 +488,7 @@ fn invalid(status: u16, body: Value, reason: String) -> Denied {
     Denied {
         call: CallInfo::default(),
         rule: None,
+        subject: None,
         status,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: body.to_string(),

@@ -119,6 +119,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                     path = request.path,
                     status = denied.status,
                     rule = denied.rule.as_deref(),
+                    subject = denied.subject.as_deref(),
                     rpc_method = denied.call.rpc_method.as_deref(),
                     tool = denied.call.tool.as_deref(),
                     reason = %denied.reason,
@@ -127,6 +128,9 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             }
             let mut metadata = call_metadata(&denied.call, "deny", denied.rule.as_deref());
             metadata.insert("reason".into(), string(&denied.reason));
+            if let Some(subject) = &denied.subject {
+                metadata.insert("subject".into(), string(subject));
+            }
             let code = match denied.status {
                 401 => Code::Unauthenticated,
                 400 => Code::InvalidArgument,

@@ -157,7 +157,11 @@ pub async fn serve(
         let _ = draining_tx.send(true);
     };
 
+    // Envoy streams whole request bodies (up to several MiB) in one message: the
+    // HTTP/2 default 64 KiB windows would stall each of them on flow control.
     let server = Server::builder()
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(32 * 1024 * 1024))
         .add_routes(routes.add_service(health))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     tokio::pin!(server);

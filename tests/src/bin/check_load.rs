@@ -1,5 +1,6 @@
 //! Load on ext-authz's `Check`, as Envoy would send it: decisions per second and
-//! latency percentiles for a cached token, fresh RS256 tokens and fresh ES256
+//! latency percentiles for a cached token (with bodies of ~100 B, 1 KB and 100 KB,
+//! each judged by the dev stack's demo rules), fresh RS256 tokens and fresh ES256
 //! tokens.
 //!
 //! Starts the real ext-authz binary (pinned with `taskset` to one core when
@@ -106,9 +107,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let rs_tokens = sign_many(Arc::new(rs), args.tokens).await?;
     let es_tokens = sign_many(Arc::new(es), args.tokens).await?;
-    let cached = vec![es_tokens[0].clone()];
+    let cached = vec![check_request(&es_tokens[0], 0)];
+    let cached_1k = vec![check_request(&es_tokens[0], 1024)];
+    let cached_100k = vec![check_request(&es_tokens[0], 100 * 1024)];
+    let rs_requests: Vec<CheckRequest> = rs_tokens.iter().map(|t| check_request(t, 0)).collect();
+    let es_requests: Vec<CheckRequest> = es_tokens.iter().map(|t| check_request(t, 0)).collect();
 
-    println!("scenario        calls   seconds   Check/s    p50 µs   p99 µs  failed");
     // Warm-up: the first call loads keys and connections.
     run(
         &channels,
@@ -117,18 +121,18 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
     )
     .await?;
-    for (name, tokens, load) in [
-        (
-            "cached token",
-            &cached,
-            Load::For(Duration::from_secs(args.seconds)),
-        ),
-        ("fresh RS256", &rs_tokens, Load::EachOnce),
-        ("fresh ES256", &es_tokens, Load::EachOnce),
+    println!("scenario         calls   seconds   Check/s    p50 µs   p99 µs  failed");
+    let timed = Load::For(Duration::from_secs(args.seconds));
+    for (name, requests, load) in [
+        ("cached token", &cached, timed),
+        ("cached, 1 KB", &cached_1k, timed),
+        ("cached, 100 KB", &cached_100k, timed),
+        ("fresh RS256", &rs_requests, Load::EachOnce),
+        ("fresh ES256", &es_requests, Load::EachOnce),
     ] {
-        let report = run(&channels, tokens, load, args.concurrency).await?;
+        let report = run(&channels, requests, load, args.concurrency).await?;
         println!(
-            "{name:<14} {:>6} {:>9.2} {:>9.0} {:>9} {:>8} {:>7}",
+            "{name:<14} {:>7} {:>9.2} {:>9.0} {:>9} {:>8} {:>7}",
             report.calls,
             report.elapsed.as_secs_f64(),
             report.calls as f64 / report.elapsed.as_secs_f64(),
@@ -185,12 +189,11 @@ struct Report {
 
 async fn run(
     channels: &[Channel],
-    tokens: &[String],
+    requests: &[CheckRequest],
     load: Load,
     concurrency: usize,
 ) -> anyhow::Result<Report> {
-    let requests: Arc<Vec<CheckRequest>> =
-        Arc::new(tokens.iter().map(|t| check_request(t)).collect());
+    let requests: Arc<Vec<CheckRequest>> = Arc::new(requests.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -244,8 +247,12 @@ async fn run(
     })
 }
 
-fn check_request(token: &str) -> CheckRequest {
-    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":5,"b":7}}}"#;
+/// A Check for `tools/call add`, its body padded to about `body_bytes` (at least
+/// the bare call).
+fn check_request(token: &str, body_bytes: usize) -> CheckRequest {
+    let bare = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":5,"b":7,"note":""}}}"#;
+    let padding = "x".repeat(body_bytes.saturating_sub(bare.len()));
+    let body = bare.replace(r#""note":"""#, &format!(r#""note":"{padding}""#));
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -259,7 +266,7 @@ fn check_request(token: &str) -> CheckRequest {
                         ("mcp-protocol-version".to_owned(), "2025-06-18".to_owned()),
                     ]
                     .into(),
-                    raw_body: body.to_vec(),
+                    raw_body: body.into_bytes(),
                     ..Default::default()
                 }),
                 ..Default::default()

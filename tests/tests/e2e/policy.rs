@@ -254,3 +254,62 @@ async fn wait_for_log(stack: &Stack, needle: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_envoys_access_log() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    session
+        .call_tool("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("allowed");
+    let denied = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(denied["error"]["code"], -32001);
+
+    // Envoy writes the access log line when each request ends; wait for both.
+    let deadline = Instant::now() + e2e::patience();
+    let lines: Vec<Value> = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(stack.work_dir().join("envoy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["tool"] == "add")
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let allowed = lines
+        .iter()
+        .find(|l| l["decision"] == "allow")
+        .expect("allowed call logged");
+    assert_eq!(allowed["rpc_method"], "tools/call");
+    assert_eq!(allowed["subject"], "alice");
+    assert_eq!(allowed["rule"], "small-arithmetic");
+    assert_eq!(allowed["status"], 200);
+    assert!(
+        allowed["upstream_host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("127.0.0.1:"))
+    );
+    let refused = lines
+        .iter()
+        .find(|l| l["decision"] == "deny")
+        .expect("denied call logged");
+    assert_eq!(refused["rule"], "default");
+    assert_eq!(refused["subject"], "alice");
+    assert_eq!(
+        refused["flags"], "UAEX",
+        "answered by ext_authz, not a backend"
+    );
+}
