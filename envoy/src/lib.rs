@@ -53,7 +53,12 @@ pub struct Profile {
     pub ext_proc: Endpoint,
     /// MCP backends. A host name is resolved by DNS and every address it resolves to
     /// joins the pool (a Kubernetes headless Service gives one per pod).
+    #[serde(default)]
     pub backends: Vec<Endpoint>,
+    /// Instead of `backends`: an EDS file Envoy watches (see [`eds_document`]);
+    /// replacing it (write, then rename over it) changes the pool live.
+    #[serde(default)]
+    pub backends_eds: Option<String>,
 }
 
 /// The listener's certificate chain and private key.
@@ -137,8 +142,45 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
         named(clusters, "ext_proc")?,
         std::slice::from_ref(&profile.ext_proc),
     )?;
-    set_cluster(named(clusters, "mcp_backends")?, &profile.backends)?;
+    let backends = named(clusters, "mcp_backends")?;
+    match &profile.backends_eds {
+        Some(path) => set_eds_cluster(backends, path)?,
+        None => set_cluster(backends, &profile.backends)?,
+    }
     Ok(())
+}
+
+/// Points a cluster at an EDS file instead of a fixed list.
+fn set_eds_cluster(cluster: &mut Value, path: &str) -> Result<(), BootstrapError> {
+    let map = cluster
+        .as_mapping_mut()
+        .ok_or_else(|| missing("cluster is not a mapping"))?;
+    map.insert("type".into(), "EDS".into());
+    map.remove("load_assignment");
+    let eds: Value = serde_yaml::from_str(&format!(
+        "eds_config: {{ resource_api_version: V3, path_config_source: {{ path: {path:?} }} }}"
+    ))
+    .map_err(|e| BootstrapError::Profile(e.to_string()))?;
+    map.insert("eds_cluster_config".into(), eds);
+    Ok(())
+}
+
+/// An EDS file for the backend cluster with these endpoints.
+pub fn eds_document(endpoints: &[Endpoint]) -> String {
+    let lb_endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "      - endpoint: {{ address: {{ socket_address: {{ address: {:?}, port_value: {} }} }} }}\n",
+                e.host, e.port
+            )
+        })
+        .collect();
+    format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  \
+         cluster_name: mcp_backends\n  endpoints:\n  - lb_endpoints:\n{}",
+        lb_endpoints.concat()
+    )
 }
 
 /// Points a cluster at `endpoints`: STATIC for IP addresses, STRICT_DNS for names.

@@ -90,7 +90,7 @@ fn bad_profiles_are_refused_with_the_reason() {
     );
     let err = Profile::parse(
         "p.yaml",
-        "listener: a:1\nadmin: a:1\ntls: {certificate_chain: c, private_key: k}\next_authz: a:1\next_proc: a:1\nbackends: []\nextra: 1\n",
+        "listener: a:1\nadmin: a:1\ntls: {certificate_chain: c, private_key: k}\next_authz: a:1\next_proc: a:1\nextra: 1\n",
     )
     .expect_err("unknown key");
     assert!(err.to_string().contains("unknown field `extra`"), "{err}");
@@ -106,4 +106,27 @@ fn endpoints_parse_and_print() {
     assert_eq!(e.to_string(), "[::1]:9001");
     assert!("host:99999".parse::<Endpoint>().is_err());
     assert!(":80".parse::<Endpoint>().is_err());
+}
+
+#[test]
+fn backends_can_come_from_an_eds_file() {
+    let mut p = profile("envoy/profiles/local.yaml");
+    p.backends_eds = Some("/tmp/eds.yaml".into());
+    let doc = yaml(&render(&p).expect("renders"));
+    let c = cluster(&doc, "mcp_backends");
+    assert_eq!(c["type"], "EDS");
+    assert!(c.get("load_assignment").is_none());
+    assert_eq!(
+        c["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
+        "/tmp/eds.yaml"
+    );
+    let eds = yaml(&eds_document(&["127.0.0.1:9001"
+        .parse()
+        .expect("endpoint")]));
+    assert_eq!(eds["resources"][0]["cluster_name"], "mcp_backends");
+    assert_eq!(
+        eds["resources"][0]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            ["port_value"],
+        9001
+    );
 }

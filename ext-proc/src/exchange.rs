@@ -1,12 +1,34 @@
-//! One HTTP request/response exchange as ext-proc sees it.
+//! One HTTP request/response exchange as ext-proc sees it: sealed sessions and
+//! the headers that pin a session to its backend.
 //!
 //! Envoy opens one ext_proc stream per HTTP request and sends the phases it was
 //! asked for. A stream may begin in the response phase: when ext_authz (or any
 //! filter before ext_proc) answers locally, only the response reaches ext_proc.
+//!
+//! Request: a client's `Mcp-Session-Id` must open (see [`crate::sealer`]) and be
+//! bound to the caller; then the backend's own session id replaces it, and
+//! `x-mcp-upstream` (read by Envoy's stateful_session filter, strict) names the
+//! backend that created the session, with `x-mcp-session-hash` for consistent
+//! hashing where exact pinning is not configured. Anything else is the spec's
+//! "unknown session": 404, nothing forwarded.
+//!
+//! Response: a backend session id is sealed (with the backend Envoy chose, from
+//! the `upstream.address` attribute) or, for an existing session, swapped back to
+//! the client's token. The backend's id never reaches the client.
 
-/// Header that Envoy's consistent-hash load balancer hashes on. Only ext-proc sets
-/// it; a value sent by the client is removed.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use gateway_proto::session::SessionPayload;
+
+use crate::sealer::SessionSealer;
+
+/// Header that Envoy's consistent-hash load balancer hashes on.
 pub const SESSION_HASH_HEADER: &str = "x-mcp-session-hash";
+/// Header Envoy's stateful_session filter (header mode) pins the upstream host by:
+/// base64 of `ip:port`.
+pub const UPSTREAM_HEADER: &str = "x-mcp-upstream";
 /// The MCP session header (lower case, as Envoy presents header names).
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -35,11 +57,20 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
 }
 
-/// What to do with a request's headers and body.
+/// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestPlan {
-    pub edits: HeaderEdits,
-    pub body: BodyMode,
+pub enum RequestPlan {
+    /// Forward it with these header edits, asking Envoy for the body or not.
+    Forward { edits: HeaderEdits, body: BodyMode },
+    /// Answer it here; nothing reaches a backend.
+    Reply(LocalReply),
+}
+
+/// A reply ext-proc gives instead of the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub body: String,
 }
 
 /// What to do with a response's headers and body.
@@ -49,45 +80,176 @@ pub struct ResponsePlan {
     pub body: BodyMode,
 }
 
+/// Session settings shared by every exchange.
+#[derive(Debug)]
+pub struct Sessions {
+    pub sealer: SessionSealer,
+    pub max_age: Option<Duration>,
+}
+
+/// SHA-256 of the caller's issuer and subject, as ext-authz established them.
+pub type SubjectDigest = [u8; 32];
+
+/// The digest of a caller.
+pub fn subject_digest(issuer: &str, subject: &str) -> SubjectDigest {
+    let mut hasher = openssl::sha::Sha256::new();
+    hasher.update(issuer.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(subject.as_bytes());
+    hasher.finish()
+}
+
 /// State of one exchange.
-#[derive(Debug, Default)]
-pub struct Exchange {
+pub struct Exchange<'a> {
+    sessions: &'a Sessions,
+    caller: Option<SubjectDigest>,
+    /// The session a request presented: its token and the backend's id.
+    restored: Option<(Vec<u8>, String)>,
     saw_request: bool,
 }
 
-impl Exchange {
-    pub fn new() -> Self {
-        Self::default()
+impl<'a> Exchange<'a> {
+    pub fn new(sessions: &'a Sessions) -> Self {
+        Self {
+            sessions,
+            caller: None,
+            restored: None,
+            saw_request: false,
+        }
     }
 
-    /// The request headers arrived.
-    pub fn on_request_headers(&mut self, headers: &impl Headers) -> RequestPlan {
+    /// The request headers arrived; `caller` is the authenticated caller, if any.
+    pub fn on_request_headers(
+        &mut self,
+        headers: &impl Headers,
+        caller: Option<SubjectDigest>,
+    ) -> RequestPlan {
         self.saw_request = true;
-        // A client-sent hash header would let it choose its backend: always replace it.
+        self.caller = caller;
+        // Only ext-proc chooses backends: whatever the client sent is dropped.
         let mut edits = HeaderEdits {
-            remove: vec![SESSION_HASH_HEADER.to_owned()],
+            remove: vec![SESSION_HASH_HEADER.to_owned(), UPSTREAM_HEADER.to_owned()],
             ..HeaderEdits::default()
         };
-        if let Some(session) = headers.get(SESSION_HEADER) {
+        if let Some(token) = headers.get(SESSION_HEADER) {
+            let payload = match self.restore(token) {
+                Ok(payload) => payload,
+                Err(reason) => {
+                    tracing::warn!(target: "security", reason, "unknown MCP session presented; answered 404");
+                    return RequestPlan::Reply(unknown_session());
+                }
+            };
             edits.remove.clear();
-            edits
-                .set
-                .push((SESSION_HASH_HEADER.to_owned(), session.to_vec()));
+            edits.set = vec![
+                (
+                    SESSION_HEADER.to_owned(),
+                    payload.backend_session_id.clone().into_bytes(),
+                ),
+                (
+                    UPSTREAM_HEADER.to_owned(),
+                    STANDARD.encode(&payload.upstream_host).into_bytes(),
+                ),
+                (
+                    SESSION_HASH_HEADER.to_owned(),
+                    payload.backend_session_id.clone().into_bytes(),
+                ),
+            ];
+            self.restored = Some((token.to_vec(), payload.backend_session_id));
         }
-        RequestPlan {
+        RequestPlan::Forward {
             edits,
             // No request rule reads bodies yet.
             body: BodyMode::Skip,
         }
     }
 
+    fn restore(&self, token: &[u8]) -> Result<SessionPayload, &'static str> {
+        let token = std::str::from_utf8(token).map_err(|_| "session id is not text")?;
+        let payload = self.sessions.sealer.open(token).map_err(|e| match e {
+            crate::sealer::OpenError::Malformed => "malformed session token",
+            crate::sealer::OpenError::UnknownKey => {
+                "session token sealed with an unknown or retired key"
+            }
+            crate::sealer::OpenError::Forged => {
+                "session token failed authentication (tampered or forged)"
+            }
+        })?;
+        let caller = self
+            .caller
+            .ok_or("no authenticated caller for a session request")?;
+        if payload.subject_digest.len() != caller.len()
+            || !openssl::memcmp::eq(&payload.subject_digest, &caller)
+        {
+            return Err("session token presented by another subject");
+        }
+        if let Some(max_age) = self.sessions.max_age
+            && now().saturating_sub(payload.issued_at)
+                > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+        {
+            return Err("session older than max_age");
+        }
+        Ok(payload)
+    }
+
     /// The response headers arrived (also as the first message, for a local reply).
-    pub fn on_response_headers(&mut self, headers: &impl Headers) -> ResponsePlan {
+    /// `upstream` is the backend Envoy chose (`upstream.address`), if any.
+    pub fn on_response_headers(
+        &mut self,
+        headers: &impl Headers,
+        upstream: Option<&str>,
+    ) -> ResponsePlan {
+        // stateful_session announces the host it chose; the client must not see it.
+        let mut edits = HeaderEdits {
+            remove: vec![UPSTREAM_HEADER.to_owned()],
+            ..HeaderEdits::default()
+        };
+        if let Some(backend_id) = headers.get(SESSION_HEADER) {
+            match (&self.restored, self.seal(backend_id, upstream)) {
+                (Some((token, restored_id)), _) if restored_id.as_bytes() == backend_id => {
+                    edits.set.push((SESSION_HEADER.to_owned(), token.clone()));
+                }
+                (_, Ok(token)) => edits
+                    .set
+                    .push((SESSION_HEADER.to_owned(), token.into_bytes())),
+                (_, Err(reason)) => {
+                    // Never hand out the backend's id: the client gets no session.
+                    tracing::error!(reason, "cannot seal the backend's session id; removed it");
+                    edits.remove.push(SESSION_HEADER.to_owned());
+                }
+            }
+        }
         let wants_body = false; // No response rule reads bodies yet.
         ResponsePlan {
-            edits: HeaderEdits::default(),
+            edits,
             body: response_body_mode(headers, wants_body && self.saw_request),
         }
+    }
+
+    fn seal(&self, backend_id: &[u8], upstream: Option<&str>) -> Result<String, &'static str> {
+        let backend_id =
+            std::str::from_utf8(backend_id).map_err(|_| "backend session id is not text")?;
+        let upstream =
+            upstream.ok_or("Envoy did not say which backend answered (upstream.address)")?;
+        let caller = self.caller.ok_or("no authenticated caller")?;
+        self.sessions
+            .sealer
+            .seal(&SessionPayload {
+                backend_session_id: backend_id.to_owned(),
+                upstream_host: upstream.to_owned(),
+                subject_digest: caller.to_vec(),
+                issued_at: now(),
+            })
+            .map_err(|_| "sealing failed")
+    }
+}
+
+/// The spec's answer for an unknown session: the client starts a new one.
+fn unknown_session() -> LocalReply {
+    LocalReply {
+        status: 404,
+        body:
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#
+                .to_owned(),
     }
 }
 
@@ -111,65 +273,12 @@ pub fn is_event_stream(headers: &impl Headers) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Map(Vec<(&'static str, &'static str)>);
-    impl Headers for Map {
-        fn get(&self, name: &str) -> Option<&[u8]> {
-            self.0
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.as_bytes())
-        }
-    }
-
-    #[test]
-    fn session_id_becomes_the_hash_header() {
-        let plan = Exchange::new().on_request_headers(&Map(vec![(SESSION_HEADER, "abc")]));
-        assert_eq!(
-            plan.edits.set,
-            vec![(SESSION_HASH_HEADER.to_owned(), b"abc".to_vec())]
-        );
-        assert!(plan.edits.remove.is_empty());
-    }
-
-    #[test]
-    fn client_hash_header_is_removed_without_session() {
-        let plan = Exchange::new().on_request_headers(&Map(vec![(SESSION_HASH_HEADER, "pick-me")]));
-        assert!(plan.edits.set.is_empty());
-        assert_eq!(plan.edits.remove, vec![SESSION_HASH_HEADER.to_owned()]);
-    }
-
-    #[test]
-    fn event_streams_are_recognised_with_parameters_and_case() {
-        for ct in [
-            "text/event-stream",
-            "Text/Event-Stream; charset=utf-8",
-            " text/event-stream ;x",
-        ] {
-            assert!(is_event_stream(&Map(vec![("content-type", ct)])), "{ct}");
-        }
-        for ct in ["application/json", "text/event-streams", "text/plain"] {
-            assert!(!is_event_stream(&Map(vec![("content-type", ct)])), "{ct}");
-        }
-        assert!(!is_event_stream(&Map(vec![])));
-    }
-
-    #[test]
-    fn event_streams_are_never_buffered() {
-        let sse = Map(vec![("content-type", "text/event-stream")]);
-        let json = Map(vec![("content-type", "application/json")]);
-        assert_eq!(response_body_mode(&sse, true), BodyMode::Streamed);
-        assert_eq!(response_body_mode(&json, true), BodyMode::Buffered);
-        assert_eq!(response_body_mode(&sse, false), BodyMode::Skip);
-    }
-
-    #[test]
-    fn local_reply_without_request_skips_the_body() {
-        let plan = Exchange::new().on_response_headers(&Map(vec![("content-type", "text/plain")]));
-        assert_eq!(plan.body, BodyMode::Skip);
-        assert_eq!(plan.edits, HeaderEdits::default());
-    }
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,4 +8,5 @@
 //!   onto the core; it answers every message Envoy sends with the matching response.
 
 pub mod exchange;
+pub mod sealer;
 pub mod service;

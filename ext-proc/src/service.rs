@@ -5,6 +5,8 @@
 //! sends; anything else fails the HTTP request. Each stream gets its own task and
 //! its own [`Exchange`].
 
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
@@ -17,25 +19,36 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ProcessingRequest,
-    ProcessingResponse, TrailersResponse,
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::value::Kind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::exchange::{BodyMode, Exchange, HeaderEdits, Headers};
+use crate::exchange::{
+    BodyMode, Exchange, HeaderEdits, Headers, LocalReply, RequestPlan, Sessions, SubjectDigest,
+    subject_digest,
+};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+/// Namespace of ext-authz's dynamic metadata, which Envoy forwards to ext-proc.
+const AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
+/// Key of ext_proc's own attributes in a ProcessingRequest.
+const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 
 /// The ExternalProcessor gRPC service.
-#[derive(Debug, Clone, Default)]
-pub struct ProcService {}
+#[derive(Clone)]
+pub struct ProcService {
+    sessions: Arc<Sessions>,
+}
 
 impl ProcService {
-    pub fn new() -> Self {
-        Self {}
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
     }
 
     /// The tonic server for this service, accepting messages up to `max_message_bytes`.
@@ -56,8 +69,9 @@ impl ExternalProcessor for ProcService {
         // Envoy waits for each answer before sending the next message, so a small
         // buffer suffices.
         let (tx, rx) = mpsc::channel(4);
+        let sessions = self.sessions.clone();
         tokio::spawn(async move {
-            let mut exchange = Exchange::new();
+            let mut exchange = Exchange::new(&sessions);
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
@@ -78,25 +92,33 @@ impl ExternalProcessor for ProcService {
 }
 
 fn answer(
-    exchange: &mut Exchange,
+    exchange: &mut Exchange<'_>,
     message: ProcessingRequest,
 ) -> Result<ProcessingResponse, Status> {
-    let Some(phase) = message.request else {
+    let Some(phase) = &message.request else {
         return Err(Status::invalid_argument(
             "ProcessingRequest without a phase",
         ));
     };
     let reply = match phase {
         Phase::RequestHeaders(headers) => {
-            let plan = exchange.on_request_headers(&HeaderView(&headers));
-            return Ok(ProcessingResponse {
-                response: Some(Reply::RequestHeaders(headers_response(plan.edits))),
-                mode_override: Some(mode(plan.body, BodyMode::Skip)),
-                ..Default::default()
-            });
+            return Ok(
+                match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
+                    RequestPlan::Forward { edits, body } => ProcessingResponse {
+                        response: Some(Reply::RequestHeaders(headers_response(edits))),
+                        mode_override: Some(mode(body, BodyMode::Skip)),
+                        ..Default::default()
+                    },
+                    RequestPlan::Reply(local) => ProcessingResponse {
+                        response: Some(Reply::ImmediateResponse(immediate(local))),
+                        ..Default::default()
+                    },
+                },
+            );
         }
         Phase::ResponseHeaders(headers) => {
-            let plan = exchange.on_response_headers(&HeaderView(&headers));
+            let upstream = attribute(&message, "upstream.address");
+            let plan = exchange.on_response_headers(&HeaderView(headers), upstream);
             return Ok(ProcessingResponse {
                 response: Some(Reply::ResponseHeaders(headers_response(plan.edits))),
                 mode_override: Some(mode(BodyMode::Skip, plan.body)),
@@ -113,6 +135,51 @@ fn answer(
         response: Some(reply),
         ..Default::default()
     })
+}
+
+/// The caller ext-authz authenticated, from the dynamic metadata Envoy forwards.
+fn caller(message: &ProcessingRequest) -> Option<SubjectDigest> {
+    let fields = &message
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(AUTHZ_NAMESPACE)?
+        .fields;
+    let text = |key: &str| match fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s.as_str()),
+        _ => None,
+    };
+    Some(subject_digest(text("issuer")?, text("subject")?))
+}
+
+/// A string attribute Envoy attached to this message (e.g. `upstream.address`).
+fn attribute<'m>(message: &'m ProcessingRequest, name: &str) -> Option<&'m str> {
+    match message
+        .attributes
+        .get(ATTRIBUTES_KEY)?
+        .fields
+        .get(name)?
+        .kind
+        .as_ref()?
+    {
+        Kind::StringValue(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+fn immediate(local: LocalReply) -> ImmediateResponse {
+    ImmediateResponse {
+        status: Some(HttpStatus {
+            code: i32::from(local.status),
+        }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![header("content-type", b"application/json".to_vec())],
+            ..Default::default()
+        }),
+        body: local.body.into_bytes(),
+        details: "mcp_unknown_session".to_owned(),
+        ..Default::default()
+    }
 }
 
 /// A complete processing mode: Envoy replaces its whole mode with an override, so
@@ -141,16 +208,7 @@ fn headers_response(edits: HeaderEdits) -> HeadersResponse {
         set_headers: edits
             .set
             .into_iter()
-            .map(|(key, raw_value)| HeaderValueOption {
-                // Envoy expects values in raw_value only.
-                header: Some(HeaderValue {
-                    key,
-                    raw_value,
-                    ..Default::default()
-                }),
-                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                ..Default::default()
-            })
+            .map(|(key, raw_value)| header(&key, raw_value))
             .collect(),
         remove_headers: edits.remove,
     });
@@ -159,6 +217,20 @@ fn headers_response(edits: HeaderEdits) -> HeadersResponse {
             header_mutation: mutation,
             ..Default::default()
         }),
+    }
+}
+
+/// A header that replaces any of the same name. Envoy expects the value in
+/// `raw_value` only.
+fn header(key: &str, raw_value: Vec<u8>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            raw_value,
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
     }
 }
 

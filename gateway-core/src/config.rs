@@ -176,6 +176,22 @@ fn default_scopes_claim() -> String {
 pub struct ExtProcConfig {
     /// Where and how the gRPC server listens.
     pub server: ServerConfig,
+    /// Sealed MCP sessions.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+}
+
+/// How client-visible session ids are sealed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// File of AES-256-GCM keys, `id:base64key`, newest first, one per line;
+    /// relative to this file. Without it, `MCP_GATEWAY_SESSION_KEYS` holds them
+    /// (comma-separated). With neither, ext-proc refuses to start (unless `--dev`).
+    pub keys_file: Option<PathBuf>,
+    /// Sessions older than this are unknown (404). Absent: no limit.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 /// A sidecar's gRPC server.

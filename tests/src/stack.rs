@@ -67,6 +67,30 @@ pub struct StackOptions {
     pub envoy_concurrency: Option<u32>,
     /// Changes to the gateway config (dev/gateway.yaml) before the sidecars read it.
     pub gateway_config: Box<dyn Fn(&mut Value) + Send>,
+    /// ext-proc's session keys file (`id:base64key` lines, newest first).
+    pub session_keys: String,
+    /// Use another stack's issuer and backends instead of starting new ones: a
+    /// second gateway replica in front of the same pool.
+    pub shared: Option<Shared>,
+}
+
+/// What a second gateway shares with the first: the token issuer and the backends.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub issuer_port: u16,
+    pub backend_ports: Vec<u16>,
+}
+
+/// A session keys file with one fresh random key called `id`.
+pub fn random_session_key(id: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(format!(
+        "{id}:{}\n",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    ))
 }
 
 impl StackOptions {
@@ -78,6 +102,8 @@ impl StackOptions {
             work_dir: None,
             envoy_concurrency: Some(1),
             gateway_config: Box::new(|_| {}),
+            session_keys: random_session_key("test")?,
+            shared: None,
         })
     }
 }
@@ -87,7 +113,8 @@ pub struct Stack {
     envoy: Option<Process>,
     ext_authz: Option<Process>,
     ext_proc: Option<Process>,
-    backends: Vec<Process>,
+    /// `None` for a backend stopped, or one another stack runs.
+    backends: Vec<Option<Process>>,
     issuer: Option<Process>,
     ports: Ports,
     bin_dir: PathBuf,
@@ -125,42 +152,117 @@ impl Stack {
                 bail!("{} is missing: run `cargo xtask setup`", needed.display());
             }
         }
+        let mut ports = options.ports.clone();
+        if let Some(shared) = &options.shared {
+            ports.issuer = shared.issuer_port;
+            ports.backends = shared.backend_ports.clone();
+        }
         let mut stack = Stack {
             envoy: None,
             ext_authz: None,
             ext_proc: None,
             backends: Vec::new(),
             issuer: None,
-            ports: options.ports.clone(),
+            ports,
             bin_dir: options.bin_dir.clone(),
             work: work.clone(),
             temp,
             http: https_client()?,
         };
 
+        std::fs::write(stack.work.join("session-keys.txt"), &options.session_keys)?;
         stack.write_gateway_config(&*options.gateway_config)?;
+        stack.write_eds()?;
         stack.write_envoy_config()?;
 
         // Start everything, then wait: the Python parts take seconds to import.
-        stack.issuer = Some(stack.spawn_issuer()?);
-        for index in 0..stack.ports.backends.len() {
-            let backend = stack.spawn_backend(index)?;
-            stack.backends.push(backend);
+        if options.shared.is_none() {
+            stack.issuer = Some(stack.spawn_issuer()?);
+            for index in 0..stack.ports.backends.len() {
+                let backend = stack.spawn_backend(index)?;
+                stack.backends.push(Some(backend));
+            }
+            // ext-authz fetches the issuer's keys at start: let the issuer be up
+            // first, as an IdP would be.
+            stack.wait_issuer().await?;
+        } else {
+            stack.backends = stack.ports.backends.iter().map(|_| None).collect();
         }
-        // ext-authz fetches the issuer's keys at start: let the issuer be up first,
-        // as an IdP would be.
-        stack.wait_issuer().await?;
         stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
         stack.ext_proc = Some(stack.spawn_sidecar("ext-proc")?);
         stack.envoy = Some(stack.spawn_envoy(options.envoy_concurrency)?);
 
         for index in 0..stack.backends.len() {
-            stack.wait_backend(index).await?;
+            if stack.backends[index].is_some() {
+                stack.wait_backend(index).await?;
+            }
         }
         stack.wait_sidecar("ext-authz").await?;
         stack.wait_sidecar("ext-proc").await?;
         stack.wait_envoy().await?;
+        let backends = stack.ports.backends.len();
+        stack.wait_healthy_backends(backends).await?;
         Ok(stack)
+    }
+
+    /// What a second gateway in front of the same pool needs from this one.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            issuer_port: self.ports.issuer,
+            backend_ports: self.ports.backends.clone(),
+        }
+    }
+
+    /// Starts one more backend and adds it to Envoy's pool (through the EDS file);
+    /// returns its index. Waits until Envoy counts it healthy.
+    pub async fn add_backend(&mut self) -> anyhow::Result<usize> {
+        let index = self.ports.backends.len();
+        self.ports.backends.push(free_port()?);
+        let backend = self.spawn_backend(index)?;
+        self.backends.push(Some(backend));
+        self.wait_backend(index).await?;
+        self.write_eds()?;
+        self.wait_healthy_backends(index + 1).await?;
+        Ok(index)
+    }
+
+    /// Stops backend `index` (it stays in the EDS file, as a crashed pod would) and
+    /// waits until Envoy's health check takes it out of the pool.
+    pub async fn stop_backend(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut backend) = self.backends.get_mut(index).and_then(Option::take) {
+            backend.stop(Duration::from_secs(5))?;
+        }
+        let healthy = self.backends.iter().filter(|b| b.is_some()).count();
+        self.wait_healthy_backends(healthy).await
+    }
+
+    /// Restarts ext-proc (SIGTERM, then a new process on the same port).
+    pub async fn restart_ext_proc(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.ext_proc.take() {
+            process.stop(Duration::from_secs(15))?;
+        }
+        self.ext_proc = Some(self.spawn_sidecar("ext-proc")?);
+        self.wait_sidecar("ext-proc").await
+    }
+
+    /// Waits until Envoy counts exactly `count` healthy backends.
+    pub async fn wait_healthy_backends(&mut self, count: usize) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/clusters", self.ports.admin);
+        let process = self
+            .envoy
+            .as_mut()
+            .ok_or_else(|| anyhow!("envoy not started"))?;
+        wait_until(process, || async {
+            let text = reqwest::get(&url).await?.text().await?;
+            let healthy = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("mcp_backends::") && l.ends_with("::health_flags::healthy")
+                })
+                .count();
+            Ok(healthy == count)
+        })
+        .await
     }
 
     /// The MCP endpoint clients use.
@@ -354,6 +456,12 @@ impl Stack {
         let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
         config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
         config["ext_proc"]["server"]["listen"] = listen(self.ports.ext_proc);
+        config["ext_proc"]["sessions"]["keys_file"] = self
+            .work
+            .join("session-keys.txt")
+            .display()
+            .to_string()
+            .into();
         config["ext_authz"]["resource"] = self.url().into();
         let issuer = &mut config["ext_authz"]["issuers"][0];
         issuer["issuer"] = self.issuer_url().into();
@@ -395,6 +503,28 @@ impl Stack {
         self.work.join("gateway.yaml")
     }
 
+    fn eds_path(&self) -> PathBuf {
+        self.work.join("eds.yaml")
+    }
+
+    /// Writes the backend pool for Envoy: to a temporary file, then renamed over
+    /// the watched one, so Envoy never reads half a file.
+    fn write_eds(&self) -> anyhow::Result<()> {
+        let endpoints: Vec<Endpoint> = self
+            .ports
+            .backends
+            .iter()
+            .map(|port| Endpoint {
+                host: "127.0.0.1".to_owned(),
+                port: *port,
+            })
+            .collect();
+        let temp = self.work.join("eds.yaml.new");
+        std::fs::write(&temp, envoy_bootstrap::eds_document(&endpoints))?;
+        std::fs::rename(&temp, self.eds_path())?;
+        Ok(())
+    }
+
     fn envoy_config_path(&self) -> PathBuf {
         self.work.join("envoy.yaml")
     }
@@ -414,7 +544,8 @@ impl Stack {
             },
             ext_authz: loopback(self.ports.ext_authz),
             ext_proc: loopback(self.ports.ext_proc),
-            backends: self.ports.backends.iter().map(|p| loopback(*p)).collect(),
+            backends: Vec::new(),
+            backends_eds: Some(self.eds_path().display().to_string()),
         };
         std::fs::write(self.envoy_config_path(), envoy_bootstrap::render(&profile)?)?;
         Ok(())
@@ -509,7 +640,9 @@ impl Stack {
             "http://127.0.0.1:{}/_debug/requests",
             self.ports.backends[index]
         );
-        let process = &mut self.backends[index];
+        let process = self.backends[index]
+            .as_mut()
+            .ok_or_else(|| anyhow!("backend {index} is not run by this stack"))?;
         wait_until(process, || async {
             Ok(reqwest::get(&url).await?.status().is_success())
         })

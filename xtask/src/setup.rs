@@ -3,6 +3,7 @@
 //! - `.dev/venv`: a virtualenv with `dev/requirements.txt` (Envoy, MCP SDK, FastMCP),
 //!   reinstalled only when that file changes;
 //! - `.dev/certs`: a dev CA and an ECDSA P-256 server certificate (`dev/certs.py`);
+//! - `.dev/session-keys.txt`: the key that seals MCP session ids;
 //! - release builds of both sidecars (skipped with `--no-build`).
 
 use std::process::Command;
@@ -23,6 +24,7 @@ impl Setup {
     pub fn run(&self) -> anyhow::Result<()> {
         virtualenv()?;
         certificates()?;
+        session_keys()?;
         if !self.no_build {
             let mut build = cargo();
             build.args(["build", "--release", "-p", "ext-authz", "-p", "ext-proc"]);
@@ -63,6 +65,23 @@ fn virtualenv() -> anyhow::Result<()> {
         .arg(&requirements_path);
     run(install)?;
     std::fs::write(&stamp, requirements)?;
+    Ok(())
+}
+
+/// One random session key for the dev stack, made once.
+fn session_keys() -> anyhow::Result<()> {
+    let path = paths::dev_dir().join("session-keys.txt");
+    if path.exists() {
+        return Ok(());
+    }
+    let key = e2e::stack::random_session_key("dev-1")?;
+    std::fs::write(
+        &path,
+        format!("# Session keys of the dev stack, newest first.\n{key}"),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    eprintln!("made {}", path.display());
     Ok(())
 }
 

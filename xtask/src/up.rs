@@ -25,6 +25,9 @@ impl Up {
                 work_dir: Some(paths::dev_stack_dir()),
                 envoy_concurrency: None,
                 gateway_config: Box::new(|_| {}),
+                // The dev key survives restarts of the stack, so clients keep sessions.
+                session_keys: std::fs::read_to_string(paths::dev_dir().join("session-keys.txt"))?,
+                shared: None,
             };
             let stack = Stack::start(options).await?;
             let token = stack.token("dev-user", "mcp:tools").await?;

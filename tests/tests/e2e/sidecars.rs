@@ -22,6 +22,11 @@ fn config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
         "default: {default_effect: allow}\n",
     )
     .expect("write rules");
+    std::fs::write(
+        dir.path().join("keys.txt"),
+        e2e::stack::random_session_key("k1").expect("key"),
+    )
+    .expect("write keys");
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -31,7 +36,7 @@ fn sidecar_config(authz_port: u16, proc_port: u16) -> String {
     format!(
         "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n  resource: https://gw/mcp\n  \
          issuers: [{{issuer: https://idp.invalid, jwks_uri: https://idp.invalid/jwks}}]\n  rules_file: rules.yaml\n\
-         ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n"
+         ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n  sessions: {{keys_file: keys.txt}}\n"
     )
 }
 
@@ -219,7 +224,7 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
 
     tx.send(headers(
         Phase::RequestHeaders,
-        &[(":method", "POST"), ("mcp-session-id", "s1")],
+        &[(":method", "POST"), (":path", "/mcp")],
     ))
     .await
     .expect("send");

@@ -1,0 +1,191 @@
+use super::*;
+use crate::sealer::SessionKey;
+
+struct Map(Vec<(&'static str, Vec<u8>)>);
+
+impl Headers for Map {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+fn map(pairs: &[(&'static str, &str)]) -> Map {
+    Map(pairs
+        .iter()
+        .map(|(k, v)| (*k, v.as_bytes().to_vec()))
+        .collect())
+}
+
+fn sessions() -> Sessions {
+    Sessions {
+        sealer: SessionSealer::new(vec![SessionKey::new("k1", [5; 32]).expect("key")])
+            .expect("sealer"),
+        max_age: None,
+    }
+}
+
+const ALICE: &str = "alice";
+
+fn alice() -> Option<SubjectDigest> {
+    Some(subject_digest("https://idp", ALICE))
+}
+
+/// Runs an initialize through an exchange and returns the client's token.
+fn initialize(sessions: &Sessions) -> String {
+    let mut exchange = Exchange::new(sessions);
+    let RequestPlan::Forward { edits, .. } = exchange.on_request_headers(&map(&[]), alice()) else {
+        panic!("initialize is forwarded")
+    };
+    assert_eq!(edits.remove, vec![SESSION_HASH_HEADER, UPSTREAM_HEADER]);
+    let plan = exchange.on_response_headers(
+        &map(&[(SESSION_HEADER, "backend-1")]),
+        Some("127.0.0.1:9002"),
+    );
+    let (name, token) = plan.edits.set.first().expect("session header set").clone();
+    assert_eq!(name, SESSION_HEADER);
+    let token = String::from_utf8(token).expect("ascii");
+    assert_ne!(
+        token, "backend-1",
+        "the backend's id never reaches the client"
+    );
+    token
+}
+
+#[test]
+fn a_session_is_sealed_and_later_pinned_to_its_backend() {
+    let sessions = sessions();
+    let token = initialize(&sessions);
+
+    let mut exchange = Exchange::new(&sessions);
+    let RequestPlan::Forward { edits, .. } =
+        exchange.on_request_headers(&map(&[(SESSION_HEADER, &token)]), alice())
+    else {
+        panic!("a valid session is forwarded")
+    };
+    let set: std::collections::HashMap<_, _> = edits.set.iter().cloned().collect();
+    assert_eq!(set[SESSION_HEADER], b"backend-1");
+    assert_eq!(
+        set[UPSTREAM_HEADER],
+        STANDARD.encode("127.0.0.1:9002").into_bytes()
+    );
+    assert_eq!(set[SESSION_HASH_HEADER], b"backend-1");
+
+    // The backend echoes its id: the client gets its own token back, unchanged.
+    let plan = exchange.on_response_headers(
+        &map(&[(SESSION_HEADER, "backend-1")]),
+        Some("127.0.0.1:9002"),
+    );
+    assert_eq!(
+        plan.edits.set,
+        vec![(SESSION_HEADER.to_owned(), token.into_bytes())]
+    );
+    assert!(plan.edits.remove.contains(&UPSTREAM_HEADER.to_owned()));
+}
+
+#[test]
+fn another_subject_or_a_forged_token_is_an_unknown_session() {
+    let sessions = sessions();
+    let token = initialize(&sessions);
+    let bob = Some(subject_digest("https://idp", "bob"));
+    let other_issuer = Some(subject_digest("https://other-idp", ALICE));
+    for caller in [bob, other_issuer, None] {
+        let plan =
+            Exchange::new(&sessions).on_request_headers(&map(&[(SESSION_HEADER, &token)]), caller);
+        assert!(
+            matches!(plan, RequestPlan::Reply(LocalReply { status: 404, .. })),
+            "{plan:?}"
+        );
+    }
+    let mut flipped = token.into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let plan =
+        Exchange::new(&sessions).on_request_headers(&Map(vec![(SESSION_HEADER, flipped)]), alice());
+    assert!(matches!(
+        plan,
+        RequestPlan::Reply(LocalReply { status: 404, .. })
+    ));
+    let plan = Exchange::new(&sessions)
+        .on_request_headers(&map(&[(SESSION_HEADER, "backend-1")]), alice());
+    assert!(
+        matches!(plan, RequestPlan::Reply(LocalReply { status: 404, .. })),
+        "raw backend ids are not tokens"
+    );
+}
+
+#[test]
+fn sessions_expire_after_max_age() {
+    let mut sessions = sessions();
+    let token = initialize(&sessions);
+    sessions.max_age = Some(Duration::ZERO);
+    // Issued "now"; with a zero max age it is only valid within the same second.
+    let payload = sessions.sealer.open(&token).expect("opens");
+    let old = SessionPayload {
+        issued_at: payload.issued_at - 10,
+        ..payload
+    };
+    let old_token = sessions.sealer.seal(&old).expect("seal");
+    let plan =
+        Exchange::new(&sessions).on_request_headers(&map(&[(SESSION_HEADER, &old_token)]), alice());
+    assert!(matches!(
+        plan,
+        RequestPlan::Reply(LocalReply { status: 404, .. })
+    ));
+}
+
+#[test]
+fn without_upstream_or_caller_the_backend_id_is_withheld() {
+    let sessions = sessions();
+    let mut exchange = Exchange::new(&sessions);
+    exchange.on_request_headers(&map(&[]), alice());
+    let plan = exchange.on_response_headers(&map(&[(SESSION_HEADER, "backend-1")]), None);
+    assert!(plan.edits.set.is_empty());
+    assert!(plan.edits.remove.contains(&SESSION_HEADER.to_owned()));
+}
+
+#[test]
+fn client_chosen_routing_headers_are_removed() {
+    let sessions = sessions();
+    let plan = Exchange::new(&sessions).on_request_headers(
+        &map(&[
+            (SESSION_HASH_HEADER, "pick-me"),
+            (UPSTREAM_HEADER, "MTI3LjAuMC4xOjkwMDE="),
+        ]),
+        alice(),
+    );
+    let RequestPlan::Forward { edits, .. } = plan else {
+        panic!("forwarded")
+    };
+    assert!(edits.set.is_empty());
+    assert_eq!(edits.remove, vec![SESSION_HASH_HEADER, UPSTREAM_HEADER]);
+}
+
+#[test]
+fn event_streams_are_recognised_and_never_buffered() {
+    for ct in [
+        "text/event-stream",
+        "Text/Event-Stream; charset=utf-8",
+        " text/event-stream ;x",
+    ] {
+        assert!(is_event_stream(&map(&[("content-type", ct)])), "{ct}");
+    }
+    for ct in ["application/json", "text/event-streams", "text/plain"] {
+        assert!(!is_event_stream(&map(&[("content-type", ct)])), "{ct}");
+    }
+    let sse = map(&[("content-type", "text/event-stream")]);
+    let json = map(&[("content-type", "application/json")]);
+    assert_eq!(response_body_mode(&sse, true), BodyMode::Streamed);
+    assert_eq!(response_body_mode(&json, true), BodyMode::Buffered);
+    assert_eq!(response_body_mode(&sse, false), BodyMode::Skip);
+}
+
+#[test]
+fn a_local_reply_without_request_passes() {
+    let sessions = sessions();
+    let plan =
+        Exchange::new(&sessions).on_response_headers(&map(&[("content-type", "text/plain")]), None);
+    assert_eq!(plan.body, BodyMode::Skip);
+    assert!(plan.edits.set.is_empty());
+}
