@@ -50,6 +50,13 @@ def build(name: str) -> FastMCP:
             await asyncio.sleep(interval_ms / 1000)
         return count
 
+    @mcp.tool
+    async def notify(text: str, ctx: Context) -> str:
+        """Send `text` as a log notification on this session's GET stream, not as
+        part of this call's response."""
+        await ctx.session.send_log_message(level="info", data=text, related_request_id=None)
+        return "sent"
+
     @mcp.custom_route("/_debug/requests", methods=["GET"])
     async def received(_: Request) -> JSONResponse:
         return JSONResponse({"backend": name, "requests": list(RECEIVED)})

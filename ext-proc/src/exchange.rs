@@ -218,6 +218,15 @@ impl<'a> Exchange<'a> {
                 }
             }
         }
+        // Envoy answers 503 itself when the pinned backend is down or unhealthy (only
+        // a backend gone from the pool gets the configured 404). For the client both
+        // mean the same: the session is lost, start a new one; the spec says 404.
+        if self.restored.is_some() && upstream.is_none() && headers.get(":status") == Some(b"503") {
+            tracing::info!(
+                "the session's backend is unavailable; answering 404 so the client starts over"
+            );
+            edits.set.push((":status".to_owned(), b"404".to_vec()));
+        }
         let wants_body = false; // No response rule reads bodies yet.
         ResponsePlan {
             edits,

@@ -236,6 +236,16 @@ impl Stack {
         self.wait_healthy_backends(healthy).await
     }
 
+    /// Replaces ext-proc's session keys file; takes effect at the next (re)start.
+    pub fn set_session_keys(&self, text: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(self.work.join("session-keys.txt"), text)?)
+    }
+
+    /// The session keys file ext-proc reads.
+    pub fn session_keys(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.work.join("session-keys.txt"))?)
+    }
+
     /// Restarts ext-proc (SIGTERM, then a new process on the same port).
     pub async fn restart_ext_proc(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.ext_proc.take() {
@@ -482,6 +492,14 @@ impl Stack {
     /// The rules file ext-authz of this stack reads (a copy of dev/rules.yaml).
     pub fn rules_path(&self) -> PathBuf {
         self.work.join("rules.yaml")
+    }
+
+    /// The ext-proc log so far.
+    pub fn ext_proc_log(&self) -> String {
+        self.ext_proc
+            .as_ref()
+            .map(Process::log_text)
+            .unwrap_or_default()
     }
 
     /// The ext-authz log so far.

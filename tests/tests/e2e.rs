@@ -7,5 +7,6 @@ mod e2e {
     mod envoy_configs;
     mod foundation;
     mod policy;
+    mod sessions;
     mod sidecars;
 }

@@ -189,3 +189,31 @@ fn a_local_reply_without_request_passes() {
     assert_eq!(plan.body, BodyMode::Skip);
     assert!(plan.edits.set.is_empty());
 }
+
+#[test]
+fn envoys_503_for_a_lost_pinned_backend_becomes_404() {
+    let sessions = sessions();
+    let token = initialize(&sessions);
+    let mut exchange = Exchange::new(&sessions);
+    exchange.on_request_headers(&map(&[(SESSION_HEADER, &token)]), alice());
+    let plan = exchange.on_response_headers(&map(&[(":status", "503")]), None);
+    assert!(
+        plan.edits
+            .set
+            .contains(&(":status".to_owned(), b"404".to_vec()))
+    );
+    // A backend's own 503 (it answered) is left alone, and so is a 503 without a session.
+    let mut exchange = Exchange::new(&sessions);
+    exchange.on_request_headers(&map(&[(SESSION_HEADER, &token)]), alice());
+    let plan = exchange.on_response_headers(&map(&[(":status", "503")]), Some("127.0.0.1:9002"));
+    assert!(plan.edits.set.is_empty());
+    let mut exchange = Exchange::new(&sessions);
+    exchange.on_request_headers(&map(&[]), alice());
+    assert!(
+        exchange
+            .on_response_headers(&map(&[(":status", "503")]), None)
+            .edits
+            .set
+            .is_empty()
+    );
+}

@@ -1,0 +1,364 @@
+//! Sealed, sticky MCP sessions end to end: Envoy, both sidecars, FastMCP backends,
+//! the official Python client and raw HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use e2e::mcp::{self, RawSession};
+use e2e::stack::{Ports, Stack, StackOptions, random_session_key};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+async fn stack() -> Stack {
+    Stack::start(StackOptions::for_test().expect("free ports"))
+        .await
+        .expect("stack starts")
+}
+
+/// Every `mcp-session-id` a backend received.
+async fn backend_session_ids(stack: &Stack) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for index in 0..stack.ports().backends.len() {
+        for request in stack.backend_requests(index).await.unwrap_or_default() {
+            if let Some(id) = request["headers"]["mcp-session-id"].as_str() {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+async fn total_backend_requests(stack: &Stack) -> usize {
+    let mut total = 0;
+    for index in 0..stack.ports().backends.len() {
+        total += stack
+            .backend_requests(index)
+            .await
+            .unwrap_or_default()
+            .len();
+    }
+    total
+}
+
+async fn whoami(session: &RawSession) -> anyhow::Result<String> {
+    session.call_tool("whoami", json!({})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_keep_their_backend_and_ids_never_cross_the_gateway() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let report = stack
+        .python_client(&token, 50, 20)
+        .await
+        .expect("every call succeeds");
+    let sessions = report["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 50);
+    let client_ids: HashSet<String> = sessions
+        .iter()
+        .map(|s| {
+            assert_eq!(s["ok"], 20, "{s}");
+            assert_eq!(
+                s["whoami"].as_array().map(Vec::len),
+                Some(1),
+                "whoami changed: {s}"
+            );
+            s["session_id"].as_str().expect("session id").to_owned()
+        })
+        .collect();
+    assert_eq!(client_ids.len(), 50);
+
+    let backend_ids = backend_session_ids(&stack).await;
+    assert!(!backend_ids.is_empty());
+    assert!(
+        client_ids.is_disjoint(&backend_ids),
+        "a token reached a backend, or a backend id reached a client"
+    );
+    // A backend id is a UUID-like hex string; the client's token is not.
+    for id in &client_ids {
+        assert!(
+            !backend_ids.iter().any(|b| id.contains(b.as_str())),
+            "{id} embeds a backend id"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_bound_to_its_caller_and_its_bytes() {
+    let stack = stack().await;
+    let alice = stack.token("alice", "mcp:tools").await.expect("token");
+    let bob = stack.token("bob", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &alice)
+        .await
+        .expect("initialize");
+    let backend = whoami(&session).await.expect("alice's session works");
+    let requests_before = total_backend_requests(&stack).await;
+
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}});
+    // Bob replays alice's session id with his own valid token.
+    let replay = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &bob,
+        Some(&session.session_id),
+        &call,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(replay.status(), 404);
+    // One byte of the token changed.
+    let mut flipped = session.session_id.clone().into_bytes();
+    let i = flipped.len() / 2;
+    flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).expect("ascii");
+    let response = mcp::post(stack.http(), &stack.url(), &alice, Some(&flipped), &call)
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["message"], "Session not found");
+
+    assert_eq!(
+        total_backend_requests(&stack).await,
+        requests_before,
+        "nothing reached a backend"
+    );
+    assert!(
+        stack.ext_proc_log().contains("another subject"),
+        "security log line"
+    );
+    // Alice's own session is untouched.
+    assert_eq!(whoami(&session).await.expect("still works"), backend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_restarts_lose_no_session() {
+    let mut stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let k1 = stack.session_keys().expect("keys");
+    let old = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let old_backend = whoami(&old).await.expect("works");
+
+    // A new key first, the old one still listed: old sessions keep working
+    // across the ext-proc restart, new ones are sealed with the new key.
+    let k2 = random_session_key("k2").expect("key");
+    stack.set_session_keys(&format!("{k2}{k1}")).expect("keys");
+    stack.restart_ext_proc().await.expect("restart");
+    assert_eq!(
+        whoami(&old).await.expect("old key still listed"),
+        old_backend
+    );
+    let new = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let new_backend = whoami(&new).await.expect("works");
+
+    // The old key removed: its sessions are unknown; the new key's still work.
+    stack.set_session_keys(&k2).expect("keys");
+    stack.restart_ext_proc().await.expect("restart");
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}});
+    let response = old.post(&call).await.expect("answer");
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        whoami(&new).await.expect("new session survives"),
+        new_backend
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_replicas_serve_the_same_sessions() {
+    let first = stack().await;
+    let mut options = StackOptions::for_test().expect("ports");
+    options.ports = Ports::free(0).expect("ports");
+    options.session_keys = first.session_keys().expect("keys");
+    options.shared = Some(first.shared());
+    // Replicas serve one public URL; tokens carry it as their audience.
+    let resource = first.url();
+    options.gateway_config = Box::new(move |config| {
+        config["ext_authz"]["resource"] = resource.clone().into();
+    });
+    let second = Stack::start(options).await.expect("second replica starts");
+    let token = first.token("alice", "mcp:tools").await.expect("token");
+
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let session = RawSession::initialize(first.http(), &first.url(), &token)
+            .await
+            .expect("initialize");
+        let backend = whoami(&session).await.expect("works");
+        sessions.push((session, backend));
+    }
+    // Every call alternates between the two gateways.
+    for round in 0..6 {
+        for (session, backend) in &sessions {
+            let via = if round % 2 == 0 { &second } else { &first };
+            let call = json!({"jsonrpc": "2.0", "id": 100 + round, "method": "tools/call",
+                              "params": {"name": "whoami", "arguments": {}}});
+            let response = mcp::post(
+                via.http(),
+                &via.url(),
+                &token,
+                Some(&session.session_id),
+                &call,
+            )
+            .await
+            .expect("answer");
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.expect("body");
+            let messages = mcp::messages(&text).expect("JSON-RPC");
+            assert_eq!(
+                messages[0]["result"]["content"][0]["text"],
+                backend.as_str()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_backend_moves_no_session_and_a_lost_backend_loses_only_its_own() {
+    let mut stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+            .await
+            .expect("initialize");
+        let backend = whoami(&session).await.expect("works");
+        sessions.push((session, backend));
+    }
+    let per_backend: HashMap<&str, usize> =
+        sessions.iter().fold(HashMap::new(), |mut m, (_, b)| {
+            *m.entry(b.as_str()).or_default() += 1;
+            m
+        });
+    assert!(
+        per_backend.len() >= 2,
+        "sessions spread over backends: {per_backend:?}"
+    );
+
+    stack.add_backend().await.expect("a fourth backend joins");
+    let mut moved = 0;
+    for (session, backend) in &sessions {
+        if whoami(session).await.expect("still works") != *backend {
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 0, "sessions moved after adding a backend");
+    // New sessions can land on the new backend.
+    let mut landed = HashSet::new();
+    for _ in 0..30 {
+        let s = RawSession::initialize(stack.http(), &stack.url(), &token)
+            .await
+            .expect("initialize");
+        landed.insert(whoami(&s).await.expect("works"));
+    }
+    assert!(
+        landed.contains("mcp-d"),
+        "the new backend takes new sessions: {landed:?}"
+    );
+
+    // mcp-a goes away: its sessions get 404, nobody else's.
+    stack.stop_backend(0).await.expect("stop mcp-a");
+    for (session, backend) in &sessions {
+        let call = json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                          "params": {"name": "whoami", "arguments": {}}});
+        let status = session.post(&call).await.expect("answer").status();
+        if backend == "mcp-a" {
+            assert_eq!(status, 404, "a session of the stopped backend");
+            // The client starts over, as the spec says, and lands elsewhere.
+            let fresh = RawSession::initialize(stack.http(), &stack.url(), &token)
+                .await
+                .expect("a fresh initialize works");
+            assert_ne!(whoami(&fresh).await.expect("works"), "mcp-a");
+        } else {
+            assert_eq!(status, 200, "a session on {backend} was disturbed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_on_a_get_stream_reaches_only_its_session() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let a = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("a");
+    let b = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("b");
+    let mut stream_a = open_get_stream(&stack, &token, &a).await;
+    let mut stream_b = open_get_stream(&stack, &token, &b).await;
+
+    assert_eq!(
+        a.call_tool("notify", json!({"text": "for-a"}))
+            .await
+            .expect("sent"),
+        "sent"
+    );
+    assert_eq!(
+        b.call_tool("notify", json!({"text": "for-b"}))
+            .await
+            .expect("sent"),
+        "sent"
+    );
+
+    // Each stream's first log notification is its own: A's never reached B.
+    assert_eq!(next_log(&mut stream_a).await, "for-a");
+    assert_eq!(next_log(&mut stream_b).await, "for-b");
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+async fn open_get_stream(
+    stack: &Stack,
+    token: &str,
+    session: &RawSession,
+) -> (EventStream, String) {
+    let response = stack
+        .http()
+        .get(stack.url())
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["mcp-session-id"]
+            .to_str()
+            .expect("ascii"),
+        session.session_id,
+        "the client sees its own token, not the backend's id"
+    );
+    (Box::pin(response.bytes_stream()), String::new())
+}
+
+/// The data of the next `notifications/message` on a GET stream.
+async fn next_log(stream: &mut (EventStream, String)) -> String {
+    let deadline = Instant::now() + e2e::patience();
+    loop {
+        while let Some(end) = stream.1.find("\n\n").or_else(|| stream.1.find("\r\n\r\n")) {
+            let event: String = stream.1.drain(..end + 2).collect();
+            for data in mcp::sse_data(&event) {
+                if let Ok(message) = serde_json::from_str::<Value>(&data)
+                    && message["method"] == "notifications/message"
+                {
+                    return message["params"]["data"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.max(Duration::from_millis(1)), stream.0.next()).await {
+            Ok(Some(Ok(chunk))) => stream.1.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("GET stream ended or stalled: {other:?}"),
+        }
+    }
+}
