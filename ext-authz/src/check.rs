@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use gateway_core::config::{ExtAuthzConfig, IdentityHeaders};
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
+use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::{Decision, Effect, RequestFacts};
 use serde_json::{Value, json};
 
@@ -101,13 +102,16 @@ pub struct Authorizer {
     identity_headers: IdentityHeaders,
     policy: Arc<PolicyStore>,
     limits: Limits,
+    rewrites: RewriteSet,
 }
 
 impl Authorizer {
+    /// `rewrites` supplies tool aliases, resolved before rules judge a call.
     pub fn new(
         config: &ExtAuthzConfig,
         authenticator: Authenticator,
         policy: Arc<PolicyStore>,
+        rewrites: RewriteSet,
     ) -> Self {
         Self {
             authenticator,
@@ -115,6 +119,7 @@ impl Authorizer {
             identity_headers: config.identity_headers.clone(),
             policy,
             limits: config.limits,
+            rewrites,
         }
     }
 
@@ -157,7 +162,7 @@ impl Authorizer {
             // GET (the server's event stream) and DELETE (session end) carry no call.
             return Verdict::Allow(self.allow(CallInfo::default(), None, identity, request));
         }
-        let body = match Body::parse(request.body, &self.limits) {
+        let mut body = match Body::parse(request.body, &self.limits) {
             Ok(body) => body,
             Err(err @ ParseError::TooLarge { .. }) => {
                 return Verdict::Deny(invalid(
@@ -174,6 +179,17 @@ impl Authorizer {
                 ));
             }
         };
+        // Rules judge the backend's tool name: an alias governs like its target.
+        for message in &mut body.messages {
+            if message.method.as_deref() == Some("tools/call")
+                && let Some(tool) = &message.tool
+            {
+                let resolved = self.rewrites.resolve_alias(tool);
+                if resolved != tool {
+                    message.tool = Some(resolved.to_owned());
+                }
+            }
+        }
         let call = call_info(&body.messages);
         if body.batch && version != BATCH_VERSION {
             let why = format!("JSON-RPC batches are not allowed in protocol {version}");

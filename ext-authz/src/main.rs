@@ -10,6 +10,7 @@ use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
 use ext_authz::policy::{self, PolicyStore};
 use ext_authz::service::{AuthzService, SERVICE_NAME};
+use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
 /// Envoy ext_authz gRPC server for the MCP gateway.
@@ -41,7 +42,8 @@ async fn main() -> ExitCode {
             "rules loaded"
         );
         tokio::spawn(policy::watch(policy.clone(), Duration::from_secs(1)));
-        let authorizer = Arc::new(Authorizer::new(section, authenticator, policy));
+        let rewrites = RewriteSet::compile(&config.rewrites)?;
+        let authorizer = Arc::new(Authorizer::new(section, authenticator, policy, rewrites));
         let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),

@@ -98,6 +98,11 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             if let Some(client_id) = &identity.client_id {
                 metadata.insert("client_id".into(), string(client_id));
             }
+            // ext-proc's rewrite rules may read claims (`jwt.email`).
+            metadata.insert(
+                "claims".into(),
+                string(&serde_json::Value::Object(identity.claims.clone()).to_string()),
+            );
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {

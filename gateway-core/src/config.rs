@@ -21,6 +21,10 @@ pub struct GatewayConfig {
     pub ext_authz: Option<ExtAuthzConfig>,
     /// Settings of the ext-proc sidecar.
     pub ext_proc: Option<ExtProcConfig>,
+    /// Rewrites of MCP messages (see `gateway_core::rewrite`). ext-proc applies
+    /// them; ext-authz resolves their aliases before judging a call.
+    #[serde(default)]
+    pub rewrites: Vec<crate::rewrite::RewriteConfig>,
 }
 
 /// Settings of the ext-authz sidecar.

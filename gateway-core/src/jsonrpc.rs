@@ -158,6 +158,14 @@ impl Body {
 }
 
 impl Message {
+    /// The message view of one JSON-RPC object (e.g. after a rewrite changed it).
+    pub fn from_value(value: &Value) -> Result<Self, ParseError> {
+        match value {
+            Value::Object(map) => Self::from_object(map.clone()),
+            _ => Err(ParseError::NotJsonRpc("not an object")),
+        }
+    }
+
     fn from_object(mut map: Map<String, Value>) -> Result<Self, ParseError> {
         if map.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(ParseError::NotJsonRpc("`jsonrpc` must be \"2.0\""));

@@ -5,11 +5,16 @@
 //!   the key and the reason.
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
+//! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
+//!   tools/list filtering, redaction).
+//! - [`sse`]: server-sent events framing.
 //! - [`server`]: binding, gRPC health, signals and graceful shutdown for a sidecar.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 
 pub mod config;
 pub mod jsonrpc;
 pub mod rules;
+pub mod rewrite;
 pub mod server;
+pub mod sse;
 pub mod telemetry;

@@ -286,14 +286,50 @@ impl RuleSet {
 
     /// Judges each message of one request; the facts are converted once.
     pub fn evaluate(&self, facts: &RequestFacts<'_>, messages: &[&Message]) -> Vec<Decision> {
-        let mut root = Context::with_env(self.env.clone());
-        if self.uses.contains("jwt") {
+        let root = facts_context(&self.env, facts, &self.uses);
+        messages
+            .iter()
+            .map(|message| {
+                let mut scope = root.new_inner_scope();
+                if self.uses.contains("mcp") {
+                    scope.add_variable_from_value("mcp", mcp_value(message));
+                }
+                self.decide(&scope, message, false)
+            })
+            .collect()
+    }
+
+    /// Whether the caller could call `tool` at all: used to filter `tools/list`.
+    /// Arguments are unknown here, so a rule that reads a field the probe lacks
+    /// counts as a possible allow and never as a certain deny.
+    pub fn allows_tool(&self, facts: &RequestFacts<'_>, tool: &str) -> bool {
+        let probe = Message {
+            kind: crate::jsonrpc::Kind::Request,
+            id: Some(Json::from(0)),
+            method: Some("tools/call".to_owned()),
+            tool: Some(tool.to_owned()),
+            params: Some(serde_json::json!({ "name": tool })),
+        };
+        let root = facts_context(&self.env, facts, &self.uses);
+        let mut scope = root.new_inner_scope();
+        if self.uses.contains("mcp") {
+            scope.add_variable_from_value("mcp", mcp_value(&probe));
+        }
+        self.decide(&scope, &probe, true).effect == Effect::Allow
+    }
+}
+
+/// A CEL context with the request-level variables `uses` names.
+pub(crate) fn facts_context<'v>(env: &Arc<Env>, facts: &RequestFacts<'_>, uses: &HashSet<&'static str>) -> Context<'v, 'v> {
+    let mut root = Context::with_env(env.clone());
+    {
+        if uses.contains("jwt") {
             root.add_variable_from_value(
                 "jwt",
                 facts.claims.map_or(cel::Value::Null, object_to_cel),
             );
         }
-        if self.uses.contains("auth") {
+        if uses.contains("auth") {
             let mut auth: HashMap<Key, cel::Value> = HashMap::new();
             auth.insert("subject".into(), opt_str(facts.subject));
             auth.insert("issuer".into(), opt_str(facts.issuer));
@@ -309,7 +345,7 @@ impl RuleSet {
             );
             root.add_variable_from_value("auth", auth);
         }
-        if self.uses.contains("request") {
+        if uses.contains("request") {
             let headers: HashMap<Key, cel::Value> = facts
                 .headers
                 .map(|h| {
@@ -324,24 +360,17 @@ impl RuleSet {
             request.insert("method".into(), facts.method.into());
             root.add_variable_from_value("request", request);
         }
-        if self.uses.contains("source") {
+        if uses.contains("source") {
             let mut source: HashMap<Key, cel::Value> = HashMap::new();
             source.insert("address".into(), facts.source_address.into());
             root.add_variable_from_value("source", source);
         }
-        messages
-            .iter()
-            .map(|message| {
-                let mut scope = root.new_inner_scope();
-                if self.uses.contains("mcp") {
-                    scope.add_variable_from_value("mcp", mcp_value(message));
-                }
-                self.decide(&scope, message)
-            })
-            .collect()
     }
+    root
+}
 
-    fn decide(&self, context: &Context<'_, '_>, message: &Message) -> Decision {
+impl RuleSet {
+    fn decide(&self, context: &Context<'_, '_>, message: &Message, lenient: bool) -> Decision {
         let mut allowed_by: Option<&Arc<str>> = None;
         for rule in &self.rules {
             if !rule.applies_to(message) {
@@ -351,8 +380,9 @@ impl RuleSet {
                 None => true,
                 Some(program) => match program.execute(context) {
                     Ok(cel::Value::Bool(b)) => b,
-                    // A field the message lacks: the rule does not match.
-                    Err(ExecutionError::NoSuchKey(_)) => false,
+                    // A field the message lacks: the rule does not match (except
+                    // for an allow rule when probing what could be allowed).
+                    Err(ExecutionError::NoSuchKey(_)) => lenient && rule.effect == Effect::Allow,
                     // Anything else fails closed.
                     Ok(_) | Err(_) => rule.effect == Effect::Deny,
                 },
@@ -401,7 +431,7 @@ impl Rule {
     }
 }
 
-fn mcp_value(message: &Message) -> cel::Value {
+pub(crate) fn mcp_value(message: &Message) -> cel::Value {
     let mut mcp: HashMap<Key, cel::Value> = HashMap::new();
     mcp.insert("kind".into(), message.kind.as_str().into());
     mcp.insert("method".into(), opt_str(message.method.as_deref()));

@@ -29,6 +29,7 @@ async fn authorizer(server: &JwksServer, extra: &str) -> Authorizer {
         &section,
         authenticator,
         Arc::new(PolicyStore::fixed(policy)),
+        gateway_core::rewrite::RewriteSet::empty(),
     )
 }
 

@@ -1,0 +1,554 @@
+//! Declarative rewrites of MCP messages, in both directions.
+//!
+//! A rewrite rule has a `name`, optional pre-filters (`methods`, `tools`), an
+//! optional CEL condition `when` (the variables of [`crate::rules`]) and actions:
+//!
+//! - requests: `alias` (clients call `from`, the backend receives `to`; `tools/list`
+//!   shows the alias too), `set` a value at a JSON pointer (a literal `value` or a
+//!   CEL `expr`, e.g. `auth.subject`), `remove` a pointer, `clamp` a number,
+//!   `validate` the arguments against a JSON schema (inline, or the tool's
+//!   `inputSchema` as the backend listed it): invalid calls get -32602 and are not
+//!   forwarded;
+//! - responses: `filter_tools` (a caller sees only the tools its authorization
+//!   rules would let it call) and `redact` (a regex over every string of the
+//!   result, or a JSON pointer whose value is replaced).
+//!
+//! Aliases apply to everyone and are resolved before anything else, so every other
+//! rule, and every authorization rule, sees the backend's tool name. Pointers are
+//! relative to the JSON-RPC message: `/params/arguments/a`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cel::{Env, Program};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::jsonrpc::{Kind, Message};
+use crate::rules::{RequestFacts, VARIABLES, facts_context, mcp_value};
+
+/// One rewrite rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    pub when: Option<String>,
+    pub alias: Option<AliasConfig>,
+    #[serde(default)]
+    pub set: Vec<SetConfig>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub clamp: Vec<ClampConfig>,
+    pub validate: Option<ValidateConfig>,
+    #[serde(default)]
+    pub filter_tools: bool,
+    #[serde(default)]
+    pub redact: Vec<RedactConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    /// The name clients call.
+    pub from: String,
+    /// The backend's tool.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    pub pointer: String,
+    /// A literal value...
+    pub value: Option<Value>,
+    /// ...or a CEL expression whose result is set.
+    pub expr: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClampConfig {
+    pub pointer: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Validate `params.arguments` against this schema...
+    pub schema: Option<Value>,
+    /// ...or against the `inputSchema` the backend advertised for the tool.
+    #[serde(default)]
+    pub from_tools_list: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// Replace every match in every string of the result...
+    pub regex: Option<String>,
+    /// ...or the value at this pointer.
+    pub pointer: Option<String>,
+    #[serde(default = "default_replacement")]
+    pub replacement: String,
+}
+
+fn default_replacement() -> String {
+    "[redacted]".to_owned()
+}
+
+/// A rewrite config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("rewrites: `{rule}`: {reason}")]
+pub struct RewriteError {
+    pub rule: String,
+    pub reason: String,
+}
+
+/// Why a request was refused by a rewrite (never forwarded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: i64,
+    pub message: String,
+}
+
+/// What a caller may see of the backend's tools, and the schemas it advertises.
+pub trait ToolView {
+    /// Whether the caller's authorization rules could let it call `tool`.
+    fn visible(&self, tool: &str) -> bool;
+    /// The backend advertised `tool` with this input schema.
+    fn advertised(&self, tool: &str, input_schema: &Value);
+    /// The input schema the backend advertised for `tool`, compiled.
+    fn schema(&self, tool: &str) -> Option<Arc<jsonschema::Validator>>;
+}
+
+/// All rewrite rules, compiled.
+pub struct RewriteSet {
+    aliases: HashMap<String, String>,
+    rules: Vec<Rewrite>,
+    env: Arc<Env>,
+    uses: HashSet<&'static str>,
+}
+
+struct Rewrite {
+    name: String,
+    methods: Option<HashSet<String>>,
+    tools: Option<HashSet<String>>,
+    when: Option<Program>,
+    set: Vec<(String, SetValue)>,
+    remove: Vec<String>,
+    clamp: Vec<ClampConfig>,
+    validate: Option<Validation>,
+    filter_tools: bool,
+    redact: Vec<Redaction>,
+}
+
+enum SetValue {
+    Literal(Value),
+    Expr(Program),
+}
+
+enum Validation {
+    Schema(Arc<jsonschema::Validator>),
+    FromToolsList,
+}
+
+enum Redaction {
+    Regex(regex::Regex, String),
+    Pointer(String, String),
+}
+
+impl RewriteSet {
+    /// Compiles rewrite rules; every expression, schema and regex once.
+    pub fn compile(configs: &[RewriteConfig]) -> Result<Self, RewriteError> {
+        let env = Arc::new(Env::stdlib());
+        let mut aliases = HashMap::new();
+        let mut rules = Vec::new();
+        let mut uses = HashSet::new();
+        for config in configs {
+            let error = |reason: String| RewriteError {
+                rule: config.name.clone(),
+                reason,
+            };
+            let mut compile = |source: &str| -> Result<Program, RewriteError> {
+                let program = env
+                    .compile(source)
+                    .map_err(|e| error(format!("`{source}`: {}", e.to_string().trim())))?;
+                for variable in program.references().variables() {
+                    let known = VARIABLES
+                        .iter()
+                        .find(|v| **v == variable)
+                        .ok_or_else(|| error(format!("unknown variable `{variable}`")))?;
+                    uses.insert(*known);
+                }
+                Ok(program)
+            };
+            if let Some(alias) = &config.alias {
+                if alias.from == alias.to || aliases.insert(alias.from.clone(), alias.to.clone()).is_some() {
+                    return Err(error(format!("alias `{}` is circular or defined twice", alias.from)));
+                }
+            }
+            let when = config.when.as_deref().map(&mut compile).transpose()?;
+            let mut set = Vec::new();
+            for s in &config.set {
+                check_pointer(&s.pointer).map_err(&error)?;
+                let value = match (&s.value, &s.expr) {
+                    (Some(v), None) => SetValue::Literal(v.clone()),
+                    (None, Some(e)) => SetValue::Expr(compile(e)?),
+                    _ => return Err(error(format!("set {}: give exactly one of `value` and `expr`", s.pointer))),
+                };
+                set.push((s.pointer.clone(), value));
+            }
+            for p in config.remove.iter().chain(config.clamp.iter().map(|c| &c.pointer)) {
+                check_pointer(p).map_err(&error)?;
+            }
+            let validate = match &config.validate {
+                None => None,
+                Some(ValidateConfig { schema: Some(schema), from_tools_list: false }) => Some(Validation::Schema(Arc::new(
+                    jsonschema::validator_for(schema).map_err(|e| error(format!("validate.schema: {e}")))?,
+                ))),
+                Some(ValidateConfig { schema: None, from_tools_list: true }) => Some(Validation::FromToolsList),
+                Some(_) => return Err(error("validate: give either `schema` or `from_tools_list: true`".into())),
+            };
+            let mut redact = Vec::new();
+            for r in &config.redact {
+                redact.push(match (&r.regex, &r.pointer) {
+                    (Some(re), None) => Redaction::Regex(
+                        regex::Regex::new(re).map_err(|e| error(format!("redact.regex: {e}")))?,
+                        r.replacement.clone(),
+                    ),
+                    (None, Some(p)) => {
+                        check_pointer(p).map_err(&error)?;
+                        Redaction::Pointer(p.clone(), r.replacement.clone())
+                    }
+                    _ => return Err(error("redact: give exactly one of `regex` and `pointer`".into())),
+                });
+            }
+            let list = |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
+            rules.push(Rewrite {
+                name: config.name.clone(),
+                methods: list(&config.methods),
+                tools: list(&config.tools),
+                when,
+                set,
+                remove: config.remove.clone(),
+                clamp: config.clamp.clone(),
+                validate,
+                filter_tools: config.filter_tools,
+                redact,
+            });
+        }
+        Ok(Self { aliases, rules, env, uses })
+    }
+
+    /// An empty set: nothing is rewritten.
+    pub fn empty() -> Self {
+        Self {
+            aliases: HashMap::new(),
+            rules: Vec::new(),
+            env: Arc::new(Env::stdlib()),
+            uses: HashSet::new(),
+        }
+    }
+
+    /// The backend's name for a tool a client called (the tool itself when it is
+    /// not an alias).
+    pub fn resolve_alias<'a>(&'a self, tool: &'a str) -> &'a str {
+        self.aliases.get(tool).map_or(tool, String::as_str)
+    }
+
+    /// Whether any rule may change requests (so the request body is needed).
+    pub fn rewrites_requests(&self) -> bool {
+        !self.aliases.is_empty()
+            || self
+                .rules
+                .iter()
+                .any(|r| !r.set.is_empty() || !r.remove.is_empty() || !r.clamp.is_empty() || r.validate.is_some())
+    }
+
+    /// Whether the response to a request for `method` (and `tool`) needs its body.
+    pub fn rewrites_response(&self, method: Option<&str>, tool: Option<&str>) -> bool {
+        let tools_list = method == Some("tools/list")
+            && (!self.aliases.is_empty()
+                || self
+                    .rules
+                    .iter()
+                    .any(|r| r.filter_tools || matches!(r.validate, Some(Validation::FromToolsList))));
+        tools_list
+            || self
+                .rules
+                .iter()
+                .any(|r| !r.redact.is_empty() && r.prefilter(method, tool))
+    }
+
+    /// Rewrites one request message in place. `Err` refuses it (nothing is
+    /// forwarded); `Ok(true)` means it changed.
+    pub fn rewrite_request(
+        &self,
+        facts: &RequestFacts<'_>,
+        message: &mut Value,
+        tools: &dyn ToolView,
+    ) -> Result<bool, Rejection> {
+        let mut changed = false;
+        // Aliases first: everything after sees the backend's name.
+        let is_call = message_method(message) == Some("tools/call");
+        if is_call
+            && let Some(name) = message.pointer_mut("/params/name")
+            && let Some(tool) = name.as_str()
+            && let Some(target) = self.aliases.get(tool)
+        {
+            *name = Value::String(target.clone());
+            changed = true;
+        }
+        if self.rules.is_empty() {
+            return Ok(changed);
+        }
+        let Ok(view) = Message::from_value(message) else {
+            return Ok(changed);
+        };
+        let root = facts_context(&self.env, facts, &self.uses);
+        let mut scope = root.new_inner_scope();
+        scope.add_variable_from_value("mcp", mcp_value(&view));
+        for rule in &self.rules {
+            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref()) || !rule.matches(&scope) {
+                continue;
+            }
+            for (pointer, value) in &rule.set {
+                let value = match value {
+                    SetValue::Literal(v) => v.clone(),
+                    SetValue::Expr(program) => match program.execute(&scope) {
+                        Ok(result) => result.json().unwrap_or(Value::Null),
+                        // A claim the caller lacks: nothing to set.
+                        Err(_) => continue,
+                    },
+                };
+                changed |= set_pointer(message, pointer, value);
+            }
+            for pointer in &rule.remove {
+                changed |= remove_pointer(message, pointer);
+            }
+            for clamp in &rule.clamp {
+                changed |= clamp_pointer(message, clamp);
+            }
+            if let Some(validation) = &rule.validate {
+                let tool = view.tool.as_deref().unwrap_or_default();
+                let validator = match validation {
+                    Validation::Schema(v) => Some(v.clone()),
+                    Validation::FromToolsList => tools.schema(tool),
+                };
+                let Some(validator) = validator else {
+                    return Err(Rejection {
+                        code: -32602,
+                        message: format!("no input schema known for tool `{tool}`: list the tools first"),
+                    });
+                };
+                let arguments = message.pointer("/params/arguments").cloned().unwrap_or(Value::Object(Map::new()));
+                if let Some(error) = validator.iter_errors(&arguments).next() {
+                    let at = error.instance_path().to_string();
+                    return Err(Rejection {
+                        code: -32602,
+                        message: format!(
+                            "invalid arguments for `{tool}` (rule `{}`): {}{}",
+                            rule.name,
+                            error,
+                            if at.is_empty() { String::new() } else { format!(" at {at}") }
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Rewrites one response message in place, given what the request was.
+    /// Returns whether it changed.
+    pub fn rewrite_response(
+        &self,
+        facts: &RequestFacts<'_>,
+        request_method: Option<&str>,
+        request_tool: Option<&str>,
+        message: &mut Value,
+        tools: &dyn ToolView,
+    ) -> bool {
+        let mut changed = false;
+        let is_result = message.get("result").is_some() && message.get("method").is_none();
+        if request_method == Some("tools/list") && is_result {
+            changed |= self.rewrite_tools_list(message, tools);
+        }
+        if !is_result {
+            return changed;
+        }
+        let applicable: Vec<&Rewrite> = self
+            .rules
+            .iter()
+            .filter(|r| !r.redact.is_empty() && r.prefilter(request_method, request_tool))
+            .collect();
+        if applicable.is_empty() {
+            return changed;
+        }
+        let root = facts_context(&self.env, facts, &self.uses);
+        let mut scope = root.new_inner_scope();
+        let probe = Message {
+            kind: Kind::Response,
+            id: message.get("id").cloned(),
+            method: request_method.map(str::to_owned),
+            tool: request_tool.map(str::to_owned),
+            params: None,
+        };
+        scope.add_variable_from_value("mcp", mcp_value(&probe));
+        for rule in applicable {
+            if !rule.matches(&scope) {
+                continue;
+            }
+            for redaction in &rule.redact {
+                let Some(result) = message.get_mut("result") else { continue };
+                changed |= match redaction {
+                    Redaction::Regex(re, replacement) => redact_strings(result, re, replacement),
+                    Redaction::Pointer(pointer, replacement) => match result.pointer_mut(pointer) {
+                        Some(v) => {
+                            *v = Value::String(replacement.clone());
+                            true
+                        }
+                        None => false,
+                    },
+                };
+            }
+        }
+        changed
+    }
+
+    fn rewrite_tools_list(&self, message: &mut Value, tools: &dyn ToolView) -> bool {
+        let filter = self.rules.iter().any(|r| r.filter_tools);
+        let Some(list) = message.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
+            return false;
+        };
+        let before = list.clone();
+        for tool in list.iter() {
+            if let (Some(name), Some(schema)) = (tool.get("name").and_then(Value::as_str), tool.get("inputSchema")) {
+                tools.advertised(name, schema);
+            }
+        }
+        // Each alias appears as a tool of its own, described like its target.
+        let mut added = Vec::new();
+        for (alias, target) in &self.aliases {
+            if let Some(original) = list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(target)) {
+                let mut copy = original.clone();
+                copy["name"] = Value::String(alias.clone());
+                added.push(copy);
+            }
+        }
+        list.extend(added);
+        if filter {
+            list.retain(|t| {
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| tools.visible(self.resolve_alias(name)))
+            });
+        }
+        *list != before
+    }
+}
+
+impl Rewrite {
+    fn prefilter(&self, method: Option<&str>, tool: Option<&str>) -> bool {
+        self.methods.as_ref().is_none_or(|m| method.is_some_and(|x| m.contains(x)))
+            && self.tools.as_ref().is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
+    }
+
+    fn matches(&self, context: &cel::Context<'_, '_>) -> bool {
+        match &self.when {
+            None => true,
+            Some(program) => matches!(program.execute(context), Ok(cel::Value::Bool(true))),
+        }
+    }
+}
+
+fn message_method(message: &Value) -> Option<&str> {
+    message.get("method").and_then(Value::as_str)
+}
+
+fn check_pointer(pointer: &str) -> Result<(), String> {
+    if pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("`{pointer}` is not a JSON pointer (it must start with `/`)"))
+    }
+}
+
+/// Sets `value` at `pointer`, creating missing objects on the way.
+fn set_pointer(target: &mut Value, pointer: &str, value: Value) -> bool {
+    let mut parts: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    let Some(last) = parts.pop() else { return false };
+    let mut current = target;
+    for part in parts {
+        let Value::Object(map) = current else { return false };
+        current = map.entry(part).or_insert_with(|| Value::Object(Map::new()));
+    }
+    match current {
+        Value::Object(map) => {
+            let changed = map.get(&last) != Some(&value);
+            map.insert(last, value);
+            changed
+        }
+        _ => false,
+    }
+}
+
+fn remove_pointer(target: &mut Value, pointer: &str) -> bool {
+    let Some((parent, last)) = pointer.rsplit_once('/') else { return false };
+    match target.pointer_mut(parent) {
+        Some(Value::Object(map)) => map.remove(&unescape(last)).is_some(),
+        _ => false,
+    }
+}
+
+fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> bool {
+    let Some(slot) = target.pointer_mut(&clamp.pointer) else { return false };
+    let Some(n) = slot.as_f64() else { return false };
+    let mut clamped = n;
+    if let Some(min) = clamp.min {
+        clamped = clamped.max(min);
+    }
+    if let Some(max) = clamp.max {
+        clamped = clamped.min(max);
+    }
+    if clamped == n {
+        return false;
+    }
+    *slot = if clamped.fract() == 0.0 && clamped.abs() < 9e15 {
+        Value::from(clamped as i64)
+    } else {
+        serde_json::Number::from_f64(clamped).map_or(Value::Null, Value::Number)
+    };
+    true
+}
+
+fn redact_strings(value: &mut Value, re: &regex::Regex, replacement: &str) -> bool {
+    match value {
+        Value::String(s) => {
+            let replaced = re.replace_all(s, replacement);
+            if replaced != *s {
+                *s = replaced.into_owned();
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |c, v| redact_strings(v, re, replacement) | c),
+        Value::Object(map) => map.values_mut().fold(false, |c, v| redact_strings(v, re, replacement) | c),
+        _ => false,
+    }
+}
+
+fn unescape(part: &str) -> String {
+    part.replace("~1", "/").replace("~0", "~")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+use serde_json::json;
+use std::sync::Mutex;
+
+/// The Octelium Lua example as declarative rules.
+const OCTELIUM: &str = r#"
+- name: another-add
+  alias: {from: another-add, to: add}
+- name: inject-identity
+  methods: [tools/call]
+  set:
+  - {pointer: /params/arguments/uid, expr: auth.subject}
+  - {pointer: /params/arguments/email, expr: jwt.email}
+- name: clamp-add
+  tools: [add]
+  clamp:
+  - {pointer: /params/arguments/a, min: 0, max: 1000}
+  - {pointer: /params/arguments/b, min: 0, max: 1000}
+- name: validate-subtract
+  tools: [subtract]
+  validate:
+    schema: {type: object, required: [a, b], properties: {a: {type: number}, b: {type: number}}}
+- name: filter
+  filter_tools: true
+- name: no-keys
+  redact:
+  - {regex: 'sk-[A-Za-z0-9]{8,}'}
+  - {pointer: /structuredContent/password, replacement: "***"}
+"#;
+
+fn set() -> RewriteSet {
+    let configs: Vec<RewriteConfig> = serde_yaml::from_str(OCTELIUM).expect("yaml");
+    RewriteSet::compile(&configs).expect("compiles")
+}
+
+struct Tools {
+    visible: Vec<&'static str>,
+    advertised: Mutex<Vec<String>>,
+}
+
+impl ToolView for Tools {
+    fn visible(&self, tool: &str) -> bool {
+        self.visible.contains(&tool)
+    }
+    fn advertised(&self, tool: &str, _: &Value) {
+        self.advertised.lock().expect("lock").push(tool.to_owned());
+    }
+    fn schema(&self, _: &str) -> Option<Arc<jsonschema::Validator>> {
+        None
+    }
+}
+
+fn tools(visible: Vec<&'static str>) -> Tools {
+    Tools {
+        visible,
+        advertised: Mutex::new(Vec::new()),
+    }
+}
+
+fn claims() -> serde_json::Map<String, Value> {
+    json!({"sub": "alice", "email": "alice@example.com"}).as_object().cloned().expect("object")
+}
+
+fn call(tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+fn rewrite(message: &mut Value) -> Result<bool, Rejection> {
+    let claims = claims();
+    let facts = RequestFacts {
+        claims: Some(&claims),
+        subject: Some("alice"),
+        ..Default::default()
+    };
+    set().rewrite_request(&facts, message, &tools(vec![]))
+}
+
+#[test]
+fn alias_identity_injection_and_clamping() {
+    let mut m = call("another-add", json!({"a": -5, "b": 5000}));
+    assert_eq!(rewrite(&mut m), Ok(true));
+    assert_eq!(m["params"]["name"], "add");
+    assert_eq!(
+        m["params"]["arguments"],
+        json!({"a": 0, "b": 1000, "uid": "alice", "email": "alice@example.com"})
+    );
+    // Within bounds nothing moves; floats stay floats.
+    let mut m = call("add", json!({"a": 2.5, "b": 7}));
+    rewrite(&mut m).expect("ok");
+    assert_eq!((m["params"]["arguments"]["a"].clone(), m["params"]["arguments"]["b"].clone()), (json!(2.5), json!(7)));
+}
+
+#[test]
+fn schema_invalid_calls_are_refused_with_32602() {
+    let mut m = call("subtract", json!({"a": "ten", "b": 1}));
+    let err = rewrite(&mut m).expect_err("invalid");
+    assert_eq!(err.code, -32602);
+    assert!(err.message.contains("invalid arguments for `subtract`"), "{}", err.message);
+    let mut m = call("subtract", json!({"a": 1}));
+    assert!(rewrite(&mut m).is_err(), "missing b");
+    let mut m = call("subtract", json!({"a": 10, "b": 1}));
+    assert!(rewrite(&mut m).is_ok());
+}
+
+#[test]
+fn tools_list_shows_aliases_and_only_what_the_caller_may_call() {
+    let list = json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": [
+        {"name": "add", "inputSchema": {"type": "object"}},
+        {"name": "subtract", "inputSchema": {"type": "object"}},
+        {"name": "whoami", "inputSchema": {"type": "object"}}
+    ]}});
+    let facts = RequestFacts::default();
+    let mut only_add = list.clone();
+    let view = tools(vec!["add"]);
+    assert!(set().rewrite_response(&facts, Some("tools/list"), None, &mut only_add, &view));
+    let names: Vec<&str> = only_add["result"]["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, vec!["add", "another-add"], "the alias is visible because its target is");
+    assert_eq!(*view.advertised.lock().expect("lock"), vec!["add", "subtract", "whoami"]);
+    let mut more = list.clone();
+    set().rewrite_response(&facts, Some("tools/list"), None, &mut more, &tools(vec!["add", "subtract", "whoami"]));
+    assert_eq!(more["result"]["tools"].as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn results_are_redacted() {
+    let mut m = json!({"jsonrpc": "2.0", "id": 3, "result": {
+        "content": [{"type": "text", "text": "key sk-ABCDEFGH1234 and sk-short"}],
+        "structuredContent": {"password": "hunter2", "user": "alice"}}});
+    assert!(set().rewrite_response(&RequestFacts::default(), Some("tools/call"), Some("x"), &mut m, &tools(vec![])));
+    assert_eq!(m["result"]["content"][0]["text"], "key [redacted] and sk-short");
+    assert_eq!(m["result"]["structuredContent"], json!({"password": "***", "user": "alice"}));
+    // Notifications (progress on an SSE stream) are not results and pass unchanged.
+    let mut n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"message": "sk-ABCDEFGH1234"}});
+    assert!(!set().rewrite_response(&RequestFacts::default(), Some("tools/call"), Some("x"), &mut n, &tools(vec![])));
+}
+
+#[test]
+fn which_phases_are_needed() {
+    let s = set();
+    assert!(s.rewrites_requests());
+    assert!(s.rewrites_response(Some("tools/list"), None));
+    assert!(s.rewrites_response(Some("tools/call"), Some("add")), "redact applies to every call");
+    let none = RewriteSet::empty();
+    assert!(!none.rewrites_requests());
+    assert!(!none.rewrites_response(Some("tools/list"), None));
+    assert_eq!(s.resolve_alias("another-add"), "add");
+    assert_eq!(s.resolve_alias("add"), "add");
+}
+
+#[test]
+fn bad_rewrites_are_named() {
+    let bad = |text: &str| {
+        let configs: Vec<RewriteConfig> = serde_yaml::from_str(text).expect("yaml");
+        RewriteSet::compile(&configs).err().expect("refused").to_string()
+    };
+    assert!(bad("- {name: x, set: [{pointer: params/a, value: 1}]}").contains("`x`: `params/a` is not a JSON pointer"));
+    assert!(bad("- {name: y, set: [{pointer: /a, expr: 'auth.'}]}").starts_with("rewrites: `y`: `auth.`"));
+    assert!(bad("- {name: z, redact: [{regex: '('}]}").contains("redact.regex"));
+    assert!(bad("- {name: v, validate: {schema: {type: 12}}}").contains("validate.schema"));
+    assert!(bad("- {name: w, set: [{pointer: /a, expr: 'mpc.x'}]}").contains("unknown variable `mpc`"));
+}
