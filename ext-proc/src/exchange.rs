@@ -20,8 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use gateway_core::jsonrpc::{self, Limits};
+use gateway_core::rewrite::RewriteSet;
+use gateway_core::rules::{Policy, RequestFacts};
+use gateway_core::sse::EventSplitter;
 use gateway_proto::session::SessionPayload;
+use serde_json::Value;
 
+use crate::catalog::{ToolCatalog, ToolsFor};
 use crate::sealer::SessionSealer;
 
 /// Header that Envoy's consistent-hash load balancer hashes on.
@@ -87,6 +93,47 @@ pub struct Sessions {
     pub max_age: Option<Duration>,
 }
 
+/// Everything exchanges share, built once at start-up.
+pub struct Gateway {
+    pub sessions: Sessions,
+    pub rewrites: RewriteSet,
+    /// The authorization rules, to filter `tools/list` per caller.
+    pub policy: Option<Policy>,
+    pub catalog: ToolCatalog,
+    pub limits: Limits,
+}
+
+/// The caller, as ext-authz established it (Envoy dynamic metadata).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub subject: String,
+    pub issuer: String,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub claims: Option<serde_json::Map<String, Value>>,
+    /// The JSON-RPC method and tool ext-authz saw (alias resolved).
+    pub rpc_method: Option<String>,
+    pub tool: Option<String>,
+}
+
+impl Caller {
+    fn digest(&self) -> SubjectDigest {
+        subject_digest(&self.issuer, &self.subject)
+    }
+}
+
+/// What to do with a body chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyPlan {
+    /// Pass it on unchanged.
+    Continue,
+    /// Pass this on instead (a buffered body: its new length goes in
+    /// content-length).
+    Replace(Vec<u8>),
+    /// Answer here instead.
+    Reply(LocalReply),
+}
+
 /// SHA-256 of the caller's issuer and subject, as ext-authz established them.
 pub type SubjectDigest = [u8; 32];
 
@@ -101,31 +148,39 @@ pub fn subject_digest(issuer: &str, subject: &str) -> SubjectDigest {
 
 /// State of one exchange.
 pub struct Exchange<'a> {
-    sessions: &'a Sessions,
-    caller: Option<SubjectDigest>,
-    /// The session a request presented: its token and the backend's id.
-    restored: Option<(Vec<u8>, String)>,
+    gateway: &'a Gateway,
+    caller: Option<Caller>,
+    /// The session a request presented: its token, the backend's id, its host.
+    restored: Option<(Vec<u8>, String, String)>,
     saw_request: bool,
+    path: String,
+    /// The upstream host that answered (or will answer) this request.
+    upstream: Option<String>,
+    /// Set when the response is an event stream being rewritten.
+    events: Option<EventSplitter>,
 }
 
 impl<'a> Exchange<'a> {
-    pub fn new(sessions: &'a Sessions) -> Self {
+    pub fn new(gateway: &'a Gateway) -> Self {
         Self {
-            sessions,
+            gateway,
             caller: None,
             restored: None,
             saw_request: false,
+            path: String::new(),
+            upstream: None,
+            events: None,
         }
     }
 
     /// The request headers arrived; `caller` is the authenticated caller, if any.
-    pub fn on_request_headers(
-        &mut self,
-        headers: &impl Headers,
-        caller: Option<SubjectDigest>,
-    ) -> RequestPlan {
+    pub fn on_request_headers(&mut self, headers: &impl Headers, caller: Option<Caller>) -> RequestPlan {
         self.saw_request = true;
         self.caller = caller;
+        self.path = headers
+            .get(":path")
+            .map(|p| String::from_utf8_lossy(p).split('?').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
         // Only ext-proc chooses backends: whatever the client sent is dropped.
         let mut edits = HeaderEdits {
             remove: vec![SESSION_HASH_HEADER.to_owned(), UPSTREAM_HEADER.to_owned()],
@@ -154,18 +209,63 @@ impl<'a> Exchange<'a> {
                     payload.backend_session_id.clone().into_bytes(),
                 ),
             ];
-            self.restored = Some((token.to_vec(), payload.backend_session_id));
+            self.upstream = Some(payload.upstream_host.clone());
+            self.restored = Some((token.to_vec(), payload.backend_session_id, payload.upstream_host));
         }
+        let is_post = headers.get(":method") == Some(b"POST");
         RequestPlan::Forward {
             edits,
-            // No request rule reads bodies yet.
-            body: BodyMode::Skip,
+            body: if is_post && self.gateway.rewrites.rewrites_requests() {
+                BodyMode::Buffered
+            } else {
+                BodyMode::Skip
+            },
+        }
+    }
+
+    /// The whole request body arrived (buffered): apply request rewrites.
+    pub fn on_request_body(&mut self, body: &[u8]) -> BodyPlan {
+        let Ok(mut value) = jsonrpc::parse_strict(body, &self.gateway.limits) else {
+            // ext-authz already refused malformed bodies; nothing to rewrite here.
+            return BodyPlan::Continue;
+        };
+        let caller = self.caller.clone().unwrap_or_default();
+        let facts = facts(&caller, &self.path);
+        let tools = ToolsFor {
+            catalog: &self.gateway.catalog,
+            upstream: self.upstream.as_deref(),
+            policy: self.gateway.policy.as_ref(),
+            path: &self.path,
+            facts: &facts,
+        };
+        let rewrites = &self.gateway.rewrites;
+        let mut changed = false;
+        let messages: Vec<&mut Value> = match &mut value {
+            Value::Array(items) => items.iter_mut().collect(),
+            one => vec![one],
+        };
+        for message in messages {
+            let id = message.get("id").cloned();
+            match rewrites.rewrite_request(&facts, message, &tools) {
+                Ok(c) => changed |= c,
+                Err(rejection) => {
+                    return BodyPlan::Reply(LocalReply {
+                        status: 200,
+                        body: jsonrpc::error_response(id.as_ref(), rejection.code, &rejection.message).to_string(),
+                    });
+                }
+            }
+        }
+        if changed {
+            BodyPlan::Replace(value.to_string().into_bytes())
+        } else {
+            BodyPlan::Continue
         }
     }
 
     fn restore(&self, token: &[u8]) -> Result<SessionPayload, &'static str> {
         let token = std::str::from_utf8(token).map_err(|_| "session id is not text")?;
-        let payload = self.sessions.sealer.open(token).map_err(|e| match e {
+        let payload = self.gateway.sessions.sealer.open(token).map_err(|e| match e {
             crate::sealer::OpenError::Malformed => "malformed session token",
             crate::sealer::OpenError::UnknownKey => {
                 "session token sealed with an unknown or retired key"
@@ -176,13 +276,15 @@ impl<'a> Exchange<'a> {
         })?;
         let caller = self
             .caller
-            .ok_or("no authenticated caller for a session request")?;
+            .as_ref()
+            .ok_or("no authenticated caller for a session request")?
+            .digest();
         if payload.subject_digest.len() != caller.len()
             || !openssl::memcmp::eq(&payload.subject_digest, &caller)
         {
             return Err("session token presented by another subject");
         }
-        if let Some(max_age) = self.sessions.max_age
+        if let Some(max_age) = self.gateway.sessions.max_age
             && now().saturating_sub(payload.issued_at)
                 > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
         {
@@ -203,9 +305,12 @@ impl<'a> Exchange<'a> {
             remove: vec![UPSTREAM_HEADER.to_owned()],
             ..HeaderEdits::default()
         };
+        if let Some(upstream) = upstream {
+            self.upstream = Some(upstream.to_owned());
+        }
         if let Some(backend_id) = headers.get(SESSION_HEADER) {
             match (&self.restored, self.seal(backend_id, upstream)) {
-                (Some((token, restored_id)), _) if restored_id.as_bytes() == backend_id => {
+                (Some((token, restored_id, _)), _) if restored_id.as_bytes() == backend_id => {
                     edits.set.push((SESSION_HEADER.to_owned(), token.clone()));
                 }
                 (_, Ok(token)) => edits
@@ -227,11 +332,92 @@ impl<'a> Exchange<'a> {
             );
             edits.set.push((":status".to_owned(), b"404".to_vec()));
         }
-        let wants_body = false; // No response rule reads bodies yet.
-        ResponsePlan {
-            edits,
-            body: response_body_mode(headers, wants_body && self.saw_request),
+        let (method, tool) = self
+            .caller
+            .as_ref()
+            .map_or((None, None), |c| (c.rpc_method.as_deref(), c.tool.as_deref()));
+        let ok = headers.get(":status") == Some(b"200");
+        let wants_body = ok && self.saw_request && self.gateway.rewrites.rewrites_response(method, tool);
+        let body = response_body_mode(headers, wants_body);
+        if body == BodyMode::Streamed {
+            self.events = Some(EventSplitter::new());
         }
+        ResponsePlan { edits, body }
+    }
+
+    /// Whether the response body arrives in streamed chunks (an event stream).
+    pub fn streaming_response(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// A response body chunk arrived: the whole body (JSON, buffered) or part of
+    /// an event stream (streamed), rewritten event by event.
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> BodyPlan {
+        let caller = self.caller.clone().unwrap_or_default();
+        let facts = facts(&caller, &self.path);
+        let tools = ToolsFor {
+            catalog: &self.gateway.catalog,
+            upstream: self.upstream.as_deref(),
+            policy: self.gateway.policy.as_ref(),
+            path: &self.path,
+            facts: &facts,
+        };
+        let rewrite = |message: &mut Value| {
+            self.gateway.rewrites.rewrite_response(
+                &facts,
+                caller.rpc_method.as_deref(),
+                caller.tool.as_deref(),
+                message,
+                &tools,
+            )
+        };
+        let Some(splitter) = self.events.as_mut() else {
+            // A buffered JSON body. A backend that sent something unparsable gets
+            // no benefit of the doubt: rules here may be redactions (fail closed).
+            let Ok(mut value) = serde_json::from_slice::<Value>(chunk) else {
+                tracing::warn!(len = chunk.len(), "backend sent a body that is not JSON; answered 502");
+                return BodyPlan::Reply(bad_gateway());
+            };
+            let changed = match &mut value {
+                Value::Array(items) => items.iter_mut().fold(false, |c, m| rewrite(m) | c),
+                one => rewrite(one),
+            };
+            return if changed {
+                BodyPlan::Replace(value.to_string().into_bytes())
+            } else {
+                BodyPlan::Continue
+            };
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut events = splitter.push(chunk);
+        if end_of_stream {
+            let rest = splitter.finish();
+            if !rest.is_empty() {
+                events.push(gateway_core::sse::RawEvent(rest));
+            }
+        }
+        for event in events {
+            let Some(data) = event.data() else {
+                out.extend_from_slice(&event.0);
+                continue;
+            };
+            match serde_json::from_str::<Value>(&data) {
+                Ok(mut message) => {
+                    if rewrite(&mut message) {
+                        out.extend_from_slice(&event.with_data(&message.to_string()).0);
+                    } else {
+                        out.extend_from_slice(&event.0);
+                    }
+                }
+                Err(_) => {
+                    // An event that is not JSON-RPC: replaced by an error, never passed.
+                    tracing::warn!("backend sent an SSE event that is not JSON; replaced it with an error");
+                    let error = jsonrpc::error_response(None, -32603, "the gateway could not read the backend's event");
+                    out.extend_from_slice(&event.with_data(&error.to_string()).0);
+                }
+            }
+        }
+        BodyPlan::Replace(out)
     }
 
     fn seal(&self, backend_id: &[u8], upstream: Option<&str>) -> Result<String, &'static str> {
@@ -239,8 +425,9 @@ impl<'a> Exchange<'a> {
             std::str::from_utf8(backend_id).map_err(|_| "backend session id is not text")?;
         let upstream =
             upstream.ok_or("Envoy did not say which backend answered (upstream.address)")?;
-        let caller = self.caller.ok_or("no authenticated caller")?;
-        self.sessions
+        let caller = self.caller.as_ref().ok_or("no authenticated caller")?.digest();
+        self.gateway
+            .sessions
             .sealer
             .seal(&SessionPayload {
                 backend_session_id: backend_id.to_owned(),
@@ -249,6 +436,28 @@ impl<'a> Exchange<'a> {
                 issued_at: now(),
             })
             .map_err(|_| "sealing failed")
+    }
+}
+
+/// The facts rules judge by, from the caller.
+fn facts<'c>(caller: &'c Caller, path: &'c str) -> RequestFacts<'c> {
+    RequestFacts {
+        claims: caller.claims.as_ref(),
+        subject: Some(&caller.subject),
+        issuer: Some(&caller.issuer),
+        client_id: caller.client_id.as_deref(),
+        scopes: &caller.scopes,
+        headers: None,
+        path,
+        method: "POST",
+        source_address: "",
+    }
+}
+
+fn bad_gateway() -> LocalReply {
+    LocalReply {
+        status: 502,
+        body: jsonrpc::error_response(None, -32603, "the backend's response is not valid JSON").to_string(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`service`]: the thin adapter from `envoy.service.ext_proc.v3.ExternalProcessor`
 //!   onto the core; it answers every message Envoy sends with the matching response.
 
+pub mod catalog;
 pub mod exchange;
 pub mod sealer;
 pub mod service;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use ext_proc::exchange::Sessions;
+use ext_proc::catalog::ToolCatalog;
+use ext_proc::exchange::{Gateway, Sessions};
+use gateway_core::rewrite::RewriteSet;
+use gateway_core::rules::Policy;
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcService, SERVICE_NAME};
 use gateway_core::server::{self, CommonArgs, Sidecar};
@@ -38,11 +41,24 @@ async fn main() -> ExitCode {
         let keys = session_keys(section.sessions.keys_file.as_deref(), config_dir, dev)?;
         let sealer = SessionSealer::new(keys)?;
         tracing::info!(sealing_key = sealer.sealing_key_id(), "session keys loaded");
-        let sessions = Arc::new(Sessions {
+        let sessions = Sessions {
             sealer,
             max_age: section.sessions.max_age,
+        };
+        let rewrites = RewriteSet::compile(&config.rewrites)?;
+        // tools/list is filtered by the same rules ext-authz enforces.
+        let policy = match &config.ext_authz {
+            Some(authz) => Some(Policy::load(&config_dir.join(&authz.rules_file))?),
+            None => None,
+        };
+        let gateway = Arc::new(Gateway {
+            sessions,
+            rewrites,
+            policy,
+            catalog: ToolCatalog::new(10_000),
+            limits: config.ext_authz.as_ref().map(|a| a.limits).unwrap_or_default(),
         });
-        let service = ProcService::new(sessions).into_server(section.server.max_message_bytes);
+        let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),
             routes: tonic::service::Routes::new(service),

@@ -28,10 +28,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::exchange::{
-    BodyMode, Exchange, HeaderEdits, Headers, LocalReply, RequestPlan, Sessions, SubjectDigest,
-    subject_digest,
-};
+use envoy_types::pb::envoy::service::ext_proc::v3::{BodyMutation, body_mutation::Mutation};
+
+use crate::exchange::{BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
@@ -43,12 +42,12 @@ const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 /// The ExternalProcessor gRPC service.
 #[derive(Clone)]
 pub struct ProcService {
-    sessions: Arc<Sessions>,
+    gateway: Arc<Gateway>,
 }
 
 impl ProcService {
-    pub fn new(sessions: Arc<Sessions>) -> Self {
-        Self { sessions }
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
     }
 
     /// The tonic server for this service, accepting messages up to `max_message_bytes`.
@@ -69,9 +68,9 @@ impl ExternalProcessor for ProcService {
         // Envoy waits for each answer before sending the next message, so a small
         // buffer suffices.
         let (tx, rx) = mpsc::channel(4);
-        let sessions = self.sessions.clone();
+        let gateway = self.gateway.clone();
         tokio::spawn(async move {
-            let mut exchange = Exchange::new(&sessions);
+            let mut exchange = Exchange::new(&gateway);
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
@@ -110,7 +109,7 @@ fn answer(
                         ..Default::default()
                     },
                     RequestPlan::Reply(local) => ProcessingResponse {
-                        response: Some(Reply::ImmediateResponse(immediate(local))),
+                        response: Some(Reply::ImmediateResponse(immediate(local, "mcp_unknown_session"))),
                         ..Default::default()
                     },
                 },
@@ -125,9 +124,17 @@ fn answer(
                 ..Default::default()
             });
         }
-        // Bodies and trailers only arrive when a phase asked for them; pass them on.
-        Phase::RequestBody(_) => Reply::RequestBody(BodyResponse::default()),
-        Phase::ResponseBody(_) => Reply::ResponseBody(BodyResponse::default()),
+        Phase::RequestBody(body) => match exchange.on_request_body(&body.body) {
+            BodyPlan::Reply(local) => Reply::ImmediateResponse(immediate(local, "mcp_rewrite_refused")),
+            plan => Reply::RequestBody(body_response(plan, true)),
+        },
+        Phase::ResponseBody(body) => {
+            let streamed = exchange.streaming_response();
+            match exchange.on_response_body(&body.body, body.end_of_stream) {
+                BodyPlan::Reply(local) => Reply::ImmediateResponse(immediate(local, "mcp_bad_backend_response")),
+                plan => Reply::ResponseBody(body_response(plan, !streamed)),
+            }
+        }
         Phase::RequestTrailers(_) => Reply::RequestTrailers(TrailersResponse::default()),
         Phase::ResponseTrailers(_) => Reply::ResponseTrailers(TrailersResponse::default()),
     };
@@ -138,7 +145,7 @@ fn answer(
 }
 
 /// The caller ext-authz authenticated, from the dynamic metadata Envoy forwards.
-fn caller(message: &ProcessingRequest) -> Option<SubjectDigest> {
+fn caller(message: &ProcessingRequest) -> Option<Caller> {
     let fields = &message
         .metadata_context
         .as_ref()?
@@ -149,7 +156,17 @@ fn caller(message: &ProcessingRequest) -> Option<SubjectDigest> {
         Kind::StringValue(s) => Some(s.as_str()),
         _ => None,
     };
-    Some(subject_digest(text("issuer")?, text("subject")?))
+    Some(Caller {
+        subject: text("subject")?.to_owned(),
+        issuer: text("issuer")?.to_owned(),
+        client_id: text("client_id").map(str::to_owned),
+        scopes: text("scopes")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        claims: text("claims").and_then(|c| serde_json::from_str(c).ok()),
+        rpc_method: text("rpc_method").map(str::to_owned),
+        tool: text("tool").map(str::to_owned),
+    })
 }
 
 /// A string attribute Envoy attached to this message (e.g. `upstream.address`).
@@ -167,7 +184,28 @@ fn attribute<'m>(message: &'m ProcessingRequest, name: &str) -> Option<&'m str> 
     }
 }
 
-fn immediate(local: LocalReply) -> ImmediateResponse {
+/// The answer to a body message. A replaced buffered body carries its new
+/// content-length; a streamed chunk has none to carry.
+fn body_response(plan: BodyPlan, buffered: bool) -> BodyResponse {
+    let BodyPlan::Replace(bytes) = plan else {
+        return BodyResponse::default();
+    };
+    let header_mutation = buffered.then(|| HeaderMutation {
+        set_headers: vec![header("content-length", bytes.len().to_string().into_bytes())],
+        ..Default::default()
+    });
+    BodyResponse {
+        response: Some(CommonResponse {
+            header_mutation,
+            body_mutation: Some(BodyMutation {
+                mutation: Some(Mutation::Body(bytes)),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn immediate(local: LocalReply, details: &str) -> ImmediateResponse {
     ImmediateResponse {
         status: Some(HttpStatus {
             code: i32::from(local.status),
@@ -177,7 +215,7 @@ fn immediate(local: LocalReply) -> ImmediateResponse {
             ..Default::default()
         }),
         body: local.body.into_bytes(),
-        details: "mcp_unknown_session".to_owned(),
+        details: details.to_owned(),
         ..Default::default()
     }
 }

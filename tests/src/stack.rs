@@ -50,10 +50,22 @@ impl Ports {
     }
 }
 
-/// A port the kernel just handed out and nobody holds now.
+/// A free loopback port for a server to listen on.
+///
+/// Picked at random below Linux's ephemeral range (32768 and up), so that the
+/// kernel never hands it to an outgoing connection between this check and the
+/// server's bind; tests running side by side pick different ports by chance.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    use std::io::Read;
+    let mut random = [0u8; 2];
+    for _ in 0..200 {
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let port = 20_000 + u16::from_le_bytes(random) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found between 20000 and 32000")
 }
 
 /// How to start a stack.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::sealer::SessionKey;
+use gateway_core::jsonrpc::Limits;
 
 struct Map(Vec<(&'static str, Vec<u8>)>);
 
@@ -19,22 +20,36 @@ fn map(pairs: &[(&'static str, &str)]) -> Map {
         .collect())
 }
 
-fn sessions() -> Sessions {
-    Sessions {
-        sealer: SessionSealer::new(vec![SessionKey::new("k1", [5; 32]).expect("key")])
-            .expect("sealer"),
-        max_age: None,
+fn sessions() -> Gateway {
+    Gateway {
+        sessions: Sessions {
+            sealer: SessionSealer::new(vec![SessionKey::new("k1", [5; 32]).expect("key")])
+                .expect("sealer"),
+            max_age: None,
+        },
+        rewrites: RewriteSet::empty(),
+        policy: None,
+        catalog: ToolCatalog::new(100),
+        limits: Limits::default(),
     }
+}
+
+fn caller(issuer: &str, subject: &str) -> Option<Caller> {
+    Some(Caller {
+        subject: subject.to_owned(),
+        issuer: issuer.to_owned(),
+        ..Caller::default()
+    })
 }
 
 const ALICE: &str = "alice";
 
-fn alice() -> Option<SubjectDigest> {
-    Some(subject_digest("https://idp", ALICE))
+fn alice() -> Option<Caller> {
+    caller("https://idp", ALICE)
 }
 
 /// Runs an initialize through an exchange and returns the client's token.
-fn initialize(sessions: &Sessions) -> String {
+fn initialize(sessions: &Gateway) -> String {
     let mut exchange = Exchange::new(sessions);
     let RequestPlan::Forward { edits, .. } = exchange.on_request_headers(&map(&[]), alice()) else {
         panic!("initialize is forwarded")
@@ -89,8 +104,8 @@ fn a_session_is_sealed_and_later_pinned_to_its_backend() {
 fn another_subject_or_a_forged_token_is_an_unknown_session() {
     let sessions = sessions();
     let token = initialize(&sessions);
-    let bob = Some(subject_digest("https://idp", "bob"));
-    let other_issuer = Some(subject_digest("https://other-idp", ALICE));
+    let bob = caller("https://idp", "bob");
+    let other_issuer = caller("https://other-idp", ALICE);
     for caller in [bob, other_issuer, None] {
         let plan =
             Exchange::new(&sessions).on_request_headers(&map(&[(SESSION_HEADER, &token)]), caller);
@@ -119,14 +134,14 @@ fn another_subject_or_a_forged_token_is_an_unknown_session() {
 fn sessions_expire_after_max_age() {
     let mut sessions = sessions();
     let token = initialize(&sessions);
-    sessions.max_age = Some(Duration::ZERO);
+    sessions.sessions.max_age = Some(Duration::ZERO);
     // Issued "now"; with a zero max age it is only valid within the same second.
-    let payload = sessions.sealer.open(&token).expect("opens");
+    let payload = sessions.sessions.sealer.open(&token).expect("opens");
     let old = SessionPayload {
         issued_at: payload.issued_at - 10,
         ..payload
     };
-    let old_token = sessions.sealer.seal(&old).expect("seal");
+    let old_token = sessions.sessions.sealer.seal(&old).expect("seal");
     let plan =
         Exchange::new(&sessions).on_request_headers(&map(&[(SESSION_HEADER, &old_token)]), alice());
     assert!(matches!(
