@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections import deque
 
 import uvicorn
@@ -45,10 +46,23 @@ def build(name: str) -> FastMCP:
     async def ticks(count: int, interval_ms: int, ctx: Context) -> int:
         """Send `count` progress notifications `interval_ms` apart, then return `count`."""
         for i in range(count):
-            await ctx.report_progress(progress=i + 1, total=count, message=f"tick {i + 1}")
+            # The send time rides along, so clients can measure delivery delay.
+            await ctx.report_progress(progress=i + 1, total=count, message=f"tick {i + 1} at {time.time():.6f}")
             await ctx.info(f"tick {i + 1}")
             await asyncio.sleep(interval_ms / 1000)
         return count
+
+    @mcp.tool
+    def echo(
+        a: float | None = None, b: float | None = None, uid: str | None = None, email: str | None = None
+    ) -> dict:
+        """Return the arguments as received (to see what the gateway injected)."""
+        return {k: v for k, v in {"a": a, "b": b, "uid": uid, "email": email}.items() if v is not None}
+
+    @mcp.tool
+    def blob(size: int) -> str:
+        """A text of `size` bytes, for large responses."""
+        return "x" * size
 
     @mcp.tool
     async def notify(text: str, ctx: Context) -> str:
@@ -105,12 +119,13 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="backend name, returned by whoami")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--json-response", action="store_true", help="answer requests with JSON, not SSE")
     args = parser.parse_args()
 
     mcp = build(args.name)
     # The gateway in front validates Host and Origin; behind it the backend sees
     # Envoy's forwarded Host, so its own check would refuse every call.
-    app = mcp.http_app(path="/mcp", host_origin_protection=False)
+    app = mcp.http_app(path="/mcp", host_origin_protection=False, json_response=args.json_response)
     uvicorn.run(
         Recorder(app, "/mcp"),
         host=args.host,

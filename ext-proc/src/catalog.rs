@@ -31,13 +31,17 @@ pub struct ToolsFor<'a> {
 }
 
 impl ToolView for ToolsFor<'_> {
-    fn visible(&self, tool: &str) -> bool {
-        self.policy
-            .is_none_or(|p| p.for_path(self.path).allows_tool(self.facts, tool))
+    fn visible(&self, tools: &[&str]) -> Vec<bool> {
+        match self.policy {
+            Some(policy) => policy.for_path(self.path).allows_tools(self.facts, tools),
+            None => vec![true; tools.len()],
+        }
     }
 
     fn advertised(&self, tool: &str, input_schema: &Value) {
-        let Some(upstream) = self.upstream else { return };
+        let Some(upstream) = self.upstream else {
+            return;
+        };
         let key = (upstream.to_owned(), tool.to_owned());
         match jsonschema::validator_for(input_schema) {
             Ok(validator) => self.catalog.schemas.insert(key, Arc::new(validator)),
@@ -50,6 +54,8 @@ impl ToolView for ToolsFor<'_> {
 
     fn schema(&self, tool: &str) -> Option<Arc<jsonschema::Validator>> {
         let upstream = self.upstream?;
-        self.catalog.schemas.get(&(upstream.to_owned(), tool.to_owned()))
+        self.catalog
+            .schemas
+            .get(&(upstream.to_owned(), tool.to_owned()))
     }
 }

@@ -174,12 +174,22 @@ impl<'a> Exchange<'a> {
     }
 
     /// The request headers arrived; `caller` is the authenticated caller, if any.
-    pub fn on_request_headers(&mut self, headers: &impl Headers, caller: Option<Caller>) -> RequestPlan {
+    pub fn on_request_headers(
+        &mut self,
+        headers: &impl Headers,
+        caller: Option<Caller>,
+    ) -> RequestPlan {
         self.saw_request = true;
         self.caller = caller;
         self.path = headers
             .get(":path")
-            .map(|p| String::from_utf8_lossy(p).split('?').next().unwrap_or_default().to_owned())
+            .map(|p| {
+                String::from_utf8_lossy(p)
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .unwrap_or_default();
         // Only ext-proc chooses backends: whatever the client sent is dropped.
         let mut edits = HeaderEdits {
@@ -210,7 +220,11 @@ impl<'a> Exchange<'a> {
                 ),
             ];
             self.upstream = Some(payload.upstream_host.clone());
-            self.restored = Some((token.to_vec(), payload.backend_session_id, payload.upstream_host));
+            self.restored = Some((
+                token.to_vec(),
+                payload.backend_session_id,
+                payload.upstream_host,
+            ));
         }
         let is_post = headers.get(":method") == Some(b"POST");
         RequestPlan::Forward {
@@ -251,7 +265,12 @@ impl<'a> Exchange<'a> {
                 Err(rejection) => {
                     return BodyPlan::Reply(LocalReply {
                         status: 200,
-                        body: jsonrpc::error_response(id.as_ref(), rejection.code, &rejection.message).to_string(),
+                        body: jsonrpc::error_response(
+                            id.as_ref(),
+                            rejection.code,
+                            &rejection.message,
+                        )
+                        .to_string(),
                     });
                 }
             }
@@ -265,15 +284,20 @@ impl<'a> Exchange<'a> {
 
     fn restore(&self, token: &[u8]) -> Result<SessionPayload, &'static str> {
         let token = std::str::from_utf8(token).map_err(|_| "session id is not text")?;
-        let payload = self.gateway.sessions.sealer.open(token).map_err(|e| match e {
-            crate::sealer::OpenError::Malformed => "malformed session token",
-            crate::sealer::OpenError::UnknownKey => {
-                "session token sealed with an unknown or retired key"
-            }
-            crate::sealer::OpenError::Forged => {
-                "session token failed authentication (tampered or forged)"
-            }
-        })?;
+        let payload = self
+            .gateway
+            .sessions
+            .sealer
+            .open(token)
+            .map_err(|e| match e {
+                crate::sealer::OpenError::Malformed => "malformed session token",
+                crate::sealer::OpenError::UnknownKey => {
+                    "session token sealed with an unknown or retired key"
+                }
+                crate::sealer::OpenError::Forged => {
+                    "session token failed authentication (tampered or forged)"
+                }
+            })?;
         let caller = self
             .caller
             .as_ref()
@@ -332,12 +356,12 @@ impl<'a> Exchange<'a> {
             );
             edits.set.push((":status".to_owned(), b"404".to_vec()));
         }
-        let (method, tool) = self
-            .caller
-            .as_ref()
-            .map_or((None, None), |c| (c.rpc_method.as_deref(), c.tool.as_deref()));
+        let (method, tool) = self.caller.as_ref().map_or((None, None), |c| {
+            (c.rpc_method.as_deref(), c.tool.as_deref())
+        });
         let ok = headers.get(":status") == Some(b"200");
-        let wants_body = ok && self.saw_request && self.gateway.rewrites.rewrites_response(method, tool);
+        let wants_body =
+            ok && self.saw_request && self.gateway.rewrites.rewrites_response(method, tool);
         let body = response_body_mode(headers, wants_body);
         if body == BodyMode::Streamed {
             self.events = Some(EventSplitter::new());
@@ -375,7 +399,10 @@ impl<'a> Exchange<'a> {
             // A buffered JSON body. A backend that sent something unparsable gets
             // no benefit of the doubt: rules here may be redactions (fail closed).
             let Ok(mut value) = serde_json::from_slice::<Value>(chunk) else {
-                tracing::warn!(len = chunk.len(), "backend sent a body that is not JSON; answered 502");
+                tracing::warn!(
+                    len = chunk.len(),
+                    "backend sent a body that is not JSON; answered 502"
+                );
                 return BodyPlan::Reply(bad_gateway());
             };
             let changed = match &mut value {
@@ -411,8 +438,14 @@ impl<'a> Exchange<'a> {
                 }
                 Err(_) => {
                     // An event that is not JSON-RPC: replaced by an error, never passed.
-                    tracing::warn!("backend sent an SSE event that is not JSON; replaced it with an error");
-                    let error = jsonrpc::error_response(None, -32603, "the gateway could not read the backend's event");
+                    tracing::warn!(
+                        "backend sent an SSE event that is not JSON; replaced it with an error"
+                    );
+                    let error = jsonrpc::error_response(
+                        None,
+                        -32603,
+                        "the gateway could not read the backend's event",
+                    );
                     out.extend_from_slice(&event.with_data(&error.to_string()).0);
                 }
             }
@@ -425,7 +458,11 @@ impl<'a> Exchange<'a> {
             std::str::from_utf8(backend_id).map_err(|_| "backend session id is not text")?;
         let upstream =
             upstream.ok_or("Envoy did not say which backend answered (upstream.address)")?;
-        let caller = self.caller.as_ref().ok_or("no authenticated caller")?.digest();
+        let caller = self
+            .caller
+            .as_ref()
+            .ok_or("no authenticated caller")?
+            .digest();
         self.gateway
             .sessions
             .sealer
@@ -457,7 +494,8 @@ fn facts<'c>(caller: &'c Caller, path: &'c str) -> RequestFacts<'c> {
 fn bad_gateway() -> LocalReply {
     LocalReply {
         status: 502,
-        body: jsonrpc::error_response(None, -32603, "the backend's response is not valid JSON").to_string(),
+        body: jsonrpc::error_response(None, -32603, "the backend's response is not valid JSON")
+            .to_string(),
     }
 }
 

@@ -9,10 +9,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
-use gateway_core::rewrite::RewriteSet;
-use gateway_core::rules::Policy;
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcService, SERVICE_NAME};
+use gateway_core::rewrite::RewriteSet;
+use gateway_core::rules::Policy;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
 /// Environment variable with session keys when the config names no keys file.
@@ -56,7 +56,11 @@ async fn main() -> ExitCode {
             rewrites,
             policy,
             catalog: ToolCatalog::new(10_000),
-            limits: config.ext_authz.as_ref().map(|a| a.limits).unwrap_or_default(),
+            limits: config
+                .ext_authz
+                .as_ref()
+                .map(|a| a.limits)
+                .unwrap_or_default(),
         });
         let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
         Ok(Sidecar {

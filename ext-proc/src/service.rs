@@ -30,7 +30,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{BodyMutation, body_mutation::Mutation};
 
-use crate::exchange::{BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan};
+use crate::exchange::{
+    BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
+};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
@@ -109,7 +111,10 @@ fn answer(
                         ..Default::default()
                     },
                     RequestPlan::Reply(local) => ProcessingResponse {
-                        response: Some(Reply::ImmediateResponse(immediate(local, "mcp_unknown_session"))),
+                        response: Some(Reply::ImmediateResponse(immediate(
+                            local,
+                            "mcp_unknown_session",
+                        ))),
                         ..Default::default()
                     },
                 },
@@ -125,13 +130,17 @@ fn answer(
             });
         }
         Phase::RequestBody(body) => match exchange.on_request_body(&body.body) {
-            BodyPlan::Reply(local) => Reply::ImmediateResponse(immediate(local, "mcp_rewrite_refused")),
+            BodyPlan::Reply(local) => {
+                Reply::ImmediateResponse(immediate(local, "mcp_rewrite_refused"))
+            }
             plan => Reply::RequestBody(body_response(plan, true)),
         },
         Phase::ResponseBody(body) => {
             let streamed = exchange.streaming_response();
             match exchange.on_response_body(&body.body, body.end_of_stream) {
-                BodyPlan::Reply(local) => Reply::ImmediateResponse(immediate(local, "mcp_bad_backend_response")),
+                BodyPlan::Reply(local) => {
+                    Reply::ImmediateResponse(immediate(local, "mcp_bad_backend_response"))
+                }
                 plan => Reply::ResponseBody(body_response(plan, !streamed)),
             }
         }
@@ -191,7 +200,10 @@ fn body_response(plan: BodyPlan, buffered: bool) -> BodyResponse {
         return BodyResponse::default();
     };
     let header_mutation = buffered.then(|| HeaderMutation {
-        set_headers: vec![header("content-length", bytes.len().to_string().into_bytes())],
+        set_headers: vec![header(
+            "content-length",
+            bytes.len().to_string().into_bytes(),
+        )],
         ..Default::default()
     });
     BodyResponse {

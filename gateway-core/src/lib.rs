@@ -13,8 +13,8 @@
 
 pub mod config;
 pub mod jsonrpc;
-pub mod rules;
 pub mod rewrite;
+pub mod rules;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

@@ -120,8 +120,8 @@ pub struct Rejection {
 
 /// What a caller may see of the backend's tools, and the schemas it advertises.
 pub trait ToolView {
-    /// Whether the caller's authorization rules could let it call `tool`.
-    fn visible(&self, tool: &str) -> bool;
+    /// For each tool, whether the caller's authorization rules could let it call it.
+    fn visible(&self, tools: &[&str]) -> Vec<bool>;
     /// The backend advertised `tool` with this input schema.
     fn advertised(&self, tool: &str, input_schema: &Value);
     /// The input schema the backend advertised for `tool`, compiled.
@@ -189,10 +189,16 @@ impl RewriteSet {
                 }
                 Ok(program)
             };
-            if let Some(alias) = &config.alias {
-                if alias.from == alias.to || aliases.insert(alias.from.clone(), alias.to.clone()).is_some() {
-                    return Err(error(format!("alias `{}` is circular or defined twice", alias.from)));
-                }
+            if let Some(alias) = &config.alias
+                && (alias.from == alias.to
+                    || aliases
+                        .insert(alias.from.clone(), alias.to.clone())
+                        .is_some())
+            {
+                return Err(error(format!(
+                    "alias `{}` is circular or defined twice",
+                    alias.from
+                )));
             }
             let when = config.when.as_deref().map(&mut compile).transpose()?;
             let mut set = Vec::new();
@@ -201,20 +207,40 @@ impl RewriteSet {
                 let value = match (&s.value, &s.expr) {
                     (Some(v), None) => SetValue::Literal(v.clone()),
                     (None, Some(e)) => SetValue::Expr(compile(e)?),
-                    _ => return Err(error(format!("set {}: give exactly one of `value` and `expr`", s.pointer))),
+                    _ => {
+                        return Err(error(format!(
+                            "set {}: give exactly one of `value` and `expr`",
+                            s.pointer
+                        )));
+                    }
                 };
                 set.push((s.pointer.clone(), value));
             }
-            for p in config.remove.iter().chain(config.clamp.iter().map(|c| &c.pointer)) {
+            for p in config
+                .remove
+                .iter()
+                .chain(config.clamp.iter().map(|c| &c.pointer))
+            {
                 check_pointer(p).map_err(&error)?;
             }
             let validate = match &config.validate {
                 None => None,
-                Some(ValidateConfig { schema: Some(schema), from_tools_list: false }) => Some(Validation::Schema(Arc::new(
-                    jsonschema::validator_for(schema).map_err(|e| error(format!("validate.schema: {e}")))?,
+                Some(ValidateConfig {
+                    schema: Some(schema),
+                    from_tools_list: false,
+                }) => Some(Validation::Schema(Arc::new(
+                    jsonschema::validator_for(schema)
+                        .map_err(|e| error(format!("validate.schema: {e}")))?,
                 ))),
-                Some(ValidateConfig { schema: None, from_tools_list: true }) => Some(Validation::FromToolsList),
-                Some(_) => return Err(error("validate: give either `schema` or `from_tools_list: true`".into())),
+                Some(ValidateConfig {
+                    schema: None,
+                    from_tools_list: true,
+                }) => Some(Validation::FromToolsList),
+                Some(_) => {
+                    return Err(error(
+                        "validate: give either `schema` or `from_tools_list: true`".into(),
+                    ));
+                }
             };
             let mut redact = Vec::new();
             for r in &config.redact {
@@ -227,10 +253,15 @@ impl RewriteSet {
                         check_pointer(p).map_err(&error)?;
                         Redaction::Pointer(p.clone(), r.replacement.clone())
                     }
-                    _ => return Err(error("redact: give exactly one of `regex` and `pointer`".into())),
+                    _ => {
+                        return Err(error(
+                            "redact: give exactly one of `regex` and `pointer`".into(),
+                        ));
+                    }
                 });
             }
-            let list = |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
+            let list =
+                |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
             rules.push(Rewrite {
                 name: config.name.clone(),
                 methods: list(&config.methods),
@@ -244,7 +275,12 @@ impl RewriteSet {
                 redact,
             });
         }
-        Ok(Self { aliases, rules, env, uses })
+        Ok(Self {
+            aliases,
+            rules,
+            env,
+            uses,
+        })
     }
 
     /// An empty set: nothing is rewritten.
@@ -266,20 +302,21 @@ impl RewriteSet {
     /// Whether any rule may change requests (so the request body is needed).
     pub fn rewrites_requests(&self) -> bool {
         !self.aliases.is_empty()
-            || self
-                .rules
-                .iter()
-                .any(|r| !r.set.is_empty() || !r.remove.is_empty() || !r.clamp.is_empty() || r.validate.is_some())
+            || self.rules.iter().any(|r| {
+                !r.set.is_empty()
+                    || !r.remove.is_empty()
+                    || !r.clamp.is_empty()
+                    || r.validate.is_some()
+            })
     }
 
     /// Whether the response to a request for `method` (and `tool`) needs its body.
     pub fn rewrites_response(&self, method: Option<&str>, tool: Option<&str>) -> bool {
         let tools_list = method == Some("tools/list")
             && (!self.aliases.is_empty()
-                || self
-                    .rules
-                    .iter()
-                    .any(|r| r.filter_tools || matches!(r.validate, Some(Validation::FromToolsList))));
+                || self.rules.iter().any(|r| {
+                    r.filter_tools || matches!(r.validate, Some(Validation::FromToolsList))
+                }));
         tools_list
             || self
                 .rules
@@ -316,7 +353,9 @@ impl RewriteSet {
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("mcp", mcp_value(&view));
         for rule in &self.rules {
-            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref()) || !rule.matches(&scope) {
+            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref())
+                || !rule.matches(&scope)
+            {
                 continue;
             }
             for (pointer, value) in &rule.set {
@@ -345,10 +384,15 @@ impl RewriteSet {
                 let Some(validator) = validator else {
                     return Err(Rejection {
                         code: -32602,
-                        message: format!("no input schema known for tool `{tool}`: list the tools first"),
+                        message: format!(
+                            "no input schema known for tool `{tool}`: list the tools first"
+                        ),
                     });
                 };
-                let arguments = message.pointer("/params/arguments").cloned().unwrap_or(Value::Object(Map::new()));
+                let arguments = message
+                    .pointer("/params/arguments")
+                    .cloned()
+                    .unwrap_or(Value::Object(Map::new()));
                 if let Some(error) = validator.iter_errors(&arguments).next() {
                     let at = error.instance_path().to_string();
                     return Err(Rejection {
@@ -357,7 +401,11 @@ impl RewriteSet {
                             "invalid arguments for `{tool}` (rule `{}`): {}{}",
                             rule.name,
                             error,
-                            if at.is_empty() { String::new() } else { format!(" at {at}") }
+                            if at.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" at {at}")
+                            }
                         ),
                     });
                 }
@@ -407,7 +455,9 @@ impl RewriteSet {
                 continue;
             }
             for redaction in &rule.redact {
-                let Some(result) = message.get_mut("result") else { continue };
+                let Some(result) = message.get_mut("result") else {
+                    continue;
+                };
                 changed |= match redaction {
                     Redaction::Regex(re, replacement) => redact_strings(result, re, replacement),
                     Redaction::Pointer(pointer, replacement) => match result.pointer_mut(pointer) {
@@ -425,40 +475,61 @@ impl RewriteSet {
 
     fn rewrite_tools_list(&self, message: &mut Value, tools: &dyn ToolView) -> bool {
         let filter = self.rules.iter().any(|r| r.filter_tools);
-        let Some(list) = message.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
+        let Some(list) = message
+            .pointer_mut("/result/tools")
+            .and_then(Value::as_array_mut)
+        else {
             return false;
         };
-        let before = list.clone();
+        let before = list.len();
         for tool in list.iter() {
-            if let (Some(name), Some(schema)) = (tool.get("name").and_then(Value::as_str), tool.get("inputSchema")) {
+            if let (Some(name), Some(schema)) = (
+                tool.get("name").and_then(Value::as_str),
+                tool.get("inputSchema"),
+            ) {
                 tools.advertised(name, schema);
             }
         }
         // Each alias appears as a tool of its own, described like its target.
         let mut added = Vec::new();
         for (alias, target) in &self.aliases {
-            if let Some(original) = list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(target)) {
+            if let Some(original) = list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(target))
+            {
                 let mut copy = original.clone();
                 copy["name"] = Value::String(alias.clone());
                 added.push(copy);
             }
         }
+        let aliased = !added.is_empty();
         list.extend(added);
         if filter {
+            let names: Vec<&str> = list
+                .iter()
+                .map(|t| {
+                    self.resolve_alias(t.get("name").and_then(Value::as_str).unwrap_or_default())
+                })
+                .collect();
+            let visible = tools.visible(&names);
+            let mut keep = visible.into_iter();
             list.retain(|t| {
-                t.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|name| tools.visible(self.resolve_alias(name)))
+                keep.next().unwrap_or(false) && t.get("name").and_then(Value::as_str).is_some()
             });
         }
-        *list != before
+        aliased || list.len() != before
     }
 }
 
 impl Rewrite {
     fn prefilter(&self, method: Option<&str>, tool: Option<&str>) -> bool {
-        self.methods.as_ref().is_none_or(|m| method.is_some_and(|x| m.contains(x)))
-            && self.tools.as_ref().is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
+        self.methods
+            .as_ref()
+            .is_none_or(|m| method.is_some_and(|x| m.contains(x)))
+            && self
+                .tools
+                .as_ref()
+                .is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
     }
 
     fn matches(&self, context: &cel::Context<'_, '_>) -> bool {
@@ -477,17 +548,23 @@ fn check_pointer(pointer: &str) -> Result<(), String> {
     if pointer.starts_with('/') {
         Ok(())
     } else {
-        Err(format!("`{pointer}` is not a JSON pointer (it must start with `/`)"))
+        Err(format!(
+            "`{pointer}` is not a JSON pointer (it must start with `/`)"
+        ))
     }
 }
 
 /// Sets `value` at `pointer`, creating missing objects on the way.
 fn set_pointer(target: &mut Value, pointer: &str, value: Value) -> bool {
     let mut parts: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
-    let Some(last) = parts.pop() else { return false };
+    let Some(last) = parts.pop() else {
+        return false;
+    };
     let mut current = target;
     for part in parts {
-        let Value::Object(map) = current else { return false };
+        let Value::Object(map) = current else {
+            return false;
+        };
         current = map.entry(part).or_insert_with(|| Value::Object(Map::new()));
     }
     match current {
@@ -501,7 +578,9 @@ fn set_pointer(target: &mut Value, pointer: &str, value: Value) -> bool {
 }
 
 fn remove_pointer(target: &mut Value, pointer: &str) -> bool {
-    let Some((parent, last)) = pointer.rsplit_once('/') else { return false };
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return false;
+    };
     match target.pointer_mut(parent) {
         Some(Value::Object(map)) => map.remove(&unescape(last)).is_some(),
         _ => false,
@@ -509,7 +588,9 @@ fn remove_pointer(target: &mut Value, pointer: &str) -> bool {
 }
 
 fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> bool {
-    let Some(slot) = target.pointer_mut(&clamp.pointer) else { return false };
+    let Some(slot) = target.pointer_mut(&clamp.pointer) else {
+        return false;
+    };
     let Some(n) = slot.as_f64() else { return false };
     let mut clamped = n;
     if let Some(min) = clamp.min {
@@ -540,8 +621,12 @@ fn redact_strings(value: &mut Value, re: &regex::Regex, replacement: &str) -> bo
                 false
             }
         }
-        Value::Array(items) => items.iter_mut().fold(false, |c, v| redact_strings(v, re, replacement) | c),
-        Value::Object(map) => map.values_mut().fold(false, |c, v| redact_strings(v, re, replacement) | c),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |c, v| redact_strings(v, re, replacement) | c),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |c, v| redact_strings(v, re, replacement) | c),
         _ => false,
     }
 }

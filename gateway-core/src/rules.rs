@@ -303,24 +303,38 @@ impl RuleSet {
     /// Arguments are unknown here, so a rule that reads a field the probe lacks
     /// counts as a possible allow and never as a certain deny.
     pub fn allows_tool(&self, facts: &RequestFacts<'_>, tool: &str) -> bool {
-        let probe = Message {
-            kind: crate::jsonrpc::Kind::Request,
-            id: Some(Json::from(0)),
-            method: Some("tools/call".to_owned()),
-            tool: Some(tool.to_owned()),
-            params: Some(serde_json::json!({ "name": tool })),
-        };
+        self.allows_tools(facts, &[tool])[0]
+    }
+
+    /// [`RuleSet::allows_tool`] for many tools; the facts are converted once.
+    pub fn allows_tools(&self, facts: &RequestFacts<'_>, tools: &[&str]) -> Vec<bool> {
         let root = facts_context(&self.env, facts, &self.uses);
-        let mut scope = root.new_inner_scope();
-        if self.uses.contains("mcp") {
-            scope.add_variable_from_value("mcp", mcp_value(&probe));
-        }
-        self.decide(&scope, &probe, true).effect == Effect::Allow
+        tools
+            .iter()
+            .map(|tool| {
+                let probe = Message {
+                    kind: crate::jsonrpc::Kind::Request,
+                    id: Some(Json::from(0)),
+                    method: Some("tools/call".to_owned()),
+                    tool: Some((*tool).to_owned()),
+                    params: Some(serde_json::json!({ "name": tool })),
+                };
+                let mut scope = root.new_inner_scope();
+                if self.uses.contains("mcp") {
+                    scope.add_variable_from_value("mcp", mcp_value(&probe));
+                }
+                self.decide(&scope, &probe, true).effect == Effect::Allow
+            })
+            .collect()
     }
 }
 
 /// A CEL context with the request-level variables `uses` names.
-pub(crate) fn facts_context<'v>(env: &Arc<Env>, facts: &RequestFacts<'_>, uses: &HashSet<&'static str>) -> Context<'v, 'v> {
+pub(crate) fn facts_context<'v>(
+    env: &Arc<Env>,
+    facts: &RequestFacts<'_>,
+    uses: &HashSet<&'static str>,
+) -> Context<'v, 'v> {
     let mut root = Context::with_env(env.clone());
     {
         if uses.contains("jwt") {

@@ -121,6 +121,9 @@ mod tests {
     fn data_is_replaced_and_other_fields_kept() {
         let e = RawEvent(b"event: message\nid: 7\ndata: {\"old\":1}\n\n".to_vec());
         let replaced = e.with_data("{\"new\":2}");
-        assert_eq!(String::from_utf8_lossy(&replaced.0), "event: message\nid: 7\ndata: {\"new\":2}\n\n");
+        assert_eq!(
+            String::from_utf8_lossy(&replaced.0),
+            "event: message\nid: 7\ndata: {\"new\":2}\n\n"
+        );
     }
 }

@@ -84,6 +84,10 @@ pub struct StackOptions {
     /// Use another stack's issuer and backends instead of starting new ones: a
     /// second gateway replica in front of the same pool.
     pub shared: Option<Shared>,
+    /// The rules file's text; `None` for the dev stack's demo policy.
+    pub rules: Option<String>,
+    /// Extra arguments for every demo backend (e.g. `--json-response`).
+    pub backend_args: Vec<String>,
 }
 
 /// What a second gateway shares with the first: the token issuer and the backends.
@@ -116,6 +120,8 @@ impl StackOptions {
             gateway_config: Box::new(|_| {}),
             session_keys: random_session_key("test")?,
             shared: None,
+            rules: None,
+            backend_args: Vec::new(),
         })
     }
 }
@@ -130,6 +136,8 @@ pub struct Stack {
     issuer: Option<Process>,
     ports: Ports,
     bin_dir: PathBuf,
+    rules: Option<String>,
+    backend_args: Vec<String>,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -177,6 +185,8 @@ impl Stack {
             issuer: None,
             ports,
             bin_dir: options.bin_dir.clone(),
+            rules: options.rules.clone(),
+            backend_args: options.backend_args.clone(),
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -318,10 +328,26 @@ impl Stack {
 
     /// A fresh bearer token from the stack's issuer.
     pub async fn token(&self, sub: &str, scope: &str) -> anyhow::Result<String> {
+        self.token_with_email(sub, scope, "").await
+    }
+
+    /// A fresh bearer token with an `email` claim (none when empty).
+    pub async fn token_with_email(
+        &self,
+        sub: &str,
+        scope: &str,
+        email: &str,
+    ) -> anyhow::Result<String> {
+        let mut form = vec![("sub", sub), ("scope", scope)];
+        if !email.is_empty() {
+            form.push(("email", email));
+        }
+        let url = self.url();
+        form.push(("aud", &url));
         let response = self
             .http
             .post(format!("{}/token", self.issuer_url()))
-            .form(&[("sub", sub), ("scope", scope), ("aud", &self.url())])
+            .form(&form)
             .send()
             .await?
             .error_for_status()?;
@@ -493,8 +519,14 @@ impl Stack {
             .to_string()
             .into();
         // The rules file is copied next to the config, so a test may rewrite it.
-        let rules = paths::dev_script("rules.yaml");
-        std::fs::copy(&rules, self.rules_path()).with_context(|| rules.display().to_string())?;
+        match &self.rules {
+            Some(text) => std::fs::write(self.rules_path(), text)?,
+            None => {
+                let rules = paths::dev_script("rules.yaml");
+                std::fs::copy(&rules, self.rules_path())
+                    .with_context(|| rules.display().to_string())?;
+            }
+        }
         config["ext_authz"]["rules_file"] = self.rules_path().display().to_string().into();
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
@@ -618,6 +650,7 @@ impl Stack {
             "--port",
             &self.ports.backends[index].to_string(),
         ]);
+        command.args(&self.backend_args);
         Process::spawn(&name, command, &self.log(&name))
     }
 

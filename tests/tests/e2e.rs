@@ -7,6 +7,7 @@ mod e2e {
     mod envoy_configs;
     mod foundation;
     mod policy;
+    mod rewrite;
     mod sessions;
     mod sidecars;
 }

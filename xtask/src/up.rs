@@ -28,6 +28,8 @@ impl Up {
                 // The dev key survives restarts of the stack, so clients keep sessions.
                 session_keys: std::fs::read_to_string(paths::dev_dir().join("session-keys.txt"))?,
                 shared: None,
+                rules: None,
+                backend_args: Vec::new(),
             };
             let stack = Stack::start(options).await?;
             let token = stack.token("dev-user", "mcp:tools").await?;

@@ -232,3 +232,80 @@ fn envoys_503_for_a_lost_pinned_backend_becomes_404() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_backend_body_that_is_not_json_is_a_502_when_a_rule_needs_it() {
+    let configs: Vec<gateway_core::rewrite::RewriteConfig> =
+        serde_yaml::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
+    let mut gateway = sessions();
+    gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
+    let mut who = alice().expect("caller");
+    who.rpc_method = Some("tools/call".into());
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9001"),
+    );
+    assert_eq!(plan.body, BodyMode::Buffered);
+    match exchange.on_response_body(b"{not json", true) {
+        BodyPlan::Reply(reply) => assert_eq!(reply.status, 502),
+        other => panic!("{other:?}"),
+    }
+    // A JSON body with a secret is rewritten and gets its new length.
+    let mut exchange = Exchange::new(&gateway);
+    let mut who = alice().expect("caller");
+    who.rpc_method = Some("tools/call".into());
+    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        None,
+    );
+    let body =
+        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a secret"}]}}"#;
+    match exchange.on_response_body(body, true) {
+        BodyPlan::Replace(bytes) => {
+            assert!(String::from_utf8_lossy(&bytes).contains("a [redacted]"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_event_stream_is_rewritten_event_by_event_across_chunks() {
+    let configs: Vec<gateway_core::rewrite::RewriteConfig> =
+        serde_yaml::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
+    let mut gateway = sessions();
+    gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
+    let mut who = alice().expect("caller");
+    who.rpc_method = Some("tools/call".into());
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "text/event-stream")]),
+        None,
+    );
+    assert_eq!(plan.body, BodyMode::Streamed);
+    // An event split across two chunks: nothing goes out until it is complete.
+    let first = exchange.on_response_body(
+        b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,",
+        false,
+    );
+    assert_eq!(first, BodyPlan::Replace(Vec::new()));
+    let second = exchange.on_response_body(b"\"result\":{\"text\":\"the secret\"}}\n\n", false);
+    let BodyPlan::Replace(out) = second else {
+        panic!("{second:?}")
+    };
+    let out = String::from_utf8(out).expect("utf8");
+    assert!(
+        out.starts_with("event: message\ndata: ")
+            && out.contains("the [redacted]")
+            && out.ends_with("\n\n"),
+        "{out}"
+    );
+    // A non-JSON event is replaced, never passed through.
+    let BodyPlan::Replace(out) = exchange.on_response_body(b"data: oops\n\n", true) else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(&out).contains("-32603"));
+}

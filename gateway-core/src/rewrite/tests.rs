@@ -39,8 +39,8 @@ struct Tools {
 }
 
 impl ToolView for Tools {
-    fn visible(&self, tool: &str) -> bool {
-        self.visible.contains(&tool)
+    fn visible(&self, tools: &[&str]) -> Vec<bool> {
+        tools.iter().map(|t| self.visible.contains(t)).collect()
     }
     fn advertised(&self, tool: &str, _: &Value) {
         self.advertised.lock().expect("lock").push(tool.to_owned());
@@ -58,7 +58,10 @@ fn tools(visible: Vec<&'static str>) -> Tools {
 }
 
 fn claims() -> serde_json::Map<String, Value> {
-    json!({"sub": "alice", "email": "alice@example.com"}).as_object().cloned().expect("object")
+    json!({"sub": "alice", "email": "alice@example.com"})
+        .as_object()
+        .cloned()
+        .expect("object")
 }
 
 fn call(tool: &str, arguments: Value) -> Value {
@@ -87,7 +90,13 @@ fn alias_identity_injection_and_clamping() {
     // Within bounds nothing moves; floats stay floats.
     let mut m = call("add", json!({"a": 2.5, "b": 7}));
     rewrite(&mut m).expect("ok");
-    assert_eq!((m["params"]["arguments"]["a"].clone(), m["params"]["arguments"]["b"].clone()), (json!(2.5), json!(7)));
+    assert_eq!(
+        (
+            m["params"]["arguments"]["a"].clone(),
+            m["params"]["arguments"]["b"].clone()
+        ),
+        (json!(2.5), json!(7))
+    );
 }
 
 #[test]
@@ -95,7 +104,11 @@ fn schema_invalid_calls_are_refused_with_32602() {
     let mut m = call("subtract", json!({"a": "ten", "b": 1}));
     let err = rewrite(&mut m).expect_err("invalid");
     assert_eq!(err.code, -32602);
-    assert!(err.message.contains("invalid arguments for `subtract`"), "{}", err.message);
+    assert!(
+        err.message.contains("invalid arguments for `subtract`"),
+        "{}",
+        err.message
+    );
     let mut m = call("subtract", json!({"a": 1}));
     assert!(rewrite(&mut m).is_err(), "missing b");
     let mut m = call("subtract", json!({"a": 10, "b": 1}));
@@ -113,11 +126,29 @@ fn tools_list_shows_aliases_and_only_what_the_caller_may_call() {
     let mut only_add = list.clone();
     let view = tools(vec!["add"]);
     assert!(set().rewrite_response(&facts, Some("tools/list"), None, &mut only_add, &view));
-    let names: Vec<&str> = only_add["result"]["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, vec!["add", "another-add"], "the alias is visible because its target is");
-    assert_eq!(*view.advertised.lock().expect("lock"), vec!["add", "subtract", "whoami"]);
+    let names: Vec<&str> = only_add["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["add", "another-add"],
+        "the alias is visible because its target is"
+    );
+    assert_eq!(
+        *view.advertised.lock().expect("lock"),
+        vec!["add", "subtract", "whoami"]
+    );
     let mut more = list.clone();
-    set().rewrite_response(&facts, Some("tools/list"), None, &mut more, &tools(vec!["add", "subtract", "whoami"]));
+    set().rewrite_response(
+        &facts,
+        Some("tools/list"),
+        None,
+        &mut more,
+        &tools(vec!["add", "subtract", "whoami"]),
+    );
     assert_eq!(more["result"]["tools"].as_array().map(Vec::len), Some(4));
 }
 
@@ -126,12 +157,30 @@ fn results_are_redacted() {
     let mut m = json!({"jsonrpc": "2.0", "id": 3, "result": {
         "content": [{"type": "text", "text": "key sk-ABCDEFGH1234 and sk-short"}],
         "structuredContent": {"password": "hunter2", "user": "alice"}}});
-    assert!(set().rewrite_response(&RequestFacts::default(), Some("tools/call"), Some("x"), &mut m, &tools(vec![])));
-    assert_eq!(m["result"]["content"][0]["text"], "key [redacted] and sk-short");
-    assert_eq!(m["result"]["structuredContent"], json!({"password": "***", "user": "alice"}));
+    assert!(set().rewrite_response(
+        &RequestFacts::default(),
+        Some("tools/call"),
+        Some("x"),
+        &mut m,
+        &tools(vec![])
+    ));
+    assert_eq!(
+        m["result"]["content"][0]["text"],
+        "key [redacted] and sk-short"
+    );
+    assert_eq!(
+        m["result"]["structuredContent"],
+        json!({"password": "***", "user": "alice"})
+    );
     // Notifications (progress on an SSE stream) are not results and pass unchanged.
     let mut n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"message": "sk-ABCDEFGH1234"}});
-    assert!(!set().rewrite_response(&RequestFacts::default(), Some("tools/call"), Some("x"), &mut n, &tools(vec![])));
+    assert!(!set().rewrite_response(
+        &RequestFacts::default(),
+        Some("tools/call"),
+        Some("x"),
+        &mut n,
+        &tools(vec![])
+    ));
 }
 
 #[test]
@@ -139,7 +188,10 @@ fn which_phases_are_needed() {
     let s = set();
     assert!(s.rewrites_requests());
     assert!(s.rewrites_response(Some("tools/list"), None));
-    assert!(s.rewrites_response(Some("tools/call"), Some("add")), "redact applies to every call");
+    assert!(
+        s.rewrites_response(Some("tools/call"), Some("add")),
+        "redact applies to every call"
+    );
     let none = RewriteSet::empty();
     assert!(!none.rewrites_requests());
     assert!(!none.rewrites_response(Some("tools/list"), None));
@@ -151,11 +203,22 @@ fn which_phases_are_needed() {
 fn bad_rewrites_are_named() {
     let bad = |text: &str| {
         let configs: Vec<RewriteConfig> = serde_yaml::from_str(text).expect("yaml");
-        RewriteSet::compile(&configs).err().expect("refused").to_string()
+        RewriteSet::compile(&configs)
+            .err()
+            .expect("refused")
+            .to_string()
     };
-    assert!(bad("- {name: x, set: [{pointer: params/a, value: 1}]}").contains("`x`: `params/a` is not a JSON pointer"));
-    assert!(bad("- {name: y, set: [{pointer: /a, expr: 'auth.'}]}").starts_with("rewrites: `y`: `auth.`"));
+    assert!(
+        bad("- {name: x, set: [{pointer: params/a, value: 1}]}")
+            .contains("`x`: `params/a` is not a JSON pointer")
+    );
+    assert!(
+        bad("- {name: y, set: [{pointer: /a, expr: 'auth.'}]}")
+            .starts_with("rewrites: `y`: `auth.`")
+    );
     assert!(bad("- {name: z, redact: [{regex: '('}]}").contains("redact.regex"));
     assert!(bad("- {name: v, validate: {schema: {type: 12}}}").contains("validate.schema"));
-    assert!(bad("- {name: w, set: [{pointer: /a, expr: 'mpc.x'}]}").contains("unknown variable `mpc`"));
+    assert!(
+        bad("- {name: w, set: [{pointer: /a, expr: 'mpc.x'}]}").contains("unknown variable `mpc`")
+    );
 }

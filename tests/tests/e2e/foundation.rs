@@ -32,7 +32,16 @@ async fn python_sdk_sessions_stay_on_their_backend() {
         assert_eq!(session["ok"], 20, "{session}");
         assert_eq!(
             session["tools"],
-            json!(["add", "another-add", "notify", "subtract", "ticks", "whoami"])
+            json!([
+                "add",
+                "another-add",
+                "blob",
+                "echo",
+                "notify",
+                "subtract",
+                "ticks",
+                "whoami"
+            ])
         );
         let whoami = session["whoami"].as_array().expect("whoami answers");
         assert_eq!(

@@ -1,0 +1,123 @@
+//! Rewrite cost per message: a `tools/call` of 1 KB and 100 KB through the Octelium
+//! rules (alias, identity injection, clamping, schema validation), and filtering a
+//! `tools/list` of 100 tools by the caller's authorization rules.
+//! Run with `cargo bench -p gateway-core --bench rewrite`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gateway_core::rewrite::{RewriteConfig, RewriteSet, ToolView};
+use gateway_core::rules::{Policy, RequestFacts, RuleSet};
+use serde_json::{Value, json};
+
+const REWRITES: &str = r#"
+- name: another-add
+  alias: {from: another-add, to: add}
+- name: inject-identity
+  methods: [tools/call]
+  set:
+  - {pointer: /params/arguments/uid, expr: auth.subject}
+  - {pointer: /params/arguments/email, expr: jwt.email}
+- name: clamp-add
+  tools: [add]
+  clamp:
+  - {pointer: /params/arguments/a, min: 0, max: 1000}
+- name: validate-add
+  tools: [add]
+  validate:
+    schema: {type: object, required: [a, b], properties: {a: {type: number}, b: {type: number}, note: {type: string}}}
+- name: filter
+  filter_tools: true
+"#;
+
+struct Tools<'a> {
+    rules: &'a RuleSet,
+    facts: &'a RequestFacts<'a>,
+}
+
+impl ToolView for Tools<'_> {
+    fn visible(&self, tools: &[&str]) -> Vec<bool> {
+        self.rules.allows_tools(self.facts, tools)
+    }
+    fn advertised(&self, _: &str, _: &Value) {}
+    fn schema(&self, _: &str) -> Option<Arc<jsonschema::Validator>> {
+        None
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let configs: Vec<RewriteConfig> = serde_yaml::from_str(REWRITES).expect("yaml");
+    let rewrites = RewriteSet::compile(&configs).expect("compiles");
+    // Half the tools are callable: one rule per visible tool, the worst case for a list.
+    let mut rules = String::from("default:\n  rules:\n");
+    for i in (0..100).step_by(2) {
+        rules.push_str(&format!("  - {{name: r{i}, effect: allow, tools: [tool{i}], when: 'auth.subject == \"alice\"'}}\n"));
+    }
+    let policy = Policy::parse("bench.yaml", &rules).expect("rules");
+    let claims = json!({"sub": "alice", "email": "alice@example.com"})
+        .as_object()
+        .cloned()
+        .expect("object");
+    let scopes = vec!["mcp:tools".to_owned()];
+    let facts = RequestFacts {
+        claims: Some(&claims),
+        subject: Some("alice"),
+        scopes: &scopes,
+        path: "/mcp",
+        method: "POST",
+        ..Default::default()
+    };
+    let tools = Tools {
+        rules: policy.for_path("/mcp"),
+        facts: &facts,
+    };
+
+    let mut group = c.benchmark_group("rewrite a tools/call");
+    for (name, size) in [("1 KB", 900), ("100 KB", 100 * 1024)] {
+        let message = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "another-add", "arguments": {"a": -5, "b": 7, "note": "x".repeat(size)}}});
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || message.clone(),
+                |mut m| {
+                    let changed = rewrites
+                        .rewrite_request(&facts, &mut m, &tools)
+                        .expect("valid");
+                    black_box((changed, m))
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+
+    let list = json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": (0..100).map(|i| json!({
+        "name": format!("tool{i}"), "description": "a tool",
+        "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}}}
+    })).collect::<Vec<_>>()}});
+    c.bench_function("filter a tools/list of 100 tools", |b| {
+        b.iter_batched(
+            || list.clone(),
+            |mut m| {
+                black_box(rewrites.rewrite_response(
+                    &facts,
+                    Some("tools/list"),
+                    None,
+                    &mut m,
+                    &tools,
+                ))
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut filtered = list.clone();
+    rewrites.rewrite_response(&facts, Some("tools/list"), None, &mut filtered, &tools);
+    assert_eq!(
+        filtered["result"]["tools"].as_array().map(Vec::len),
+        Some(50)
+    );
+}
+
+criterion_group!(group, benches);
+criterion_main!(group);

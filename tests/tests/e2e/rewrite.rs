@@ -1,0 +1,294 @@
+//! MCP messages rewritten in flight, end to end: the Octelium Lua example as
+//! declarative rules, tools/list filtered per caller over JSON and SSE, SSE
+//! rewritten event by event without delay, and bodies no rule needs left alone.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use e2e::mcp::{self, RawSession};
+use e2e::stack::{Stack, StackOptions};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// Everything with `mcp:tools` is allowed; rules here are not the subject.
+const ALLOW_ALL: &str = "default:\n  default_effect: allow\n";
+
+/// The Octelium example (a Lua script there) as rewrite rules.
+const OCTELIUM: &str = r#"
+- name: another-add
+  alias: {from: another-add, to: add}
+- name: inject-identity
+  methods: [tools/call]
+  tools: [echo]
+  set:
+  - {pointer: /params/arguments/uid, expr: auth.subject}
+  - {pointer: /params/arguments/email, expr: jwt.email}
+- name: clamp-add
+  tools: [add]
+  clamp:
+  - {pointer: /params/arguments/a, min: 0, max: 1000}
+  - {pointer: /params/arguments/b, min: 0, max: 1000}
+- name: validate-subtract
+  tools: [subtract]
+  validate:
+    schema:
+      type: object
+      required: [a, b]
+      properties: {a: {type: number, minimum: 0}, b: {type: number}}
+"#;
+
+async fn stack_with(rewrites: &str, rules: &str, backend_args: &[&str]) -> Stack {
+    let mut options = StackOptions::for_test().expect("ports");
+    let rewrites: Value = serde_yaml::from_str(rewrites).expect("rewrites YAML");
+    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    options.gateway_config = Box::new(move |config| {
+        config["rewrites"] = rewrites.clone();
+    });
+    options.rules = Some(rules.to_owned());
+    options.backend_args = backend_args.iter().map(|a| (*a).to_owned()).collect();
+    Stack::start(options).await.expect("stack starts")
+}
+
+async fn backend_calls(stack: &Stack) -> Vec<Value> {
+    let mut calls = Vec::new();
+    for index in 0..stack.ports().backends.len() {
+        for request in stack.backend_requests(index).await.expect("backend") {
+            if let Ok(body) =
+                serde_json::from_str::<Value>(request["body"].as_str().unwrap_or_default())
+                && body["method"] == "tools/call"
+            {
+                calls.push(body);
+            }
+        }
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_octelium_example_as_declarative_rules() {
+    let stack = stack_with(OCTELIUM, ALLOW_ALL, &[]).await;
+    let token = stack
+        .token_with_email("alice", "mcp:tools", "alice@example.com")
+        .await
+        .expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+
+    // The alias works and both arguments are clamped.
+    let sum = session
+        .call_tool("another-add", json!({"a": -5, "b": 5000}))
+        .await
+        .expect("another-add");
+    assert_eq!(sum, "1000.0");
+    let calls = backend_calls(&stack).await;
+    let received = calls.last().expect("the backend got the call");
+    assert_eq!(received["params"]["name"], "add");
+    assert_eq!(received["params"]["arguments"], json!({"a": 0, "b": 1000}));
+
+    // The caller's identity is injected from its token; the backend echoes it.
+    let echoed = session
+        .call_tool("echo", json!({"a": 1}))
+        .await
+        .expect("echo");
+    let echoed: Value = serde_json::from_str(&echoed).expect("JSON");
+    assert_eq!(
+        echoed,
+        json!({"a": 1.0, "uid": "alice", "email": "alice@example.com"})
+    );
+    let calls = backend_calls(&stack).await;
+    assert_eq!(
+        calls.last().expect("echo call")["params"]["arguments"],
+        json!({"a": 1, "uid": "alice", "email": "alice@example.com"})
+    );
+
+    // A schema-invalid call is refused with -32602 and never forwarded.
+    let before = backend_calls(&stack).await.len();
+    let refused = session
+        .request(
+            "tools/call",
+            json!({"name": "subtract", "arguments": {"a": -1, "b": 2}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .expect("text")
+            .contains("subtract")
+    );
+    assert_eq!(backend_calls(&stack).await.len(), before);
+    // A valid one passes.
+    assert_eq!(
+        session
+            .call_tool("subtract", json!({"a": 7, "b": 2}))
+            .await
+            .expect("valid"),
+        "5.0"
+    );
+
+    // tools/list shows the alias.
+    let list = session
+        .request("tools/list", json!({}))
+        .await
+        .expect("list");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"another-add") && names.contains(&"add"),
+        "{names:?}"
+    );
+}
+
+const PER_CALLER: &str = r#"
+default:
+  rules:
+  - {name: lifecycle, effect: allow, methods: [initialize, notifications/initialized, ping, tools/list]}
+  - {name: alice-adds, effect: allow, methods: [tools/call], when: 'auth.subject == "alice" && mcp.tool == "add"'}
+  - {name: bob-anything, effect: allow, methods: [tools/call], when: 'auth.subject == "bob"'}
+"#;
+
+async fn tool_names(stack: &Stack, subject: &str) -> Vec<String> {
+    let token = stack.token(subject, "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let list = session
+        .request("tools/list", json!({}))
+        .await
+        .expect("list");
+    let mut names: Vec<String> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_list_shows_each_caller_what_it_may_call_over_sse() {
+    let stack = stack_with("- {name: filter, filter_tools: true}", PER_CALLER, &[]).await;
+    assert_eq!(tool_names(&stack, "alice").await, vec!["add"]);
+    let bob = tool_names(&stack, "bob").await;
+    assert!(
+        bob.len() > 1 && bob.contains(&"whoami".to_owned()),
+        "{bob:?}"
+    );
+    assert!(tool_names(&stack, "carol").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_list_shows_each_caller_what_it_may_call_over_json() {
+    let stack = stack_with(
+        "- {name: filter, filter_tools: true}",
+        PER_CALLER,
+        &["--json-response"],
+    )
+    .await;
+    assert_eq!(tool_names(&stack, "alice").await, vec!["add"]);
+    assert!(tool_names(&stack, "bob").await.len() > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_events_pass_a_rewritten_stream_without_delay() {
+    // A redaction applies to every tools/call, so the stream is rewritten event by event.
+    let rewrites =
+        "- {name: redact-keys, methods: [tools/call], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}";
+    let stack = stack_with(rewrites, ALLOW_ALL, &[]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let response = session
+        .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "ticks", "arguments": {"count": 5, "interval_ms": 300},
+                                 "_meta": {"progressToken": "p"}}}))
+        .await
+        .expect("POST");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+
+    let mut delays = Vec::new();
+    let mut buffer = String::new();
+    let mut body = response.bytes_stream();
+    let mut done = false;
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        while let Some(end) = buffer.find("\n\n").or_else(|| buffer.find("\r\n\r\n")) {
+            let event: String = buffer.drain(..end + 2).collect();
+            for data in mcp::sse_data(&event) {
+                let message: Value = serde_json::from_str(&data).expect("JSON event");
+                if message["method"] == "notifications/progress" {
+                    let text = message["params"]["message"].as_str().expect("message");
+                    let sent: f64 = text
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|t| t.parse().ok())
+                        .expect("send time");
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .expect("clock")
+                        .as_secs_f64();
+                    delays.push(Duration::from_secs_f64((now - sent).max(0.0)));
+                }
+                done |= message["id"] == 9;
+            }
+        }
+    }
+    assert!(done, "the result arrived");
+    assert_eq!(delays.len(), 5, "five progress notifications");
+    for (i, delay) in delays.iter().enumerate() {
+        assert!(
+            *delay < Duration::from_millis(100),
+            "event {i} arrived {delay:?} after the backend sent it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_no_rule_needs_never_reaches_ext_proc() {
+    let stack = stack_with(
+        "- {name: filter, filter_tools: true}",
+        ALLOW_ALL,
+        &["--json-response"],
+    )
+    .await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let sent_before = stack
+        .envoy_stat("http.mcp.ext_proc.stream_msgs_sent")
+        .await
+        .expect("stat");
+    let size = 5 * 1024 * 1024;
+    let blob = session
+        .call_tool("blob", json!({"size": size}))
+        .await
+        .expect("blob");
+    assert_eq!(
+        blob.len(),
+        size,
+        "the 5 MB answer arrives whole and unchanged"
+    );
+    assert!(blob.bytes().all(|b| b == b'x'));
+    let sent = stack
+        .envoy_stat("http.mcp.ext_proc.stream_msgs_sent")
+        .await
+        .expect("stat")
+        - sent_before;
+    assert_eq!(
+        sent, 2,
+        "only the request and response headers went to ext-proc"
+    );
+}
