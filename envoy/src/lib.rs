@@ -36,6 +36,10 @@ pub const SHIPPED: &[Shipped] = &[
         profile: "envoy/profiles/kubernetes.yaml",
         output: "deploy/kubernetes/base/envoy.yaml",
     },
+    Shipped {
+        profile: "envoy/profiles/octeon.yaml",
+        output: "deploy/octeon/envoy.yaml",
+    },
 ];
 
 /// Where one variant of the gateway runs.
@@ -61,12 +65,19 @@ pub struct Profile {
     pub backends_eds: Option<String>,
 }
 
-/// The listener's certificate chain and private key.
+/// The listener's certificate chain and private key, and optionally narrower TLS
+/// parameters (e.g. only what a crypto accelerator handles).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub certificate_chain: String,
     pub private_key: String,
+    /// Replaces the source's key exchange groups.
+    #[serde(default)]
+    pub ecdh_curves: Option<Vec<String>>,
+    /// Replaces the source's TLS 1.2 cipher suites.
+    #[serde(default)]
+    pub cipher_suites: Option<Vec<String>>,
 }
 
 /// `host:port`, where host is an IP address or a DNS name.
@@ -132,6 +143,21 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
     .ok_or_else(|| missing("listener https has no certificate"))?;
     *at(cert, &["certificate_chain", "filename"])? = profile.tls.certificate_chain.clone().into();
     *at(cert, &["private_key", "filename"])? = profile.tls.private_key.clone().into();
+    let params = at(
+        chain,
+        &[
+            "transport_socket",
+            "typed_config",
+            "common_tls_context",
+            "tls_params",
+        ],
+    )?;
+    if let Some(curves) = &profile.tls.ecdh_curves {
+        *at(params, &["ecdh_curves"])? = strings(curves);
+    }
+    if let Some(suites) = &profile.tls.cipher_suites {
+        *at(params, &["cipher_suites"])? = strings(suites);
+    }
 
     let clusters = at(doc, &["static_resources", "clusters"])?;
     set_cluster(
@@ -215,6 +241,10 @@ fn set_cluster(cluster: &mut Value, endpoints: &[Endpoint]) -> Result<(), Bootst
         .ok_or_else(|| missing("cluster has no locality"))?;
     *at(locality, &["lb_endpoints"])? = Value::Sequence(lb_endpoints);
     Ok(())
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::Sequence(items.iter().map(|s| Value::from(s.as_str())).collect())
 }
 
 fn set_socket_address(address: &mut Value, endpoint: &Endpoint) {

@@ -318,13 +318,5 @@ fn sign(
     Ok(out)
 }
 
-/// OpenSSL's version and where its configuration comes from, for the start-up log.
-pub fn openssl_description() -> (String, Option<String>) {
-    (
-        openssl::version::version().to_owned(),
-        std::env::var("OPENSSL_CONF").ok(),
-    )
-}
-
 #[cfg(test)]
 mod tests;

@@ -25,12 +25,6 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     gateway_core::telemetry::init(args.common.log_format);
-    let (openssl, openssl_conf) = ext_authz::crypto::openssl_description();
-    tracing::info!(
-        openssl,
-        openssl_conf = openssl_conf.as_deref().unwrap_or("(none)"),
-        "JWT signatures verified by OpenSSL"
-    );
     server::run("ext-authz", &args.common, async |path, config| {
         let section = config.ext_authz(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));

@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     /// them; ext-authz resolves their aliases before judging a call.
     #[serde(default)]
     pub rewrites: Vec<crate::rewrite::RewriteConfig>,
+    /// Which OpenSSL provider does the sidecars' crypto.
+    #[serde(default)]
+    pub crypto: crate::crypto::CryptoConfig,
 }
 
 /// Settings of the ext-authz sidecar.

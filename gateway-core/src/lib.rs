@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the gateway config file, loaded once, with errors that name the file,
 //!   the key and the reason.
+//! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
@@ -12,6 +13,7 @@
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 
 pub mod config;
+pub mod crypto;
 pub mod jsonrpc;
 pub mod rewrite;
 pub mod rules;

@@ -70,6 +70,13 @@ pub async fn run(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    match crate::crypto::activate(&config.crypto) {
+        Ok(setup) => crate::crypto::log_setup(&setup),
+        Err(err) => {
+            tracing::error!(error = %err, "bad config");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    }
     let sidecar = match build(&path, &config).await {
         Ok(sidecar) => sidecar,
         Err(err) => {

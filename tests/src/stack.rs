@@ -603,6 +603,8 @@ impl Stack {
             tls: TlsFiles {
                 certificate_chain: certs.join("server.pem").display().to_string(),
                 private_key: certs.join("server.key").display().to_string(),
+                ecdh_curves: None,
+                cipher_suites: None,
             },
             ext_authz: loopback(self.ports.ext_authz),
             ext_proc: loopback(self.ports.ext_proc),

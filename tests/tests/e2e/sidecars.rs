@@ -205,6 +205,50 @@ async fn json_logs_on_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crypto_provider_falls_back_loudly_or_stops_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().expect("port");
+    let base = sidecar_config(free_port().expect("port"), port);
+    // Optional: ext-proc starts, on software crypto, and says so.
+    let path = config(
+        &dir,
+        &format!("{base}crypto: {{provider: dpdk_provider}}\n"),
+    );
+    let mut command = Command::new(paths::bin_dir().join("ext-proc"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"]);
+    let mut proc_ = Process::spawn("ext-proc", command, &dir.path().join("p.log")).expect("spawn");
+    wait_serving(&mut proc_, port).await;
+    let log = proc_.log_text();
+    assert!(
+        log.contains("the configured OpenSSL provider is unavailable; using software crypto")
+            && log.contains("\"provider\":\"dpdk_provider\""),
+        "{log}"
+    );
+    assert!(
+        proc_
+            .stop(Duration::from_secs(10))
+            .expect("stops")
+            .success()
+    );
+    // Required: both sidecars refuse to start, naming the provider.
+    let path = config(
+        &dir,
+        &format!("{base}crypto: {{provider: dpdk_provider, required: true}}\n"),
+    );
+    for binary in ["ext-authz", "ext-proc"] {
+        let (code, stderr) = run_to_exit(binary, &["--config".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(64), "{binary}: {stderr}");
+        assert!(
+            stderr.contains("OpenSSL provider `dpdk_provider` is required but cannot be loaded"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().expect("port");
