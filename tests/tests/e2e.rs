@@ -4,6 +4,7 @@
 
 mod e2e {
     mod authn;
+    mod deploy;
     mod envoy_configs;
     mod foundation;
     mod policy;

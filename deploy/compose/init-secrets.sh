@@ -1,0 +1,15 @@
+#!/bin/sh
+# First start of `docker compose up`: a dev CA and an ECDSA P-256 certificate for
+# Envoy and Keycloak (dev/certs.py), and a session key, into the `secrets` volume.
+# Later starts keep what is there. Runs in the mcp-demo image (Python, cryptography).
+set -eu
+out=/secrets
+umask 077
+python /app/certs.py "$out"
+if [ ! -f "$out/session-keys.txt" ]; then
+  python -c 'import base64, os; print("compose-1:" + base64.b64encode(os.urandom(32)).decode())' > "$out/session-keys.txt"
+fi
+# Envoy, Keycloak and the sidecars run as other unprivileged users. This volume is
+# for a laptop demo; production gets its keys from a secret store.
+chmod 0444 "$out"/server.pem "$out"/server.key "$out"/ca.pem "$out"/session-keys.txt
+rm -f "$out/ca.key"
