@@ -243,15 +243,10 @@ impl<'a> Exchange<'a> {
             // ext-authz already refused malformed bodies; nothing to rewrite here.
             return BodyPlan::Continue;
         };
-        let caller = self.caller.clone().unwrap_or_default();
-        let facts = facts(&caller, &self.path);
-        let tools = ToolsFor {
-            catalog: &self.gateway.catalog,
-            upstream: self.upstream.as_deref(),
-            policy: self.gateway.policy.as_ref(),
-            path: &self.path,
-            facts: &facts,
-        };
+        let anonymous = Caller::default();
+        let caller = self.caller.as_ref().unwrap_or(&anonymous);
+        let facts = facts(caller, &self.path);
+        let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
         let rewrites = &self.gateway.rewrites;
         let mut changed = false;
         let messages: Vec<&mut Value> = match &mut value {
@@ -377,15 +372,10 @@ impl<'a> Exchange<'a> {
     /// A response body chunk arrived: the whole body (JSON, buffered) or part of
     /// an event stream (streamed), rewritten event by event.
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> BodyPlan {
-        let caller = self.caller.clone().unwrap_or_default();
-        let facts = facts(&caller, &self.path);
-        let tools = ToolsFor {
-            catalog: &self.gateway.catalog,
-            upstream: self.upstream.as_deref(),
-            policy: self.gateway.policy.as_ref(),
-            path: &self.path,
-            facts: &facts,
-        };
+        let anonymous = Caller::default();
+        let caller = self.caller.as_ref().unwrap_or(&anonymous);
+        let facts = facts(caller, &self.path);
+        let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
         let rewrite = |message: &mut Value| {
             self.gateway.rewrites.rewrite_response(
                 &facts,
@@ -473,6 +463,22 @@ impl<'a> Exchange<'a> {
                 issued_at: now(),
             })
             .map_err(|_| "sealing failed")
+    }
+}
+
+/// The tool catalog as this exchange's caller and backend see it.
+fn tools_for<'t>(
+    gateway: &'t Gateway,
+    upstream: Option<&'t str>,
+    path: &'t str,
+    facts: &'t RequestFacts<'t>,
+) -> ToolsFor<'t> {
+    ToolsFor {
+        catalog: &gateway.catalog,
+        upstream,
+        policy: gateway.policy.as_ref(),
+        path,
+        facts,
     }
 }
 

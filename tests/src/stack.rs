@@ -411,6 +411,15 @@ impl Stack {
         Ok(body["requests"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Every request every backend received, in backend order.
+    pub async fn all_backend_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut all = Vec::new();
+        for index in 0..self.ports.backends.len() {
+            all.extend(self.backend_requests(index).await?);
+        }
+        Ok(all)
+    }
+
     /// Kills ext-authz at once (SIGKILL), as a crash would.
     pub fn kill_ext_authz(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.ext_authz.take() {

@@ -42,11 +42,7 @@ fn www_authenticate(response: &reqwest::Response) -> String {
 }
 
 async fn backend_requests(stack: &Stack) -> Vec<Value> {
-    let mut all = Vec::new();
-    for index in 0..stack.ports().backends.len() {
-        all.extend(stack.backend_requests(index).await.expect("backend"));
-    }
-    all
+    stack.all_backend_requests().await.expect("backends")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

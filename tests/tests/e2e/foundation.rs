@@ -114,15 +114,7 @@ async fn ext_authz_down_fails_closed_and_recovers_without_restarting_envoy() {
 }
 
 async fn backend_request_count(stack: &Stack) -> usize {
-    let mut total = 0;
-    for index in 0..stack.ports().backends.len() {
-        total += stack
-            .backend_requests(index)
-            .await
-            .expect("backend requests")
-            .len();
-    }
-    total
+    stack.all_backend_requests().await.expect("backends").len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

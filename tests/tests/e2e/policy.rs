@@ -15,13 +15,11 @@ async fn stack() -> Stack {
 }
 
 async fn backend_bodies(stack: &Stack) -> Vec<String> {
-    let mut all = Vec::new();
-    for index in 0..stack.ports().backends.len() {
-        for request in stack.backend_requests(index).await.expect("backend") {
-            all.push(request["body"].as_str().unwrap_or_default().to_owned());
-        }
-    }
-    all
+    let requests = stack.all_backend_requests().await.expect("backends");
+    requests
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,15 +29,7 @@ async fn backend_session_ids(stack: &Stack) -> HashSet<String> {
 }
 
 async fn total_backend_requests(stack: &Stack) -> usize {
-    let mut total = 0;
-    for index in 0..stack.ports().backends.len() {
-        total += stack
-            .backend_requests(index)
-            .await
-            .unwrap_or_default()
-            .len();
-    }
-    total
+    stack.all_backend_requests().await.expect("backends").len()
 }
 
 async fn whoami(session: &RawSession) -> anyhow::Result<String> {
