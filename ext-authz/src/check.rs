@@ -23,7 +23,7 @@ use gateway_core::rules::{Decision, Effect, RequestFacts};
 use serde_json::{Value, json};
 
 use crate::authn::{Authenticator, AuthnError, Identity};
-use crate::policy::PolicyStore;
+use gateway_core::policy_store::PolicyStore;
 
 /// JSON-RPC error code of a policy denial (implementation-defined range).
 pub const DENIED_CODE: i64 = -32001;

@@ -7,14 +7,12 @@
 //! - [`authn`]: bearer tokens to identities (issuers, claims, scopes, token cache).
 //! - [`jwks`]: issuers' signing keys: fetch, discovery, cache, refresh.
 //! - [`crypto`]: JWS signatures through OpenSSL (a jsonwebtoken `CryptoProvider`).
-//! - [`policy`]: the live rules, reloaded on SIGHUP and file change.
 //! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`.
 
 pub mod authn;
 pub mod check;
 pub mod crypto;
 pub mod jwks;
-pub mod policy;
 pub mod service;
 
 #[cfg(any(test, feature = "test-util"))]

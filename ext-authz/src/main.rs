@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
-use ext_authz::policy::{self, PolicyStore};
 use ext_authz::service::{AuthzService, SERVICE_NAME};
+use gateway_core::policy_store::{self, PolicyStore};
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
@@ -35,7 +35,7 @@ async fn main() -> ExitCode {
             rules = policy.current().rule_count(),
             "rules loaded"
         );
-        tokio::spawn(policy::watch(policy.clone(), Duration::from_secs(1)));
+        tokio::spawn(policy_store::watch(policy.clone(), Duration::from_secs(1)));
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         let authorizer = Arc::new(Authorizer::new(section, authenticator, policy, rewrites));
         let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);

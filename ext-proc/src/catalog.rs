@@ -25,14 +25,15 @@ impl ToolCatalog {
 pub struct ToolsFor<'a> {
     pub catalog: &'a ToolCatalog,
     pub upstream: Option<&'a str>,
-    pub policy: Option<&'a Policy>,
+    /// The rules current when this exchange looked.
+    pub policy: Option<Arc<Policy>>,
     pub path: &'a str,
     pub facts: &'a RequestFacts<'a>,
 }
 
 impl ToolView for ToolsFor<'_> {
     fn visible(&self, tools: &[&str]) -> Vec<bool> {
-        match self.policy {
+        match &self.policy {
             Some(policy) => policy.for_path(self.path).allows_tools(self.facts, tools),
             None => vec![true; tools.len()],
         }

@@ -16,13 +16,15 @@
 //! the `upstream.address` attribute) or, for an existing session, swapped back to
 //! the client's token. The backend's id never reaches the client.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gateway_core::jsonrpc::{self, Limits};
+use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
-use gateway_core::rules::{Policy, RequestFacts};
+use gateway_core::rules::RequestFacts;
 use gateway_core::sse::EventSplitter;
 use gateway_proto::session::SessionPayload;
 use serde_json::Value;
@@ -97,8 +99,9 @@ pub struct Sessions {
 pub struct Gateway {
     pub sessions: Sessions,
     pub rewrites: RewriteSet,
-    /// The authorization rules, to filter `tools/list` per caller.
-    pub policy: Option<Policy>,
+    /// The authorization rules (live, reloaded with ext-authz's), to filter
+    /// `tools/list` per caller.
+    pub policy: Option<Arc<PolicyStore>>,
     pub catalog: ToolCatalog,
     pub limits: Limits,
 }
@@ -476,7 +479,7 @@ fn tools_for<'t>(
     ToolsFor {
         catalog: &gateway.catalog,
         upstream,
-        policy: gateway.policy.as_ref(),
+        policy: gateway.policy.as_ref().map(|store| store.current()),
         path,
         facts,
     }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -11,8 +12,8 @@ use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcService, SERVICE_NAME};
+use gateway_core::policy_store::{self, PolicyStore};
 use gateway_core::rewrite::RewriteSet;
-use gateway_core::rules::Policy;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
 /// Environment variable with session keys when the config names no keys file.
@@ -48,7 +49,11 @@ async fn main() -> ExitCode {
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         // tools/list is filtered by the same rules ext-authz enforces.
         let policy = match &config.ext_authz {
-            Some(authz) => Some(Policy::load(&config_dir.join(&authz.rules_file))?),
+            Some(authz) => {
+                let store = Arc::new(PolicyStore::load(config_dir.join(&authz.rules_file))?);
+                tokio::spawn(policy_store::watch(store.clone(), Duration::from_secs(1)));
+                Some(store)
+            }
             None => None,
         };
         let gateway = Arc::new(Gateway {

@@ -6,6 +6,7 @@
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
+//! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
 //!   tools/list filtering, redaction).
 //! - [`sse`]: server-sent events framing.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod crypto;
 pub mod jsonrpc;
+pub mod policy_store;
 pub mod rewrite;
 pub mod rules;
 pub mod server;

@@ -292,3 +292,25 @@ async fn a_large_response_no_rule_needs_never_reaches_ext_proc() {
         "only the request and response headers went to ext-proc"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_list_follows_a_rules_reload() {
+    let stack = stack_with("- {name: filter, filter_tools: true}", PER_CALLER, &[]).await;
+    assert_eq!(tool_names(&stack, "alice").await, vec!["add"]);
+    std::fs::write(
+        stack.rules_path(),
+        PER_CALLER.replace(r#"mcp.tool == "add""#, r#"mcp.tool in ["add", "subtract"]"#),
+    )
+    .expect("rewrite rules");
+    // Both sidecars watch the file; ext-proc filters tools/list by it.
+    let deadline = std::time::Instant::now() + e2e::patience();
+    while !stack.ext_proc_log().contains("rules reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ext-proc never reloaded:\n{}",
+            stack.ext_proc_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tool_names(&stack, "alice").await, vec!["add", "subtract"]);
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use gateway_core::rules::{Policy, PolicyError};
+use crate::rules::{Policy, PolicyError};
 
 /// The current policy, shared by every request.
 pub struct PolicyStore {
