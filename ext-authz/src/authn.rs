@@ -33,6 +33,9 @@ pub struct Identity {
     pub expires_at: i64,
     /// All claims, for authorization rules.
     pub claims: Map<String, Value>,
+    /// The claims as JSON text, made once per verified token (ext-proc's rewrite
+    /// rules read them from Envoy metadata).
+    pub claims_json: String,
 }
 
 /// Why a request is not authenticated.
@@ -218,6 +221,7 @@ impl Authenticator {
                 .get("exp")
                 .and_then(Value::as_i64)
                 .unwrap_or_default(),
+            claims_json: Value::Object(claims.clone()).to_string(),
             claims,
         })
     }

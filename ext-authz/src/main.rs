@@ -24,8 +24,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    gateway_core::telemetry::init(args.common.log_format);
-    server::run("ext-authz", &args.common, async |path, config| {
+    let telemetry = gateway_core::telemetry::init(args.common.log_format, "ext-authz");
+    let code = server::run("ext-authz", &args.common, async |path, config| {
         let section = config.ext_authz(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let authenticator = Authenticator::from_config(section, config_dir)?;
@@ -45,5 +45,7 @@ async fn main() -> ExitCode {
             services: vec![SERVICE_NAME],
         })
     })
-    .await
+    .await;
+    telemetry.shutdown();
+    code
 }

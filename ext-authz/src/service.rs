@@ -74,7 +74,22 @@ impl Authorization for AuthzService {
             },
             None => HttpRequest::default(),
         };
-        let verdict = self.authorizer.check(&view).await;
+        let span = tracing::info_span!(
+            target: gateway_core::telemetry::SPAN_TARGET,
+            "ext_authz.check",
+            http.method = view.method,
+            decision = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let verdict =
+            tracing::Instrument::instrument(self.authorizer.check(&view), span.clone()).await;
+        match &verdict {
+            Verdict::Allow(_) => span.record("decision", "allow"),
+            Verdict::Deny(denied) => span
+                .record("decision", "deny")
+                .record("status", denied.status),
+        };
+        let _entered = span.enter();
         Ok(Response::new(to_response(&view, verdict)))
     }
 }
@@ -99,10 +114,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 metadata.insert("client_id".into(), string(client_id));
             }
             // ext-proc's rewrite rules may read claims (`jwt.email`).
-            metadata.insert(
-                "claims".into(),
-                string(&serde_json::Value::Object(identity.claims.clone()).to_string()),
-            );
+            metadata.insert("claims".into(), string(&identity.claims_json));
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {

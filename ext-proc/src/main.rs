@@ -34,9 +34,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    gateway_core::telemetry::init(args.common.log_format);
+    let telemetry = gateway_core::telemetry::init(args.common.log_format, "ext-proc");
     let dev = args.dev;
-    server::run("ext-proc", &args.common, async |path, config| {
+    let code = server::run("ext-proc", &args.common, async |path, config| {
         let section = config.ext_proc(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let keys = session_keys(section.sessions.keys_file.as_deref(), config_dir, dev)?;
@@ -74,7 +74,9 @@ async fn main() -> ExitCode {
             services: vec![SERVICE_NAME],
         })
     })
-    .await
+    .await;
+    telemetry.shutdown();
+    code
 }
 
 fn session_keys(

@@ -71,7 +71,9 @@ impl ExternalProcessor for ProcService {
         // buffer suffices.
         let (tx, rx) = mpsc::channel(4);
         let gateway = self.gateway.clone();
-        tokio::spawn(async move {
+        let span =
+            tracing::info_span!(target: gateway_core::telemetry::SPAN_TARGET, "ext_proc.stream");
+        let stream = async move {
             let mut exchange = Exchange::new(&gateway);
             loop {
                 let message = match inbound.message().await {
@@ -87,7 +89,8 @@ impl ExternalProcessor for ProcService {
                     break;
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(stream, span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::{CONFIG_ENV, ConfigError, GatewayConfig, ServerConfig};
@@ -170,7 +170,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(32 * 1024 * 1024))
         .add_routes(routes.add_service(health))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming(listener), signal);
     tokio::pin!(server);
 
     let grace = config.shutdown_grace_period;
@@ -189,6 +189,12 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Accepted connections with Nagle off: a gRPC answer is several small HTTP/2
+/// frames, and delayed ACKs would hold each call for tens of milliseconds.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

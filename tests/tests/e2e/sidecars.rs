@@ -372,3 +372,93 @@ fn headers(phase: fn(HttpHeaders) -> Phase, pairs: &[(&str, &str)]) -> Processin
         ..Default::default()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+
+    // A stand-in OTLP/HTTP collector that keeps what it is sent.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(body.to_vec());
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port().expect("port");
+    let path = config(&dir, &sidecar_config(port, free_port().expect("port")));
+    let mut command = Command::new(paths::bin_dir().join("ext-authz"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut authz = Process::spawn("ext-authz", command, &dir.path().join("a.log")).expect("spawn");
+    wait_serving(&mut authz, port).await;
+
+    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "POST".into(),
+                    path: "/mcp".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let answer = client.check(request).await.expect("check").into_inner();
+    assert_eq!(
+        answer.status.expect("status").code,
+        16,
+        "no token: unauthenticated"
+    );
+
+    let deadline = std::time::Instant::now() + e2e::patience();
+    loop {
+        let bodies = received.lock().expect("lock").clone();
+        let found = bodies.iter().any(|b| {
+            let text = String::from_utf8_lossy(b);
+            text.contains("ext_authz.check") && text.contains("ext-authz")
+        });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span reached the collector:\n{}",
+            authz.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        authz
+            .stop(Duration::from_secs(10))
+            .expect("stops")
+            .success()
+    );
+    server.abort();
+}
