@@ -113,7 +113,8 @@ pub struct Caller {
     pub issuer: String,
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
-    pub claims: Option<serde_json::Map<String, Value>>,
+    /// The token's claims as JSON text, parsed only when a body rule needs them.
+    pub claims_json: Option<String>,
     /// The JSON-RPC method and tool ext-authz saw (alias resolved).
     pub rpc_method: Option<String>,
     pub tool: Option<String>,
@@ -122,6 +123,10 @@ pub struct Caller {
 impl Caller {
     fn digest(&self) -> SubjectDigest {
         subject_digest(&self.issuer, &self.subject)
+    }
+
+    fn claims(&self) -> Option<serde_json::Map<String, Value>> {
+        serde_json::from_str(self.claims_json.as_deref()?).ok()
     }
 }
 
@@ -248,7 +253,8 @@ impl<'a> Exchange<'a> {
         };
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
-        let facts = facts(caller, &self.path);
+        let claims = caller.claims();
+        let facts = facts(caller, claims.as_ref(), &self.path);
         let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
         let rewrites = &self.gateway.rewrites;
         let mut changed = false;
@@ -377,7 +383,8 @@ impl<'a> Exchange<'a> {
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> BodyPlan {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
-        let facts = facts(caller, &self.path);
+        let claims = caller.claims();
+        let facts = facts(caller, claims.as_ref(), &self.path);
         let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
         let rewrite = |message: &mut Value| {
             self.gateway.rewrites.rewrite_response(
@@ -486,9 +493,13 @@ fn tools_for<'t>(
 }
 
 /// The facts rules judge by, from the caller.
-fn facts<'c>(caller: &'c Caller, path: &'c str) -> RequestFacts<'c> {
+fn facts<'c>(
+    caller: &'c Caller,
+    claims: Option<&'c serde_json::Map<String, Value>>,
+    path: &'c str,
+) -> RequestFacts<'c> {
     RequestFacts {
-        claims: caller.claims.as_ref(),
+        claims,
         subject: Some(&caller.subject),
         issuer: Some(&caller.issuer),
         client_id: caller.client_id.as_deref(),

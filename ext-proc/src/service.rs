@@ -175,7 +175,7 @@ fn caller(message: &ProcessingRequest) -> Option<Caller> {
         scopes: text("scopes")
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
-        claims: text("claims").and_then(|c| serde_json::from_str(c).ok()),
+        claims_json: text("claims").map(str::to_owned),
         rpc_method: text("rpc_method").map(str::to_owned),
         tool: text("tool").map(str::to_owned),
     })
