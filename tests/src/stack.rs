@@ -150,7 +150,28 @@ pub fn backend_name(index: usize) -> String {
 
 impl Stack {
     /// Starts every part and waits until each is ready.
-    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+    ///
+    /// Test stacks (no fixed work directory) pick free ports at random; when a
+    /// process finds its port taken after all (another test bound it between the
+    /// check and the bind), the stack is torn down and started again on new ports.
+    pub async fn start(mut options: StackOptions) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&options).await {
+                Err(err) if attempt < 3 && options.work_dir.is_none() && port_taken(&err) => {
+                    eprintln!(
+                        "a port was taken under us; starting the stack again on new ports ({err:#})"
+                    );
+                    let backends = options.ports.backends.len();
+                    options.ports = Ports::free(backends)?;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(options: &StackOptions) -> anyhow::Result<Self> {
         let (work, temp) = match &options.work_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
@@ -762,6 +783,12 @@ impl Drop for Stack {
             eprintln!("configs and logs kept in {}", temp.keep().display());
         }
     }
+}
+
+/// Whether a start-up failure was a listening port already in use.
+fn port_taken(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}").to_ascii_lowercase();
+    text.contains("address already in use") || text.contains("cannot bind")
 }
 
 /// Polls `ready` until it says yes, the process dies, or patience runs out.
