@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -12,7 +11,7 @@ use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcService, SERVICE_NAME};
-use gateway_core::policy_store::{self, PolicyStore};
+use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 
@@ -34,9 +33,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let telemetry = gateway_core::telemetry::init(args.common.log_format, "ext-proc");
     let dev = args.dev;
-    let code = server::run("ext-proc", &args.common, async |path, config| {
+    server::run("ext-proc", &args.common, async |path, config| {
         let section = config.ext_proc(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let keys = session_keys(section.sessions.keys_file.as_deref(), config_dir, dev)?;
@@ -49,11 +47,9 @@ async fn main() -> ExitCode {
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         // tools/list is filtered by the same rules ext-authz enforces.
         let policy = match &config.ext_authz {
-            Some(authz) => {
-                let store = Arc::new(PolicyStore::load(config_dir.join(&authz.rules_file))?);
-                tokio::spawn(policy_store::watch(store.clone(), Duration::from_secs(1)));
-                Some(store)
-            }
+            Some(authz) => Some(PolicyStore::load_and_watch(
+                config_dir.join(&authz.rules_file),
+            )?),
             None => None,
         };
         let gateway = Arc::new(Gateway {
@@ -74,9 +70,7 @@ async fn main() -> ExitCode {
             services: vec![SERVICE_NAME],
         })
     })
-    .await;
-    telemetry.shutdown();
-    code
+    .await
 }
 
 fn session_keys(

@@ -24,6 +24,19 @@ impl PolicyStore {
         })
     }
 
+    /// Loads the rules file, logs what it holds, and reloads it from then on (see
+    /// [`watch`]).
+    pub fn load_and_watch(path: PathBuf) -> Result<Arc<Self>, PolicyError> {
+        let store = Arc::new(Self::load(path)?);
+        tracing::info!(
+            file = %store.path().display(),
+            rules = store.current().rule_count(),
+            "rules loaded"
+        );
+        tokio::spawn(watch(store.clone(), Duration::from_secs(1)));
+        Ok(store)
+    }
+
     /// Wraps an already compiled policy (tests, benchmarks).
     pub fn fixed(policy: Policy) -> Self {
         Self {

@@ -54,12 +54,23 @@ pub struct Sidecar {
     pub services: Vec<&'static str>,
 }
 
-/// The whole life of a sidecar process after logging is set up: load the config,
-/// let `build` turn it into a [`Sidecar`], bind, serve until SIGTERM or SIGINT.
-/// Returns the process exit code: [`EXIT_BAD_CONFIG`] when the config or `build`
-/// fails, [`EXIT_SERVE_FAILED`] when binding or serving fails.
+/// The whole life of a sidecar process: set up logging and span export, load the
+/// config, let `build` turn it into a [`Sidecar`], bind, serve until SIGTERM or
+/// SIGINT, flush spans. Returns the process exit code: [`EXIT_BAD_CONFIG`] when the
+/// config or `build` fails, [`EXIT_SERVE_FAILED`] when binding or serving fails.
 pub async fn run(
-    name: &str,
+    name: &'static str,
+    args: &CommonArgs,
+    build: impl AsyncFnOnce(&Path, &GatewayConfig) -> anyhow::Result<Sidecar>,
+) -> ExitCode {
+    let telemetry = crate::telemetry::init(args.log_format, name);
+    let code = run_sidecar(name, args, build).await;
+    telemetry.shutdown();
+    code
+}
+
+async fn run_sidecar(
+    name: &'static str,
     args: &CommonArgs,
     build: impl AsyncFnOnce(&Path, &GatewayConfig) -> anyhow::Result<Sidecar>,
 ) -> ExitCode {

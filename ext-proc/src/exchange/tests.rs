@@ -233,16 +233,28 @@ fn envoys_503_for_a_lost_pinned_backend_becomes_404() {
     );
 }
 
-#[test]
-fn a_backend_body_that_is_not_json_is_a_502_when_a_rule_needs_it() {
+/// A gateway whose one rewrite redacts "secret" in every result.
+fn redacting() -> Gateway {
     let configs: Vec<gateway_core::rewrite::RewriteConfig> =
         serde_yaml::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
     let mut gateway = sessions();
     gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
+    gateway
+}
+
+/// An exchange for alice's `tools/call`, past its request headers.
+fn tools_call(gateway: &Gateway) -> Exchange<'_> {
     let mut who = alice().expect("caller");
     who.rpc_method = Some("tools/call".into());
-    let mut exchange = Exchange::new(&gateway);
+    let mut exchange = Exchange::new(gateway);
     exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    exchange
+}
+
+#[test]
+fn a_backend_body_that_is_not_json_is_a_502_when_a_rule_needs_it() {
+    let gateway = redacting();
+    let mut exchange = tools_call(&gateway);
     let plan = exchange.on_response_headers(
         &map(&[(":status", "200"), ("content-type", "application/json")]),
         Some("127.0.0.1:9001"),
@@ -253,10 +265,7 @@ fn a_backend_body_that_is_not_json_is_a_502_when_a_rule_needs_it() {
         other => panic!("{other:?}"),
     }
     // A JSON body with a secret is rewritten and gets its new length.
-    let mut exchange = Exchange::new(&gateway);
-    let mut who = alice().expect("caller");
-    who.rpc_method = Some("tools/call".into());
-    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let mut exchange = tools_call(&gateway);
     exchange.on_response_headers(
         &map(&[(":status", "200"), ("content-type", "application/json")]),
         None,
@@ -273,14 +282,8 @@ fn a_backend_body_that_is_not_json_is_a_502_when_a_rule_needs_it() {
 
 #[test]
 fn an_event_stream_is_rewritten_event_by_event_across_chunks() {
-    let configs: Vec<gateway_core::rewrite::RewriteConfig> =
-        serde_yaml::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
-    let mut gateway = sessions();
-    gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
-    let mut who = alice().expect("caller");
-    who.rpc_method = Some("tools/call".into());
-    let mut exchange = Exchange::new(&gateway);
-    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let gateway = redacting();
+    let mut exchange = tools_call(&gateway);
     let plan = exchange.on_response_headers(
         &map(&[(":status", "200"), ("content-type", "text/event-stream")]),
         None,

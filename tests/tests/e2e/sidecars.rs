@@ -251,20 +251,7 @@ async fn a_missing_crypto_provider_falls_back_loudly_or_stops_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port().expect("port");
-    let path = config(&dir, &sidecar_config(free_port().expect("port"), port));
-    let mut proc_ = start("ext-proc", &path, &dir);
-    wait_serving(&mut proc_, port).await;
-
-    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(4);
-    let mut replies = client
-        .process(ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (mut proc_, port, tx, mut replies) = ext_proc_stream(&dir).await;
 
     tx.send(headers(
         Phase::RequestHeaders,
@@ -319,20 +306,7 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_proc_answers_a_stream_that_starts_in_the_response_phase() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port().expect("port");
-    let path = config(&dir, &sidecar_config(free_port().expect("port"), port));
-    let mut proc_ = start("ext-proc", &path, &dir);
-    wait_serving(&mut proc_, port).await;
-
-    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(4);
-    let mut replies = client
-        .process(ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (_ext_proc, _port, tx, mut replies) = ext_proc_stream(&dir).await;
     // As after an ext_authz local reply: no request phase at all.
     tx.send(headers(
         Phase::ResponseHeaders,
@@ -351,6 +325,28 @@ async fn ext_proc_answers_a_stream_that_starts_in_the_response_phase() {
         BodySendMode::None as i32,
         "an event stream is never buffered"
     );
+}
+
+type Replies = tonic::Streaming<envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse>;
+
+/// A running ext-proc and one ext_proc stream opened to it, as Envoy would.
+async fn ext_proc_stream(
+    dir: &tempfile::TempDir,
+) -> (Process, u16, mpsc::Sender<ProcessingRequest>, Replies) {
+    let port = free_port().expect("port");
+    let path = config(dir, &sidecar_config(free_port().expect("port"), port));
+    let mut proc_ = start("ext-proc", &path, dir);
+    wait_serving(&mut proc_, port).await;
+    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    let replies = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    (proc_, port, tx, replies)
 }
 
 fn headers(phase: fn(HttpHeaders) -> Phase, pairs: &[(&str, &str)]) -> ProcessingRequest {
