@@ -34,6 +34,16 @@ pub fn install() {
     let _ = OPENSSL_PROVIDER.install_default();
 }
 
+/// The RSA algorithms (PKCS#1 v1.5 and PSS): any RSA key verifies all of them.
+pub const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 /// The asymmetric algorithms the gateway accepts; never `none`, never HMAC.
 pub const SUPPORTED: &[Algorithm] = &[
     Algorithm::RS256,
@@ -102,15 +112,7 @@ fn material(key: &DecodingKey, algorithm: Algorithm) -> Result<Vec<u8>, JwtError
 }
 
 fn is_rsa(algorithm: Algorithm) -> bool {
-    matches!(
-        algorithm,
-        Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512
-    )
+    RSA.contains(&algorithm)
 }
 
 fn parse_public(key: &DecodingKey, algorithm: Algorithm) -> Result<PKey<Public>, JwtError> {

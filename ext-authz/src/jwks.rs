@@ -427,14 +427,7 @@ fn signing_key(entry: &Value) -> Result<SigningKey, String> {
     let jwk: Jwk =
         serde_json::from_value(entry.clone()).map_err(|e| format!("unsupported JWK: {e}"))?;
     let algorithms: &'static [Algorithm] = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => crate::crypto::RSA,
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => &[Algorithm::ES256],
             EllipticCurve::P384 => &[Algorithm::ES384],
