@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from collections import deque
 
@@ -73,7 +74,7 @@ def build(name: str) -> FastMCP:
 
     @mcp.custom_route("/_debug/requests", methods=["GET"])
     async def received(_: Request) -> JSONResponse:
-        return JSONResponse({"backend": name, "requests": list(RECEIVED)})
+        return JSONResponse({"backend": name, "pid": os.getpid(), "requests": list(RECEIVED)})
 
     return mcp
 

@@ -261,9 +261,19 @@ impl Stack {
     pub async fn add_backend(&mut self) -> anyhow::Result<usize> {
         let index = self.ports.backends.len();
         self.ports.backends.push(free_port()?);
-        let backend = self.spawn_backend(index)?;
-        self.backends.push(Some(backend));
-        self.wait_backend(index).await?;
+        self.backends.push(None);
+        // A port taken between the check and the bind: try another.
+        for attempt in 1..=3 {
+            self.backends[index] = Some(self.spawn_backend(index)?);
+            match self.wait_backend(index).await {
+                Ok(()) => break,
+                Err(err) if attempt < 3 && port_taken(&err) => {
+                    self.backends[index] = None;
+                    self.ports.backends[index] = free_port()?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
         self.write_eds()?;
         self.wait_healthy_backends(index + 1).await?;
         Ok(index)
@@ -738,8 +748,22 @@ impl Stack {
         let process = self.backends[index]
             .as_mut()
             .ok_or_else(|| anyhow!("backend {index} is not run by this stack"))?;
+        let pid = process.pid();
+        // The answer must come from our process, not from another test's server
+        // that holds the port this one failed to bind.
         wait_until(process, || async {
-            Ok(reqwest::get(&url).await?.status().is_success())
+            let response = reqwest::get(&url).await?;
+            if !response.status().is_success() {
+                return Ok(false);
+            }
+            let body: serde_json::Value = response.json().await?;
+            if body["pid"] != pid {
+                bail!(
+                    "port {url} answered by another process (pid {})",
+                    body["pid"]
+                );
+            }
+            Ok(true)
         })
         .await
     }
@@ -788,7 +812,9 @@ impl Drop for Stack {
 /// Whether a start-up failure was a listening port already in use.
 fn port_taken(err: &anyhow::Error) -> bool {
     let text = format!("{err:#}").to_ascii_lowercase();
-    text.contains("address already in use") || text.contains("cannot bind")
+    text.contains("address already in use")
+        || text.contains("cannot bind")
+        || text.contains("answered by another process")
 }
 
 /// Polls `ready` until it says yes, the process dies, or patience runs out.
