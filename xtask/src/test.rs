@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
 //!
 //! setup (virtualenv and certificates, no release build), `cargo fmt --check`,
-//! clippy with warnings as errors, a debug build of the sidecars (the end-to-end
-//! tests run them), then every test with cargo-nextest (or `cargo test` where
-//! nextest is not installed).
+//! clippy with warnings as errors, one debug build of the sidecars (the
+//! end-to-end tests run them) and of the test harnesses, then every test with
+//! cargo-nextest (or `cargo test` where nextest is not installed).
 
 use std::process::Stdio;
 
@@ -33,8 +33,11 @@ impl Test {
             "warnings",
         ]);
         run(clippy)?;
+        // Binaries and test harnesses in one build: with the test targets selected,
+        // dev-dependency features unify, so the runner below reuses every artifact
+        // instead of compiling the dependency graph a second time.
         let mut build = cargo();
-        build.args(["build", "--workspace", "--bins"]);
+        build.args(["build", "--workspace", "--bins", "--tests"]);
         run(build)?;
         let mut tests = cargo();
         if has_nextest() {
