@@ -4,8 +4,14 @@ A FastMCP server over streamable HTTP with the tools the gateway's demo policy i
 written against (`add`, `subtract`, `whoami`) plus `ticks`, which streams progress
 notifications so tests can watch SSE pass through the gateway event by event.
 
+A second, smaller MCP app is mounted at `/mcp/admin` (tool `whoami` answers
+`<name>/admin`), so tests can check that a path is judged by the rule set of the
+app that serves it.
+
 `/_debug/requests` (outside the MCP endpoint) lists what this backend received, so
-tests can assert on what reached a backend. It binds to loopback only.
+tests can assert on what reached a backend: the last 1000 requests, and `total`,
+the count of every HTTP request since start (any path but `/_debug/`), which never
+rolls over. It binds to loopback only.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 RECEIVED: deque[dict] = deque(maxlen=1000)
+TOTAL = 0
 
 
 def build(name: str) -> FastMCP:
@@ -74,21 +81,54 @@ def build(name: str) -> FastMCP:
 
     @mcp.custom_route("/_debug/requests", methods=["GET"])
     async def received(_: Request) -> JSONResponse:
-        return JSONResponse({"backend": name, "pid": os.getpid(), "requests": list(RECEIVED)})
+        return JSONResponse({"backend": name, "pid": os.getpid(), "total": TOTAL, "requests": list(RECEIVED)})
 
     return mcp
 
 
-class Recorder:
-    """ASGI middleware that records every request to the MCP endpoint."""
+def build_admin(name: str) -> FastMCP:
+    admin = FastMCP(f"{name}-admin")
 
-    def __init__(self, app, path: str):
-        self.app = app
-        self.path = path
+    @admin.tool
+    def whoami() -> str:
+        """Name of the backend and app that serve this session."""
+        return f"{name}/admin"
+
+    return admin
+
+
+class Dispatch:
+    """ASGI app that sends `/mcp/admin[/...]` to the admin app and the rest to the
+    main one, and runs both apps' lifespans (their session managers)."""
+
+    def __init__(self, main, admin):
+        self.main = main
+        self.admin = admin
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(self.path):
+        if scope["type"] == "lifespan":
+            async with self.main.router.lifespan_context(self.main), self.admin.router.lifespan_context(self.admin):
+                await receive()
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope.get("path", "")
+        app = self.admin if path == "/mcp/admin" or path.startswith("/mcp/admin/") else self.main
+        await app(scope, receive, send)
+
+
+class Recorder:
+    """ASGI middleware that records every request but those to `/_debug/`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        global TOTAL
+        if scope["type"] != "http" or scope["path"].startswith("/_debug/"):
             return await self.app(scope, receive, send)
+        TOTAL += 1
         body = bytearray()
         more = True
         while more:
@@ -99,6 +139,7 @@ class Recorder:
             {
                 "method": scope["method"],
                 "path": scope["path"],
+                "raw_path": scope.get("raw_path", b"").decode("latin-1"),
                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
                 "body": body.decode("utf-8", errors="replace"),
             }
@@ -127,8 +168,11 @@ def main() -> None:
     # The gateway in front validates Host and Origin; behind it the backend sees
     # Envoy's forwarded Host, so its own check would refuse every call.
     app = mcp.http_app(path="/mcp", host_origin_protection=False, json_response=args.json_response)
+    admin = build_admin(args.name).http_app(
+        path="/mcp/admin", host_origin_protection=False, json_response=args.json_response
+    )
     uvicorn.run(
-        Recorder(app, "/mcp"),
+        Recorder(Dispatch(app, admin)),
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -1,7 +1,9 @@
 #!/bin/sh
 # First start of `docker compose up`: a dev CA and an ECDSA P-256 certificate for
-# Envoy and Keycloak (dev/certs.py), and a session key, into the `secrets` volume.
-# Later starts keep what is there. Runs in the mcp-demo image (Python, cryptography).
+# Envoy and Keycloak (dev/certs.py), and a session key, into the `secrets` volume;
+# Keycloak's admin password into the `keycloak-admin` volume, which only Keycloak
+# mounts besides this. Later starts keep what is there. Runs in the mcp-demo image
+# (Python, cryptography).
 set -eu
 out=/secrets
 umask 077
@@ -13,3 +15,9 @@ fi
 # for a laptop demo; production gets its keys from a secret store.
 chmod 0444 "$out"/server.pem "$out"/server.key "$out"/ca.pem "$out"/session-keys.txt
 rm -f "$out/ca.key"
+admin_password=/keycloak-admin/password
+if [ ! -f "$admin_password" ]; then
+  python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$admin_password"
+fi
+# Keycloak runs as uid 1000 in group 0 (root): group-readable is enough.
+chmod 0440 "$admin_password"

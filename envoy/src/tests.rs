@@ -14,6 +14,13 @@ fn profile(relative: &str) -> Profile {
     Profile::parse(relative, &text).expect("profile valid")
 }
 
+/// A profile rendered with the edge of the gateway config it names.
+fn rendered(relative: &str) -> String {
+    let profile = profile(relative);
+    let edge = profile.edge(&repo_root()).expect("gateway config readable");
+    render(&profile, &edge).expect("renders")
+}
+
 fn yaml(text: &str) -> Value {
     serde_yaml::from_str(text).expect("valid YAML")
 }
@@ -27,14 +34,16 @@ fn cluster<'a>(doc: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn local_profile_renders_the_source_unchanged() {
-    let rendered = render(&profile("envoy/profiles/local.yaml")).expect("renders");
+    let rendered = rendered("envoy/profiles/local.yaml");
     assert_eq!(yaml(&rendered), yaml(SOURCE));
 }
 
 #[test]
 fn shipped_bootstraps_are_up_to_date() {
     for shipped in SHIPPED {
-        let expected = render_shipped(shipped, &profile(shipped.profile)).expect("renders");
+        let profile = profile(shipped.profile);
+        let edge = profile.edge(&repo_root()).expect("gateway config readable");
+        let expected = render_shipped(shipped, &profile, &edge).expect("renders");
         let actual = std::fs::read_to_string(repo_root().join(shipped.output)).unwrap_or_default();
         assert!(
             actual == expected,
@@ -46,9 +55,9 @@ fn shipped_bootstraps_are_up_to_date() {
 
 #[test]
 fn names_resolve_by_dns_and_addresses_stay_static() {
-    let compose = yaml(&render(&profile("envoy/profiles/compose.yaml")).expect("renders"));
+    let compose = yaml(&rendered("envoy/profiles/compose.yaml"));
     assert_eq!(cluster(&compose, "mcp_backends")["type"], "STRICT_DNS");
-    assert_eq!(cluster(&compose, "ext_authz")["type"], "STRICT_DNS");
+    assert_eq!(cluster(&compose, "ext_authz")["type"], "STATIC");
     let endpoints =
         &cluster(&compose, "mcp_backends")["load_assignment"]["endpoints"][0]["lb_endpoints"];
     assert_eq!(endpoints.as_sequence().map(Vec::len), Some(3));
@@ -57,7 +66,7 @@ fn names_resolve_by_dns_and_addresses_stay_static() {
         "mcp-b"
     );
 
-    let k8s = yaml(&render(&profile("envoy/profiles/kubernetes.yaml")).expect("renders"));
+    let k8s = yaml(&rendered("envoy/profiles/kubernetes.yaml"));
     assert_eq!(cluster(&k8s, "ext_proc")["type"], "STATIC");
     assert_eq!(cluster(&k8s, "mcp_backends")["type"], "STRICT_DNS");
 }
@@ -67,7 +76,8 @@ fn overlay_keeps_filters_and_moves_listener_and_admin() {
     let mut p = profile("envoy/profiles/local.yaml");
     p.listener = "127.0.0.1:18443".parse().expect("endpoint");
     p.admin = "127.0.0.1:19901".parse().expect("endpoint");
-    let doc = yaml(&render(&p).expect("renders"));
+    let edge = p.edge(&repo_root()).expect("dev gateway config");
+    let doc = yaml(&render(&p, &edge).expect("renders"));
     assert_eq!(
         doc["admin"]["address"]["socket_address"]["port_value"],
         19901
@@ -96,7 +106,7 @@ fn bad_profiles_are_refused_with_the_reason() {
     assert!(err.to_string().contains("unknown field `extra`"), "{err}");
     let mut p = profile("envoy/profiles/local.yaml");
     p.backends.clear();
-    assert!(render(&p).is_err());
+    assert!(render(&p, &EdgeConfig::default()).is_err());
 }
 
 #[test]
@@ -112,7 +122,7 @@ fn endpoints_parse_and_print() {
 fn backends_can_come_from_an_eds_file() {
     let mut p = profile("envoy/profiles/local.yaml");
     p.backends_eds = Some("/tmp/eds.yaml".into());
-    let doc = yaml(&render(&p).expect("renders"));
+    let doc = yaml(&render(&p, &EdgeConfig::default()).expect("renders"));
     let c = cluster(&doc, "mcp_backends");
     assert_eq!(c["type"], "EDS");
     assert!(c.get("load_assignment").is_none());
@@ -128,5 +138,71 @@ fn backends_can_come_from_an_eds_file() {
         eds["resources"][0]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
             ["port_value"],
         9001
+    );
+}
+
+#[test]
+fn the_gateway_configs_edge_is_what_envoy_enforces() {
+    let edge = edge_of_gateway_config(
+        "gateway.yaml",
+        "ext_authz: {ignored: here}\nedge:\n  allowed_origins: [https://a.example, http://b.example:8080]\n  max_request_bytes: 4096\n",
+    )
+    .expect("edge parses");
+    let doc = yaml(&render(&profile("envoy/profiles/local.yaml"), &edge).expect("renders"));
+    let listener = &doc["static_resources"]["listeners"][0];
+    assert_eq!(listener["per_connection_buffer_limit_bytes"], 4096 + 65536);
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let cors = &hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
+        ["allow_origin_string_match"];
+    assert_eq!(
+        cors,
+        &yaml("[{exact: https://a.example}, {exact: http://b.example:8080}]")
+    );
+    let filter = |name: &str| {
+        hcm["http_filters"]
+            .as_sequence()
+            .and_then(|f| f.iter().find(|f| f["name"].as_str() == Some(name)))
+            .expect("filter present")
+            .clone()
+    };
+    assert_eq!(
+        filter("envoy.filters.http.ext_authz")["typed_config"]["with_request_body"]["max_request_bytes"],
+        4096
+    );
+    let foreign = &filter("envoy.filters.http.rbac")["typed_config"]["rules"]["policies"]["foreign-origin"]
+        ["permissions"][0]["and_rules"]["rules"];
+    assert_eq!(
+        foreign[1]["not_rule"]["or_rules"]["rules"][1]["header"]["string_match"]["exact"],
+        "http://b.example:8080"
+    );
+
+    // No origin allowed: any Origin header is foreign.
+    let doc = yaml(
+        &render(
+            &profile("envoy/profiles/local.yaml"),
+            &EdgeConfig::default(),
+        )
+        .expect("renders"),
+    );
+    let hcm =
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let rbac = hcm["http_filters"]
+        .as_sequence()
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f["name"].as_str() == Some("envoy.filters.http.rbac"))
+        })
+        .expect("rbac");
+    assert_eq!(
+        rbac["typed_config"]["rules"]["policies"]["foreign-origin"]["permissions"][0]["and_rules"]
+            ["rules"],
+        yaml("[{header: {name: origin, present_match: true}}]")
+    );
+
+    let err = edge_of_gateway_config("g.yaml", "edge:\n  allowed_origins: [https://a.example/]\n")
+        .expect_err("bad origin");
+    assert!(
+        err.to_string().contains("g.yaml: edge.allowed_origins"),
+        "{err}"
     );
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_core::config::{ExtAuthzConfig, IssuerConfig};
+use gateway_core::fetch_url::{self, FetchUrlError};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
@@ -72,13 +73,13 @@ pub enum AuthnConfigError {
         path: String,
         reason: String,
     },
-    #[error(
-        "ext_authz.issuers[{index}].{key}: `{url}` must be https (plain http only to localhost)"
-    )]
+    #[error("ext_authz.issuers[{index}].{key}: `{url}` refused: {reason}")]
     Insecure {
         index: usize,
         key: &'static str,
+        /// Credentials masked.
         url: String,
+        reason: FetchUrlError,
     },
     #[error("ext_authz.issuers[{index}]: cannot build HTTPS client: {reason}")]
     Client { index: usize, reason: String },
@@ -99,7 +100,8 @@ pub struct Authenticator {
     issuers: HashMap<String, Issuer>,
     required_scopes: Vec<String>,
     max_token_bytes: usize,
-    verified: moka::future::Cache<[u8; 32], Arc<Identity>>,
+    /// Verified tokens by SHA-256, weighed in bytes (see [`weight`]).
+    verified: moka::future::Cache<[u8; 32], Verified>,
     signature_checks: std::sync::atomic::AtomicU64,
 }
 
@@ -129,7 +131,8 @@ impl Authenticator {
             required_scopes: config.required_scopes.clone(),
             max_token_bytes: config.max_token_bytes,
             verified: moka::future::Cache::builder()
-                .max_capacity(config.token_cache_entries)
+                .weigher(|_, verified: &Verified| verified.weight)
+                .max_capacity(config.token_cache_bytes)
                 .expire_after(UntilExp)
                 .build(),
             signature_checks: Default::default(),
@@ -139,6 +142,16 @@ impl Authenticator {
     /// The issuers' key sources (for tests and metrics).
     pub fn issuer_keys(&self, issuer: &str) -> Option<&Arc<IssuerKeys>> {
         self.issuers.get(issuer).map(|i| &i.keys)
+    }
+
+    /// Every trusted issuer's public signing keys in use now, as one JWKS: what
+    /// Envoy's header-time gate verifies signatures with.
+    pub async fn published_keys(&self) -> serde_json::Value {
+        let mut keys = Vec::new();
+        for issuer in self.issuers.values() {
+            keys.extend(issuer.keys.published().await);
+        }
+        serde_json::json!({ "keys": keys })
     }
 
     /// How many tokens were verified cryptographically (token-cache misses).
@@ -159,10 +172,15 @@ impl Authenticator {
         }
         let digest = openssl::sha::sha256(token.as_bytes());
         let identity = match self.verified.get(&digest).await {
-            Some(identity) if self.still_valid(&identity).await => identity,
+            Some(Verified { identity, .. }) if self.still_valid(&identity).await => identity,
             _ => {
                 let identity = Arc::new(self.verify(token).await?);
-                self.verified.insert(digest, identity.clone()).await;
+                let weight = weight(token, &identity);
+                let verified = Verified {
+                    identity: identity.clone(),
+                    weight,
+                };
+                self.verified.insert(digest, verified).await;
                 identity
             }
         };
@@ -256,20 +274,21 @@ fn prepare_issuer(
     gateway: &ExtAuthzConfig,
     config_dir: &Path,
 ) -> Result<Issuer, AuthnConfigError> {
-    for (key, url) in [
-        ("issuer", Some(&config.issuer)),
-        ("jwks_uri", config.jwks_uri.as_ref()),
-    ] {
-        if let Some(url) = url
-            && !crate::jwks::secure_url(url)
-        {
-            return Err(AuthnConfigError::Insecure {
-                index,
-                key,
-                url: url.clone(),
-            });
-        }
-    }
+    let fetchable = |key, url: &str| {
+        fetch_url::parse(url).map_err(|reason| AuthnConfigError::Insecure {
+            index,
+            key,
+            url: fetch_url::redacted(url),
+            reason,
+        })
+    };
+    // The issuer is fetched from too (discovery); it stays as configured because
+    // tokens must name it exactly. The key URL is fetched as parsed.
+    fetchable("issuer", &config.issuer)?;
+    let jwks_uri = match &config.jwks_uri {
+        Some(url) => Some(String::from(fetchable("jwks_uri", url)?)),
+        None => None,
+    };
     let audiences = if config.audiences.is_empty() {
         vec![gateway.resource.clone()]
     } else {
@@ -321,12 +340,7 @@ fn prepare_issuer(
         reason: e.to_string(),
     })?;
     Ok(Issuer {
-        keys: IssuerKeys::start(
-            config.issuer.clone(),
-            config.jwks_uri.clone(),
-            settings.clone(),
-            http,
-        ),
+        keys: IssuerKeys::start(config.issuer.clone(), jwks_uri, settings.clone(), http),
         validations,
         required_scopes: config.required_scopes.clone(),
         leeway: i64::try_from(leeway).unwrap_or(i64::MAX),
@@ -418,17 +432,40 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
+/// A verified token's identity, with what it costs the cache.
+#[derive(Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    weight: u32,
+}
+
+/// Fixed cost of a cache entry beyond its strings: the key, the `Identity` and
+/// `Arc`, moka's per-entry bookkeeping (node, timer wheel, frequency sketch).
+const ENTRY_OVERHEAD: usize = 512;
+
+/// Estimated bytes a verified token keeps alive. The token's length stands for
+/// the strings taken from it (subject, issuer, client id, scopes); the claims are
+/// held twice, as JSON text and parsed into a map of `Value`s, which costs about
+/// as much again as the text. An estimate within a small factor is enough: the
+/// point is that a few huge tokens weigh as much as many small ones.
+fn weight(token: &str, identity: &Identity) -> u32 {
+    let bytes = ENTRY_OVERHEAD
+        .saturating_add(token.len())
+        .saturating_add(identity.claims_json.len().saturating_mul(2));
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
 /// Cached identities expire with their token.
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExp {
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        identity: &Arc<Identity>,
+        verified: &Verified,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        let left = identity.expires_at.saturating_sub(now()).max(0);
+        let left = verified.identity.expires_at.saturating_sub(now()).max(0);
         Some(Duration::from_secs(left as u64))
     }
 }

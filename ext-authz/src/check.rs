@@ -3,7 +3,14 @@
 //! what to tell Envoy.
 //!
 //! Replies, in order of checks:
-//! - token problems: 401/403 with `WWW-Authenticate` (RFC 6750);
+//! - a browser page from an origin the gateway config does not allow: 403;
+//! - a path that is not normalized (`%xx`, `;`, `\\`, `//`, dot segments): 400;
+//! - a method other than POST, GET or DELETE (exactly so): 405;
+//! - token problems: 401/403 with `WWW-Authenticate` (RFC 6750); the body is not
+//!   looked at before the caller is authenticated;
+//! - a POST whose body Envoy did not send whole although the token is good (its
+//!   signing key is newer than Envoy's header-time gate knows): 503 with
+//!   `Retry-After`, never an allow with the body unjudged;
 //! - an unsupported `MCP-Protocol-Version`: 400;
 //! - a body over the size limit: 413; malformed JSON or not JSON-RPC: 400 with a
 //!   JSON-RPC error (-32700 parse error, -32600 invalid request);
@@ -16,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_core::config::{ExtAuthzConfig, IdentityHeaders};
+use gateway_core::config::{EdgeConfig, ExtAuthzConfig, IdentityHeaders};
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::{Decision, Effect, RequestFacts};
@@ -46,6 +53,26 @@ pub struct HttpRequest<'a> {
     pub headers: Option<&'a HashMap<String, String>>,
     /// The client's address, for rules.
     pub source_address: &'a str,
+    /// The `Origin` header, if any.
+    pub origin: Option<&'a str>,
+    /// How much of the body Envoy sent.
+    pub body_state: BodyState,
+}
+
+/// How much of the request body ext-authz received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyState {
+    /// All of it (or there is none).
+    #[default]
+    Complete,
+    /// Only its beginning, because the body is larger than Envoy buffers for
+    /// an authenticated caller (`x-envoy-auth-partial-body: true`).
+    TooLarge,
+    /// Only its beginning, because Envoy's header-time gate could not verify the
+    /// token and the route sends no more than a small prefix.
+    Prefix,
+    /// None: the route sends no body for requests without a token.
+    Withheld,
 }
 
 /// What ext-authz decided.
@@ -97,6 +124,7 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// Decides on requests. Built once at load, shared by every call.
 pub struct Authorizer {
+    edge: EdgeConfig,
     authenticator: Authenticator,
     metadata: ResourceMetadata,
     identity_headers: IdentityHeaders,
@@ -114,6 +142,7 @@ impl Authorizer {
         rewrites: RewriteSet,
     ) -> Self {
         Self {
+            edge: EdgeConfig::default(),
             authenticator,
             metadata: ResourceMetadata::new(config),
             identity_headers: config.identity_headers.clone(),
@@ -123,31 +152,54 @@ impl Authorizer {
         }
     }
 
+    /// Checks `Origin` against `edge.allowed_origins` too (Envoy does first; an
+    /// Envoy set up without the gateway's bootstrap still gets the check).
+    pub fn with_edge(mut self, edge: &EdgeConfig) -> Self {
+        self.edge = edge.clone();
+        self
+    }
+
     pub fn authenticator(&self) -> &Authenticator {
         &self.authenticator
     }
 
     /// Decides on one request.
     pub async fn check(&self, request: &HttpRequest<'_>) -> Verdict {
+        if !self.edge.origin_allowed(request.origin) {
+            return Verdict::Deny(refusal(403, "origin not allowed"));
+        }
         let path = request.path.split('?').next().unwrap_or_default();
+        if let Err(why) = normalized(path) {
+            return Verdict::Deny(refusal(400, why));
+        }
         if path.starts_with(METADATA_PATH) {
             return Verdict::Deny(self.metadata.serve(request.method, path));
         }
+        if !matches!(request.method, "POST" | "GET" | "DELETE") {
+            let mut denied = refusal(405, "method not allowed: use POST, GET or DELETE");
+            denied
+                .headers
+                .push(("allow".to_owned(), "POST, GET, DELETE, OPTIONS".to_owned()));
+            return Verdict::Deny(denied);
+        }
         let identity = match self.authenticator.authenticate(request.authorization).await {
             Ok(identity) => identity,
-            Err(err) => {
-                let call = if request.method == "POST" {
-                    call_info(
-                        &Body::parse(request.body, &self.limits)
-                            .map(|b| b.messages)
-                            .unwrap_or_default(),
-                    )
-                } else {
-                    CallInfo::default()
-                };
-                return Verdict::Deny(self.metadata.challenge(call, &err));
-            }
+            // Nothing of the body is read for a caller who is not authenticated.
+            Err(err) => return Verdict::Deny(self.metadata.challenge(CallInfo::default(), &err)),
         };
+        match (request.method, request.body_state) {
+            (_, BodyState::Complete) | ("GET" | "DELETE", _) => {}
+            (_, BodyState::TooLarge) => {
+                let why = "request body is larger than the gateway accepts";
+                let mut denied =
+                    invalid(413, jsonrpc::error_response(None, -32600, why), why.into());
+                denied.subject = Some(identity.subject.clone());
+                return Verdict::Deny(denied);
+            }
+            (_, BodyState::Prefix | BodyState::Withheld) => {
+                return Verdict::Deny(body_not_received(&identity.subject));
+            }
+        }
         let version = match jsonrpc::protocol_version(request.protocol_version) {
             Ok(version) => version,
             Err(why) => {
@@ -496,6 +548,59 @@ fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied 
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: reply.to_string(),
         reason,
+    }
+}
+
+/// A refusal of the request as HTTP (origin, path, method), before any token or
+/// body is looked at.
+fn refusal(status: u16, why: &str) -> Denied {
+    Denied {
+        call: CallInfo::default(),
+        rule: None,
+        subject: None,
+        status,
+        headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
+        body: format!("{why}\n"),
+        reason: why.to_owned(),
+    }
+}
+
+/// Why `path` (query excluded) is not what Envoy's normalization leaves: one path
+/// means the rule set chosen, `request.path` in rules and the backend's route agree.
+fn normalized(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("path must start with /");
+    }
+    if path.contains(['%', ';', '\\']) {
+        return Err("path must not contain %, ; or \\");
+    }
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        match segment {
+            "." | ".." => return Err("path must not contain dot segments"),
+            "" if segments.peek().is_some() => return Err("path must not contain //"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The reply to an authenticated POST whose body Envoy did not send whole: its
+/// token's signing key is newer than the header-time gate knows. Envoy learns it
+/// within seconds; the client retries.
+fn body_not_received(subject: &str) -> Denied {
+    let why = "the gateway is loading this token's signing key; retry in a second";
+    Denied {
+        call: CallInfo::default(),
+        rule: None,
+        subject: Some(subject.to_owned()),
+        status: 503,
+        headers: vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("retry-after".to_owned(), "1".to_owned()),
+        ],
+        body: jsonrpc::error_response(None, -32000, why).to_string(),
+        reason: "body not received whole: signing key newer than the gate's".to_owned(),
     }
 }
 

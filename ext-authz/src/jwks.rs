@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use gateway_core::config::JwksSettings;
+use gateway_core::fetch_url;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
@@ -34,6 +35,8 @@ pub struct SigningKey {
     pub decoding: DecodingKey,
     /// The algorithms this key can verify.
     pub algorithms: &'static [Algorithm],
+    /// The JWK's public members, as Envoy's header-time gate gets them.
+    pub public: Value,
 }
 
 /// One fetched key set.
@@ -179,6 +182,14 @@ impl IssuerKeys {
             .await;
     }
 
+    /// The public JWKs of the keys in use now (none once they are stale).
+    pub async fn published(&self) -> Vec<Value> {
+        match self.usable().await {
+            Some(set) => set.keys.iter().map(|k| k.public.clone()).collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether the cached keys are fresh enough to use (for the token cache).
     pub async fn fresh(&self) -> bool {
         self.usable().await.is_some()
@@ -259,8 +270,13 @@ impl IssuerKeys {
                         continue;
                     }
                     match doc.get("jwks_uri").and_then(Value::as_str) {
-                        Some(uri) if secure_url(uri) => return Ok(uri.to_owned()),
-                        Some(uri) => reasons.push(format!("{url}: jwks_uri {uri} is not https")),
+                        Some(uri) => match fetch_url::parse(uri) {
+                            Ok(parsed) => return Ok(parsed.into()),
+                            Err(why) => reasons.push(format!(
+                                "{url}: jwks_uri `{}` refused: {why}",
+                                fetch_url::redacted(uri)
+                            )),
+                        },
                         None => reasons.push(format!("{url}: no jwks_uri")),
                     }
                 }
@@ -310,13 +326,15 @@ impl IssuerKeys {
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            body.extend_from_slice(&chunk.map_err(http_err)?);
-            if body.len() > limit {
+            let chunk = chunk.map_err(http_err)?;
+            // Checked before copying: a chunk never takes the body past the limit.
+            if body.len() + chunk.len() > limit {
                 return Err(FetchError::TooLarge {
                     url: url.to_owned(),
                     limit,
                 });
             }
+            body.extend_from_slice(&chunk);
         }
         let value = serde_json::from_slice(&body).map_err(|e| FetchError::Json {
             url: url.to_owned(),
@@ -350,20 +368,6 @@ async fn refresh_loop(keys: Weak<IssuerKeys>) {
             }
         };
     }
-}
-
-/// Whether keys may be fetched from `url`: HTTPS, or plain HTTP to a loopback
-/// host (local development and tests).
-pub fn secure_url(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// The discovery documents to try for `issuer`, in order (RFC 8414 §3.1 inserts
@@ -423,6 +427,18 @@ pub fn parse_jwks(issuer: &str, doc: &Value) -> Vec<SigningKey> {
     keys
 }
 
+/// The members of a public signing key that a verifier needs; anything else an
+/// IdP put there (private parts included) stays out.
+fn public_members(entry: &Value) -> Value {
+    const PUBLIC: [&str; 8] = ["kty", "kid", "alg", "n", "e", "crv", "x", "y"];
+    let mut public: serde_json::Map<String, Value> = PUBLIC
+        .iter()
+        .filter_map(|k| entry.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect();
+    public.insert("use".to_owned(), Value::from("sig"));
+    Value::Object(public)
+}
+
 fn signing_key(entry: &Value) -> Result<SigningKey, String> {
     let jwk: Jwk =
         serde_json::from_value(entry.clone()).map_err(|e| format!("unsupported JWK: {e}"))?;
@@ -462,6 +478,7 @@ fn signing_key(entry: &Value) -> Result<SigningKey, String> {
         kid: jwk.common.key_id,
         decoding,
         algorithms,
+        public: public_members(entry),
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
-use ext_authz::service::{AuthzService, SERVICE_NAME};
+use ext_authz::service::{AuthzService, SERVICE_NAME, published_keys_route};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
@@ -29,11 +29,17 @@ async fn main() -> ExitCode {
         let authenticator = Authenticator::from_config(section, config_dir)?;
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
-        let authorizer = Arc::new(Authorizer::new(section, authenticator, policy, rewrites));
+        let authorizer = Arc::new(
+            Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge),
+        );
+        let keys = published_keys_route(authorizer.clone());
         let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);
+        let routes = tonic::service::Routes::new(service)
+            .into_axum_router()
+            .merge(keys);
         Ok(Sidecar {
             server: section.server.clone(),
-            routes: tonic::service::Routes::new(service),
+            routes: routes.into(),
             services: vec![SERVICE_NAME],
         })
     })

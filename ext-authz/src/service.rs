@@ -16,13 +16,38 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status;
 use tonic::{Code, Request, Response};
 
-use crate::check::{Authorizer, CallInfo, HttpRequest, Verdict};
+use crate::check::{Authorizer, BodyState, CallInfo, HttpRequest, Verdict};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
 /// Per-route `context_extensions` key that lets the client's token through.
 pub const PASSTHROUGH_EXTENSION: &str = "authorization_passthrough";
+
+/// Per-route `context_extensions` key `body`: `withheld` where the route sends no
+/// body (requests without a token), `prefix` where it sends only the beginning of
+/// a larger one (tokens Envoy's gate could not verify). Either way a POST whose
+/// body did not come whole cannot be judged.
+pub const BODY_EXTENSION: &str = "body";
+
+/// Where ext-authz publishes the keys it trusts, for Envoy's header-time gate
+/// (`jwt_authn` fetches them over the same connection as Check calls).
+pub const PUBLISHED_KEYS_PATH: &str = "/.well-known/jwks.json";
+
+/// The HTTP route that serves [`PUBLISHED_KEYS_PATH`]: every trusted issuer's
+/// public signing keys in use now. Public keys only; nothing here is secret.
+pub fn published_keys_route(authorizer: Arc<Authorizer>) -> axum::Router {
+    axum::Router::new().route(
+        PUBLISHED_KEYS_PATH,
+        axum::routing::get(move || {
+            let authorizer = authorizer.clone();
+            async move {
+                let keys = authorizer.authenticator().published_keys().await;
+                ([("content-type", "application/json")], keys.to_string())
+            }
+        }),
+    )
+}
 
 /// The Authorization gRPC service.
 #[derive(Clone)]
@@ -71,6 +96,22 @@ impl Authorization for AuthzService {
                 protocol_version: http.headers.get("mcp-protocol-version").map(String::as_str),
                 headers: Some(&http.headers),
                 source_address: attributes.and_then(source_address).unwrap_or_default(),
+                origin: http.headers.get("origin").map(String::as_str),
+                body_state: {
+                    let partial = http
+                        .headers
+                        .get("x-envoy-auth-partial-body")
+                        .is_some_and(|v| v == "true");
+                    match extensions
+                        .and_then(|e| e.get(BODY_EXTENSION))
+                        .map(String::as_str)
+                    {
+                        Some("withheld") => BodyState::Withheld,
+                        Some("prefix") if partial => BodyState::Prefix,
+                        _ if partial => BodyState::TooLarge,
+                        _ => BodyState::Complete,
+                    }
+                },
             },
             None => HttpRequest::default(),
         };
@@ -152,6 +193,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 401 => Code::Unauthenticated,
                 400 => Code::InvalidArgument,
                 404 => Code::NotFound,
+                503 => Code::Unavailable,
                 _ => Code::PermissionDenied,
             };
             CheckResponse {

@@ -8,16 +8,66 @@ use gateway_core::rewrite::ToolView;
 use gateway_core::rules::{Policy, RequestFacts};
 use serde_json::Value;
 
-/// Input schemas by (backend host, tool name).
+/// Input schemas by (backend host, tool name), within a byte budget.
 pub struct ToolCatalog {
-    schemas: moka::sync::Cache<(String, String), Arc<jsonschema::Validator>>,
+    schemas: moka::sync::Cache<(String, String), Schema>,
 }
 
+#[derive(Clone)]
+struct Schema {
+    validator: Arc<jsonschema::Validator>,
+    weight: u32,
+}
+
+/// A compiled validator measured about 17 to 21 times its schema's JSON for
+/// schemas of properties and types (jsonschema 0.60, counted allocations), about
+/// twice for schemas that are mostly description text: take the high end.
+const COMPILED_PER_JSON_BYTE: usize = 20;
+/// The key, the entry and moka's bookkeeping.
+const SCHEMA_ENTRY_OVERHEAD: usize = 1024;
+
 impl ToolCatalog {
-    pub fn new(capacity: u64) -> Self {
+    /// A catalog holding about `budget_bytes` of compiled schemas.
+    pub fn new(budget_bytes: u64) -> Self {
         Self {
-            schemas: moka::sync::Cache::new(capacity),
+            schemas: moka::sync::Cache::builder()
+                .weigher(|_, schema: &Schema| schema.weight)
+                .max_capacity(budget_bytes)
+                .build(),
         }
+    }
+
+    /// Estimated bytes the catalog holds (for tests and metrics).
+    pub fn weighted_size(&self) -> u64 {
+        self.schemas.run_pending_tasks();
+        self.schemas.weighted_size()
+    }
+}
+
+/// Estimated bytes of a compiled schema, from the size of its JSON.
+fn weight(upstream: &str, tool: &str, input_schema: &Value) -> u32 {
+    let mut counter = ByteCounter(0);
+    // Writing to a counter cannot fail; a schema that could not be written
+    // would not have been parsed.
+    let _ = serde_json::to_writer(&mut counter, input_schema);
+    let bytes = counter
+        .0
+        .saturating_mul(COMPILED_PER_JSON_BYTE)
+        .saturating_add(SCHEMA_ENTRY_OVERHEAD + upstream.len() + tool.len());
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// Counts bytes written, keeping none.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -45,7 +95,13 @@ impl ToolView for ToolsFor<'_> {
         };
         let key = (upstream.to_owned(), tool.to_owned());
         match jsonschema::validator_for(input_schema) {
-            Ok(validator) => self.catalog.schemas.insert(key, Arc::new(validator)),
+            Ok(validator) => self.catalog.schemas.insert(
+                key,
+                Schema {
+                    validator: Arc::new(validator),
+                    weight: weight(upstream, tool, input_schema),
+                },
+            ),
             Err(err) => {
                 tracing::warn!(upstream, tool, error = %err, "backend advertised an unusable input schema");
                 self.catalog.schemas.invalidate(&key);
@@ -58,5 +114,54 @@ impl ToolView for ToolsFor<'_> {
         self.catalog
             .schemas
             .get(&(upstream.to_owned(), tool.to_owned()))
+            .map(|schema| schema.validator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::rules::RequestFacts;
+    use serde_json::json;
+
+    #[test]
+    fn schemas_are_kept_within_their_byte_budget() {
+        let budget = 1024 * 1024;
+        let catalog = ToolCatalog::new(budget);
+        let facts = RequestFacts::default();
+        let view = ToolsFor {
+            catalog: &catalog,
+            upstream: Some("127.0.0.1:9001"),
+            policy: None,
+            path: "/mcp",
+            facts: &facts,
+        };
+        // 200 schemas of ~5 KiB of JSON, each weighing ~100 KiB: twenty times the budget.
+        let mut properties = serde_json::Map::new();
+        for i in 0..100 {
+            properties.insert(format!("p{i}"), json!({"type": "integer", "minimum": i}));
+        }
+        let schema = json!({"type": "object", "properties": properties});
+        for i in 0..200 {
+            view.advertised(&format!("tool-{i}"), &schema);
+        }
+        assert!(
+            catalog.weighted_size() <= budget,
+            "{}",
+            catalog.weighted_size()
+        );
+        assert!(
+            catalog.weighted_size() > 0,
+            "the catalog still keeps schemas"
+        );
+        let small = json!({"type": "object", "required": ["a"]});
+        view.advertised("small", &small);
+        catalog.schemas.run_pending_tasks();
+        assert!(view.schema("small").is_some());
+        let estimate = u64::from(weight("127.0.0.1:9001", "t", &schema));
+        assert!(
+            estimate > 20 * schema.to_string().len() as u64,
+            "{estimate}"
+        );
     }
 }

@@ -25,7 +25,7 @@ use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::RequestFacts;
-use gateway_core::sse::EventSplitter;
+use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
 use serde_json::Value;
 
@@ -104,6 +104,8 @@ pub struct Gateway {
     pub policy: Option<Arc<PolicyStore>>,
     pub catalog: ToolCatalog,
     pub limits: Limits,
+    /// Largest SSE event reassembled for rewriting (`ext_proc.max_sse_event_bytes`).
+    pub max_sse_event_bytes: usize,
 }
 
 /// The caller, as ext-authz established it (Envoy dynamic metadata).
@@ -368,7 +370,7 @@ impl<'a> Exchange<'a> {
             ok && self.saw_request && self.gateway.rewrites.rewrites_response(method, tool);
         let body = response_body_mode(headers, wants_body);
         if body == BodyMode::Streamed {
-            self.events = Some(EventSplitter::new());
+            self.events = Some(EventSplitter::new(self.gateway.max_sse_event_bytes));
         }
         ResponsePlan { edits, body }
     }
@@ -418,12 +420,32 @@ impl<'a> Exchange<'a> {
         let mut out = Vec::with_capacity(chunk.len());
         let mut events = splitter.push(chunk);
         if end_of_stream {
-            let rest = splitter.finish();
-            if !rest.is_empty() {
-                events.push(gateway_core::sse::RawEvent(rest));
-            }
+            events.extend(splitter.finish());
         }
-        for event in events {
+        for framed in events {
+            let event = match framed {
+                Framed::Event(event) => event,
+                Framed::Oversized(oversized) => {
+                    // Its bytes were never kept: all that can go out is an error in
+                    // its place, answering the request it answered, if it said.
+                    tracing::warn!(
+                        limit = oversized.limit,
+                        event_bytes = oversized.size,
+                        terminated = oversized.terminated,
+                        id_known = oversized.id.is_some(),
+                        rpc_method = caller.rpc_method.as_deref(),
+                        upstream = self.upstream.as_deref(),
+                        "backend sent an SSE event over max_sse_event_bytes; replaced it with an error"
+                    );
+                    let message = format!(
+                        "SSE event exceeds the gateway's limit of {} bytes",
+                        oversized.limit
+                    );
+                    let error = jsonrpc::error_response(oversized.id.as_ref(), -32603, &message);
+                    out.extend_from_slice(&RawEvent::json(&error).0);
+                    continue;
+                }
+            };
             let Some(data) = event.data() else {
                 out.extend_from_slice(&event.0);
                 continue;

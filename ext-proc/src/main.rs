@@ -56,12 +56,13 @@ async fn main() -> ExitCode {
             sessions,
             rewrites,
             policy,
-            catalog: ToolCatalog::new(10_000),
+            catalog: ToolCatalog::new(section.tool_schema_cache_bytes),
             limits: config
                 .ext_authz
                 .as_ref()
                 .map(|a| a.limits)
                 .unwrap_or_default(),
+            max_sse_event_bytes: section.max_sse_event_bytes,
         });
         let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
         Ok(Sidecar {

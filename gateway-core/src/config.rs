@@ -28,6 +28,71 @@ pub struct GatewayConfig {
     /// Which OpenSSL provider does the sidecars' crypto.
     #[serde(default)]
     pub crypto: crate::crypto::CryptoConfig,
+    /// What the gateway lets in at all: Envoy enforces it (its bootstrap is
+    /// rendered from this section), ext-authz checks it again.
+    #[serde(default)]
+    pub edge: EdgeConfig,
+}
+
+/// The gateway's edge: which browser origins may call it and how large a body
+/// an authenticated caller may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Exact origins (`scheme://host[:port]`) whose pages may call the gateway.
+    /// A request with any other `Origin` is refused with 403 (the MCP transport
+    /// requires servers to check it, against DNS rebinding); a request without
+    /// `Origin` is a non-browser client and is judged as usual.
+    #[serde(default, deserialize_with = "origins")]
+    pub allowed_origins: Vec<String>,
+    /// Largest request body Envoy buffers for an authenticated caller; larger is
+    /// 413. MCP messages are small; raise it for tools that take large inputs.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: u32,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Whether a request with this `Origin` header (if any) may go on.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        origin.is_none_or(|origin| self.allowed_origins.iter().any(|o| o == origin))
+    }
+}
+
+fn default_max_request_bytes() -> u32 {
+    1024 * 1024
+}
+
+/// Origins exactly as browsers send them: a scheme, a host, a port only when
+/// not the default, nothing else. Anything else could never match and would only
+/// hide a typo.
+fn origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for origin in &list {
+        let canonical = url::Url::parse(origin)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .map(|u| u.origin().ascii_serialization());
+        if canonical.as_deref() != Some(origin.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{origin}` is not an origin as browsers send it (scheme://host[:port], \
+                 lower case, no path or trailing slash{})",
+                canonical
+                    .filter(|c| c != "null")
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_default()
+            )));
+        }
+    }
+    Ok(list)
 }
 
 /// Settings of the ext-authz sidecar.
@@ -58,9 +123,10 @@ pub struct ExtAuthzConfig {
     /// Tokens longer than this are refused without being parsed.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
-    /// How many verified tokens to remember (each until its `exp` at the latest).
-    #[serde(default = "default_token_cache_entries")]
-    pub token_cache_entries: u64,
+    /// Memory for remembering verified tokens (each until its `exp` at the
+    /// latest), in bytes as estimated per token: its length plus its claims.
+    #[serde(default = "default_token_cache_bytes")]
+    pub token_cache_bytes: u64,
     /// Optional headers that carry the caller's identity to backends. A header
     /// named here is always overwritten, never appended, and removed when the
     /// identity has no such value, so a client can never supply it.
@@ -159,8 +225,12 @@ fn default_max_token_bytes() -> usize {
     16 * 1024
 }
 
-fn default_token_cache_entries() -> u64 {
-    100_000
+/// A quarter of the 256 MiB the Kubernetes manifest gives ext-authz, leaving the
+/// rest for bodies in flight (4 MiB each) and key sets. At ~3 KiB for a typical
+/// 1 KiB token it holds ~20,000 callers' tokens, more than one replica sees
+/// within a token's lifetime; a caller evicted early only pays a signature check.
+fn default_token_cache_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -186,6 +256,28 @@ pub struct ExtProcConfig {
     /// Sealed MCP sessions.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// Largest SSE event reassembled for rewriting (only streams a response rule
+    /// applies to are); a larger one is replaced by a JSON-RPC error event and its
+    /// bytes dropped as they arrive, so a backend cannot make ext-proc hold an
+    /// endless event. MCP events are small; raise it for tools whose results,
+    /// sent as one event, are not.
+    #[serde(default = "default_max_sse_event_bytes")]
+    pub max_sse_event_bytes: usize,
+    /// Memory for the input schemas backends advertise (compiled, for argument
+    /// validation), in bytes as estimated per schema from its JSON size.
+    #[serde(default = "default_tool_schema_cache_bytes")]
+    pub tool_schema_cache_bytes: u64,
+}
+
+fn default_max_sse_event_bytes() -> usize {
+    1024 * 1024
+}
+
+/// A quarter of the 256 MiB the Kubernetes manifest gives ext-proc: thousands of
+/// typical tools (a compiled schema costs about 20 times its JSON), while one
+/// backend advertising huge schemas only evicts, never exhausts memory.
+fn default_tool_schema_cache_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// How client-visible session ids are sealed.

@@ -4,6 +4,7 @@
 //! - [`config`]: the gateway config file, loaded once, with errors that name the file,
 //!   the key and the reason.
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
+//! - [`fetch_url`]: which URLs the sidecars may fetch from (parsed, never matched as text).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod fetch_url;
 pub mod jsonrpc;
 pub mod policy_store;
 pub mod rewrite;

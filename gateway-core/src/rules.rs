@@ -74,7 +74,8 @@ pub struct RuleSetConfig {
     pub rules: Vec<RuleConfig>,
 }
 
-/// Rules for requests whose path starts with `path_prefix`.
+/// Rules for requests whose path is `path_prefix` or lies below it: `/mcp/admin`
+/// governs `/mcp/admin` and `/mcp/admin/x`, never `/mcp/administrator`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -202,11 +203,16 @@ impl Policy {
         Ok(Self { default, routes })
     }
 
-    /// The rule set for a request path (query excluded).
+    /// The rule set for a request path (query excluded): the longest route
+    /// prefix that is the whole path or ends at a `/` of it.
     pub fn for_path(&self, path: &str) -> &RuleSet {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(prefix, _)| {
+                let prefix = prefix.trim_end_matches('/');
+                path.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
             .map_or(&self.default, |(_, set)| set)
     }
 

@@ -3,64 +3,258 @@
 //!
 //! Chunks arrive however the network cut them; [`EventSplitter`] hands out each
 //! event as soon as its terminating blank line has arrived and keeps the rest.
+//! Lines end with CRLF, LF or CR, mixed freely (WHATWG HTML, "Parsing an event
+//! stream").
+//!
+//! One event may be at most `max_event_bytes` long. An event that outgrows it is
+//! discarded as its bytes arrive, up to its blank line, and reported in its place
+//! as [`Framed::Oversized`]: its bytes are never handed out and never held beyond
+//! the limit, whatever the backend sends.
 
-/// Reassembles events across chunks.
-#[derive(Debug, Default)]
+use serde_json::Value;
+
+/// Reassembles events across chunks, within a size limit per event.
+#[derive(Debug)]
 pub struct EventSplitter {
+    max_event_bytes: usize,
+    /// The start of the event being reassembled; never longer than the limit.
     pending: Vec<u8>,
+    line: LineState,
+    /// Line state where the pending event began, to re-read it on overflow.
+    event_start: LineState,
+    /// Set while discarding an event that outgrew the limit.
+    discarding: Option<Discard>,
 }
 
 /// One SSE event as raw text, blank-line terminator included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent(pub Vec<u8>);
 
+/// What the splitter hands out, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Framed {
+    Event(RawEvent),
+    /// An event that exceeded the limit and was discarded.
+    Oversized(OversizedEvent),
+}
+
+/// What is known of a discarded event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OversizedEvent {
+    /// The top-level `id` of the JSON-RPC message in its data, if one was seen
+    /// whole (a string, number or null); found as the bytes went by.
+    pub id: Option<Value>,
+    /// Bytes the event had when it ended (or the stream did).
+    pub size: usize,
+    /// The limit it exceeded.
+    pub limit: usize,
+    /// Whether its blank line arrived (false: the stream ended first).
+    pub terminated: bool,
+}
+
+#[derive(Debug)]
+struct Discard {
+    size: usize,
+    id: IdFinder,
+}
+
 impl EventSplitter {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a chunk; returns the events it completed, in order.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<RawEvent> {
-        self.pending.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        while let Some(end) = event_end(&self.pending) {
-            let rest = self.pending.split_off(end);
-            events.push(RawEvent(std::mem::replace(&mut self.pending, rest)));
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            max_event_bytes,
+            pending: Vec::new(),
+            line: LineState::START,
+            event_start: LineState::START,
+            discarding: None,
         }
-        events
     }
 
-    /// What remains at the end of the stream (an unterminated last event).
-    pub fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+    /// Adds a chunk; returns what it completed, in order.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Framed> {
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            if let Some(discard) = &mut self.discarding {
+                let end = self.line.scan_to_event_end(chunk);
+                let taken = end.unwrap_or(chunk.len());
+                discard.size = discard.size.saturating_add(taken);
+                discard.id.feed(&chunk[..taken]);
+                chunk = &chunk[taken..];
+                if end.is_some() {
+                    out.push(self.end_discard(true));
+                }
+                continue;
+            }
+            // `pending` is within the limit, so this event may grow by `room` bytes.
+            let room = self.max_event_bytes.saturating_sub(self.pending.len());
+            let window = &chunk[..chunk.len().min(room)];
+            if let Some(end) = self.line.scan_to_event_end(window) {
+                let event = if self.pending.is_empty() {
+                    window[..end].to_vec()
+                } else {
+                    self.pending.extend_from_slice(&window[..end]);
+                    std::mem::take(&mut self.pending)
+                };
+                out.push(Framed::Event(RawEvent(event)));
+                self.event_start = self.line;
+                chunk = &chunk[end..];
+            } else if window.len() == chunk.len() {
+                extend_within(&mut self.pending, chunk, self.max_event_bytes);
+                chunk = &[];
+            } else {
+                // The event already has all the bytes it may have and more are
+                // coming: from here on they are only read, for its id, and dropped.
+                let mut id = IdFinder::new(self.event_start);
+                id.feed(&self.pending);
+                id.feed(window);
+                self.discarding = Some(Discard {
+                    size: self.pending.len() + window.len(),
+                    id,
+                });
+                self.pending = Vec::new();
+                chunk = &chunk[window.len()..];
+            }
+        }
+        out
+    }
+
+    /// The end of the stream: an unterminated last event, or the report of one
+    /// being discarded.
+    pub fn finish(&mut self) -> Option<Framed> {
+        if self.discarding.is_some() {
+            return Some(self.end_discard(false));
+        }
+        self.line = LineState::START;
+        self.event_start = LineState::START;
+        let rest = std::mem::take(&mut self.pending);
+        (!rest.is_empty()).then_some(Framed::Event(RawEvent(rest)))
     }
 
     /// Bytes held back, waiting for the rest of their event.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+
+    fn end_discard(&mut self, terminated: bool) -> Framed {
+        self.event_start = self.line;
+        let discard = self.discarding.take();
+        Framed::Oversized(OversizedEvent {
+            id: discard.as_ref().and_then(|d| d.id.id()),
+            size: discard.map_or(0, |d| d.size),
+            limit: self.max_event_bytes,
+            terminated,
+        })
+    }
 }
 
-/// Index just past the first blank line (`\n\n`, `\r\n\r\n` or `\r\r`).
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'\n', b'\n') => return Some(i + 2),
-            (b'\r', b'\r') => return Some(i + 2),
-            (b'\r', b'\n') if bytes.get(i + 2..i + 4) == Some(b"\r\n") => return Some(i + 4),
-            _ => i += 1,
+/// Appends without letting the buffer's capacity outgrow `limit` (amortized
+/// doubling would reserve up to twice it).
+fn extend_within(buffer: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+    let needed = buffer.len() + bytes.len();
+    if needed > buffer.capacity() {
+        let target = buffer
+            .capacity()
+            .saturating_mul(2)
+            .clamp(needed, limit.max(needed));
+        buffer.reserve_exact(target - buffer.len());
+    }
+    buffer.extend_from_slice(bytes);
+}
+
+/// Where a byte stands among lines: a CR is a line end on its own, and an LF
+/// right after it belongs to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LineState {
+    at_line_start: bool,
+    after_cr: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteKind {
+    Content,
+    LineEnd,
+    /// The end of a blank line: the event is complete.
+    EventEnd,
+    /// The LF of a CRLF whose CR was already counted.
+    CrLfTail,
+}
+
+impl LineState {
+    const START: Self = Self {
+        at_line_start: true,
+        after_cr: false,
+    };
+
+    fn step(&mut self, byte: u8) -> ByteKind {
+        if std::mem::take(&mut self.after_cr) && byte == b'\n' {
+            return ByteKind::CrLfTail;
+        }
+        match byte {
+            b'\r' | b'\n' => {
+                self.after_cr = byte == b'\r';
+                if std::mem::replace(&mut self.at_line_start, true) {
+                    ByteKind::EventEnd
+                } else {
+                    ByteKind::LineEnd
+                }
+            }
+            _ => {
+                self.at_line_start = false;
+                ByteKind::Content
+            }
         }
     }
-    None
+
+    /// Reads `bytes` up to the end of the current event; returns the index just
+    /// past it. A CR ending the event takes the LF right after it when that is in
+    /// `bytes`; otherwise the LF is skipped as part of the next event.
+    fn scan_to_event_end(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if !self.at_line_start && !self.after_cr {
+                // Inside a line only a line end matters.
+                match bytes[i..].iter().position(|b| *b == b'\r' || *b == b'\n') {
+                    Some(offset) => i += offset,
+                    None => return None,
+                }
+            }
+            let byte = bytes[i];
+            i += 1;
+            if self.step(byte) == ByteKind::EventEnd {
+                if byte == b'\r' && bytes.get(i) == Some(&b'\n') {
+                    self.step(b'\n');
+                    i += 1;
+                }
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Lines of an event's text, split at CRLF, LF or CR.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        let line = &rest[..end];
+        let terminator = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            usize::from(end < rest.len())
+        };
+        rest = &rest[end + terminator..];
+        Some(line)
+    })
 }
 
 impl RawEvent {
     /// The event's `data` (several `data:` lines joined by `\n`), if it has any.
     pub fn data(&self) -> Option<String> {
         let text = String::from_utf8_lossy(&self.0);
-        let lines: Vec<&str> = text
-            .lines()
+        let lines: Vec<&str> = lines(&text)
             .filter_map(|l| l.strip_prefix("data:"))
             .map(|d| d.strip_prefix(' ').unwrap_or(d))
             .collect();
@@ -72,7 +266,7 @@ impl RawEvent {
         let text = String::from_utf8_lossy(&self.0);
         let mut out = String::with_capacity(text.len() + data.len());
         let mut wrote_data = false;
-        for line in text.lines() {
+        for line in lines(&text) {
             if line.starts_with("data:") {
                 if !wrote_data {
                     for d in data.split('\n') {
@@ -90,40 +284,252 @@ impl RawEvent {
         out.push('\n');
         RawEvent(out.into_bytes())
     }
+
+    /// An event whose data is one JSON value (serialized on one line).
+    pub fn json(value: &Value) -> RawEvent {
+        RawEvent(format!("data: {value}\n\n").into_bytes())
+    }
+}
+
+/// Finds the top-level `id` of the JSON-RPC message in an event's data while the
+/// event's raw bytes go by, holding a few bytes of state: SDKs write the id before
+/// or after the result (the TypeScript SDK after), so it may come at any point.
+#[derive(Debug)]
+struct IdFinder {
+    line: LineState,
+    field: Field,
+    json: IdScanner,
+}
+
+/// Which field the current line holds, as far as its first bytes tell.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    /// Matched this many bytes of `data:`.
+    Name(usize),
+    /// A data line; `true` until its first value byte (an optional space).
+    Data(bool),
+    Other,
+}
+
+const DATA_FIELD: &[u8] = b"data:";
+
+impl IdFinder {
+    fn new(line: LineState) -> Self {
+        Self {
+            line,
+            field: Field::Name(0),
+            json: IdScanner::default(),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.json.done() {
+                return;
+            }
+            match self.line.step(byte) {
+                ByteKind::CrLfTail => {}
+                ByteKind::LineEnd | ByteKind::EventEnd => {
+                    // Data lines are joined by LF, which JSON reads as space.
+                    if let Field::Data(_) = self.field {
+                        self.json.feed(b'\n');
+                    }
+                    self.field = Field::Name(0);
+                }
+                ByteKind::Content => {
+                    self.field = match self.field {
+                        Field::Name(n) if DATA_FIELD.get(n) == Some(&byte) => {
+                            if n + 1 == DATA_FIELD.len() {
+                                Field::Data(true)
+                            } else {
+                                Field::Name(n + 1)
+                            }
+                        }
+                        Field::Name(_) | Field::Other => Field::Other,
+                        Field::Data(first) => {
+                            if !(first && byte == b' ') {
+                                self.json.feed(byte);
+                            }
+                            Field::Data(false)
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn id(&self) -> Option<Value> {
+        self.json.found.clone()
+    }
+}
+
+/// The longest id kept; a longer one is treated as unknown.
+const MAX_ID_BYTES: usize = 256;
+
+/// A streaming reader of one JSON object that notes its top-level `"id"` value.
+#[derive(Debug, Default)]
+struct IdScanner {
+    state: Scan,
+    /// Bytes of the current key matched against `id` (`None`: not `id`).
+    key_match: Option<usize>,
+    is_id: bool,
+    in_string: bool,
+    escaped: bool,
+    /// Nesting inside a top-level value.
+    depth: usize,
+    value: Vec<u8>,
+    found: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    #[default]
+    Start,
+    /// Expecting a key or the object's end.
+    Key,
+    InKey,
+    Colon,
+    Value,
+    InString,
+    InScalar,
+    InNested,
+    /// Expecting `,` or the object's end.
+    After,
+    Done,
+}
+
+impl IdScanner {
+    fn done(&self) -> bool {
+        self.state == Scan::Done
+    }
+
+    fn feed(&mut self, byte: u8) {
+        let space = matches!(byte, b' ' | b'\t' | b'\n' | b'\r');
+        self.state = match self.state {
+            Scan::Done => Scan::Done,
+            Scan::Start if space => Scan::Start,
+            Scan::Start if byte == b'{' => Scan::Key,
+            Scan::Start => Scan::Done,
+            Scan::Key | Scan::After if space => self.state,
+            Scan::Key if byte == b'"' => {
+                self.key_match = Some(0);
+                Scan::InKey
+            }
+            Scan::After if byte == b',' => Scan::Key,
+            Scan::Key | Scan::After => Scan::Done,
+            Scan::InKey => {
+                if self.escaped {
+                    self.escaped = false;
+                    self.key_match = None;
+                    Scan::InKey
+                } else if byte == b'\\' {
+                    self.escaped = true;
+                    self.key_match = None;
+                    Scan::InKey
+                } else if byte == b'"' {
+                    self.is_id = self.key_match == Some(2);
+                    Scan::Colon
+                } else {
+                    self.key_match = self
+                        .key_match
+                        .filter(|n| b"id".get(*n) == Some(&byte))
+                        .map(|n| n + 1);
+                    Scan::InKey
+                }
+            }
+            Scan::Colon if space => Scan::Colon,
+            Scan::Colon if byte == b':' => Scan::Value,
+            Scan::Colon => Scan::Done,
+            Scan::Value if space => Scan::Value,
+            Scan::Value => {
+                self.value.clear();
+                match byte {
+                    b'"' => {
+                        self.keep(byte);
+                        Scan::InString
+                    }
+                    b'{' | b'[' => {
+                        self.depth = 1;
+                        Scan::InNested
+                    }
+                    _ => {
+                        self.keep(byte);
+                        Scan::InScalar
+                    }
+                }
+            }
+            Scan::InString => {
+                self.keep(byte);
+                if self.escaped {
+                    self.escaped = false;
+                    Scan::InString
+                } else if byte == b'\\' {
+                    self.escaped = true;
+                    Scan::InString
+                } else if byte == b'"' {
+                    self.value_ended()
+                } else {
+                    Scan::InString
+                }
+            }
+            Scan::InScalar if space || byte == b',' || byte == b'}' => {
+                let next = self.value_ended();
+                if next == Scan::Done {
+                    return;
+                }
+                self.state = Scan::After;
+                return self.feed(byte);
+            }
+            Scan::InScalar => {
+                self.keep(byte);
+                Scan::InScalar
+            }
+            Scan::InNested => {
+                if self.in_string {
+                    if self.escaped {
+                        self.escaped = false;
+                    } else if byte == b'\\' {
+                        self.escaped = true;
+                    } else if byte == b'"' {
+                        self.in_string = false;
+                    }
+                } else {
+                    match byte {
+                        b'"' => self.in_string = true,
+                        b'{' | b'[' => self.depth += 1,
+                        b'}' | b']' => self.depth -= 1,
+                        _ => {}
+                    }
+                }
+                if self.depth == 0 {
+                    Scan::After
+                } else {
+                    Scan::InNested
+                }
+            }
+        };
+    }
+
+    fn keep(&mut self, byte: u8) {
+        if self.is_id && self.value.len() <= MAX_ID_BYTES {
+            self.value.push(byte);
+        }
+    }
+
+    /// A top-level value ended: if it was the id, that is all this scanner wants.
+    fn value_ended(&mut self) -> Scan {
+        if !self.is_id {
+            return Scan::After;
+        }
+        self.found = serde_json::from_slice::<Value>(&self.value)
+            .ok()
+            .filter(|_| self.value.len() <= MAX_ID_BYTES)
+            .filter(|v| v.is_string() || v.is_number() || v.is_null());
+        self.value = Vec::new();
+        self.state = Scan::Done;
+        Scan::Done
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_split_across_chunks_are_reassembled() {
-        let mut s = EventSplitter::new();
-        assert!(s.push(b"event: message\nda").is_empty());
-        assert!(s.push(b"ta: {\"a\":").is_empty());
-        let events = s.push(b"1}\n\nid: 2\ndata: x\n\ndata: partial");
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[0].data().as_deref(), Some("{\"a\":1}"));
-        assert_eq!(events[1].data().as_deref(), Some("x"));
-        assert_eq!(s.pending_len(), "data: partial".len());
-        assert_eq!(s.finish(), b"data: partial");
-    }
-
-    #[test]
-    fn crlf_and_multiline_data() {
-        let mut s = EventSplitter::new();
-        let events = s.push(b"data: a\r\ndata: b\r\n\r\n: comment\n\n");
-        assert_eq!(events[0].data().as_deref(), Some("a\nb"));
-        assert_eq!(events[1].data(), None, "a comment-only event has no data");
-    }
-
-    #[test]
-    fn data_is_replaced_and_other_fields_kept() {
-        let e = RawEvent(b"event: message\nid: 7\ndata: {\"old\":1}\n\n".to_vec());
-        let replaced = e.with_data("{\"new\":2}");
-        assert_eq!(
-            String::from_utf8_lossy(&replaced.0),
-            "event: message\nid: 7\ndata: {\"new\":2}\n\n"
-        );
-    }
-}
+mod tests;

@@ -143,6 +143,9 @@ pub struct Stack {
     http: reqwest::Client,
 }
 
+/// The MCP Inspector's web UI, which the dev config lets call the gateway.
+pub const INSPECTOR_ORIGIN: &str = "http://localhost:6274";
+
 /// Names of the demo backends, as their `whoami` tool answers.
 pub fn backend_name(index: usize) -> String {
     format!("mcp-{}", (b'a' + index as u8) as char)
@@ -442,6 +445,44 @@ impl Stack {
         Ok(body["requests"].as_array().cloned().unwrap_or_default())
     }
 
+    /// How many HTTP requests backend `index` received since it started (any
+    /// path; a counter that never rolls over, unlike the request list).
+    pub async fn backend_total(&self, index: usize) -> anyhow::Result<u64> {
+        let port = self.ports.backends[index];
+        let body: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
+                .await?
+                .json()
+                .await?;
+        body["total"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))
+    }
+
+    /// How many HTTP requests all running backends received since they started.
+    pub async fn all_backend_total(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for index in 0..self.ports.backends.len() {
+            if self.backends[index].is_some() {
+                total += self.backend_total(index).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Bytes Envoy's allocator holds now (admin `/memory`, `allocated`).
+    pub async fn envoy_allocated_bytes(&self) -> anyhow::Result<u64> {
+        let body: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{}/memory", self.ports.admin))
+                .await?
+                .json()
+                .await?;
+        body["allocated"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("admin /memory says {body}"))
+    }
+
     /// Every request every backend received, in backend order.
     pub async fn all_backend_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
@@ -551,6 +592,9 @@ impl Stack {
             .to_string()
             .into();
         config["ext_authz"]["resource"] = self.url().into();
+        // The gateway's own origin moves with its port; the Inspector's stays.
+        config["edge"]["allowed_origins"] =
+            serde_yaml::from_str(&format!("[{}, {INSPECTOR_ORIGIN}]", self.base_url()))?;
         let issuer = &mut config["ext_authz"]["issuers"][0];
         issuer["issuer"] = self.issuer_url().into();
         issuer["ca_file"] = paths::certs_dir()
@@ -650,8 +694,18 @@ impl Stack {
             ext_proc: loopback(self.ports.ext_proc),
             backends: Vec::new(),
             backends_eds: Some(self.eds_path().display().to_string()),
+            gateway_config: None,
         };
-        std::fs::write(self.envoy_config_path(), envoy_bootstrap::render(&profile)?)?;
+        // Envoy enforces the edge of the gateway config the sidecars read.
+        let gateway_config = self.gateway_config_path();
+        let edge = envoy_bootstrap::edge_of_gateway_config(
+            &gateway_config.display().to_string(),
+            &std::fs::read_to_string(&gateway_config)?,
+        )?;
+        std::fs::write(
+            self.envoy_config_path(),
+            envoy_bootstrap::render(&profile, &edge)?,
+        )?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! test` does).
 
 mod e2e {
+    mod attacks;
     mod authn;
     mod deploy;
     mod envoy_configs;

@@ -15,7 +15,8 @@ impl EnvoyConfig {
                 .with_context(|| shipped.profile.to_owned())?;
             let profile = Profile::parse(shipped.profile, &profile_text)?;
             let output = root.join(shipped.output);
-            let text = render_shipped(shipped, &profile)?;
+            let edge = profile.edge(&root)?;
+            let text = render_shipped(shipped, &profile, &edge)?;
             if std::fs::read_to_string(&output).ok().as_deref() == Some(text.as_str()) {
                 continue;
             }

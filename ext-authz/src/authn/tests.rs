@@ -382,3 +382,93 @@ fn bad_algorithm_in_config_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn key_urls_are_judged_as_parsed_and_the_key_named() {
+    for (url, why) in [
+        (
+            "http://localhost:1@evil.example/jwks",
+            "`http://***@evil.example/jwks` refused: a user name or password in the URL is not allowed",
+        ),
+        (
+            "http://localhost.evil.example/jwks",
+            "refused: plain http is allowed only to localhost, 127.0.0.1 or [::1], not `localhost.evil.example`",
+        ),
+        (
+            "file:///etc/passwd",
+            "refused: scheme `file` is not allowed",
+        ),
+    ] {
+        let err = Authenticator::from_config(&config(url, ""), Path::new("."))
+            .err()
+            .unwrap_or_else(|| panic!("{url} accepted"))
+            .to_string();
+        assert!(err.starts_with("ext_authz.issuers[0].jwks_uri: `"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    let mut cfg = config("https://idp.example/jwks", "");
+    cfg.issuers[0].issuer = "https://user@idp.example".into();
+    let err = Authenticator::from_config(&cfg, Path::new("."))
+        .err()
+        .expect("credentials in the issuer refused")
+        .to_string();
+    assert!(
+        err.starts_with("ext_authz.issuers[0].issuer: `https://***@idp.example/` refused"),
+        "{err}"
+    );
+    // Accepted URLs are fetched as parsed (normalized).
+    assert!(Authenticator::from_config(&config("HTTP://[::1]:1/jwks", ""), Path::new(".")).is_ok());
+}
+
+#[tokio::test]
+async fn the_token_cache_holds_its_byte_budget() {
+    let key = TestKey::new(Algorithm::ES256, "k1");
+    let server = JwksServer::start(&[&key]).await;
+    let mut cfg = config(&server.url, "");
+    let budget = 256 * 1024;
+    cfg.token_cache_bytes = budget;
+    let auth = Authenticator::from_config(&cfg, Path::new(".")).expect("authenticator");
+    // 100 tokens of ~10 KiB (each weighing ~25 KiB): ten times the budget.
+    let mut weights = 0u64;
+    for i in 0..100 {
+        let mut claims = valid_claims();
+        claims["jti"] = json!(i);
+        claims["padding"] = json!("x".repeat(7 * 1024));
+        let token = key.sign(&claims);
+        let identity = check(&auth, &token).await.expect("valid");
+        weights += u64::from(weight(&token, &identity));
+    }
+    assert!(weights > 8 * budget, "the tokens outweigh the budget");
+    auth.verified.run_pending_tasks().await;
+    assert!(
+        auth.verified.weighted_size() <= budget,
+        "{} > {budget}",
+        auth.verified.weighted_size()
+    );
+    assert!(auth.verified.entry_count() > 0, "the cache still caches");
+    assert!(auth.verified.entry_count() < 100);
+}
+
+#[test]
+fn a_token_weighs_its_length_and_its_claims() {
+    let claims = json!({"sub": "alice", "padding": "x".repeat(1000)});
+    let identity = Identity {
+        subject: "alice".into(),
+        issuer: ISSUER.into(),
+        client_id: None,
+        scopes: Vec::new(),
+        expires_at: 0,
+        claims_json: claims.to_string(),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+    };
+    let token = "t".repeat(1500);
+    let weight = weight(&token, &identity) as usize;
+    assert!(
+        weight >= token.len() + 2 * identity.claims_json.len(),
+        "{weight}"
+    );
+    assert!(
+        weight < 2 * (token.len() + 2 * identity.claims_json.len()),
+        "{weight}"
+    );
+}

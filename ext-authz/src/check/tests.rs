@@ -48,6 +48,8 @@ fn request<'a>(
         protocol_version: None,
         headers: None,
         source_address: "127.0.0.1",
+        origin: None,
+        body_state: BodyState::Complete,
     }
 }
 

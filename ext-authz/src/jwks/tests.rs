@@ -30,14 +30,125 @@ fn cache_control_max_age() {
     assert_eq!(cache_max_age("max-age=abc"), None);
 }
 
-#[test]
-fn only_https_or_loopback_http() {
-    assert!(secure_url("https://idp.example/jwks"));
-    assert!(secure_url("http://127.0.0.1:8080/jwks"));
-    assert!(secure_url("http://localhost/jwks"));
-    assert!(!secure_url("http://idp.example/jwks"));
-    assert!(!secure_url("http://localhost.evil.example/jwks"));
-    assert!(!secure_url("ftp://idp.example/jwks"));
+/// An IdP on loopback serving the routes `routes` makes from its origin: path,
+/// body, and whether chunked (sent without content-length, so only the streamed
+/// size check can stop it).
+async fn idp(
+    routes: impl FnOnce(&str) -> Vec<(&'static str, String, bool)>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut app = axum::Router::new();
+    for (path, body, chunked) in routes(&origin) {
+        app = app.route(
+            path,
+            axum::routing::get(move || {
+                let body = body.clone();
+                async move {
+                    if !chunked {
+                        return axum::body::Body::from(body);
+                    }
+                    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+                        .into_bytes()
+                        .chunks(512)
+                        .map(|c| Ok(c.to_vec()))
+                        .collect();
+                    axum::body::Body::from_stream(futures::stream::iter(chunks))
+                }
+            }),
+        );
+    }
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (origin, task)
+}
+
+#[tokio::test]
+async fn a_discovered_jwks_uri_is_judged_as_parsed() {
+    let (issuer, server) = idp(|origin| {
+        let doc = |jwks_uri: &str| json!({"issuer": origin, "jwks_uri": jwks_uri}).to_string();
+        vec![
+            (
+                "/.well-known/openid-configuration",
+                doc("http://localhost:1@evil.example/jwks"),
+                false,
+            ),
+            (
+                "/.well-known/oauth-authorization-server",
+                doc("http://127.0.0.1.evil.example/jwks"),
+                false,
+            ),
+        ]
+    })
+    .await;
+    let keys = IssuerKeys::start(
+        issuer,
+        None,
+        JwksSettings::default(),
+        reqwest::Client::new(),
+    );
+    let err = keys
+        .refresh()
+        .await
+        .expect_err("no usable jwks_uri")
+        .to_string();
+    assert!(
+        err.contains("jwks_uri `http://***@evil.example/jwks` refused: a user name or password"),
+        "{err}"
+    );
+    assert!(
+        err.contains("plain http is allowed only to localhost, 127.0.0.1 or [::1], not `127.0.0.1.evil.example`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("localhost:1@"),
+        "credentials never shown: {err}"
+    );
+    assert_eq!(keys.fetch_count(), 0, "nothing fetched from a refused URL");
+    server.abort();
+}
+
+#[tokio::test]
+async fn jwks_and_discovery_documents_are_bounded() {
+    let big = json!({"keys": [], "padding": "x".repeat(4096)}).to_string();
+    let (origin, server) = idp(|_| {
+        vec![
+            ("/jwks", big.clone(), false),
+            ("/chunked-jwks", big.clone(), true),
+            ("/.well-known/openid-configuration", big.clone(), true),
+            ("/.well-known/oauth-authorization-server", big, false),
+        ]
+    })
+    .await;
+    let settings = JwksSettings {
+        max_bytes: 1024,
+        ..JwksSettings::default()
+    };
+    for path in ["/jwks", "/chunked-jwks"] {
+        let keys = IssuerKeys::start(
+            origin.clone(),
+            Some(format!("{origin}{path}")),
+            settings.clone(),
+            reqwest::Client::new(),
+        );
+        let err = keys.refresh().await.expect_err("too large");
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1024, .. }),
+            "{path}: {err}"
+        );
+    }
+    // Discovery documents go through the same bound.
+    let keys = IssuerKeys::start(origin, None, settings, reqwest::Client::new());
+    let err = keys.refresh().await.expect_err("too large").to_string();
+    assert_eq!(
+        err.matches("response larger than 1024 bytes").count(),
+        2,
+        "both discovery documents refused: {err}"
+    );
+    server.abort();
 }
 
 #[test]

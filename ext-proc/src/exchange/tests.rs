@@ -29,8 +29,9 @@ fn sessions() -> Gateway {
         },
         rewrites: RewriteSet::empty(),
         policy: None,
-        catalog: ToolCatalog::new(100),
+        catalog: ToolCatalog::new(1024 * 1024),
         limits: Limits::default(),
+        max_sse_event_bytes: 1024,
     }
 }
 
@@ -311,4 +312,122 @@ fn an_event_stream_is_rewritten_event_by_event_across_chunks() {
         panic!()
     };
     assert!(String::from_utf8_lossy(&out).contains("-32603"));
+}
+
+/// An exchange whose response is an event stream being rewritten.
+fn streaming(gateway: &Gateway) -> Exchange<'_> {
+    let mut exchange = tools_call(gateway);
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "text/event-stream")]),
+        None,
+    );
+    assert_eq!(plan.body, BodyMode::Streamed);
+    exchange
+}
+
+fn replaced(plan: BodyPlan) -> String {
+    match plan {
+        BodyPlan::Replace(bytes) => String::from_utf8(bytes).expect("utf8"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The error event that replaces an oversized event answering `id`.
+fn over_limit(id: Value) -> Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id,
+        "error": {"code": -32603, "message": "SSE event exceeds the gateway's limit of 1024 bytes"}})
+}
+
+/// The JSON of the single-line `data:` event at the start of `out`, and the rest.
+fn first_event(out: &str) -> (Value, &str) {
+    let (event, rest) = out.split_once("\n\n").expect("a whole event");
+    let data = event.strip_prefix("data: ").expect("one data line");
+    (serde_json::from_str(data).expect("JSON"), rest)
+}
+
+#[test]
+fn an_oversized_event_becomes_one_error_event_and_the_stream_goes_on() {
+    let gateway = redacting();
+    let filler = "s".repeat(3000);
+    for ending in ["\n", "\r\n", "\r"] {
+        let mut exchange = streaming(&gateway);
+        // One chunk: a whole event, then the start of one that passes the limit.
+        let first = format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"secret\":1}}}}{ending}{ending}event: message{ending}data: {{\"jsonrpc\":\"2.0\",\"id\":\"call-7\",\"result\":{{\"text\":\"{}",
+            &filler[..2000]
+        );
+        let out = replaced(exchange.on_response_body(first.as_bytes(), false));
+        assert!(
+            out.contains("notifications/progress") && out.ends_with(&ending.repeat(2)),
+            "{ending:?}: {out}"
+        );
+        assert!(
+            !out.contains("sss"),
+            "{ending:?}: nothing of the big event: {out}"
+        );
+        // Its middle: nothing goes out, nothing is held.
+        let out = replaced(exchange.on_response_body(&filler.as_bytes()[2000..], false));
+        assert_eq!(out, "", "{ending:?}");
+        // Its end, and the next event in the same chunk.
+        let last = format!(
+            "a secret\"}}}}{ending}{ending}data: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"text\":\"the secret\"}}}}{ending}{ending}"
+        );
+        let out = replaced(exchange.on_response_body(last.as_bytes(), true));
+        let (error, rest) = first_event(&out);
+        assert_eq!(error, over_limit("call-7".into()), "{ending:?}");
+        assert!(
+            rest.contains("the [redacted]") && rest.contains("\"id\":8"),
+            "{ending:?}: {rest}"
+        );
+        assert!(
+            !out.contains("sss") && !out.contains("a secret"),
+            "{ending:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn an_event_over_many_chunks_is_reassembled_or_dropped_whole() {
+    let gateway = redacting();
+    // Under the limit, cut into 10-byte chunks: the event goes out once, whole.
+    let event = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"text\":\"my secret\"}}\r\n\r\n";
+    let mut exchange = streaming(&gateway);
+    let mut out = String::new();
+    for piece in event.as_bytes().chunks(10) {
+        out.push_str(&replaced(exchange.on_response_body(piece, false)));
+    }
+    assert_eq!(
+        out,
+        "event: message\ndata: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"text\":\"my [redacted]\"}}\n\n"
+    );
+    // Over the limit, cut into 10-byte chunks, with the id after the result (as
+    // the TypeScript SDK writes it): nothing goes out until the error replaces it.
+    let big = format!(
+        "data: {{\"result\":{{\"text\":\"{}\"}},\"jsonrpc\":\"2.0\",\"id\":\"call-7\"}}\n\n",
+        "s".repeat(2000)
+    );
+    let mut exchange = streaming(&gateway);
+    let pieces: Vec<&[u8]> = big.as_bytes().chunks(10).collect();
+    let (last, rest) = pieces.split_last().expect("pieces");
+    for piece in rest {
+        assert_eq!(replaced(exchange.on_response_body(piece, false)), "");
+    }
+    let out = replaced(exchange.on_response_body(last, false));
+    assert_eq!(first_event(&out), (over_limit("call-7".into()), ""));
+}
+
+#[test]
+fn a_stream_ending_inside_an_oversized_event_ends_with_the_error() {
+    let gateway = redacting();
+    let mut exchange = streaming(&gateway);
+    let start = format!(
+        "data: {{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":\"{}",
+        "s".repeat(1500)
+    );
+    assert_eq!(
+        replaced(exchange.on_response_body(start.as_bytes(), false)),
+        ""
+    );
+    let out = replaced(exchange.on_response_body(b"sss", true));
+    assert_eq!(first_event(&out), (over_limit(5.into()), ""));
 }

@@ -85,3 +85,61 @@ fn issuer_defaults_are_safe() {
         "empty means the gateway's resource"
     );
 }
+
+#[test]
+fn origins_must_be_written_as_browsers_send_them() {
+    let cfg = parse("edge:\n  allowed_origins: [https://app.example, http://localhost:6274]\n")
+        .expect("valid origins");
+    assert!(cfg.edge.origin_allowed(Some("https://app.example")));
+    assert!(cfg.edge.origin_allowed(None));
+    assert!(!cfg.edge.origin_allowed(Some("https://app.example.evil")));
+    assert!(!cfg.edge.origin_allowed(Some("null")));
+    assert_eq!(cfg.edge.max_request_bytes, 1024 * 1024);
+
+    for (bad, hint) in [
+        (
+            "https://app.example/",
+            "did you mean `https://app.example`?",
+        ),
+        ("https://App.Example", "did you mean `https://app.example`?"),
+        (
+            "https://app.example:443",
+            "did you mean `https://app.example`?",
+        ),
+        (
+            "https://user@app.example",
+            "did you mean `https://app.example`?",
+        ),
+        ("app.example", "no path or trailing slash)"),
+        ("file:///etc", "no path or trailing slash)"),
+    ] {
+        let err = parse(&format!("edge:\n  allowed_origins: [\"{bad}\"]\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.starts_with("gateway.yaml: edge.allowed_origins: "),
+            "{err}"
+        );
+        assert!(err.contains(hint), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
+    let cfg = parse(
+        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  rules_file: r.yaml\n  issuers: []\next_proc:\n  server: {listen: 127.0.0.1:2}\n",
+    )
+    .expect("valid");
+    let authz = cfg.ext_authz.expect("section");
+    assert_eq!(authz.token_cache_bytes, 64 * 1024 * 1024);
+    let proc = cfg.ext_proc.expect("section");
+    assert_eq!(proc.max_sse_event_bytes, 1024 * 1024);
+    assert_eq!(proc.tool_schema_cache_bytes, 64 * 1024 * 1024);
+    let err = parse("ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  rules_file: r.yaml\n  issuers: []\n  token_cache_entries: 10\n")
+        .expect_err("the entry count is gone: bytes are the budget");
+    assert!(
+        err.to_string()
+            .contains("unknown field `token_cache_entries`"),
+        "{err}"
+    );
+}

