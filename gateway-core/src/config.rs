@@ -83,7 +83,7 @@ fn origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
             .map(|u| u.origin().ascii_serialization());
         if canonical.as_deref() != Some(origin.as_str()) {
             return Err(serde::de::Error::custom(format!(
-                "`{origin}` is not an origin as browsers send it (scheme://host[:port], \
+                "allowed_origins: `{origin}` is not an origin as browsers send it (scheme://host[:port], \
                  lower case, no path or trailing slash{})",
                 canonical
                     .filter(|c| c != "null")

@@ -117,7 +117,7 @@ fn origins_must_be_written_as_browsers_send_them() {
             .expect_err(bad)
             .to_string();
         assert!(
-            err.starts_with("gateway.yaml: edge.allowed_origins: "),
+            err.starts_with("gateway.yaml: edge: allowed_origins: "),
             "{err}"
         );
         assert!(err.contains(hint), "{bad}: {err}");

@@ -94,6 +94,40 @@ fn missing_config_file_exits_64_naming_the_file() {
 }
 
 #[test]
+fn key_urls_that_hide_another_host_stop_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (uri, why) in [
+        (
+            "http://localhost:1@evil.example/jwks",
+            "user name or password",
+        ),
+        (
+            "http://localhost.evil.example/jwks",
+            "plain http is allowed only",
+        ),
+        ("file:///etc/passwd", "https"),
+    ] {
+        let path = config(
+            &dir,
+            &format!(
+                "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: https://gw/mcp\n  \
+                 issuers: [{{issuer: https://idp, jwks_uri: \"{uri}\"}}]\n  rules_file: rules.yaml\n"
+            ),
+        );
+        let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(64), "{uri}: {stderr}");
+        assert!(
+            stderr.contains("ext_authz.issuers[0].jwks_uri") && stderr.contains(why),
+            "{uri}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("localhost:1@"),
+            "the password is masked: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn bad_config_exits_64_naming_file_key_and_reason() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = config(
@@ -135,7 +169,10 @@ fn bad_config_exits_64_naming_file_key_and_reason() {
     );
     let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("must be https"), "{stderr}");
+    assert!(
+        stderr.contains("ext_authz.issuers[0].issuer: `http://idp.example/` refused: plain http"),
+        "{stderr}"
+    );
 
     // A rule that does not compile: named, with the parser's message.
     let path = config(&dir, &sidecar_config(1, 2));
