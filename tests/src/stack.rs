@@ -436,24 +436,25 @@ impl Stack {
 
     /// Every request backend `index` received, as its `/_debug/requests` lists them.
     pub async fn backend_requests(&self, index: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let body = self.backend_debug(index).await?;
+        Ok(body["requests"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Backend `index`'s `/_debug/requests` document.
+    async fn backend_debug(&self, index: usize) -> anyhow::Result<serde_json::Value> {
         let port = self.ports.backends[index];
-        let body: serde_json::Value =
+        Ok(
             reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
                 .await?
                 .json()
-                .await?;
-        Ok(body["requests"].as_array().cloned().unwrap_or_default())
+                .await?,
+        )
     }
 
     /// How many HTTP requests backend `index` received since it started (any
     /// path; a counter that never rolls over, unlike the request list).
     pub async fn backend_total(&self, index: usize) -> anyhow::Result<u64> {
-        let port = self.ports.backends[index];
-        let body: serde_json::Value =
-            reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
-                .await?
-                .json()
-                .await?;
+        let body = self.backend_debug(index).await?;
         body["total"]
             .as_u64()
             .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))
