@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use crate::catalog::{ToolCatalog, ToolsFor};
 use crate::sealer::SessionSealer;
+use crate::streams::{CallerStreams, StreamPermit};
 
 /// Header that Envoy's consistent-hash load balancer hashes on.
 pub const SESSION_HASH_HEADER: &str = "x-mcp-session-hash";
@@ -86,6 +87,10 @@ pub struct LocalReply {
 pub struct ResponsePlan {
     pub edits: HeaderEdits,
     pub body: BodyMode,
+    /// Keep the ext_proc stream open until the response ends (Envoy then sends
+    /// its trailers), so the caller's stream slot lasts as long as an event
+    /// stream whose body ext-proc does not read.
+    pub watch_end: bool,
 }
 
 /// Session settings shared by every exchange.
@@ -106,6 +111,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Largest SSE event reassembled for rewriting (`ext_proc.max_sse_event_bytes`).
     pub max_sse_event_bytes: usize,
+    /// Open streams per caller (`ext_proc.max_streams_per_caller`).
+    pub streams: Arc<CallerStreams>,
 }
 
 /// The caller, as ext-authz established it (Envoy dynamic metadata).
@@ -168,6 +175,8 @@ pub struct Exchange<'a> {
     upstream: Option<String>,
     /// Set when the response is an event stream being rewritten.
     events: Option<EventSplitter>,
+    /// The caller's slot for this stream, held until Envoy ends the exchange.
+    permit: Option<StreamPermit>,
 }
 
 impl<'a> Exchange<'a> {
@@ -180,6 +189,7 @@ impl<'a> Exchange<'a> {
             path: String::new(),
             upstream: None,
             events: None,
+            permit: None,
         }
     }
 
@@ -235,6 +245,19 @@ impl<'a> Exchange<'a> {
                 payload.backend_session_id,
                 payload.upstream_host,
             ));
+        }
+        if let Some(caller) = &self.caller {
+            let streams = &self.gateway.streams;
+            let Some(permit) = streams.try_open(caller.digest()) else {
+                tracing::warn!(
+                    target: "security",
+                    subject = %caller.subject,
+                    limit = streams.limit(),
+                    "caller holds too many open streams; answered 429"
+                );
+                return RequestPlan::Reply(too_many_streams(streams.limit()));
+            };
+            self.permit = Some(permit);
         }
         let is_post = headers.get(":method") == Some(b"POST");
         RequestPlan::Forward {
@@ -372,7 +395,12 @@ impl<'a> Exchange<'a> {
         if body == BodyMode::Streamed {
             self.events = Some(EventSplitter::new(self.gateway.max_sse_event_bytes));
         }
-        ResponsePlan { edits, body }
+        let watch_end = self.permit.is_some() && body == BodyMode::Skip && is_event_stream(headers);
+        ResponsePlan {
+            edits,
+            body,
+            watch_end,
+        }
     }
 
     /// Whether the response body arrives in streamed chunks (an event stream).
@@ -538,6 +566,21 @@ fn bad_gateway() -> LocalReply {
         status: 502,
         body: jsonrpc::error_response(None, -32603, "the backend's response is not valid JSON")
             .to_string(),
+    }
+}
+
+/// A caller at its cap of open streams: it must close one first.
+fn too_many_streams(limit: u32) -> LocalReply {
+    LocalReply {
+        status: 429,
+        body: jsonrpc::error_response(
+            None,
+            -32000,
+            &format!(
+                "too many open streams: this caller already holds {limit}; close one (an event stream or a long call) and retry"
+            ),
+        )
+        .to_string(),
     }
 }
 

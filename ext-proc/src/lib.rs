@@ -11,3 +11,4 @@ pub mod catalog;
 pub mod exchange;
 pub mod sealer;
 pub mod service;
+pub mod streams;

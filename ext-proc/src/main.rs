@@ -11,6 +11,7 @@ use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcService, SERVICE_NAME};
+use ext_proc::streams::CallerStreams;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
@@ -63,6 +64,7 @@ async fn main() -> ExitCode {
                 .map(|a| a.limits)
                 .unwrap_or_default(),
             max_sse_event_bytes: section.max_sse_event_bytes,
+            streams: CallerStreams::new(section.max_streams_per_caller.get()),
         });
         let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
         Ok(Sidecar {

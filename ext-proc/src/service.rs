@@ -110,7 +110,7 @@ fn answer(
                 match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
                     RequestPlan::Forward { edits, body } => ProcessingResponse {
                         response: Some(Reply::RequestHeaders(headers_response(edits))),
-                        mode_override: Some(mode(body, BodyMode::Skip)),
+                        mode_override: Some(mode(body, BodyMode::Skip, false)),
                         ..Default::default()
                     },
                     RequestPlan::Reply(local) => ProcessingResponse {
@@ -128,7 +128,7 @@ fn answer(
             let plan = exchange.on_response_headers(&HeaderView(headers), upstream);
             return Ok(ProcessingResponse {
                 response: Some(Reply::ResponseHeaders(headers_response(plan.edits))),
-                mode_override: Some(mode(BodyMode::Skip, plan.body)),
+                mode_override: Some(mode(BodyMode::Skip, plan.body, plan.watch_end)),
                 ..Default::default()
             });
         }
@@ -236,15 +236,21 @@ fn immediate(local: LocalReply, details: &str) -> ImmediateResponse {
 }
 
 /// A complete processing mode: Envoy replaces its whole mode with an override, so
-/// every field is spelled out.
-fn mode(request_body: BodyMode, response_body: BodyMode) -> ProcessingMode {
+/// every field is spelled out. `watch_end` asks for the response trailers, which
+/// Envoy sends (empty, if the backend sent none) when the response ends: until
+/// then it keeps the ext_proc stream, and with it the caller's stream slot, open.
+fn mode(request_body: BodyMode, response_body: BodyMode, watch_end: bool) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: HeaderSendMode::Send as i32,
         request_body_mode: body_send_mode(request_body) as i32,
         response_body_mode: body_send_mode(response_body) as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: if watch_end {
+            HeaderSendMode::Send
+        } else {
+            HeaderSendMode::Skip
+        } as i32,
     }
 }
 

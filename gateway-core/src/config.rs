@@ -5,6 +5,7 @@
 //! so that a typo never silently turns a setting off.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -267,6 +268,19 @@ pub struct ExtProcConfig {
     /// validation), in bytes as estimated per schema from its JSON size.
     #[serde(default = "default_tool_schema_cache_bytes")]
     pub tool_schema_cache_bytes: u64,
+    /// Streams one caller (issuer and subject) may hold open at once through this
+    /// ext-proc: GET event streams, calls awaiting or streaming their answer.
+    /// One more is 429. Keeps one caller from holding every connection the
+    /// backend pool allows (Envoy's circuit breaker: 4096 requests).
+    #[serde(default = "default_max_streams_per_caller")]
+    pub max_streams_per_caller: NonZeroU32,
+}
+
+/// An agent needs a GET stream and a few calls per session, so a caller still
+/// runs dozens of sessions at once, while it takes 32 callers at their cap to
+/// fill the backend pool's 4096.
+fn default_max_streams_per_caller() -> NonZeroU32 {
+    NonZeroU32::new(128).unwrap_or(NonZeroU32::MIN)
 }
 
 fn default_max_sse_event_bytes() -> usize {

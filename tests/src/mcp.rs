@@ -93,6 +93,20 @@ impl RawSession {
             .ok_or_else(|| anyhow!("{method}: no response with id {id} in: {text}"))
     }
 
+    /// Opens the session's GET event stream (server-to-client messages); the
+    /// response is returned as soon as its headers arrive.
+    pub async fn open_event_stream(&self) -> anyhow::Result<reqwest::Response> {
+        self.http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION)
+            .header("mcp-session-id", &self.session_id)
+            .send()
+            .await
+            .context("GET event stream from the gateway")
+    }
+
     /// Calls a tool and returns the text of its first content item.
     pub async fn call_tool(&self, name: &str, arguments: Value) -> anyhow::Result<String> {
         let response = self

@@ -32,6 +32,7 @@ fn sessions() -> Gateway {
         catalog: ToolCatalog::new(1024 * 1024),
         limits: Limits::default(),
         max_sse_event_bytes: 1024,
+        streams: CallerStreams::new(8),
     }
 }
 
@@ -430,4 +431,67 @@ fn a_stream_ending_inside_an_oversized_event_ends_with_the_error() {
     );
     let out = replaced(exchange.on_response_body(b"sss", true));
     assert_eq!(first_event(&out), (over_limit(5.into()), ""));
+}
+
+#[test]
+fn a_caller_at_its_stream_cap_gets_429_until_one_of_its_streams_ends() {
+    let gateway = sessions();
+    let mut open: Vec<Exchange<'_>> = (0..8)
+        .map(|_| {
+            let mut exchange = Exchange::new(&gateway);
+            let plan = exchange.on_request_headers(&map(&[(":method", "GET")]), alice());
+            assert!(matches!(plan, RequestPlan::Forward { .. }), "{plan:?}");
+            exchange
+        })
+        .collect();
+    let mut ninth = Exchange::new(&gateway);
+    let RequestPlan::Reply(reply) = ninth.on_request_headers(&map(&[(":method", "GET")]), alice())
+    else {
+        panic!("the ninth stream is refused")
+    };
+    assert_eq!(reply.status, 429);
+    assert!(
+        reply.body.contains("too many open streams"),
+        "{}",
+        reply.body
+    );
+
+    let mut bob = Exchange::new(&gateway);
+    let plan = bob.on_request_headers(&map(&[(":method", "GET")]), caller("https://idp", "bob"));
+    assert!(
+        matches!(plan, RequestPlan::Forward { .. }),
+        "bob has his own cap"
+    );
+
+    open.pop();
+    let mut again = Exchange::new(&gateway);
+    let plan = again.on_request_headers(&map(&[(":method", "GET")]), alice());
+    assert!(
+        matches!(plan, RequestPlan::Forward { .. }),
+        "a slot was freed"
+    );
+}
+
+#[test]
+fn an_event_stream_ext_proc_does_not_read_is_watched_to_its_end() {
+    let gateway = sessions();
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "GET")]), alice());
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "text/event-stream")]),
+        Some("127.0.0.1:9001"),
+    );
+    assert_eq!(plan.body, BodyMode::Skip);
+    assert!(plan.watch_end, "the slot must last as long as the stream");
+
+    let mut json = Exchange::new(&gateway);
+    json.on_request_headers(&map(&[(":method", "POST")]), alice());
+    let plan = json.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9001"),
+    );
+    assert!(
+        !plan.watch_end,
+        "a JSON answer ends with its headers' exchange"
+    );
 }

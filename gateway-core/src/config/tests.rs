@@ -135,6 +135,14 @@ fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
     let proc = cfg.ext_proc.expect("section");
     assert_eq!(proc.max_sse_event_bytes, 1024 * 1024);
     assert_eq!(proc.tool_schema_cache_bytes, 64 * 1024 * 1024);
+    assert_eq!(proc.max_streams_per_caller.get(), 128);
+    let err = parse("ext_proc:\n  server: {listen: 127.0.0.1:2}\n  max_streams_per_caller: 0\n")
+        .expect_err("a cap of 0 would refuse everyone");
+    assert!(
+        err.to_string()
+            .starts_with("gateway.yaml: ext_proc.max_streams_per_caller: "),
+        "{err}"
+    );
     let err = parse("ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  rules_file: r.yaml\n  issuers: []\n  token_cache_entries: 10\n")
         .expect_err("the entry count is gone: bytes are the budget");
     assert!(

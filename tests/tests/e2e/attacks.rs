@@ -526,3 +526,71 @@ async fn bodies_are_bounded_by_who_sends_them() {
     }
     assert_eq!(stack.all_backend_total().await.expect("counters"), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
+    const CAP: usize = 3;
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.gateway_config = Box::new(|config| {
+        config["ext_proc"]["max_streams_per_caller"] = (CAP as u64).into();
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
+    let alice = stack.token("alice", "mcp:tools").await.expect("token");
+    let mut sessions = Vec::new();
+    for _ in 0..=CAP {
+        sessions.push(
+            RawSession::initialize(stack.http(), &stack.url(), &alice)
+                .await
+                .expect("session"),
+        );
+    }
+    // Alice holds her cap of event streams open.
+    let mut held = Vec::new();
+    for session in &sessions[..CAP] {
+        let stream = session.open_event_stream().await.expect("answer");
+        assert_eq!(stream.status(), 200);
+        held.push(stream);
+    }
+
+    // One more stream, or a call, of hers: 429, and no backend hears of it.
+    let before = stack.all_backend_total().await.expect("counters");
+    let refused = sessions[CAP].open_event_stream().await.expect("answer");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.expect("JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    let call = sessions[0]
+        .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}}))
+        .await
+        .expect("answer");
+    assert_eq!(call.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(stack.all_backend_total().await.expect("counters"), before);
+
+    // Another caller is not locked out by her.
+    let bob = stack.token("bob", "mcp:tools").await.expect("token");
+    let bobs = RawSession::initialize(stack.http(), &stack.url(), &bob)
+        .await
+        .expect("bob's session");
+    let backend = bobs
+        .call_tool("whoami", json!({}))
+        .await
+        .expect("bob's call");
+    assert!(backend.starts_with("mcp-"), "{backend}");
+
+    // When she closes a stream, its slot is hers again (as soon as Envoy has
+    // seen the client go).
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + e2e::patience();
+    loop {
+        let stream = sessions[CAP].open_event_stream().await.expect("answer");
+        if stream.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(stream.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -280,8 +280,8 @@ async fn a_notification_on_a_get_stream_reaches_only_its_session() {
     let b = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("b");
-    let mut stream_a = open_get_stream(&stack, &token, &a).await;
-    let mut stream_b = open_get_stream(&stack, &token, &b).await;
+    let mut stream_a = open_get_stream(&a).await;
+    let mut stream_b = open_get_stream(&b).await;
 
     assert_eq!(
         a.call_tool("notify", json!({"text": "for-a"}))
@@ -304,21 +304,8 @@ async fn a_notification_on_a_get_stream_reaches_only_its_session() {
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
-async fn open_get_stream(
-    stack: &Stack,
-    token: &str,
-    session: &RawSession,
-) -> (EventStream, String) {
-    let response = stack
-        .http()
-        .get(stack.url())
-        .bearer_auth(token)
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
-        .send()
-        .await
-        .expect("GET stream");
+async fn open_get_stream(session: &RawSession) -> (EventStream, String) {
+    let response = session.open_event_stream().await.expect("GET stream");
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["mcp-session-id"]
