@@ -594,3 +594,50 @@ async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
+    const CAP: usize = 64 * 1024;
+    let mut options = StackOptions::for_test().expect("free ports");
+    // A redaction on every call: each answer's events are reassembled and read.
+    let rewrites: serde_yaml::Value = serde_yaml::from_str(
+        "- {name: redact-keys, methods: [tools/call], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}",
+    )
+    .expect("rewrites YAML");
+    options.gateway_config = Box::new(move |config| {
+        config["ext_proc"]["max_sse_event_bytes"] = (CAP as u64).into();
+        config["rewrites"] = rewrites.clone();
+    });
+    options.rules = Some("default:\n  default_effect: allow\n".to_owned());
+    let stack = Stack::start(options).await.expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("session");
+
+    // Under the cap the answer is whole.
+    assert_eq!(
+        session
+            .call_tool("blob", json!({"size": 1000}))
+            .await
+            .expect("small blob")
+            .len(),
+        1000
+    );
+    // Over it, the event becomes a JSON-RPC error for the same call: the client
+    // is told, not left waiting, and none of the event's bytes are passed on.
+    let answer = session
+        .request(
+            "tools/call",
+            json!({"name": "blob", "arguments": {"size": 4 * CAP}}),
+        )
+        .await
+        .expect("an answer for the call");
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    let message = answer["error"]["message"].as_str().expect("message");
+    assert!(message.contains(&CAP.to_string()), "{message}");
+    assert!(
+        answer.to_string().len() < CAP,
+        "the oversized event was dropped"
+    );
+}
