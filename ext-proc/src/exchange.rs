@@ -273,8 +273,21 @@ impl<'a> Exchange<'a> {
     /// The whole request body arrived (buffered): apply request rewrites.
     pub fn on_request_body(&mut self, body: &[u8]) -> BodyPlan {
         let Ok(mut value) = jsonrpc::parse_strict(body, &self.gateway.limits) else {
-            // ext-authz already refused malformed bodies; nothing to rewrite here.
-            return BodyPlan::Continue;
+            // ext-authz refuses malformed bodies first; one that reaches here
+            // anyway is not forwarded unexamined.
+            tracing::warn!(
+                len = body.len(),
+                "request body ext-proc cannot parse; refused"
+            );
+            return BodyPlan::Reply(LocalReply {
+                status: 400,
+                body: jsonrpc::error_response(
+                    None,
+                    -32700,
+                    "the request body is not JSON-RPC the gateway can read",
+                )
+                .to_string(),
+            });
         };
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);

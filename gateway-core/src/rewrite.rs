@@ -68,6 +68,22 @@ pub struct SetConfig {
     pub value: Option<Value>,
     /// ...or a CEL expression whose result is set.
     pub expr: Option<String>,
+    /// What happens when the value cannot be computed (a claim the token lacks,
+    /// an expression or a rule condition that fails): the client's value at the
+    /// pointer never survives either way.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+}
+
+/// What a `set` does when its value cannot be computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Refuse the call (JSON-RPC -32001): the backend relies on the value.
+    #[default]
+    Deny,
+    /// Remove the pointer and forward the call without it.
+    Remove,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,7 +157,7 @@ struct Rewrite {
     methods: Option<HashSet<String>>,
     tools: Option<HashSet<String>>,
     when: Option<Program>,
-    set: Vec<(String, SetValue)>,
+    set: Vec<Injection>,
     remove: Vec<String>,
     clamp: Vec<ClampConfig>,
     validate: Option<Validation>,
@@ -149,9 +165,26 @@ struct Rewrite {
     redact: Vec<Redaction>,
 }
 
+/// A compiled `set`.
+struct Injection {
+    pointer: String,
+    value: SetValue,
+    on_missing: OnMissing,
+}
+
 enum SetValue {
     Literal(Value),
     Expr(Program),
+}
+
+/// A rule's `when`, evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Holds,
+    DoesNotHold,
+    /// The condition failed (a missing claim, a type error): protective actions
+    /// apply, permissive ones do not.
+    Unknown,
 }
 
 enum Validation {
@@ -214,7 +247,11 @@ impl RewriteSet {
                         )));
                     }
                 };
-                set.push((s.pointer.clone(), value));
+                set.push(Injection {
+                    pointer: s.pointer.clone(),
+                    value,
+                    on_missing: s.on_missing,
+                });
             }
             for p in config
                 .remove
@@ -347,33 +384,68 @@ impl RewriteSet {
             return Ok(changed);
         }
         let Ok(view) = Message::from_value(message) else {
-            return Ok(changed);
+            // Rules exist and cannot read this message: refuse rather than
+            // forward it unexamined.
+            return Err(Rejection {
+                code: -32600,
+                message: "not a JSON-RPC request the gateway's rules can read".into(),
+            });
         };
         let root = facts_context(&self.env, facts, &self.uses);
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("mcp", mcp_value(&view));
         for rule in &self.rules {
-            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref())
-                || !rule.matches(&scope)
-            {
+            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref()) {
                 continue;
             }
-            for (pointer, value) in &rule.set {
-                let value = match value {
-                    SetValue::Literal(v) => v.clone(),
-                    SetValue::Expr(program) => match program.execute(&scope) {
-                        Ok(result) => result.json().unwrap_or(Value::Null),
-                        // A claim the caller lacks: nothing to set.
-                        Err(_) => continue,
-                    },
+            let condition = rule.condition(&scope);
+            if condition == Condition::DoesNotHold {
+                continue;
+            }
+            for injection in &rule.set {
+                let value = match (condition, &injection.value) {
+                    (Condition::Unknown, _) => None,
+                    (_, SetValue::Literal(v)) => Some(v.clone()),
+                    (_, SetValue::Expr(program)) => program
+                        .execute(&scope)
+                        .ok()
+                        .and_then(|result| result.json().ok())
+                        .filter(|v| !v.is_null()),
                 };
-                changed |= set_pointer(message, pointer, value);
+                match (value, injection.on_missing) {
+                    (Some(value), _) => changed |= set_pointer(message, &injection.pointer, value),
+                    (None, OnMissing::Remove) => {
+                        tracing::info!(
+                            rule = %rule.name,
+                            pointer = %injection.pointer,
+                            "set: no value to inject; removed the pointer"
+                        );
+                        changed |= remove_pointer(message, &injection.pointer);
+                    }
+                    (None, OnMissing::Deny) => {
+                        tracing::info!(
+                            rule = %rule.name,
+                            pointer = %injection.pointer,
+                            "set: no value to inject; refused the call"
+                        );
+                        return Err(Rejection {
+                            code: -32001,
+                            message: format!(
+                                "refused: rule `{}` must set {} from the caller's token, and cannot",
+                                rule.name, injection.pointer
+                            ),
+                        });
+                    }
+                }
             }
             for pointer in &rule.remove {
                 changed |= remove_pointer(message, pointer);
             }
             for clamp in &rule.clamp {
-                changed |= clamp_pointer(message, clamp);
+                changed |= clamp_pointer(message, clamp).map_err(|reason| Rejection {
+                    code: -32602,
+                    message: format!("invalid arguments (rule `{}`): {reason}", rule.name),
+                })?;
             }
             if let Some(validation) = &rule.validate {
                 let tool = view.tool.as_deref().unwrap_or_default();
@@ -451,7 +523,8 @@ impl RewriteSet {
         };
         scope.add_variable_from_value("mcp", mcp_value(&probe));
         for rule in applicable {
-            if !rule.matches(&scope) {
+            // A condition that fails still redacts: redaction only protects.
+            if rule.condition(&scope) == Condition::DoesNotHold {
                 continue;
             }
             for redaction in &rule.redact {
@@ -532,10 +605,21 @@ impl Rewrite {
                 .is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
     }
 
-    fn matches(&self, context: &cel::Context<'_, '_>) -> bool {
-        match &self.when {
-            None => true,
-            Some(program) => matches!(program.execute(context), Ok(cel::Value::Bool(true))),
+    fn condition(&self, context: &cel::Context<'_, '_>) -> Condition {
+        let Some(program) = &self.when else {
+            return Condition::Holds;
+        };
+        match program.execute(context) {
+            Ok(cel::Value::Bool(true)) => Condition::Holds,
+            Ok(cel::Value::Bool(false)) => Condition::DoesNotHold,
+            Ok(other) => {
+                tracing::warn!(rule = %self.name, result = ?other.type_of(), "rewrite condition is not a bool; protective actions apply");
+                Condition::Unknown
+            }
+            Err(error) => {
+                tracing::info!(rule = %self.name, %error, "rewrite condition failed; protective actions apply");
+                Condition::Unknown
+            }
         }
     }
 }
@@ -587,11 +671,15 @@ fn remove_pointer(target: &mut Value, pointer: &str) -> bool {
     }
 }
 
-fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> bool {
+/// Clamps the number at the pointer; an absent value is left absent, anything
+/// but a number is refused (servers coerce `"-5"` to -5, past the clamp).
+fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> Result<bool, String> {
     let Some(slot) = target.pointer_mut(&clamp.pointer) else {
-        return false;
+        return Ok(false);
     };
-    let Some(n) = slot.as_f64() else { return false };
+    let Some(n) = slot.as_f64() else {
+        return Err(format!("{} must be a number", clamp.pointer));
+    };
     let mut clamped = n;
     if let Some(min) = clamp.min {
         clamped = clamped.max(min);
@@ -600,14 +688,14 @@ fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> bool {
         clamped = clamped.min(max);
     }
     if clamped == n {
-        return false;
+        return Ok(false);
     }
     *slot = if clamped.fract() == 0.0 && clamped.abs() < 9e15 {
         Value::from(clamped as i64)
     } else {
         serde_json::Number::from_f64(clamped).map_or(Value::Null, Value::Number)
     };
-    true
+    Ok(true)
 }
 
 fn redact_strings(value: &mut Value, re: &regex::Regex, replacement: &str) -> bool {

@@ -222,3 +222,132 @@ fn bad_rewrites_are_named() {
         bad("- {name: w, set: [{pointer: /a, expr: 'mpc.x'}]}").contains("unknown variable `mpc`")
     );
 }
+
+fn rewrite_with(
+    rules: &str,
+    claims: &serde_json::Map<String, Value>,
+    message: &mut Value,
+) -> Result<bool, Rejection> {
+    let configs: Vec<RewriteConfig> = serde_yaml::from_str(rules).expect("yaml");
+    let facts = RequestFacts {
+        claims: Some(claims),
+        subject: Some("svc"),
+        ..Default::default()
+    };
+    RewriteSet::compile(&configs)
+        .expect("compiles")
+        .rewrite_request(&facts, message, &tools(vec![]))
+}
+
+#[test]
+fn a_value_that_cannot_be_injected_never_leaves_the_clients_in_place() {
+    let no_email = serde_json::Map::new();
+    // Default: the call is refused.
+    let mut m = call("echo", json!({"email": "ceo@example.com"}));
+    let err = rewrite_with(
+        "- {name: inject, set: [{pointer: /params/arguments/email, expr: jwt.email}]}",
+        &no_email,
+        &mut m,
+    )
+    .expect_err("no claim to inject");
+    assert_eq!(err.code, -32001);
+    assert!(err.message.contains("`inject`"), "{}", err.message);
+    assert!(!err.message.contains("ceo@"), "{}", err.message);
+    // on_missing: remove drops the client's value.
+    let mut m = call("echo", json!({"a": 1, "email": "ceo@example.com"}));
+    assert_eq!(
+        rewrite_with(
+            "- {name: inject, set: [{pointer: /params/arguments/email, expr: jwt.email, on_missing: remove}]}",
+            &no_email,
+            &mut m,
+        ),
+        Ok(true)
+    );
+    assert_eq!(m["params"]["arguments"], json!({"a": 1}));
+    // A claim that is null is as missing as an absent one.
+    let null_email = json!({"email": null}).as_object().cloned().expect("object");
+    let mut m = call("echo", json!({"email": "ceo@example.com"}));
+    assert!(
+        rewrite_with(
+            "- {name: inject, set: [{pointer: /params/arguments/email, expr: jwt.email}]}",
+            &null_email,
+            &mut m,
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn clamp_refuses_anything_but_a_number_and_leaves_absent_values_absent() {
+    for a in [
+        json!("-5"),
+        json!("1e3"),
+        json!(true),
+        json!(null),
+        json!([1]),
+    ] {
+        let mut m = call("add", json!({"a": a, "b": 1}));
+        let err = rewrite(&mut m).expect_err("not a number");
+        assert_eq!(err.code, -32602, "{a}");
+        assert!(
+            err.message.contains("/params/arguments/a must be a number"),
+            "{}",
+            err.message
+        );
+    }
+    let mut m = call("add", json!({"b": 1}));
+    rewrite(&mut m).expect("absent is fine");
+    assert!(m["params"]["arguments"].get("a").is_none());
+}
+
+#[test]
+fn a_condition_that_fails_applies_protective_actions_only() {
+    let no_tier = serde_json::Map::new();
+    let rules = r#"
+- name: free-tier
+  tools: [add]
+  when: jwt.tier == "free"
+  clamp: [{pointer: /params/arguments/a, max: 10}]
+  set: [{pointer: /params/arguments/limit, value: 1000, on_missing: remove}]
+"#;
+    let mut m = call("add", json!({"a": 500, "limit": 5}));
+    assert_eq!(rewrite_with(rules, &no_tier, &mut m), Ok(true));
+    assert_eq!(
+        m["params"]["arguments"],
+        json!({"a": 10}),
+        "clamped; the literal was not granted, and the client's value is gone"
+    );
+    // A condition that is false applies nothing.
+    let premium = json!({"tier": "premium"})
+        .as_object()
+        .cloned()
+        .expect("object");
+    let mut m = call("add", json!({"a": 500, "limit": 5}));
+    assert_eq!(rewrite_with(rules, &premium, &mut m), Ok(false));
+    // Responses: a failing condition still redacts.
+    let configs: Vec<RewriteConfig> = serde_yaml::from_str(
+        "- {name: r, when: 'jwt.department != \"finance\"', redact: [{regex: 'secret'}]}",
+    )
+    .expect("yaml");
+    let set = RewriteSet::compile(&configs).expect("compiles");
+    let facts = RequestFacts {
+        claims: Some(&no_tier),
+        ..Default::default()
+    };
+    let mut answer = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "a secret"}]}});
+    assert!(set.rewrite_response(
+        &facts,
+        Some("tools/call"),
+        Some("x"),
+        &mut answer,
+        &tools(vec![])
+    ));
+    assert_eq!(answer["result"]["content"][0]["text"], "a [redacted]");
+}
+
+#[test]
+fn a_body_the_rules_cannot_read_is_refused() {
+    let mut not_rpc = json!({"hello": "world"});
+    let err = rewrite(&mut not_rpc).expect_err("not JSON-RPC");
+    assert_eq!(err.code, -32600);
+}

@@ -314,3 +314,138 @@ async fn tools_list_follows_a_rules_reload() {
     }
     assert_eq!(tool_names(&stack, "alice").await, vec!["add", "subtract"]);
 }
+
+// Fail closed: each documented rewrite, tried by a low-privilege caller.
+
+/// What backends received since `before` calls (all backends' tools/call bodies).
+async fn calls_since(stack: &Stack, before: usize) -> Vec<Value> {
+    backend_calls(stack).await.split_off(before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
+    let rewrites = format!(
+        "{OCTELIUM}
+- name: inject-optional
+  methods: [tools/call]
+  tools: [blob]
+  set:
+  - {{pointer: /params/arguments/email, expr: jwt.email, on_missing: remove}}
+"
+    );
+    let stack = stack_with(&rewrites, ALLOW_ALL, &[]).await;
+    // A client-credentials style token: no `email` claim.
+    let token = stack
+        .token("svc-reports", "mcp:tools")
+        .await
+        .expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_calls(&stack).await.len();
+
+    // The rule injects `email` from the token; the client brings its own.
+    let refused = session
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"a": 1, "email": "ceo@example.com"}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(refused["error"]["code"], -32001, "{refused}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("inject-identity") && message.contains("/params/arguments/email"),
+        "{message}"
+    );
+    assert!(!message.contains("ceo@example.com"), "{message}");
+    assert!(
+        calls_since(&stack, before).await.is_empty(),
+        "nothing was forwarded"
+    );
+
+    // With `on_missing: remove`, the call goes on without the client's value.
+    session
+        .call_tool("blob", json!({"size": 3, "email": "ceo@example.com"}))
+        .await
+        .expect("blob");
+    let calls = calls_since(&stack, before).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["params"]["arguments"], json!({"size": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamp_refuses_what_is_not_a_number() {
+    let stack = stack_with(OCTELIUM, ALLOW_ALL, &[]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_calls(&stack).await.len();
+    for a in [
+        json!("-5"),
+        json!("1e3"),
+        json!(null),
+        json!([1]),
+        json!({"n": 1}),
+    ] {
+        let refused = session
+            .request(
+                "tools/call",
+                json!({"name": "add", "arguments": {"a": a, "b": 1}}),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(refused["error"]["code"], -32602, "{a}: {refused}");
+        let message = refused["error"]["message"].as_str().expect("message");
+        assert!(message.contains("/params/arguments/a"), "{message}");
+    }
+    assert!(calls_since(&stack, before).await.is_empty());
+    // Numbers are clamped as before.
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": -5, "b": 1}))
+            .await
+            .expect("add"),
+        "1.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_that_cannot_be_evaluated_still_protects() {
+    // Neither condition can be evaluated for a token without `tier` or
+    // `department`: the protective actions apply anyway.
+    let rewrites = r#"
+- name: free-tier-limit
+  tools: [add]
+  when: jwt.tier == "free"
+  clamp:
+  - {pointer: /params/arguments/a, max: 10}
+- name: sales-sees-no-secrets
+  when: jwt.department != "finance"
+  redact:
+  - {regex: 'secret-[0-9]+'}
+"#;
+    let stack = stack_with(rewrites, ALLOW_ALL, &[]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_calls(&stack).await.len();
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 500, "b": 1}))
+            .await
+            .expect("add"),
+        "11.0"
+    );
+    assert_eq!(
+        calls_since(&stack, before).await[0]["params"]["arguments"],
+        json!({"a": 10, "b": 1})
+    );
+    let echoed = session
+        .call_tool("echo", json!({"uid": "secret-42"}))
+        .await
+        .expect("echo");
+    assert!(!echoed.contains("secret-42"), "{echoed}");
+}
