@@ -9,7 +9,7 @@ JWTs shaped like RFC 9068 access tokens (`iss`, `sub`, `aud`, `scope`, `client_i
     issuer.py token --key-dir D --issuer URL --aud A [--sub S] [--scope "..."] [--ttl SECS]
 
 `token` signs with the same key files the server publishes, so it works whether or
-not the server is running. `POST /token` (form fields sub, scope, ttl, aud, email) does the
+not the server is running. `POST /token` (form fields sub, scope, ttl, aud, email, client_id) does the
 same over HTTP; `POST /_admin/rotate` adds a new signing key (the newest signs, all
 are published). This is a development tool: it hands a token to anyone who asks.
 """
@@ -97,7 +97,16 @@ class KeyStore:
         return {"keys": keys}
 
 
-def issue(store: KeyStore, issuer: str, aud: str, sub: str, scope: str, ttl: int, email: str | None = None) -> str:
+def issue(
+    store: KeyStore,
+    issuer: str,
+    aud: str,
+    sub: str,
+    scope: str,
+    ttl: int,
+    email: str | None = None,
+    client_id: str = "dev-client",
+) -> str:
     kid, key = store.signing_key()
     now = int(time.time())
     claims = {
@@ -105,7 +114,7 @@ def issue(store: KeyStore, issuer: str, aud: str, sub: str, scope: str, ttl: int
         "sub": sub,
         "aud": aud,
         "scope": scope,
-        "client_id": "dev-client",
+        "client_id": client_id,
         "iat": now,
         "nbf": now,
         "exp": now + ttl,
@@ -149,6 +158,7 @@ def app(store: KeyStore, issuer: str, default_aud: str) -> Starlette:
             str(form.get("scope", "mcp:tools")),
             ttl,
             form.get("email"),
+            str(form.get("client_id", "dev-client")),
         )
         return JSONResponse({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl})
 

@@ -97,7 +97,7 @@ pub struct ResponsePlan {
 #[derive(Debug)]
 pub struct Sessions {
     pub sealer: SessionSealer,
-    pub max_age: Option<Duration>,
+    pub max_age: Duration,
 }
 
 /// Everything exchanges share, built once at start-up.
@@ -130,8 +130,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who the caller is, whatever client it uses: its stream cap is counted on this.
     fn digest(&self) -> SubjectDigest {
         subject_digest(&self.issuer, &self.subject)
+    }
+
+    /// What a session is bound to: the caller and the OAuth client acting for it,
+    /// so another agent of the same user cannot take over the session.
+    fn session_binding(&self) -> SubjectDigest {
+        session_binding(&self.issuer, &self.subject, self.client_id.as_deref())
     }
 
     fn claims(&self) -> Option<serde_json::Map<String, Value>> {
@@ -151,15 +158,32 @@ pub enum BodyPlan {
     Reply(LocalReply),
 }
 
-/// SHA-256 of the caller's issuer and subject, as ext-authz established them.
+/// SHA-256 over parts of the caller's identity, as ext-authz established them.
 pub type SubjectDigest = [u8; 32];
 
-/// The digest of a caller.
+/// The digest of a caller: issuer and subject.
 pub fn subject_digest(issuer: &str, subject: &str) -> SubjectDigest {
+    digest_of(&[b"subject", issuer.as_bytes(), subject.as_bytes()])
+}
+
+/// The digest a session is sealed with: issuer, subject and OAuth client
+/// (`azp`, else `client_id`; none is a value of its own).
+pub fn session_binding(issuer: &str, subject: &str, client: Option<&str>) -> SubjectDigest {
+    let client: &[u8] = match client {
+        Some(client) => client.as_bytes(),
+        None => b"",
+    };
+    digest_of(&[b"session", issuer.as_bytes(), subject.as_bytes(), client])
+}
+
+/// Length-prefixed parts: no choice of issuer, subject or client can make two
+/// different identities hash alike.
+fn digest_of(parts: &[&[u8]]) -> SubjectDigest {
     let mut hasher = openssl::sha::Sha256::new();
-    hasher.update(issuer.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(subject.as_bytes());
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
     hasher.finish()
 }
 
@@ -344,15 +368,15 @@ impl<'a> Exchange<'a> {
             .caller
             .as_ref()
             .ok_or("no authenticated caller for a session request")?
-            .digest();
+            .session_binding();
         if payload.subject_digest.len() != caller.len()
             || !openssl::memcmp::eq(&payload.subject_digest, &caller)
         {
-            return Err("session token presented by another subject");
+            return Err("session token presented by another subject or client");
         }
-        if let Some(max_age) = self.gateway.sessions.max_age
-            && now().saturating_sub(payload.issued_at)
-                > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
+        let max_age = self.gateway.sessions.max_age;
+        if now().saturating_sub(payload.issued_at)
+            > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
         {
             return Err("session older than max_age");
         }
@@ -525,7 +549,7 @@ impl<'a> Exchange<'a> {
             .caller
             .as_ref()
             .ok_or("no authenticated caller")?
-            .digest();
+            .session_binding();
         self.gateway
             .sessions
             .sealer

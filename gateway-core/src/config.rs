@@ -295,16 +295,32 @@ fn default_tool_schema_cache_bytes() -> u64 {
 }
 
 /// How client-visible session ids are sealed.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsConfig {
     /// File of AES-256-GCM keys, `id:base64key`, newest first, one per line;
     /// relative to this file. Without it, `MCP_GATEWAY_SESSION_KEYS` holds them
     /// (comma-separated). With neither, ext-proc refuses to start (unless `--dev`).
     pub keys_file: Option<PathBuf>,
-    /// Sessions older than this are unknown (404). Absent: no limit.
-    #[serde(default, with = "humantime_serde")]
-    pub max_age: Option<Duration>,
+    /// Sessions older than this are unknown (404): the client starts a new one.
+    /// A session outlives the token it began with, so this bounds how long a
+    /// leaked session id is worth anything.
+    #[serde(default = "default_session_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            keys_file: None,
+            max_age: default_session_max_age(),
+        }
+    }
+}
+
+/// A working day and then some: agents reconnect far more often than this.
+fn default_session_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// A sidecar's gRPC server.

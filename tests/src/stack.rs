@@ -88,6 +88,13 @@ pub struct StackOptions {
     pub rules: Option<String>,
     /// Extra arguments for every demo backend (e.g. `--json-response`).
     pub backend_args: Vec<String>,
+    /// The backends on `ports.backends` are started (and stopped) by the caller,
+    /// not the demo servers: e.g. the benchmark's fast backend. The issuer is
+    /// still started.
+    pub external_backends: bool,
+    /// Run Envoy and both sidecars under `taskset -c <list>` (e.g. `"0"`), so they
+    /// size their thread pools for those CPUs; `None` leaves them unpinned.
+    pub gateway_cpus: Option<String>,
 }
 
 /// What a second gateway shares with the first: the token issuer and the backends.
@@ -122,6 +129,8 @@ impl StackOptions {
             shared: None,
             rules: None,
             backend_args: Vec::new(),
+            external_backends: false,
+            gateway_cpus: None,
         })
     }
 }
@@ -138,6 +147,7 @@ pub struct Stack {
     bin_dir: PathBuf,
     rules: Option<String>,
     backend_args: Vec<String>,
+    gateway_cpus: Option<String>,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -165,8 +175,12 @@ impl Stack {
                     eprintln!(
                         "a port was taken under us; starting the stack again on new ports ({err:#})"
                     );
-                    let backends = options.ports.backends.len();
-                    options.ports = Ports::free(backends)?;
+                    let backends = options.ports.backends.clone();
+                    options.ports = Ports::free(backends.len())?;
+                    if options.external_backends {
+                        // The caller's backends keep their ports.
+                        options.ports.backends = backends;
+                    }
                     attempt += 1;
                 }
                 result => return result,
@@ -211,6 +225,7 @@ impl Stack {
             bin_dir: options.bin_dir.clone(),
             rules: options.rules.clone(),
             backend_args: options.backend_args.clone(),
+            gateway_cpus: options.gateway_cpus.clone(),
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -225,8 +240,12 @@ impl Stack {
         if options.shared.is_none() {
             stack.issuer = Some(stack.spawn_issuer()?);
             for index in 0..stack.ports.backends.len() {
-                let backend = stack.spawn_backend(index)?;
-                stack.backends.push(Some(backend));
+                let backend = if options.external_backends {
+                    None
+                } else {
+                    Some(stack.spawn_backend(index)?)
+                };
+                stack.backends.push(backend);
             }
             // ext-authz fetches the issuer's keys at start: let the issuer be up
             // first, as an IdP would be.
@@ -350,6 +369,19 @@ impl Stack {
         &self.ports
     }
 
+    /// Process ids of the gateway's own parts (`envoy`, `ext-authz`, `ext-proc`)
+    /// that are running, for CPU accounting.
+    pub fn gateway_pids(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("envoy", &self.envoy),
+            ("ext-authz", &self.ext_authz),
+            ("ext-proc", &self.ext_proc),
+        ]
+        .into_iter()
+        .filter_map(|(name, process)| process.as_ref().map(|p| (name, p.pid())))
+        .collect()
+    }
+
     /// Where configs and logs of this stack are.
     pub fn work_dir(&self) -> &Path {
         &self.work
@@ -372,10 +404,24 @@ impl Stack {
         scope: &str,
         email: &str,
     ) -> anyhow::Result<String> {
+        let extra: &[(&str, &str)] = if email.is_empty() {
+            &[]
+        } else {
+            &[("email", email)]
+        };
+        self.token_with_claims(sub, scope, extra).await
+    }
+
+    /// A fresh bearer token with extra claims the dev issuer takes as form
+    /// fields (`email`, `client_id`, `ttl`).
+    pub async fn token_with_claims(
+        &self,
+        sub: &str,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let mut form = vec![("sub", sub), ("scope", scope)];
-        if !email.is_empty() {
-            form.push(("email", email));
-        }
+        form.extend_from_slice(extra);
         let url = self.url();
         form.push(("aud", &url));
         let response = self
@@ -539,12 +585,33 @@ impl Stack {
             })?;
         if !output.status.success() {
             bail!(
-                "client.py failed ({}): {report:#}\nstderr:\n{}",
+                "client.py failed ({}): {report:#}\nstderr:\n{}\nEnvoy's 5xx answers:\n{}",
                 output.status,
-                String::from_utf8_lossy(&output.stderr)
+                String::from_utf8_lossy(&output.stderr),
+                self.server_errors_logged().join("\n")
             );
         }
         Ok(report)
+    }
+
+    /// Envoy's access-log lines for answers with a 5xx status: when a client
+    /// fails, they say which filter or upstream answered and why.
+    pub fn server_errors_logged(&self) -> Vec<String> {
+        let Some(envoy) = &self.envoy else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(envoy.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|entry| {
+                    entry["status"]
+                        .as_str()
+                        .is_some_and(|status| status.starts_with('5'))
+                })
+            })
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Runs `dev/client.py --call ...`: the given tool calls in one SDK session;
@@ -751,6 +818,19 @@ impl Stack {
         Process::spawn(&name, command, &self.log(&name))
     }
 
+    /// A command for `program`, under `taskset` when the gateway is pinned
+    /// (taskset execs it: the pid stays the program's).
+    fn pinned(&self, program: PathBuf) -> Command {
+        match &self.gateway_cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
     fn spawn_sidecar(&self, name: &str) -> anyhow::Result<Process> {
         let binary = self.bin_dir.join(name);
         if !binary.exists() {
@@ -759,7 +839,7 @@ impl Stack {
                 binary.display()
             );
         }
-        let mut command = Command::new(binary);
+        let mut command = self.pinned(binary);
         command.arg("--config").arg(self.gateway_config_path()).env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -768,7 +848,7 @@ impl Stack {
     }
 
     fn spawn_envoy(&self, concurrency: Option<u32>) -> anyhow::Result<Process> {
-        let mut command = Command::new(paths::venv_bin("envoy"));
+        let mut command = self.pinned(paths::venv_bin("envoy"));
         command
             .arg("-c")
             .arg(self.envoy_config_path())
@@ -873,7 +953,7 @@ fn port_taken(err: &anyhow::Error) -> bool {
 }
 
 /// Polls `ready` until it says yes, the process dies, or patience runs out.
-async fn wait_until<F, Fut>(process: &mut Process, ready: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(process: &mut Process, ready: F) -> anyhow::Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,

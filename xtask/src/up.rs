@@ -30,6 +30,8 @@ impl Up {
                 shared: None,
                 rules: None,
                 backend_args: Vec::new(),
+                external_backends: false,
+                gateway_cpus: None,
             };
             let stack = Stack::start(options).await?;
             let token = stack.token("dev-user", "mcp:tools").await?;
@@ -53,7 +55,7 @@ impl Up {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),

@@ -25,7 +25,7 @@ fn sessions() -> Gateway {
         sessions: Sessions {
             sealer: SessionSealer::new(vec![SessionKey::new("k1", [5; 32]).expect("key")])
                 .expect("sealer"),
-            max_age: None,
+            max_age: Duration::from_secs(24 * 3600),
         },
         rewrites: RewriteSet::empty(),
         policy: None,
@@ -136,7 +136,7 @@ fn another_subject_or_a_forged_token_is_an_unknown_session() {
 fn sessions_expire_after_max_age() {
     let mut sessions = sessions();
     let token = initialize(&sessions);
-    sessions.sessions.max_age = Some(Duration::ZERO);
+    sessions.sessions.max_age = Duration::ZERO;
     // Issued "now"; with a zero max age it is only valid within the same second.
     let payload = sessions.sessions.sealer.open(&token).expect("opens");
     let old = SessionPayload {
@@ -493,5 +493,28 @@ fn an_event_stream_ext_proc_does_not_read_is_watched_to_its_end() {
     assert!(
         !plan.watch_end,
         "a JSON answer ends with its headers' exchange"
+    );
+}
+
+#[test]
+fn a_session_is_bound_to_the_oauth_client_as_well_as_the_subject() {
+    let gateway = sessions();
+    let token = initialize(&gateway);
+    let via = |client: Option<&str>| {
+        let mut caller = alice();
+        if let Some(c) = caller.as_mut() {
+            c.client_id = client.map(str::to_owned);
+        }
+        Exchange::new(&gateway).on_request_headers(&map(&[(SESSION_HEADER, &token)]), caller)
+    };
+    assert!(matches!(via(None), RequestPlan::Forward { .. }));
+    assert!(matches!(
+        via(Some("another-agent")),
+        RequestPlan::Reply(LocalReply { status: 404, .. })
+    ));
+    // Parts cannot be shifted between issuer, subject and client.
+    assert_ne!(
+        session_binding("https://idp", "alice", Some("x")),
+        session_binding("https://idp", "alicex", None)
     );
 }

@@ -136,6 +136,11 @@ fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
     assert_eq!(proc.max_sse_event_bytes, 1024 * 1024);
     assert_eq!(proc.tool_schema_cache_bytes, 64 * 1024 * 1024);
     assert_eq!(proc.max_streams_per_caller.get(), 128);
+    assert_eq!(
+        proc.sessions.max_age,
+        std::time::Duration::from_secs(24 * 3600),
+        "sessions end by default"
+    );
     let err = parse("ext_proc:\n  server: {listen: 127.0.0.1:2}\n  max_streams_per_caller: 0\n")
         .expect_err("a cap of 0 would refuse everyone");
     assert!(

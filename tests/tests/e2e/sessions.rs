@@ -98,6 +98,21 @@ async fn a_token_is_bound_to_its_caller_and_its_bytes() {
     .await
     .expect("answer");
     assert_eq!(replay.status(), 404);
+    // Alice herself, through another OAuth client (another agent acting for her).
+    let alice_elsewhere = stack
+        .token_with_claims("alice", "mcp:tools", &[("client_id", "another-agent")])
+        .await
+        .expect("token");
+    let replay = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &alice_elsewhere,
+        Some(&session.session_id),
+        &call,
+    )
+    .await
+    .expect("answer");
+    assert_eq!(replay.status(), 404, "a session is bound to the client too");
     // One byte of the token changed.
     let mut flipped = session.session_id.clone().into_bytes();
     let i = flipped.len() / 2;
@@ -116,7 +131,7 @@ async fn a_token_is_bound_to_its_caller_and_its_bytes() {
         "nothing reached a backend"
     );
     assert!(
-        stack.ext_proc_log().contains("another subject"),
+        stack.ext_proc_log().contains("another subject or client"),
         "security log line"
     );
     // Alice's own session is untouched.
