@@ -25,6 +25,7 @@ from collections import deque
 
 import uvicorn
 from fastmcp import Context, FastMCP
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--json-response", action="store_true", help="answer requests with JSON, not SSE")
+    parser.add_argument(
+        "--gzip", action="store_true", help="compress responses for clients that accept gzip (as many servers do)"
+    )
     args = parser.parse_args()
 
     mcp = build(args.name)
@@ -171,8 +175,11 @@ def main() -> None:
     admin = build_admin(args.name).http_app(
         path="/mcp/admin", host_origin_protection=False, json_response=args.json_response
     )
+    served = Dispatch(app, admin)
+    if args.gzip:
+        served = GZipMiddleware(served, minimum_size=1)
     uvicorn.run(
-        Recorder(Dispatch(app, admin)),
+        Recorder(served),
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gateway_core::config::{EdgeConfig, ExtAuthzConfig, IdentityHeaders};
+use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::{Decision, Effect, RequestFacts};
@@ -113,10 +114,12 @@ pub struct Denied {
 /// What the request calls, as far as the body says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallInfo {
-    /// The JSON-RPC method; the methods of a batch joined by `,`.
+    /// For logs: the JSON-RPC method; the methods of a batch joined by `,`.
     pub rpc_method: Option<String>,
-    /// The tool of a `tools/call`; the tools of a batch joined by `,`.
+    /// For logs: the tool of a `tools/call`; the tools of a batch joined by `,`.
     pub tool: Option<String>,
+    /// Each message of the body, for ext-proc (see [`gateway_core::handoff`]).
+    pub calls: Vec<Call>,
 }
 
 /// Where RFC 9728 metadata lives, relative to the origin.
@@ -627,6 +630,14 @@ fn call_info(messages: &[Message]) -> CallInfo {
                 .collect(),
         ),
         tool: join(messages.iter().filter_map(|m| m.tool.as_deref()).collect()),
+        calls: messages
+            .iter()
+            .map(|m| Call {
+                id: m.id.as_ref().map(ToString::to_string),
+                method: m.method.clone(),
+                tool: m.tool.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -12,8 +12,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status;
+use gateway_core::handoff::{self, key};
 use tonic::{Code, Request, Response};
 
 use crate::check::{Authorizer, BodyState, CallInfo, HttpRequest, Verdict};
@@ -148,14 +149,15 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 "allow"
             );
             let mut metadata = call_metadata(&allowed.call, "allow", allowed.rule.as_deref());
-            metadata.insert("subject".into(), string(&identity.subject));
-            metadata.insert("issuer".into(), string(&identity.issuer));
-            metadata.insert("scopes".into(), string(&identity.scopes.join(" ")));
+            metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
+            metadata.insert(key::SUBJECT.into(), string(&identity.subject));
+            metadata.insert(key::ISSUER.into(), string(&identity.issuer));
+            metadata.insert(key::SCOPES.into(), handoff::strings_value(&identity.scopes));
             if let Some(client_id) = &identity.client_id {
-                metadata.insert("client_id".into(), string(client_id));
+                metadata.insert(key::CLIENT_ID.into(), string(client_id));
             }
             // ext-proc's rewrite rules may read claims (`jwt.email`).
-            metadata.insert("claims".into(), string(&identity.claims_json));
+            metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -185,9 +187,9 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 );
             }
             let mut metadata = call_metadata(&denied.call, "deny", denied.rule.as_deref());
-            metadata.insert("reason".into(), string(&denied.reason));
+            metadata.insert(key::REASON.into(), string(&denied.reason));
             if let Some(subject) = &denied.subject {
-                metadata.insert("subject".into(), string(subject));
+                metadata.insert(key::SUBJECT.into(), string(subject));
             }
             let code = match denied.status {
                 401 => Code::Unauthenticated,
@@ -217,15 +219,15 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
 
 fn call_metadata(call: &CallInfo, decision: &str, rule: Option<&str>) -> HashMap<String, Value> {
     let mut fields = HashMap::new();
-    fields.insert("decision".to_owned(), string(decision));
+    fields.insert(key::DECISION.to_owned(), string(decision));
     if let Some(rule) = rule {
-        fields.insert("rule".to_owned(), string(rule));
+        fields.insert(key::RULE.to_owned(), string(rule));
     }
     if let Some(m) = &call.rpc_method {
-        fields.insert("rpc_method".to_owned(), string(m));
+        fields.insert(key::RPC_METHOD.to_owned(), string(m));
     }
     if let Some(t) = &call.tool {
-        fields.insert("tool".to_owned(), string(t));
+        fields.insert(key::TOOL.to_owned(), string(t));
     }
     fields
 }
@@ -267,7 +269,5 @@ fn status(code: Code) -> Status {
 }
 
 fn string(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    }
+    handoff::string(s)
 }

@@ -21,9 +21,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use std::collections::HashMap;
+
+use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
-use gateway_core::rewrite::RewriteSet;
+use gateway_core::rewrite::{Origin, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
@@ -45,6 +48,8 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 pub trait Headers {
     /// The value of the first header called `name` (lower case).
     fn get(&self, name: &str) -> Option<&[u8]>;
+    /// Every header, in order (for rules that read `request.headers`).
+    fn all(&self) -> Vec<(&str, &[u8])>;
 }
 
 /// Which body Envoy should send ext-proc for one direction.
@@ -91,6 +96,8 @@ pub struct ResponsePlan {
     /// its trailers), so the caller's stream slot lasts as long as an event
     /// stream whose body ext-proc does not read.
     pub watch_end: bool,
+    /// Answer this instead of the backend's response.
+    pub refuse: Option<LocalReply>,
 }
 
 /// Session settings shared by every exchange.
@@ -122,11 +129,11 @@ pub struct Caller {
     pub issuer: String,
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
-    /// The token's claims as JSON text, parsed only when a body rule needs them.
+    /// The token's claims as JSON text, parsed once per exchange when a rule
+    /// reads them.
     pub claims_json: Option<String>,
-    /// The JSON-RPC method and tool ext-authz saw (alias resolved).
-    pub rpc_method: Option<String>,
-    pub tool: Option<String>,
+    /// Each JSON-RPC message of the request body, as ext-authz judged it.
+    pub calls: Vec<Call>,
 }
 
 impl Caller {
@@ -144,6 +151,20 @@ impl Caller {
     fn claims(&self) -> Option<serde_json::Map<String, Value>> {
         serde_json::from_str(self.claims_json.as_deref()?).ok()
     }
+}
+
+/// The request as rules see it: what ext-authz's rules saw, from the headers
+/// ext-proc receives (after ext-authz's own edits: identity headers are the
+/// gateway's, never the client's).
+#[derive(Debug, Default)]
+struct RequestSeen {
+    method: String,
+    path: String,
+    /// Only when a rule reads `request.headers`.
+    headers: Option<HashMap<String, String>>,
+    source_address: String,
+    /// The caller's claims, parsed once, when a rule reads `jwt`.
+    claims: Option<serde_json::Map<String, Value>>,
 }
 
 /// What to do with a body chunk.
@@ -194,7 +215,7 @@ pub struct Exchange<'a> {
     /// The session a request presented: its token, the backend's id, its host.
     restored: Option<(Vec<u8>, String, String)>,
     saw_request: bool,
-    path: String,
+    request: RequestSeen,
     /// The upstream host that answered (or will answer) this request.
     upstream: Option<String>,
     /// Set when the response is an event stream being rewritten.
@@ -210,11 +231,16 @@ impl<'a> Exchange<'a> {
             caller: None,
             restored: None,
             saw_request: false,
-            path: String::new(),
+            request: RequestSeen::default(),
             upstream: None,
             events: None,
             permit: None,
         }
+    }
+
+    /// The client's address (Envoy's `source.address` attribute), for rules.
+    pub fn set_source_address(&mut self, address: &str) {
+        self.request.source_address = address.to_owned();
     }
 
     /// The request headers arrived; `caller` is the authenticated caller, if any.
@@ -225,19 +251,40 @@ impl<'a> Exchange<'a> {
     ) -> RequestPlan {
         self.saw_request = true;
         self.caller = caller;
-        self.path = headers
-            .get(":path")
-            .map(|p| {
-                String::from_utf8_lossy(p)
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .unwrap_or_default();
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        self.request.method = text(":method");
+        self.request.path = text(":path")
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let rewrites = &self.gateway.rewrites;
+        if rewrites.reads("request") {
+            self.request.headers = Some(
+                headers
+                    .all()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+            );
+        }
+        if rewrites.reads("jwt") {
+            self.request.claims = self.caller.as_ref().and_then(Caller::claims);
+        }
         // Only ext-proc chooses backends: whatever the client sent is dropped.
+        let mut remove = vec![SESSION_HASH_HEADER.to_owned(), UPSTREAM_HEADER.to_owned()];
+        if rewrites.rewrites_responses() {
+            // A compressed answer could not be read, so backends are not offered
+            // compression (MCP messages are small).
+            remove.push("accept-encoding".to_owned());
+        }
         let mut edits = HeaderEdits {
-            remove: vec![SESSION_HASH_HEADER.to_owned(), UPSTREAM_HEADER.to_owned()],
+            remove,
             ..HeaderEdits::default()
         };
         if let Some(token) = headers.get(SESSION_HEADER) {
@@ -248,7 +295,9 @@ impl<'a> Exchange<'a> {
                     return RequestPlan::Reply(unknown_session());
                 }
             };
-            edits.remove.clear();
+            edits
+                .remove
+                .retain(|h| h != SESSION_HASH_HEADER && h != UPSTREAM_HEADER);
             edits.set = vec![
                 (
                     SESSION_HEADER.to_owned(),
@@ -283,7 +332,7 @@ impl<'a> Exchange<'a> {
             };
             self.permit = Some(permit);
         }
-        let is_post = headers.get(":method") == Some(b"POST");
+        let is_post = self.request.method == "POST";
         RequestPlan::Forward {
             edits,
             body: if is_post && self.gateway.rewrites.rewrites_requests() {
@@ -315,9 +364,13 @@ impl<'a> Exchange<'a> {
         };
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
-        let claims = caller.claims();
-        let facts = facts(caller, claims.as_ref(), &self.path);
-        let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
+        let facts = facts(caller, &self.request);
+        let tools = tools_for(
+            self.gateway,
+            self.upstream.as_deref(),
+            &self.request.path,
+            &facts,
+        );
         let rewrites = &self.gateway.rewrites;
         let mut changed = false;
         let messages: Vec<&mut Value> = match &mut value {
@@ -422,12 +475,38 @@ impl<'a> Exchange<'a> {
             );
             edits.set.push((":status".to_owned(), b"404".to_vec()));
         }
-        let (method, tool) = self.caller.as_ref().map_or((None, None), |c| {
-            (c.rpc_method.as_deref(), c.tool.as_deref())
-        });
         let ok = headers.get(":status") == Some(b"200");
-        let wants_body =
-            ok && self.saw_request && self.gateway.rewrites.rewrites_response(method, tool);
+        let wants_body = ok
+            && self.saw_request
+            && self
+                .response_origins()
+                .into_iter()
+                .any(|origin| self.gateway.rewrites.rewrites_response(origin));
+        if wants_body
+            && let Some(encoding) = headers.get("content-encoding")
+            && !encoding.eq_ignore_ascii_case(b"identity")
+        {
+            // Asked for an uncompressed answer, the backend compressed it anyway:
+            // a rule that must read it cannot, so it does not pass.
+            tracing::warn!(
+                encoding = %String::from_utf8_lossy(encoding),
+                "backend compressed a response a rule must read; answered 502"
+            );
+            return ResponsePlan {
+                edits,
+                body: BodyMode::Skip,
+                watch_end: false,
+                refuse: Some(LocalReply {
+                    status: 502,
+                    body: jsonrpc::error_response(
+                        None,
+                        -32603,
+                        "the backend sent a compressed answer the gateway must read",
+                    )
+                    .to_string(),
+                }),
+            };
+        }
         let body = response_body_mode(headers, wants_body);
         if body == BodyMode::Streamed {
             self.events = Some(EventSplitter::new(self.gateway.max_sse_event_bytes));
@@ -437,7 +516,20 @@ impl<'a> Exchange<'a> {
             edits,
             body,
             watch_end,
+            refuse: None,
         }
+    }
+
+    /// The origins a response's messages may have: which rules may apply to it.
+    fn response_origins(&self) -> Vec<Origin<'_>> {
+        let calls = self.caller.as_ref().map_or(&[][..], |c| c.calls.as_slice());
+        if self.request.method != "POST" || calls.len() != 1 {
+            return vec![Origin::Unknown];
+        }
+        calls
+            .iter()
+            .map(|call| origin_of(std::slice::from_ref(call), false, &Value::Null))
+            .collect()
     }
 
     /// Whether the response body arrives in streamed chunks (an event stream).
@@ -450,17 +542,19 @@ impl<'a> Exchange<'a> {
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> BodyPlan {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
-        let claims = caller.claims();
-        let facts = facts(caller, claims.as_ref(), &self.path);
-        let tools = tools_for(self.gateway, self.upstream.as_deref(), &self.path, &facts);
+        let facts = facts(caller, &self.request);
+        let tools = tools_for(
+            self.gateway,
+            self.upstream.as_deref(),
+            &self.request.path,
+            &facts,
+        );
+        let get_stream = self.request.method != "POST";
         let rewrite = |message: &mut Value| {
-            self.gateway.rewrites.rewrite_response(
-                &facts,
-                caller.rpc_method.as_deref(),
-                caller.tool.as_deref(),
-                message,
-                &tools,
-            )
+            let origin = origin_of(&caller.calls, get_stream, message);
+            self.gateway
+                .rewrites
+                .rewrite_response(&facts, origin, message, &tools)
         };
         let Some(splitter) = self.events.as_mut() else {
             // A buffered JSON body. A backend that sent something unparsable gets
@@ -498,7 +592,6 @@ impl<'a> Exchange<'a> {
                         event_bytes = oversized.size,
                         terminated = oversized.terminated,
                         id_known = oversized.id.is_some(),
-                        rpc_method = caller.rpc_method.as_deref(),
                         upstream = self.upstream.as_deref(),
                         "backend sent an SSE event over max_sse_event_bytes; replaced it with an error"
                     );
@@ -579,22 +672,44 @@ fn tools_for<'t>(
     }
 }
 
-/// The facts rules judge by, from the caller.
-fn facts<'c>(
-    caller: &'c Caller,
-    claims: Option<&'c serde_json::Map<String, Value>>,
-    path: &'c str,
-) -> RequestFacts<'c> {
+/// The facts rules judge by: the caller and the request as ext-authz's rules saw
+/// them.
+fn facts<'c>(caller: &'c Caller, request: &'c RequestSeen) -> RequestFacts<'c> {
     RequestFacts {
-        claims,
+        claims: request.claims.as_ref(),
         subject: Some(&caller.subject),
         issuer: Some(&caller.issuer),
         client_id: caller.client_id.as_deref(),
         scopes: &caller.scopes,
-        headers: None,
-        path,
-        method: "POST",
-        source_address: "",
+        headers: request.headers.as_ref(),
+        path: &request.path,
+        method: &request.method,
+        source_address: &request.source_address,
+    }
+}
+
+/// The call a response message belongs to. A response names it by `id`; any
+/// other message on a POST's stream belongs to the POST's call when there is
+/// one. Messages on the GET stream, in a batch's stream, or the result of
+/// `tasks/result` (a call made earlier, tool unknown here) are of unknown origin.
+fn origin_of<'c>(calls: &'c [Call], get_stream: bool, message: &Value) -> Origin<'c> {
+    if get_stream {
+        return Origin::Unknown;
+    }
+    let by_id = match (message.get("id"), message.get("method")) {
+        (Some(id), None) => calls.iter().find(|c| c.answered_by(id)),
+        _ => None,
+    };
+    let call = by_id.or(match calls {
+        [only] => Some(only),
+        _ => None,
+    });
+    match call {
+        Some(call) if call.method.as_deref() != Some("tasks/result") => Origin::Call {
+            method: call.method.as_deref(),
+            tool: call.tool.as_deref(),
+        },
+        _ => Origin::Unknown,
     }
 }
 

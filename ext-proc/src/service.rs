@@ -30,14 +30,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{BodyMutation, body_mutation::Mutation};
 
+use gateway_core::handoff::{self, key};
+
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
-/// Namespace of ext-authz's dynamic metadata, which Envoy forwards to ext-proc.
-const AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// Key of ext_proc's own attributes in a ProcessingRequest.
 const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 
@@ -106,6 +106,9 @@ fn answer(
     };
     let reply = match phase {
         Phase::RequestHeaders(headers) => {
+            if let Some(source) = attribute(&message, "source.address") {
+                exchange.set_source_address(source);
+            }
             return Ok(
                 match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
                     RequestPlan::Forward { edits, body } => ProcessingResponse {
@@ -126,6 +129,15 @@ fn answer(
         Phase::ResponseHeaders(headers) => {
             let upstream = attribute(&message, "upstream.address");
             let plan = exchange.on_response_headers(&HeaderView(headers), upstream);
+            if let Some(local) = plan.refuse {
+                return Ok(ProcessingResponse {
+                    response: Some(Reply::ImmediateResponse(immediate(
+                        local,
+                        "mcp_unreadable_backend_response",
+                    ))),
+                    ..Default::default()
+                });
+            }
             return Ok(ProcessingResponse {
                 response: Some(Reply::ResponseHeaders(headers_response(plan.edits))),
                 mode_override: Some(mode(BodyMode::Skip, plan.body, plan.watch_end)),
@@ -162,22 +174,25 @@ fn caller(message: &ProcessingRequest) -> Option<Caller> {
         .metadata_context
         .as_ref()?
         .filter_metadata
-        .get(AUTHZ_NAMESPACE)?
+        .get(handoff::NAMESPACE)?
         .fields;
     let text = |key: &str| match fields.get(key)?.kind.as_ref()? {
         Kind::StringValue(s) => Some(s.as_str()),
         _ => None,
     };
     Some(Caller {
-        subject: text("subject")?.to_owned(),
-        issuer: text("issuer")?.to_owned(),
-        client_id: text("client_id").map(str::to_owned),
-        scopes: text("scopes")
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        subject: text(key::SUBJECT)?.to_owned(),
+        issuer: text(key::ISSUER)?.to_owned(),
+        client_id: text(key::CLIENT_ID).map(str::to_owned),
+        scopes: fields
+            .get(key::SCOPES)
+            .map(handoff::strings_of)
             .unwrap_or_default(),
-        claims_json: text("claims").map(str::to_owned),
-        rpc_method: text("rpc_method").map(str::to_owned),
-        tool: text("tool").map(str::to_owned),
+        claims_json: text(key::CLAIMS).map(str::to_owned),
+        calls: fields
+            .get(key::CALLS)
+            .map(handoff::calls_of)
+            .unwrap_or_default(),
     })
 }
 
@@ -297,6 +312,22 @@ fn header(key: &str, raw_value: Vec<u8>) -> HeaderValueOption {
 struct HeaderView<'a>(&'a HttpHeaders);
 
 impl Headers for HeaderView<'_> {
+    fn all(&self) -> Vec<(&str, &[u8])> {
+        self.0.headers.as_ref().map_or_else(Vec::new, |map| {
+            map.headers
+                .iter()
+                .map(|h| {
+                    let value = if h.raw_value.is_empty() {
+                        h.value.as_bytes()
+                    } else {
+                        &h.raw_value
+                    };
+                    (h.key.as_str(), value)
+                })
+                .collect()
+        })
+    }
+
     fn get(&self, name: &str) -> Option<&[u8]> {
         let map: &HeaderMap = self.0.headers.as_ref()?;
         map.headers

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway_core::rewrite::{RewriteConfig, RewriteSet, ToolView};
+use gateway_core::rewrite::{Origin, RewriteConfig, RewriteSet, ToolView};
 use gateway_core::rules::{Policy, RequestFacts, RuleSet};
 use serde_json::{Value, json};
 
@@ -102,8 +102,10 @@ fn benches(c: &mut Criterion) {
             |mut m| {
                 black_box(rewrites.rewrite_response(
                     &facts,
-                    Some("tools/list"),
-                    None,
+                    Origin::Call {
+                        method: Some("tools/list"),
+                        tool: None,
+                    },
                     &mut m,
                     &tools,
                 ))
@@ -112,7 +114,15 @@ fn benches(c: &mut Criterion) {
         )
     });
     let mut filtered = list.clone();
-    rewrites.rewrite_response(&facts, Some("tools/list"), None, &mut filtered, &tools);
+    rewrites.rewrite_response(
+        &facts,
+        Origin::Call {
+            method: Some("tools/list"),
+            tool: None,
+        },
+        &mut filtered,
+        &tools,
+    );
     assert_eq!(
         filtered["result"]["tools"].as_array().map(Vec::len),
         Some(50)

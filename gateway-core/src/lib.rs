@@ -5,6 +5,7 @@
 //!   the key and the reason.
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
 //! - [`fetch_url`]: which URLs the sidecars may fetch from (parsed, never matched as text).
+//! - [`handoff`]: what ext-authz hands ext-proc about a request (dynamic metadata).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod crypto;
 pub mod fetch_url;
+pub mod handoff;
 pub mod jsonrpc;
 pub mod policy_store;
 pub mod rewrite;

@@ -134,6 +134,19 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// Which call a response message belongs to, as far as the gateway knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// The answer to (or a message sent while answering) this call.
+    Call {
+        method: Option<&'a str>,
+        tool: Option<&'a str>,
+    },
+    /// A message the gateway cannot tie to one call: on the GET stream, in a
+    /// batch's stream, the result of `tasks/result`. Every redaction applies.
+    Unknown,
+}
+
 /// What a caller may see of the backend's tools, and the schemas it advertises.
 pub trait ToolView {
     /// For each tool, whether the caller's authorization rules could let it call it.
@@ -336,6 +349,12 @@ impl RewriteSet {
         self.aliases.get(tool).map_or(tool, String::as_str)
     }
 
+    /// Whether some rule reads the CEL variable `name` (`jwt`, `request`, ...):
+    /// facts nobody reads are not gathered.
+    pub fn reads(&self, name: &str) -> bool {
+        self.uses.contains(name)
+    }
+
     /// Whether any rule may change requests (so the request body is needed).
     pub fn rewrites_requests(&self) -> bool {
         !self.aliases.is_empty()
@@ -347,18 +366,34 @@ impl RewriteSet {
             })
     }
 
-    /// Whether the response to a request for `method` (and `tool`) needs its body.
-    pub fn rewrites_response(&self, method: Option<&str>, tool: Option<&str>) -> bool {
-        let tools_list = method == Some("tools/list")
-            && (!self.aliases.is_empty()
-                || self.rules.iter().any(|r| {
-                    r.filter_tools || matches!(r.validate, Some(Validation::FromToolsList))
-                }));
+    /// Whether a message of this origin may be rewritten (so its body is needed).
+    pub fn rewrites_response(&self, origin: Origin<'_>) -> bool {
+        let tools_list = matches!(
+            origin,
+            Origin::Call {
+                method: Some("tools/list"),
+                ..
+            }
+        ) && (!self.aliases.is_empty()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.filter_tools || matches!(r.validate, Some(Validation::FromToolsList))));
         tools_list
             || self
                 .rules
                 .iter()
-                .any(|r| !r.redact.is_empty() && r.prefilter(method, tool))
+                .any(|r| !r.redact.is_empty() && r.applies_to(origin))
+    }
+
+    /// Whether any response may be rewritten: then backends are asked for
+    /// uncompressed answers, which the gateway can read.
+    pub fn rewrites_responses(&self) -> bool {
+        self.rewrites_response(Origin::Unknown)
+            || self.rewrites_response(Origin::Call {
+                method: Some("tools/list"),
+                tool: None,
+            })
     }
 
     /// Rewrites one request message in place. `Err` refuses it (nothing is
@@ -486,39 +521,45 @@ impl RewriteSet {
         Ok(changed)
     }
 
-    /// Rewrites one response message in place, given what the request was.
+    /// Rewrites one response message in place (a result, an error, a
+    /// notification or a server request), given the call it belongs to.
     /// Returns whether it changed.
     pub fn rewrite_response(
         &self,
         facts: &RequestFacts<'_>,
-        request_method: Option<&str>,
-        request_tool: Option<&str>,
+        origin: Origin<'_>,
         message: &mut Value,
         tools: &dyn ToolView,
     ) -> bool {
         let mut changed = false;
         let is_result = message.get("result").is_some() && message.get("method").is_none();
-        if request_method == Some("tools/list") && is_result {
+        if is_result
+            && let Origin::Call {
+                method: Some("tools/list"),
+                ..
+            } = origin
+        {
             changed |= self.rewrite_tools_list(message, tools);
-        }
-        if !is_result {
-            return changed;
         }
         let applicable: Vec<&Rewrite> = self
             .rules
             .iter()
-            .filter(|r| !r.redact.is_empty() && r.prefilter(request_method, request_tool))
+            .filter(|r| !r.redact.is_empty() && r.applies_to(origin))
             .collect();
         if applicable.is_empty() {
             return changed;
         }
         let root = facts_context(&self.env, facts, &self.uses);
         let mut scope = root.new_inner_scope();
+        let (method, tool) = match origin {
+            Origin::Call { method, tool } => (method, tool),
+            Origin::Unknown => (None, None),
+        };
         let probe = Message {
             kind: Kind::Response,
             id: message.get("id").cloned(),
-            method: request_method.map(str::to_owned),
-            tool: request_tool.map(str::to_owned),
+            method: method.map(str::to_owned),
+            tool: tool.map(str::to_owned),
             params: None,
         };
         scope.add_variable_from_value("mcp", mcp_value(&probe));
@@ -528,19 +569,7 @@ impl RewriteSet {
                 continue;
             }
             for redaction in &rule.redact {
-                let Some(result) = message.get_mut("result") else {
-                    continue;
-                };
-                changed |= match redaction {
-                    Redaction::Regex(re, replacement) => redact_strings(result, re, replacement),
-                    Redaction::Pointer(pointer, replacement) => match result.pointer_mut(pointer) {
-                        Some(v) => {
-                            *v = Value::String(replacement.clone());
-                            true
-                        }
-                        None => false,
-                    },
-                };
+                changed |= redact_message(message, redaction);
             }
         }
         changed
@@ -595,6 +624,15 @@ impl RewriteSet {
 }
 
 impl Rewrite {
+    /// Whether this rule's pre-filters admit a message of `origin`: a message of
+    /// unknown origin is admitted by every rule (fail closed).
+    fn applies_to(&self, origin: Origin<'_>) -> bool {
+        match origin {
+            Origin::Call { method, tool } => self.prefilter(method, tool),
+            Origin::Unknown => true,
+        }
+    }
+
     fn prefilter(&self, method: Option<&str>, tool: Option<&str>) -> bool {
         self.methods
             .as_ref()
@@ -696,6 +734,68 @@ fn clamp_pointer(target: &mut Value, clamp: &ClampConfig) -> Result<bool, String
         serde_json::Number::from_f64(clamped).map_or(Value::Null, Value::Number)
     };
     Ok(true)
+}
+
+/// Applies one redaction to a message: a regex to every string of its result,
+/// error and params; a pointer to its result, and to the copies of the value a
+/// server mirrors into `content[].text` (FastMCP serializes structured output
+/// there).
+fn redact_message(message: &mut Value, redaction: &Redaction) -> bool {
+    match redaction {
+        Redaction::Regex(re, replacement) => ["result", "error", "params"]
+            .into_iter()
+            .filter_map(|part| {
+                message
+                    .get_mut(part)
+                    .map(|v| redact_strings(v, re, replacement))
+            })
+            .fold(false, |c, changed| c | changed),
+        Redaction::Pointer(pointer, replacement) => {
+            let Some(result) = message.get_mut("result") else {
+                return false;
+            };
+            let Some(slot) = result.pointer_mut(pointer) else {
+                return false;
+            };
+            let old = std::mem::replace(slot, Value::String(replacement.clone()));
+            if let Some(inner) = pointer.strip_prefix("/structuredContent") {
+                redact_mirrors(result, inner, &old, replacement);
+            }
+            true
+        }
+    }
+}
+
+/// Redacts a structured value's copies in `content[].text`: text that is the
+/// structured content as JSON has the value at `inner` replaced; text that
+/// contains the value as a string has it replaced.
+fn redact_mirrors(result: &mut Value, inner: &str, old: &Value, replacement: &str) {
+    let Some(items) = result.get_mut("content").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let needle = match old {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_) => {
+            Some(old.to_string())
+        }
+        _ => None,
+    };
+    for item in items {
+        let Some(Value::String(text)) = item.get_mut("text") else {
+            continue;
+        };
+        if let Ok(mut parsed) = serde_json::from_str::<Value>(text)
+            && let Some(slot) = parsed.pointer_mut(inner)
+        {
+            *slot = Value::String(replacement.to_owned());
+            *text = parsed.to_string();
+        }
+        if let Some(needle) = &needle
+            && text.contains(needle.as_str())
+        {
+            *text = text.replace(needle.as_str(), replacement);
+        }
+    }
 }
 
 fn redact_strings(value: &mut Value, re: &regex::Regex, replacement: &str) -> bool {

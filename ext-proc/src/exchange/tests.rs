@@ -5,6 +5,10 @@ use gateway_core::jsonrpc::Limits;
 struct Map(Vec<(&'static str, Vec<u8>)>);
 
 impl Headers for Map {
+    fn all(&self) -> Vec<(&str, &[u8])> {
+        self.0.iter().map(|(k, v)| (*k, v.as_slice())).collect()
+    }
+
     fn get(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
@@ -247,7 +251,11 @@ fn redacting() -> Gateway {
 /// An exchange for alice's `tools/call`, past its request headers.
 fn tools_call(gateway: &Gateway) -> Exchange<'_> {
     let mut who = alice().expect("caller");
-    who.rpc_method = Some("tools/call".into());
+    who.calls = vec![gateway_core::handoff::Call {
+        id: Some("1".into()),
+        method: Some("tools/call".into()),
+        tool: Some("x".into()),
+    }];
     let mut exchange = Exchange::new(gateway);
     exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
     exchange
@@ -517,4 +525,108 @@ fn a_session_is_bound_to_the_oauth_client_as_well_as_the_subject() {
         session_binding("https://idp", "alice", Some("x")),
         session_binding("https://idp", "alicex", None)
     );
+}
+
+fn scoped_redaction() -> Gateway {
+    let configs: Vec<gateway_core::rewrite::RewriteConfig> = serde_yaml::from_str(
+        "- {name: r, methods: [tools/call], tools: [x], redact: [{regex: secret}]}",
+    )
+    .expect("yaml");
+    let mut gateway = sessions();
+    gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
+    gateway
+}
+
+fn call(id: &str, method: &str, tool: Option<&str>) -> gateway_core::handoff::Call {
+    gateway_core::handoff::Call {
+        id: Some(id.into()),
+        method: Some(method.into()),
+        tool: tool.map(str::to_owned),
+    }
+}
+
+fn rewritten(exchange: &mut Exchange<'_>, body: &[u8]) -> String {
+    exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        None,
+    );
+    match exchange.on_response_body(body, true) {
+        BodyPlan::Replace(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        BodyPlan::Continue => String::from_utf8_lossy(body).into_owned(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_answer_of_a_batch_is_judged_by_its_own_call() {
+    let gateway = scoped_redaction();
+    let mut who = alice().expect("caller");
+    who.calls = vec![call("1", "ping", None), call("2", "tools/call", Some("x"))];
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let out = rewritten(
+        &mut exchange,
+        br#"[{"jsonrpc":"2.0","id":1,"result":{"echo":"secret"}},{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"secret"}]}}]"#,
+    );
+    let out: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        out[0]["result"]["echo"], "secret",
+        "ping is not tools/call x"
+    );
+    assert_eq!(out[1]["result"]["content"][0]["text"], "[redacted]");
+}
+
+#[test]
+fn messages_of_unknown_origin_get_every_redaction() {
+    let gateway = scoped_redaction();
+    // The GET stream.
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "GET")]), alice());
+    let out = rewritten(
+        &mut exchange,
+        br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"secret"}}"#,
+    );
+    assert!(!out.contains("secret"), "{out}");
+    // tasks/result: the result of a call made earlier, its tool unknown here.
+    let mut who = alice().expect("caller");
+    who.calls = vec![call("3", "tasks/result", None)];
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
+    let out = rewritten(
+        &mut exchange,
+        br#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"secret"}]}}"#,
+    );
+    assert!(!out.contains("secret"), "{out}");
+}
+
+#[test]
+fn backends_are_not_offered_compression_and_a_compressed_answer_a_rule_must_read_is_refused() {
+    let gateway = redacting();
+    let mut exchange = Exchange::new(&gateway);
+    let RequestPlan::Forward { edits, .. } = exchange.on_request_headers(
+        &map(&[(":method", "POST"), ("accept-encoding", "gzip")]),
+        alice(),
+    ) else {
+        panic!("forwarded")
+    };
+    assert!(edits.remove.iter().any(|h| h == "accept-encoding"));
+    let plan = exchange.on_response_headers(
+        &map(&[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]),
+        None,
+    );
+    assert_eq!(plan.refuse.map(|r| r.status), Some(502));
+    // Without response rules, nothing changes.
+    let plain = sessions();
+    let mut exchange = Exchange::new(&plain);
+    let RequestPlan::Forward { edits, .. } = exchange.on_request_headers(
+        &map(&[(":method", "POST"), ("accept-encoding", "gzip")]),
+        alice(),
+    ) else {
+        panic!("forwarded")
+    };
+    assert!(!edits.remove.iter().any(|h| h == "accept-encoding"));
 }

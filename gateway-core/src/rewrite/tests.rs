@@ -125,7 +125,15 @@ fn tools_list_shows_aliases_and_only_what_the_caller_may_call() {
     let facts = RequestFacts::default();
     let mut only_add = list.clone();
     let view = tools(vec!["add"]);
-    assert!(set().rewrite_response(&facts, Some("tools/list"), None, &mut only_add, &view));
+    assert!(set().rewrite_response(
+        &facts,
+        Origin::Call {
+            method: Some("tools/list"),
+            tool: None
+        },
+        &mut only_add,
+        &view
+    ));
     let names: Vec<&str> = only_add["result"]["tools"]
         .as_array()
         .expect("tools")
@@ -144,8 +152,10 @@ fn tools_list_shows_aliases_and_only_what_the_caller_may_call() {
     let mut more = list.clone();
     set().rewrite_response(
         &facts,
-        Some("tools/list"),
-        None,
+        Origin::Call {
+            method: Some("tools/list"),
+            tool: None,
+        },
         &mut more,
         &tools(vec!["add", "subtract", "whoami"]),
     );
@@ -159,8 +169,10 @@ fn results_are_redacted() {
         "structuredContent": {"password": "hunter2", "user": "alice"}}});
     assert!(set().rewrite_response(
         &RequestFacts::default(),
-        Some("tools/call"),
-        Some("x"),
+        Origin::Call {
+            method: Some("tools/call"),
+            tool: Some("x")
+        },
         &mut m,
         &tools(vec![])
     ));
@@ -172,29 +184,67 @@ fn results_are_redacted() {
         m["result"]["structuredContent"],
         json!({"password": "***", "user": "alice"})
     );
-    // Notifications (progress on an SSE stream) are not results and pass unchanged.
+    // A notification sent while answering a call is redacted like its answer.
     let mut n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"message": "sk-ABCDEFGH1234"}});
-    assert!(!set().rewrite_response(
+    assert!(set().rewrite_response(
         &RequestFacts::default(),
-        Some("tools/call"),
-        Some("x"),
+        Origin::Call {
+            method: Some("tools/call"),
+            tool: Some("x")
+        },
         &mut n,
         &tools(vec![])
     ));
+    assert_eq!(n["params"]["message"], "[redacted]");
+    // So is a JSON-RPC error, message and data.
+    let mut e = json!({"jsonrpc": "2.0", "id": 4, "error": {"code": -32602, "message": "bad sk-ABCDEFGH1234", "data": {"echo": "sk-ABCDEFGH1234"}}});
+    assert!(set().rewrite_response(
+        &RequestFacts::default(),
+        Origin::Unknown,
+        &mut e,
+        &tools(vec![])
+    ));
+    assert!(!e.to_string().contains("sk-ABCDEFGH1234"), "{e}");
+    // A structured value's mirror in the text content goes with it.
+    let mut m = json!({"jsonrpc": "2.0", "id": 5, "result": {
+        "content": [{"type": "text", "text": "{\"password\": \"hunter2\", \"user\": \"alice\"}"}],
+        "structuredContent": {"password": "hunter2", "user": "alice"}}});
+    set().rewrite_response(
+        &RequestFacts::default(),
+        Origin::Unknown,
+        &mut m,
+        &tools(vec![]),
+    );
+    assert!(!m.to_string().contains("hunter2"), "{m}");
+    assert!(
+        m["result"]["content"][0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("alice")
+    );
 }
 
 #[test]
 fn which_phases_are_needed() {
     let s = set();
     assert!(s.rewrites_requests());
-    assert!(s.rewrites_response(Some("tools/list"), None));
+    assert!(s.rewrites_response(Origin::Call {
+        method: Some("tools/list"),
+        tool: None
+    }));
     assert!(
-        s.rewrites_response(Some("tools/call"), Some("add")),
+        s.rewrites_response(Origin::Call {
+            method: Some("tools/call"),
+            tool: Some("add")
+        }),
         "redact applies to every call"
     );
     let none = RewriteSet::empty();
     assert!(!none.rewrites_requests());
-    assert!(!none.rewrites_response(Some("tools/list"), None));
+    assert!(!none.rewrites_response(Origin::Call {
+        method: Some("tools/list"),
+        tool: None
+    }));
     assert_eq!(s.resolve_alias("another-add"), "add");
     assert_eq!(s.resolve_alias("add"), "add");
 }
@@ -337,8 +387,10 @@ fn a_condition_that_fails_applies_protective_actions_only() {
     let mut answer = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "a secret"}]}});
     assert!(set.rewrite_response(
         &facts,
-        Some("tools/call"),
-        Some("x"),
+        Origin::Call {
+            method: Some("tools/call"),
+            tool: Some("x")
+        },
         &mut answer,
         &tools(vec![])
     ));

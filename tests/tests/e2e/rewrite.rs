@@ -449,3 +449,120 @@ async fn a_condition_that_cannot_be_evaluated_still_protects() {
         .expect("echo");
     assert!(!echoed.contains("secret-42"), "{echoed}");
 }
+
+const NO_SECRETS: &str = r#"
+- name: no-secrets
+  methods: [tools/call]
+  redact:
+  - {regex: 'sk-[A-Za-z0-9]{8,}'}
+  - {pointer: /structuredContent/uid, replacement: "***"}
+"#;
+
+const SECRET: &str = "sk-ABCDEFGH12345678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
+    let stack = stack_with(NO_SECRETS, ALLOW_ALL, &["--json-response"]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    // FastMCP puts a dict result in structuredContent and its JSON in content[].text.
+    let answer = session
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"uid": "hunter2", "a": 1}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(
+        answer["result"]["structuredContent"]["uid"], "***",
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("hunter2"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_compressed_answers_are_redacted_too() {
+    let stack = stack_with(NO_SECRETS, ALLOW_ALL, &["--json-response", "--gzip"]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    // The backend names the unknown tool in its JSON-RPC error.
+    let error = session
+        .request("tools/call", json!({"name": SECRET, "arguments": {}}))
+        .await
+        .expect("answer");
+    assert!(
+        error.get("error").is_some() || error["result"]["isError"] == true,
+        "{error}"
+    );
+    assert!(!error.to_string().contains(SECRET), "{error}");
+
+    // A client that accepts gzip still gets a redacted answer: the backend is
+    // asked for an uncompressed one.
+    let before = backend_calls(&stack).await.len();
+    let response = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("accept-encoding", "gzip")
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"uid": SECRET}}}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("***"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    let received = stack.backend_requests(0).await.expect("requests");
+    let mut all = received;
+    for index in 1..stack.ports().backends.len() {
+        all.extend(stack.backend_requests(index).await.expect("requests"));
+    }
+    assert!(backend_calls(&stack).await.len() > before);
+    assert!(
+        all.iter().all(|r| !r["headers"]["accept-encoding"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gzip")),
+        "no backend was offered gzip"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_the_get_stream_are_redacted() {
+    let stack = stack_with(NO_SECRETS, ALLOW_ALL, &[]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let stream = session.open_event_stream().await.expect("GET stream");
+    assert_eq!(stream.status(), 200);
+    // `notify` sends its text as a log message on the session's GET stream.
+    assert_eq!(
+        session
+            .call_tool("notify", json!({"text": format!("key {SECRET}")}))
+            .await
+            .expect("notify"),
+        "sent"
+    );
+    let mut body = stream.bytes_stream();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + e2e::patience();
+    while !seen.contains("notifications/message") {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("the log message arrives")
+            .expect("stream open")
+            .expect("chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains(SECRET), "{seen}");
+    assert!(seen.contains("[redacted]"), "{seen}");
+}

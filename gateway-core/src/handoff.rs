@@ -1,0 +1,162 @@
+//! What ext-authz hands ext-proc about a request: one typed contract.
+//!
+//! ext-authz writes it into Envoy's dynamic metadata (namespace [`NAMESPACE`]);
+//! Envoy forwards that namespace to ext-proc with every ext_proc stream. Keys and
+//! shapes live here, once: lists travel as lists, never as joined strings that
+//! a value containing the separator could forge. The access log reads the same
+//! metadata; its display-only keys ([`key::RPC_METHOD`], [`key::TOOL`]) are never
+//! read back as data.
+
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+
+/// The dynamic-metadata namespace ext-authz writes (Envoy's name for its filter).
+pub const NAMESPACE: &str = "envoy.filters.http.ext_authz";
+
+/// Keys of the contract.
+pub mod key {
+    pub const SUBJECT: &str = "subject";
+    pub const ISSUER: &str = "issuer";
+    /// `azp`, else `client_id`: the OAuth client acting for the subject.
+    pub const CLIENT_ID: &str = "client_id";
+    /// A list of strings.
+    pub const SCOPES: &str = "scopes";
+    /// The token's claims as JSON text.
+    pub const CLAIMS: &str = "claims";
+    /// A list of [`super::Call`]s, one per JSON-RPC message of the body.
+    pub const CALLS: &str = "calls";
+    /// For the access log only: the methods, `,`-joined.
+    pub const RPC_METHOD: &str = "rpc_method";
+    /// For the access log only: the tools, `,`-joined.
+    pub const TOOL: &str = "tool";
+    pub const DECISION: &str = "decision";
+    pub const RULE: &str = "rule";
+    pub const REASON: &str = "reason";
+}
+
+/// One JSON-RPC message of a request body, as ext-authz judged it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Call {
+    /// The message's `id` as JSON text (`1` and `"1"` differ), for a request.
+    pub id: Option<String>,
+    pub method: Option<String>,
+    /// The tool of a `tools/call`, alias resolved: the backend's name.
+    pub tool: Option<String>,
+}
+
+impl Call {
+    /// Whether this call's `id` is `id` (a response's).
+    pub fn answered_by(&self, id: &serde_json::Value) -> bool {
+        self.id.as_deref() == Some(id.to_string().as_str())
+    }
+}
+
+/// The calls as a metadata value.
+pub fn calls_value(calls: &[Call]) -> Value {
+    let item = |call: &Call| {
+        let mut fields = std::collections::HashMap::new();
+        for (name, value) in [
+            ("id", &call.id),
+            ("method", &call.method),
+            ("tool", &call.tool),
+        ] {
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), string(value));
+            }
+        }
+        Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        }
+    };
+    list(calls.iter().map(item).collect())
+}
+
+/// The calls from a metadata value; anything malformed is skipped (ext-authz is
+/// the only writer, so there is nothing to be lenient about, but no panic either).
+pub fn calls_of(value: &Value) -> Vec<Call> {
+    let Some(Kind::ListValue(items)) = &value.kind else {
+        return Vec::new();
+    };
+    items
+        .values
+        .iter()
+        .filter_map(|item| match &item.kind {
+            Some(Kind::StructValue(s)) => Some(Call {
+                id: text(s, "id"),
+                method: text(s, "method"),
+                tool: text(s, "tool"),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Strings as a metadata list.
+pub fn strings_value(items: &[String]) -> Value {
+    list(items.iter().map(|s| string(s)).collect())
+}
+
+/// Strings from a metadata list.
+pub fn strings_of(value: &Value) -> Vec<String> {
+    match &value.kind {
+        Some(Kind::ListValue(items)) => items
+            .values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A string metadata value.
+pub fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn list(values: Vec<Value>) -> Value {
+    Value {
+        kind: Some(Kind::ListValue(ListValue { values })),
+    }
+}
+
+fn text(s: &Struct, name: &str) -> Option<String> {
+    match s.fields.get(name)?.kind.as_ref()? {
+        Kind::StringValue(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn calls_survive_the_trip_and_ids_keep_their_type() {
+        let calls = vec![
+            Call {
+                id: Some(json!(1).to_string()),
+                method: Some("tools/call".into()),
+                tool: Some("a,b".into()),
+            },
+            Call {
+                id: None,
+                method: Some("notifications/initialized".into()),
+                tool: None,
+            },
+        ];
+        let back = calls_of(&calls_value(&calls));
+        assert_eq!(back, calls, "a tool name with a comma stays one name");
+        assert!(back[0].answered_by(&json!(1)));
+        assert!(!back[0].answered_by(&json!("1")));
+        assert_eq!(
+            strings_of(&strings_value(&["a b".into(), "c".into()])),
+            vec!["a b", "c"]
+        );
+    }
+}
