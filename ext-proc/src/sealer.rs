@@ -72,6 +72,16 @@ pub enum OpenError {
     Forged,
 }
 
+/// Why a payload could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot seal: {0}")]
+    Crypto(#[from] openssl::error::ErrorStack),
+    /// [`SessionSealer::open`] refuses tokens this long, so none is handed out.
+    #[error("the sealed token would be {len} bytes; at most {MAX_TOKEN_LEN} open")]
+    TooLong { len: usize },
+}
+
 impl SessionKey {
     /// A key from its id and 32 raw bytes.
     pub fn new(id: &str, key: [u8; 32]) -> Result<Self, String> {
@@ -124,11 +134,16 @@ impl SessionSealer {
         &self.keys[0].id
     }
 
-    /// Seals `payload` with the newest key.
-    pub fn seal(&self, payload: &SessionPayload) -> Result<String, openssl::error::ErrorStack> {
+    /// Seals `payload` with the newest key; refuses one whose token would be too
+    /// long to open.
+    pub fn seal(&self, payload: &SessionPayload) -> Result<String, SealError> {
         let key = &self.keys[0];
-        let mut token =
-            Vec::with_capacity(2 + key.id.len() + NONCE_LEN + payload.encoded_len() + TAG_LEN);
+        let raw_len = 2 + key.id.len() + NONCE_LEN + payload.encoded_len() + TAG_LEN;
+        let len = raw_len.div_ceil(3) * 4 - (3 - raw_len % 3) % 3;
+        if len > MAX_TOKEN_LEN {
+            return Err(SealError::TooLong { len });
+        }
+        let mut token = Vec::with_capacity(raw_len);
         token.push(VERSION);
         token.push(key.id.len() as u8);
         token.extend_from_slice(key.id.as_bytes());
@@ -147,7 +162,9 @@ impl SessionSealer {
         )?;
         token.extend_from_slice(&ciphertext);
         token.extend_from_slice(&tag);
-        Ok(URL_SAFE_NO_PAD.encode(token))
+        let token = URL_SAFE_NO_PAD.encode(token);
+        debug_assert_eq!(token.len(), len);
+        Ok(token)
     }
 
     /// Opens a token sealed with any configured key.

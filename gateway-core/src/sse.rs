@@ -84,6 +84,17 @@ impl EventSplitter {
                 }
                 continue;
             }
+            if self.pending.is_empty() && self.line.after_cr && chunk[0] == b'\n' {
+                // The LF of a CRLF whose CR ended the event before, cut from it by
+                // a chunk boundary or the cap: it belongs to no event, so it goes
+                // out alone rather than count against the next event's cap (which
+                // would then depend on where the network cut the stream).
+                self.line.step(b'\n');
+                self.event_start = self.line;
+                out.push(Framed::Event(RawEvent(b"\n".to_vec())));
+                chunk = &chunk[1..];
+                continue;
+            }
             // `pending` is within the limit, so this event may grow by `room` bytes.
             let room = self.max_event_bytes.saturating_sub(self.pending.len());
             let window = &chunk[..chunk.len().min(room)];
@@ -250,14 +261,22 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The value of a `data` field line: after `data:`, one leading space dropped; a
+/// bare `data` line is the field with an empty value (WHATWG: a line without a
+/// colon is a field name), as every spec-following client reads it.
+fn data_value(line: &str) -> Option<&str> {
+    if line == "data" {
+        return Some("");
+    }
+    line.strip_prefix("data:")
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+}
+
 impl RawEvent {
     /// The event's `data` (several `data:` lines joined by `\n`), if it has any.
     pub fn data(&self) -> Option<String> {
         let text = String::from_utf8_lossy(&self.0);
-        let lines: Vec<&str> = lines(&text)
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
+        let lines: Vec<&str> = lines(&text).filter_map(data_value).collect();
         (!lines.is_empty()).then(|| lines.join("\n"))
     }
 
@@ -267,7 +286,7 @@ impl RawEvent {
         let mut out = String::with_capacity(text.len() + data.len());
         let mut wrote_data = false;
         for line in lines(&text) {
-            if line.starts_with("data:") {
+            if data_value(line).is_some() {
                 if !wrote_data {
                     for d in data.split('\n') {
                         out.push_str("data: ");

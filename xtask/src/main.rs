@@ -5,6 +5,7 @@
 
 mod bench;
 mod envoy_config;
+mod fuzz;
 mod setup;
 mod test;
 mod token;
@@ -36,6 +37,8 @@ enum Task {
     EnvoyConfig(envoy_config::EnvoyConfig),
     /// Load ext-authz's Check on one core: Check/s, p50, p99.
     Bench(bench::Bench),
+    /// The property tests in release mode with many cases (PROPTEST_CASES).
+    Fuzz(fuzz::Fuzz),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Task::Test(task) => task.run(),
         Task::EnvoyConfig(task) => task.run(),
         Task::Bench(task) => task.run(),
+        Task::Fuzz(task) => task.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

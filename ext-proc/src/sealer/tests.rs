@@ -86,3 +86,26 @@ fn key_text_is_parsed_with_precise_errors() {
     let debug = format!("{:?}", keys[0]);
     assert!(!debug.contains(&k) && debug.contains("redacted"), "{debug}");
 }
+
+#[test]
+fn a_payload_too_long_to_open_is_not_sealed() {
+    // Found by the sealer property tests: a backend session id of ~3 KB sealed
+    // into a token over MAX_TOKEN_LEN, which `open` then refused as malformed, so
+    // the client was handed a session id the gateway would never accept.
+    let sealer = SessionSealer::new(vec![key("k1", 1)]).expect("sealer");
+    let overhead = 2 + "k1".len() + NONCE_LEN + TAG_LEN;
+    let fits = |id_len: usize| SessionPayload {
+        backend_session_id: "b".repeat(id_len),
+        ..SessionPayload::default()
+    };
+    // The largest payload that fits: a token of exactly MAX_TOKEN_LEN opens.
+    let max_raw = MAX_TOKEN_LEN / 4 * 3;
+    let largest = fits(max_raw - overhead - 3); // 3: the field's tag and 2-byte length
+    let token = sealer.seal(&largest).expect("seal");
+    assert_eq!(token.len(), MAX_TOKEN_LEN);
+    assert_eq!(sealer.open(&token), Ok(largest));
+    match sealer.seal(&fits(max_raw - overhead - 2)) {
+        Err(SealError::TooLong { len }) => assert_eq!(len, MAX_TOKEN_LEN + 2),
+        other => panic!("sealed a token too long to open: {other:?}"),
+    }
+}
