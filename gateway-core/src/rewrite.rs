@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::jsonrpc::{Kind, Message};
-use crate::rules::{RequestFacts, VARIABLES, facts_context, mcp_value};
+use crate::rules::{RequestFacts, VARIABLES, facts_context, free_variables, mcp_value};
 
 /// One rewrite rule as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -226,7 +226,7 @@ impl RewriteSet {
                 let program = env
                     .compile(source)
                     .map_err(|e| error(format!("`{source}`: {}", e.to_string().trim())))?;
-                for variable in program.references().variables() {
+                for variable in free_variables(&program) {
                     let known = VARIABLES
                         .iter()
                         .find(|v| **v == variable)

@@ -255,7 +255,7 @@ impl RuleSet {
                     let program = env
                         .compile(source)
                         .map_err(|e| error(format!("when: {}", e.to_string().trim())))?;
-                    for variable in program.references().variables() {
+                    for variable in free_variables(&program) {
                         match VARIABLES.iter().find(|v| **v == variable) {
                             Some(known) => {
                                 uses.insert(*known);
@@ -332,6 +332,84 @@ impl RuleSet {
                 self.decide(&scope, &probe, true).effect == Effect::Allow
             })
             .collect()
+    }
+}
+
+/// The variables an expression reads from its context: every identifier but
+/// those a macro binds (`e` in `list.exists(e, e > 3)`), which the CEL crate's
+/// own reference list includes and would otherwise read as unknown variables.
+pub(crate) fn free_variables(program: &Program) -> Vec<&str> {
+    let bound = {
+        let mut bound = HashSet::new();
+        macro_bound(program.expression(), &mut bound);
+        bound
+    };
+    let mut free = HashSet::new();
+    every_identifier(program.expression(), &mut free);
+    free.retain(|v| !bound.contains(v) && !v.starts_with('@'));
+    free.into_iter().collect()
+}
+
+fn every_identifier<'e>(expr: &'e cel::IdedExpr, found: &mut HashSet<&'e str>) {
+    use cel::common::ast::Expr;
+    if let Expr::Ident(name) = &expr.expr {
+        found.insert(name.as_str());
+    }
+    for child in children(expr) {
+        every_identifier(child, found);
+    }
+}
+
+fn macro_bound<'e>(expr: &'e cel::IdedExpr, bound: &mut HashSet<&'e str>) {
+    use cel::common::ast::Expr;
+    if let Expr::Comprehension(c) = &expr.expr {
+        bound.insert(c.iter_var.as_str());
+        if let Some(second) = &c.iter_var2 {
+            bound.insert(second.as_str());
+        }
+        bound.insert(c.accu_var.as_str());
+    }
+    for child in children(expr) {
+        macro_bound(child, bound);
+    }
+}
+
+/// The sub-expressions of an expression.
+fn children(expr: &cel::IdedExpr) -> Vec<&cel::IdedExpr> {
+    use cel::common::ast::{EntryExpr, Expr};
+    match &expr.expr {
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(call.args.iter())
+            .collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Vec::new(),
     }
 }
 

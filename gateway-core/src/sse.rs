@@ -24,7 +24,14 @@ pub struct EventSplitter {
     event_start: LineState,
     /// Set while discarding an event that outgrew the limit.
     discarding: Option<Discard>,
+    /// The stream's first bytes while they may still be a byte-order mark.
+    bom: Option<Vec<u8>>,
 }
+
+/// UTF-8 byte-order mark. The SSE spec strips one at the start of a stream: a
+/// client reads the first event's fields after it, so the gateway must too, or
+/// it would see no data in an event the client reads (and not redact it).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One SSE event as raw text, blank-line terminator included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +73,30 @@ impl EventSplitter {
             line: LineState::START,
             event_start: LineState::START,
             discarding: None,
+            bom: Some(Vec::new()),
         }
     }
 
     /// Adds a chunk; returns what it completed, in order.
     pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Framed> {
+        if let Some(seen) = &mut self.bom {
+            let want = &BOM[seen.len()..];
+            let n = want.len().min(chunk.len());
+            if chunk[..n] != want[..n] {
+                // Not a mark: what was held back is the stream's first bytes.
+                let mut joined = std::mem::take(seen);
+                joined.extend_from_slice(chunk);
+                self.bom = None;
+                return self.push(&joined);
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if seen.len() < BOM.len() {
+                return Vec::new();
+            }
+            // A whole mark: dropped, as a client drops it.
+            self.bom = None;
+        }
         let mut out = Vec::new();
         while !chunk.is_empty() {
             if let Some(discard) = &mut self.discarding {
@@ -131,6 +157,12 @@ impl EventSplitter {
     /// The end of the stream: an unterminated last event, or the report of one
     /// being discarded.
     pub fn finish(&mut self) -> Option<Framed> {
+        if let Some(seen) = self.bom.take()
+            && !seen.is_empty()
+        {
+            // The stream ended inside what might have been a mark: it is data.
+            self.pending.extend_from_slice(&seen);
+        }
         if self.discarding.is_some() {
             return Some(self.end_discard(false));
         }

@@ -297,3 +297,20 @@ fn default_effect_can_be_allow() {
     let d = judge_path(&policy, "/mcp", &call("anything", "{}"), &[], None).remove(0);
     assert_eq!((d.effect, &*d.rule), (Effect::Allow, "default"));
 }
+
+#[test]
+fn macros_may_bind_their_own_variables_and_unknown_ones_are_still_refused() {
+    let policy = Policy::parse(
+        "rules.yaml",
+        "default:\n  rules:\n  - {name: tags, effect: deny, when: 'mcp.arguments.tags.exists(t, t == \"admin\") || auth.scopes.all(s, s != \"\")'}\n",
+    )
+    .expect("macro variables are the macro's own");
+    drop(policy);
+    let err = Policy::parse(
+        "rules.yaml",
+        "default:\n  rules:\n  - {name: leak, effect: allow, when: 'auth.scopes.exists(s, s == x)'}\n",
+    )
+    .err()
+    .expect("x is bound by nothing");
+    assert!(err.to_string().contains("unknown variable `x`"), "{err}");
+}

@@ -334,3 +334,34 @@ fn the_lf_of_a_cut_crlf_does_not_count_against_the_next_event() {
         assert_eq!(concat(&cut), stream);
     }
 }
+
+#[test]
+fn a_byte_order_mark_is_dropped_as_a_client_drops_it() {
+    let stream = b"\xEF\xBB\xBFdata: {\"x\":1}\n\n";
+    for cut in 0..stream.len() {
+        let mut splitter = EventSplitter::new(1024);
+        let mut events = splitter.push(&stream[..cut]);
+        events.extend(splitter.push(&stream[cut..]));
+        events.extend(splitter.finish());
+        let data: Vec<String> = events
+            .iter()
+            .filter_map(|f| match f {
+                Framed::Event(e) => e.data(),
+                Framed::Oversized(_) => None,
+            })
+            .collect();
+        assert_eq!(data, vec!["{\"x\":1}".to_owned()], "cut at {cut}");
+    }
+    // Bytes that only begin like a mark are data.
+    let mut splitter = EventSplitter::new(1024);
+    let mut events = splitter.push(b"\xEF");
+    events.extend(splitter.push(b"data: 1\n\n"));
+    let bytes: Vec<u8> = events
+        .iter()
+        .flat_map(|f| match f {
+            Framed::Event(e) => e.0.clone(),
+            Framed::Oversized(_) => Vec::new(),
+        })
+        .collect();
+    assert_eq!(bytes, b"\xEFdata: 1\n\n");
+}
