@@ -23,10 +23,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
 
+use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
-use gateway_core::rewrite::{Origin, RewriteSet};
+use gateway_core::rewrite::{Origin, Rejection, RewriteSet, ToolView, check_arguments};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
@@ -120,6 +121,8 @@ pub struct Gateway {
     pub max_sse_event_bytes: usize,
     /// Open streams per caller (`ext_proc.max_streams_per_caller`).
     pub streams: Arc<CallerStreams>,
+    /// Checking `tools/call` arguments against advertised schemas.
+    pub arguments: ArgumentValidation,
 }
 
 /// The caller, as ext-authz established it (Envoy dynamic metadata).
@@ -335,7 +338,8 @@ impl<'a> Exchange<'a> {
         let is_post = self.request.method == "POST";
         RequestPlan::Forward {
             edits,
-            body: if is_post && self.gateway.rewrites.rewrites_requests() {
+            body: if is_post && (self.gateway.rewrites.rewrites_requests() || self.checks_a_call())
+            {
                 BodyMode::Buffered
             } else {
                 BodyMode::Skip
@@ -379,7 +383,13 @@ impl<'a> Exchange<'a> {
         };
         for message in messages {
             let id = message.get("id").cloned();
-            match rewrites.rewrite_request(&facts, message, &tools) {
+            let checked = rewrites
+                .rewrite_request(&facts, message, &tools)
+                .and_then(|c| {
+                    self.check_arguments(message, &tools)?;
+                    Ok(c)
+                });
+            match checked {
                 Ok(c) => changed |= c,
                 Err(rejection) => {
                     return BodyPlan::Reply(LocalReply {
@@ -398,6 +408,42 @@ impl<'a> Exchange<'a> {
             BodyPlan::Replace(value.to_string().into_bytes())
         } else {
             BodyPlan::Continue
+        }
+    }
+
+    /// A `tools/call`, as the backend will receive it, against the tool's
+    /// advertised input schema (`ext_proc.argument_validation`).
+    fn check_arguments(&self, message: &Value, tools: &dyn ToolView) -> Result<(), Rejection> {
+        let validation = &self.gateway.arguments;
+        if !validation.enabled
+            || message.get("method").and_then(Value::as_str) != Some("tools/call")
+        {
+            return Ok(());
+        }
+        let tool = message
+            .pointer("/params/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if validation.skip_tools.iter().any(|t| t == tool) {
+            return Ok(());
+        }
+        match (tools.schema(tool), validation.unlisted_tools) {
+            (Some(validator), _) => {
+                check_arguments(&validator, tool, message, "its advertised inputSchema")
+            }
+            (None, UnlistedTools::Forward) => {
+                tracing::info!(
+                    tool,
+                    "no input schema seen for this tool; forwarded unchecked"
+                );
+                Ok(())
+            }
+            (None, UnlistedTools::Refuse) => Err(Rejection {
+                code: -32602,
+                message: format!(
+                    "the gateway has not seen `{tool}` in this server's tools/list, so it cannot check its arguments: list the tools (tools/list) and call again"
+                ),
+            }),
         }
     }
 
@@ -478,10 +524,11 @@ impl<'a> Exchange<'a> {
         let ok = headers.get(":status") == Some(b"200");
         let wants_body = ok
             && self.saw_request
-            && self
-                .response_origins()
-                .into_iter()
-                .any(|origin| self.gateway.rewrites.rewrites_response(origin));
+            && (self.lists_tools()
+                || self
+                    .response_origins()
+                    .into_iter()
+                    .any(|origin| self.gateway.rewrites.rewrites_response(origin)));
         if wants_body
             && let Some(encoding) = headers.get("content-encoding")
             && !encoding.eq_ignore_ascii_case(b"identity")
@@ -518,6 +565,26 @@ impl<'a> Exchange<'a> {
             watch_end,
             refuse: None,
         }
+    }
+
+    /// Whether the request calls a tool whose arguments are to be checked.
+    fn checks_a_call(&self) -> bool {
+        self.gateway.arguments.enabled
+            && self.caller.as_ref().is_some_and(|c| {
+                c.calls
+                    .iter()
+                    .any(|call| call.method.as_deref() == Some("tools/call"))
+            })
+    }
+
+    /// Whether the response lists tools, whose schemas argument checks need.
+    fn lists_tools(&self) -> bool {
+        self.gateway.arguments.enabled
+            && self.caller.as_ref().is_some_and(|c| {
+                c.calls
+                    .iter()
+                    .any(|call| call.method.as_deref() == Some("tools/list"))
+            })
     }
 
     /// The origins a response's messages may have: which rules may apply to it.

@@ -65,6 +65,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_default(),
             max_sse_event_bytes: section.max_sse_event_bytes,
             streams: CallerStreams::new(section.max_streams_per_caller.get()),
+            arguments: section.argument_validation.clone(),
         });
         let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
         Ok(Sidecar {

@@ -274,6 +274,56 @@ pub struct ExtProcConfig {
     /// backend pool allows (Envoy's circuit breaker: 4096 requests).
     #[serde(default = "default_max_streams_per_caller")]
     pub max_streams_per_caller: NonZeroU32,
+    /// Every `tools/call`'s arguments checked against the input schema its
+    /// backend advertised, strictly (no coercion), before it is forwarded.
+    #[serde(default)]
+    pub argument_validation: ArgumentValidation,
+}
+
+/// Strict argument checking against each tool's advertised `inputSchema`.
+///
+/// Servers coerce (`"1"` becomes 1, `"yes"` true); rules compare JSON types
+/// strictly. Without this, a deny rule on `mcp.arguments.a == 1` is bypassed by
+/// sending `"1"`. With it, what reaches a backend has the types its schema
+/// declares, so rules can rely on them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgumentValidation {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Tools (the backend's names) whose arguments are not checked.
+    #[serde(default)]
+    pub skip_tools: Vec<String>,
+    /// A call to a tool this ext-proc has not seen in the backend's `tools/list`:
+    /// `forward` it unchecked (the default), or `refuse` it with -32602 asking
+    /// the client to list tools. Each ext-proc replica learns schemas from the
+    /// listings it sees, so refusing would also refuse calls that another
+    /// replica, or this one before a restart, saw listed.
+    #[serde(default)]
+    pub unlisted_tools: UnlistedTools,
+}
+
+impl Default for ArgumentValidation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            skip_tools: Vec::new(),
+            unlisted_tools: UnlistedTools::default(),
+        }
+    }
+}
+
+/// What happens to a call whose tool's schema is not known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnlistedTools {
+    Refuse,
+    #[default]
+    Forward,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An agent needs a GET stream and a few calls per session, so a caller still

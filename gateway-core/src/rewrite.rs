@@ -496,26 +496,7 @@ impl RewriteSet {
                         ),
                     });
                 };
-                let arguments = message
-                    .pointer("/params/arguments")
-                    .cloned()
-                    .unwrap_or(Value::Object(Map::new()));
-                if let Some(error) = validator.iter_errors(&arguments).next() {
-                    let at = error.instance_path().to_string();
-                    return Err(Rejection {
-                        code: -32602,
-                        message: format!(
-                            "invalid arguments for `{tool}` (rule `{}`): {}{}",
-                            rule.name,
-                            error,
-                            if at.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" at {at}")
-                            }
-                        ),
-                    });
-                }
+                check_arguments(&validator, tool, message, &format!("rule `{}`", rule.name))?;
             }
         }
         Ok(changed)
@@ -658,6 +639,35 @@ impl Rewrite {
                 tracing::info!(rule = %self.name, %error, "rewrite condition failed; protective actions apply");
                 Condition::Unknown
             }
+        }
+    }
+}
+
+/// Checks a `tools/call`'s `params.arguments` (absent: `{}`) against a tool's
+/// input schema; `why` names what asked for the check, for the error.
+pub fn check_arguments(
+    validator: &jsonschema::Validator,
+    tool: &str,
+    message: &Value,
+    why: &str,
+) -> Result<(), Rejection> {
+    let empty = Value::Object(Map::new());
+    let arguments = message.pointer("/params/arguments").unwrap_or(&empty);
+    match validator.iter_errors(arguments).next() {
+        None => Ok(()),
+        Some(error) => {
+            let at = error.instance_path().to_string();
+            Err(Rejection {
+                code: -32602,
+                message: format!(
+                    "invalid arguments for `{tool}` ({why}): {error}{}",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {at}")
+                    }
+                ),
+            })
         }
     }
 }

@@ -37,6 +37,11 @@ fn sessions() -> Gateway {
         limits: Limits::default(),
         max_sse_event_bytes: 1024,
         streams: CallerStreams::new(8),
+        // Checked in their own tests; the others send no tools/list first.
+        arguments: gateway_core::config::ArgumentValidation {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 

@@ -141,6 +141,11 @@ fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
         std::time::Duration::from_secs(24 * 3600),
         "sessions end by default"
     );
+    assert!(proc.argument_validation.enabled);
+    assert_eq!(
+        proc.argument_validation.unlisted_tools,
+        crate::config::UnlistedTools::Forward
+    );
     let err = parse("ext_proc:\n  server: {listen: 127.0.0.1:2}\n  max_streams_per_caller: 0\n")
         .expect_err("a cap of 0 would refuse everyone");
     assert!(

@@ -288,8 +288,9 @@ async fn a_large_response_no_rule_needs_never_reaches_ext_proc() {
         .expect("stat")
         - sent_before;
     assert_eq!(
-        sent, 2,
-        "only the request and response headers went to ext-proc"
+        sent, 3,
+        "the request headers, the small request body (its arguments are checked) \
+         and the response headers went to ext-proc; the 5 MB answer did not"
     );
 }
 
@@ -565,4 +566,120 @@ async fn messages_on_the_get_stream_are_redacted() {
     }
     assert!(!seen.contains(SECRET), "{seen}");
     assert!(seen.contains("[redacted]"), "{seen}");
+}
+
+const NO_THIRTEEN: &str = r#"
+default:
+  default_effect: allow
+  rules:
+  - name: no-thirteen
+    effect: deny
+    methods: [tools/call]
+    tools: [add]
+    when: mcp.params.arguments.a == 13
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
+    let mut options = StackOptions::for_test().expect("ports");
+    options.rules = Some(NO_THIRTEEN.to_owned());
+    options.gateway_config = Box::new(|config| {
+        config["ext_proc"]["argument_validation"] =
+            serde_yaml::from_str("{unlisted_tools: refuse}").expect("YAML");
+        config["rewrites"] = serde_yaml::Value::Sequence(Vec::new());
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let before = backend_calls(&stack).await.len();
+
+    // Before the tools are listed the gateway cannot check arguments: with
+    // `unlisted_tools: refuse` it says so.
+    let unlisted = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(unlisted["error"]["code"], -32602, "{unlisted}");
+    assert!(
+        unlisted["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("tools/list"),
+        "{unlisted}"
+    );
+    session
+        .request("tools/list", json!({}))
+        .await
+        .expect("list");
+
+    // The rule denies 13; the server would coerce "13" to 13.
+    let denied = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 13, "b": 1}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(denied["error"]["code"], -32001, "{denied}");
+    for a in [json!("13"), json!("1.3e1"), json!(true)] {
+        let refused = session
+            .request(
+                "tools/call",
+                json!({"name": "add", "arguments": {"a": a, "b": 1}}),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(refused["error"]["code"], -32602, "{a}: {refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains("invalid arguments for `add`"),
+            "{refused}"
+        );
+    }
+    assert!(
+        calls_since(&stack, before).await.is_empty(),
+        "nothing of the wrong type reached a backend"
+    );
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 12, "b": 1}))
+            .await
+            .expect("a valid call"),
+        "13.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_tool_not_yet_listed_is_forwarded_and_checked_once_listed() {
+    let stack = stack_with("[]", NO_THIRTEEN, &[]).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 1}))
+            .await
+            .expect("forwarded unchecked"),
+        "2.0"
+    );
+    session
+        .request("tools/list", json!({}))
+        .await
+        .expect("list");
+    let refused = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": "13", "b": 1}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
