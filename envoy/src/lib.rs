@@ -212,11 +212,11 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
     Ok(())
 }
 
-/// Room in each connection's buffer beyond the largest body: headers and framing.
+/// Room in a verified POST's buffer beyond the largest body: framing.
 const BUFFER_HEADROOM_BYTES: u64 = 64 * 1024;
 
 /// The origins the RBAC filter lets through and CORS answers, and the largest
-/// body ext_authz buffers (with the connection buffer that must hold it).
+/// body ext_authz buffers (with the verified route's buffer that must hold it).
 fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError> {
     let exact = |origin: &String| -> Value {
         let mut m = Mapping::new();
@@ -224,8 +224,6 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
         Value::Mapping(m)
     };
     let listener = named(at(doc, &["static_resources", "listeners"])?, "https")?;
-    *at(listener, &["per_connection_buffer_limit_bytes"])? =
-        (u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES).into();
     let hcm = at(
         listener
             .get_mut("filter_chains")
@@ -248,6 +246,10 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
             "allow_origin_string_match",
         ],
     )? = Value::Sequence(edge.allowed_origins.iter().map(exact).collect());
+    *at(
+        named(at(vhost, &["routes"])?, "mcp-verified-post")?,
+        &["request_body_buffer_limit"],
+    )? = (u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES).into();
 
     let filters = at(hcm, &["http_filters"])?;
     let foreign = at(

@@ -150,8 +150,16 @@ fn the_gateway_configs_edge_is_what_envoy_enforces() {
     .expect("edge parses");
     let doc = yaml(&render(&profile("envoy/profiles/local.yaml"), &edge).expect("renders"));
     let listener = &doc["static_resources"]["listeners"][0];
-    assert_eq!(listener["per_connection_buffer_limit_bytes"], 4096 + 65536);
+    // Connections read ahead little; only a verified caller's POST buffers more.
+    assert_eq!(listener["per_connection_buffer_limit_bytes"], 65536);
     let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let verified = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .expect("routes")
+        .iter()
+        .find(|r| r["name"] == "mcp-verified-post")
+        .expect("verified route");
+    assert_eq!(verified["request_body_buffer_limit"], 4096 + 65536);
     let cors = &hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"]
         ["allow_origin_string_match"];
     assert_eq!(
