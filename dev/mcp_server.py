@@ -69,6 +69,11 @@ def build(name: str) -> FastMCP:
         return {k: v for k, v in {"a": a, "b": b, "uid": uid, "email": email}.items() if v is not None}
 
     @mcp.tool
+    def say(text: str) -> str:
+        """Return `text` as given (to see what the gateway redacts)."""
+        return text
+
+    @mcp.tool
     def blob(size: int) -> str:
         """A text of `size` bytes, for large responses."""
         return "x" * size

@@ -38,6 +38,7 @@ async fn python_sdk_sessions_stay_on_their_backend() {
                 "blob",
                 "echo",
                 "notify",
+                "say",
                 "subtract",
                 "ticks",
                 "whoami"

@@ -683,3 +683,39 @@ async fn by_default_a_tool_not_yet_listed_is_forwarded_and_checked_once_listed()
         .expect("answer");
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_rewrite_examples_work_on_the_demo_config() {
+    // The dev stack's own config and policy, as `cargo xtask up` runs them.
+    let stack = Stack::start(StackOptions::for_test().expect("ports"))
+        .await
+        .expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let outcomes = stack
+        .python_calls(
+            &token,
+            &[
+                ("another-add", json!({"a": -5, "b": 7})),
+                ("echo", json!({"uid": "mallory", "debug": true})),
+                ("subtract", json!({"a": 1})),
+                ("add", json!({"a": "5", "b": 1})),
+                ("say", json!({"text": "key sk-abcdefghijklmnopqrstuvwx"})),
+            ],
+        )
+        .await
+        .expect("client runs");
+    assert_eq!(outcomes[0]["text"], "7.0", "{outcomes:#?}");
+    let echoed: Value =
+        serde_json::from_str(outcomes[1]["text"].as_str().expect("text")).expect("JSON");
+    assert_eq!(echoed, json!({"uid": "alice"}), "{outcomes:#?}");
+    assert_eq!(
+        outcomes[2]["jsonrpc_error"]["code"], -32602,
+        "{outcomes:#?}"
+    );
+    // The demo policy's `a < 1000` cannot hold for a string: denied before clamp.
+    assert_eq!(
+        outcomes[3]["jsonrpc_error"]["code"], -32001,
+        "{outcomes:#?}"
+    );
+    assert_eq!(outcomes[4]["text"], "key [redacted]", "{outcomes:#?}");
+}
