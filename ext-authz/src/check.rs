@@ -214,8 +214,27 @@ impl Authorizer {
             }
         };
         if request.method != "POST" {
-            // GET (the server's event stream) and DELETE (session end) carry no call.
-            return Verdict::Allow(self.allow(CallInfo::default(), None, identity, request));
+            // GET (the server's event stream) and DELETE (session end) carry no
+            // call; the rules that guard every request still apply.
+            let decision = self.judge_bodiless(&identity, request, path);
+            if decision.effect == Effect::Deny {
+                let reason = format!("denied by rule `{}`: {}", decision.rule, request.method);
+                return Verdict::Deny(Denied {
+                    call: CallInfo::default(),
+                    rule: Some(decision.rule.to_string()),
+                    subject: Some(identity.subject.clone()),
+                    status: 403,
+                    headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+                    body: jsonrpc::error_response(None, DENIED_CODE, &reason).to_string(),
+                    reason,
+                });
+            }
+            return Verdict::Allow(self.allow(
+                CallInfo::default(),
+                Some(decision.rule.to_string()),
+                identity,
+                request,
+            ));
         }
         let mut body = match Body::parse(request.body, &self.limits) {
             Ok(body) => body,
@@ -266,6 +285,18 @@ impl Authorizer {
         Verdict::Deny(denied)
     }
 
+    /// The decision on a GET or DELETE (see [`gateway_core::rules::Policy::evaluate_bodiless`]).
+    fn judge_bodiless(
+        &self,
+        identity: &Identity,
+        request: &HttpRequest<'_>,
+        path: &str,
+    ) -> Decision {
+        let policy = self.policy.current();
+        let facts = facts(identity, request, path);
+        policy.for_path(path).evaluate_bodiless(&facts)
+    }
+
     /// One decision per message: built-in checks first, then the rules.
     fn judge(
         &self,
@@ -275,17 +306,7 @@ impl Authorizer {
         path: &str,
     ) -> Vec<Decision> {
         let policy = self.policy.current();
-        let facts = RequestFacts {
-            claims: Some(&identity.claims),
-            subject: Some(&identity.subject),
-            issuer: Some(&identity.issuer),
-            client_id: identity.client_id.as_deref(),
-            scopes: &identity.scopes,
-            headers: request.headers,
-            path,
-            method: request.method,
-            source_address: request.source_address,
-        };
+        let facts = facts(identity, request, path);
         let refs: Vec<&Message> = messages.iter().collect();
         let mut decisions = policy.for_path(path).evaluate(&facts, &refs);
         for (decision, message) in decisions.iter_mut().zip(messages) {
@@ -485,6 +506,25 @@ fn split_origin(url: &str) -> (&str, &str) {
 }
 
 /// The reply to a body some rule denied.
+/// What rules judge a request by, besides its messages.
+fn facts<'a>(
+    identity: &'a Identity,
+    request: &'a HttpRequest<'_>,
+    path: &'a str,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        claims: Some(&identity.claims),
+        subject: Some(&identity.subject),
+        issuer: Some(&identity.issuer),
+        client_id: identity.client_id.as_deref(),
+        scopes: &identity.scopes,
+        headers: request.headers,
+        path,
+        method: request.method,
+        source_address: request.source_address,
+    }
+}
+
 fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied {
     let denied = decisions
         .iter()

@@ -305,6 +305,52 @@ impl RuleSet {
             .collect()
     }
 
+    /// Judges a request that carries no JSON-RPC message: GET (the session's
+    /// event stream) or DELETE (its end). Only deny rules without `methods` or
+    /// `tools` pre-filters apply: they guard every request (a scope the caller
+    /// must have, subjects or sources refused). `mcp.method`, `mcp.tool` and
+    /// `mcp.kind` are null. If none matches the request is allowed: what the
+    /// stream carries was judged call by call.
+    pub fn evaluate_bodiless(&self, facts: &RequestFacts<'_>) -> Decision {
+        let root = facts_context(&self.env, facts, &self.uses);
+        let mut scope = root.new_inner_scope();
+        if self.uses.contains("mcp") {
+            let mut mcp: HashMap<Key, cel::Value> = HashMap::new();
+            for field in ["kind", "method", "tool", "id"] {
+                mcp.insert(field.into(), cel::Value::Null);
+            }
+            mcp.insert(
+                "params".into(),
+                cel::Value::from(HashMap::<Key, cel::Value>::new()),
+            );
+            scope.add_variable_from_value("mcp", mcp);
+        }
+        for rule in &self.rules {
+            if rule.effect != Effect::Deny || rule.methods.is_some() || rule.tools.is_some() {
+                continue;
+            }
+            let matched = match &rule.program {
+                None => true,
+                Some(program) => match program.execute(&scope) {
+                    Ok(cel::Value::Bool(b)) => b,
+                    Err(ExecutionError::NoSuchKey(_)) => false,
+                    // Anything else fails closed.
+                    Ok(_) | Err(_) => true,
+                },
+            };
+            if matched {
+                return Decision {
+                    effect: Effect::Deny,
+                    rule: rule.name.clone(),
+                };
+            }
+        }
+        Decision {
+            effect: Effect::Allow,
+            rule: "bodiless".into(),
+        }
+    }
+
     /// Whether the caller could call `tool` at all: used to filter `tools/list`.
     /// Arguments are unknown here, so a rule that reads a field the probe lacks
     /// counts as a possible allow and never as a certain deny.

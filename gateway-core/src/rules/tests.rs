@@ -314,3 +314,36 @@ fn macros_may_bind_their_own_variables_and_unknown_ones_are_still_refused() {
     .expect("x is bound by nothing");
     assert!(err.to_string().contains("unknown variable `x`"), "{err}");
 }
+
+#[test]
+fn get_and_delete_are_judged_by_the_deny_rules_that_guard_every_request() {
+    let policy = Policy::parse(
+        "rules.yaml",
+        r#"default:
+  default_effect: deny
+  rules:
+  - {name: needs-scope, effect: deny, when: '!("mcp:tools" in auth.scopes)'}
+  - {name: no-add, effect: deny, methods: [tools/call], tools: [add]}
+  - {name: reads-args, effect: deny, when: 'mcp.params.arguments.x == 1'}
+"#,
+    )
+    .expect("compiles");
+    let scoped = vec!["mcp:tools".to_owned()];
+    let facts = |scopes| RequestFacts {
+        scopes,
+        subject: Some("alice"),
+        ..Default::default()
+    };
+    let rules = policy.for_path("/mcp");
+    let allowed = rules.evaluate_bodiless(&facts(&scoped));
+    assert_eq!(
+        allowed.effect,
+        Effect::Allow,
+        "no allow rule is needed, and pre-filtered or argument rules do not apply"
+    );
+    let denied = rules.evaluate_bodiless(&facts(&[]));
+    assert_eq!(
+        (denied.effect, &*denied.rule),
+        (Effect::Deny, "needs-scope")
+    );
+}

@@ -311,3 +311,56 @@ async fn decisions_reach_envoys_access_log() {
         "answered by ext_authz, not a backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_guard_every_request_guard_get_and_delete_too() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    assert_eq!(
+        session.open_event_stream().await.expect("answer").status(),
+        200
+    );
+
+    // Alice's access is revoked while her session lives: a deny rule with no
+    // pre-filter guards every request.
+    let rules = std::fs::read_to_string(stack.rules_path()).expect("rules");
+    std::fs::write(
+        stack.rules_path(),
+        rules.replace(
+            "  rules:\n",
+            "  rules:\n  - {name: revoked, effect: deny, when: 'auth.subject == \"alice\"'}\n",
+        ),
+    )
+    .expect("write");
+    wait_for_log(&stack, "rules reloaded").await;
+    let before = stack.all_backend_total().await.expect("counters");
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let response = stack
+            .http()
+            .request(method.clone(), stack.url())
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+            .header("mcp-session-id", &session.session_id)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 403, "{method}");
+        let body: Value = response.json().await.expect("JSON-RPC error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("revoked"),
+            "{method}: {body}"
+        );
+    }
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+}
