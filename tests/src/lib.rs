@@ -8,9 +8,12 @@
 //! - [`stack`]: the whole gateway (token issuer, MCP backends, both sidecars, Envoy)
 //!   started on free or fixed ports, each part waited for until ready.
 //! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
+//! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
+//!   native MCP filters, with the `fast_backend` and `e2e_load` binaries.
 //!
 //! `cargo xtask up` runs the dev stack with this same code.
 
+pub mod bench;
 pub mod mcp;
 pub mod paths;
 pub mod process;

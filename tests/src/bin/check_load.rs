@@ -131,21 +131,34 @@ async fn main() -> anyhow::Result<()> {
         ("fresh ES256", &es_requests, Load::EachOnce),
     ] {
         let report = run(&channels, requests, load, args.concurrency).await?;
-        println!(
-            "{name:<14} {:>7} {:>9.2} {:>9.0} {:>9} {:>8} {:>7}",
-            report.calls,
-            report.elapsed.as_secs_f64(),
-            report.calls as f64 / report.elapsed.as_secs_f64(),
-            report.p50_us,
-            report.p99_us,
-            report.failed
-        );
+        print_row(name, &report);
     }
+    // One call in flight: the round trip itself, without queueing.
+    let idle = run(
+        &channels[..1],
+        &cached,
+        Load::For(Duration::from_secs(args.seconds.clamp(1, 2))),
+        1,
+    )
+    .await?;
+    print_row("idle, 1 call", &idle);
     let status = authz.stop(Duration::from_secs(10))?;
     if !status.success() {
         bail!("ext-authz exited with {status}");
     }
     Ok(())
+}
+
+fn print_row(name: &str, report: &Report) {
+    println!(
+        "{name:<14} {:>7} {:>9.2} {:>9.0} {:>9} {:>8} {:>7}",
+        report.calls,
+        report.elapsed.as_secs_f64(),
+        report.calls as f64 / report.elapsed.as_secs_f64(),
+        report.p50_us,
+        report.p99_us,
+        report.failed
+    );
 }
 
 async fn sign_many(key: Arc<TestKey>, count: usize) -> anyhow::Result<Vec<String>> {
