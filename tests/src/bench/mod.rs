@@ -466,7 +466,8 @@ async fn run_load(
 }
 
 /// Waits until the fast backend answers on its port, from this very process.
-async fn wait_backend(backend: &mut Process, port: u16) -> anyhow::Result<()> {
+/// Waits until `fast_backend` serves `port` (and not another process).
+pub async fn wait_backend(backend: &mut Process, port: u16) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}/_debug/requests");
     let pid = backend.pid();
     wait_until(backend, || async {

@@ -9,6 +9,10 @@
 //!   result. `ticks` (`count`, `interval_ms`) answers `text/event-stream`: `count`
 //!   progress notifications, then the result, each event `interval_ms` after the
 //!   previous one (the demo server's `ticks`, so the demo rules allow it).
+//! - `say` (`text`) answers its text; `tasks/result` answers the text of the
+//!   last `say`, as a task's deferred result would (for redaction tests).
+//! - A JSON array is a batch (protocol 2025-03-26): each request in it is
+//!   answered, in one JSON array.
 //! - Every request but `initialize` must carry a session id this process handed
 //!   out, else 404 (as a real server would): a proxy that loses or mangles the
 //!   backend's id shows up as errors, not as speed.
@@ -48,6 +52,7 @@ struct Backend {
     sessions: Mutex<HashSet<String>>,
     next_session: AtomicU64,
     total: AtomicU64,
+    last_said: Mutex<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,18 +161,54 @@ async fn mcp(State(backend): State<Arc<Backend>>, headers: HeaderMap, body: Byte
     if !known {
         return json_rpc_error(StatusCode::NOT_FOUND, id, -32001, "session not found");
     }
+    if let Value::Array(items) = &message {
+        let answers: Vec<Value> = items
+            .iter()
+            .filter(|m| m.get("method").is_some() && m.get("id").is_some())
+            .map(|m| answer(&backend, m))
+            .collect();
+        if answers.is_empty() {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        return json_response(StatusCode::OK, &Value::Array(answers));
+    }
     if method.starts_with("notifications/") || message.get("method").is_none() {
         return StatusCode::ACCEPTED.into_response();
     }
-    match method {
-        "ping" => json_result(&id, json!({})),
-        "tools/list" => json_result(&id, json!({"tools": tools()})),
-        "tools/call" => call(&backend, id, &message["params"]),
-        _ => json_rpc_error(StatusCode::OK, id, -32601, "method not found"),
+    if method == "tools/call" && message["params"]["name"] == "ticks" {
+        let arguments = &message["params"]["arguments"];
+        let count = arguments["count"].as_u64().unwrap_or(4).min(1000);
+        let interval = Duration::from_millis(arguments["interval_ms"].as_u64().unwrap_or(0));
+        let token = message["params"]["_meta"]["progressToken"].clone();
+        return ticks(id, token, count, interval);
     }
+    json_response(StatusCode::OK, &answer(&backend, &message))
 }
 
-fn call(backend: &Backend, id: Value, params: &Value) -> Response {
+/// The JSON-RPC answer to one request (not `ticks`, which streams).
+fn answer(backend: &Backend, message: &Value) -> Value {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let result = match message["method"].as_str().unwrap_or_default() {
+        "ping" => json!({}),
+        "tools/list" => json!({"tools": tools()}),
+        "tools/call" => call(backend, &message["params"]),
+        "tasks/result" => {
+            let text = backend
+                .last_said
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default();
+            json!({"content": [{"type": "text", "text": text}], "isError": false})
+        }
+        _ => {
+            return json!({"jsonrpc": "2.0", "id": id,
+                          "error": {"code": -32601, "message": "method not found"}});
+        }
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+fn call(backend: &Backend, params: &Value) -> Value {
     let arguments = &params["arguments"];
     let number = |key: &str| arguments[key].as_f64().unwrap_or(0.0);
     let text = match params["name"].as_str().unwrap_or_default() {
@@ -175,23 +216,18 @@ fn call(backend: &Backend, id: Value, params: &Value) -> Response {
         "subtract" => (number("a") - number("b")).to_string(),
         "whoami" => backend.name.clone(),
         "echo" => arguments.to_string(),
-        "ticks" => {
-            let count = arguments["count"].as_u64().unwrap_or(4).min(1000);
-            let interval = Duration::from_millis(arguments["interval_ms"].as_u64().unwrap_or(0));
-            let token = params["_meta"]["progressToken"].clone();
-            return ticks(id, token, count, interval);
+        "say" => {
+            let text = arguments["text"].as_str().unwrap_or_default().to_owned();
+            if let Ok(mut last) = backend.last_said.lock() {
+                last.clone_from(&text);
+            }
+            text
         }
         other => {
-            return json_result(
-                &id,
-                json!({"content": [{"type": "text", "text": format!("unknown tool {other}")}], "isError": true}),
-            );
+            return json!({"content": [{"type": "text", "text": format!("unknown tool {other}")}], "isError": true});
         }
     };
-    json_result(
-        &id,
-        json!({"content": [{"type": "text", "text": text}], "isError": false}),
-    )
+    json!({"content": [{"type": "text", "text": text}], "isError": false})
 }
 
 /// `count` progress notifications then the result, as SSE events, each
@@ -243,6 +279,8 @@ fn tools() -> Value {
          "inputSchema": {"type": "object", "properties": {}}},
         {"name": "echo", "description": "The arguments as received.",
          "inputSchema": {"type": "object"}},
+        {"name": "say", "description": "Its text, as given.",
+         "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
         {"name": "ticks", "description": "Progress notifications, then `count`.",
          "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"},
                          "interval_ms": {"type": "integer"}}, "required": ["count", "interval_ms"]}},

@@ -719,3 +719,100 @@ async fn the_readmes_rewrite_examples_work_on_the_demo_config() {
     );
     assert_eq!(outcomes[4]["text"], "key [redacted]", "{outcomes:#?}");
 }
+
+/// The gateway in front of one `fast_backend` (which takes batches and answers
+/// `tasks/result`), with these rewrites and every call allowed.
+async fn fast_stack(rewrites: &str) -> (Stack, e2e::process::Process, tempfile::TempDir) {
+    let port = e2e::stack::free_port().expect("port");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fast_backend"));
+    command.args(["--port", &port.to_string()]);
+    let logs = tempfile::tempdir().expect("log directory");
+    let mut backend = e2e::process::Process::spawn(
+        "fast-backend",
+        command,
+        &logs.path().join("fast-backend.log"),
+    )
+    .expect("backend starts");
+    e2e::bench::wait_backend(&mut backend, port)
+        .await
+        .expect("backend ready");
+    let mut options = StackOptions::for_test().expect("ports");
+    options.ports.backends = vec![port];
+    options.external_backends = true;
+    options.rules = Some(ALLOW_ALL.to_owned());
+    let rewrites: Value = serde_yaml::from_str(rewrites).expect("rewrites YAML");
+    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    options.gateway_config = Box::new(move |config| {
+        config["rewrites"] = rewrites.clone();
+    });
+    (
+        Stack::start(options).await.expect("stack starts"),
+        backend,
+        logs,
+    )
+}
+
+/// POSTs `body` in `session` under protocol 2025-03-26 (which has batches).
+async fn post_2025_03_26(stack: &Stack, token: &str, session: &str, body: &Value) -> Value {
+    let response = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-03-26")
+        .header("mcp-session-id", session)
+        .json(body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_answer_in_a_batch_and_a_tasks_result_is_redacted_by_its_call() {
+    let (stack, _backend, _logs) = fast_stack(
+        "- {name: no-secrets-from-say, methods: [tools/call], tools: [say], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}",
+    )
+    .await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    // `ping` first: the rule is scoped to `tools/call say`, and the batch's
+    // methods once travelled as the string "ping,tools/call", which matched no
+    // rule scoped to tools/call.
+    let answers = post_2025_03_26(
+        &stack,
+        &token,
+        &session.session_id,
+        &json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "say", "arguments": {"text": format!("key {SECRET}")}}}
+        ]),
+    )
+    .await;
+    let said = answers
+        .as_array()
+        .expect("a batch answer")
+        .iter()
+        .find(|a| a["id"] == 2)
+        .expect("the call's answer");
+    assert_eq!(
+        said["result"]["content"][0]["text"], "key [redacted]",
+        "{answers}"
+    );
+
+    // The deferred result of that call, fetched by `tasks/result`: the gateway
+    // cannot tell which tool it came from, so every redaction applies.
+    let result = post_2025_03_26(
+        &stack,
+        &token,
+        &session.session_id,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t1"}}),
+    )
+    .await;
+    assert!(!result.to_string().contains(SECRET), "{result}");
+    assert_eq!(result["result"]["content"][0]["text"], "key [redacted]");
+}
