@@ -422,7 +422,7 @@ fn macro_bound<'e>(expr: &'e cel::IdedExpr, bound: &mut HashSet<&'e str>) {
 
 /// The sub-expressions of an expression.
 fn children(expr: &cel::IdedExpr) -> Vec<&cel::IdedExpr> {
-    use cel::common::ast::{EntryExpr, Expr};
+    use cel::common::ast::Expr;
     match &expr.expr {
         Expr::Comprehension(c) => vec![
             &c.iter_range,
@@ -439,24 +439,22 @@ fn children(expr: &cel::IdedExpr) -> Vec<&cel::IdedExpr> {
             .collect(),
         Expr::Select(select) => vec![&select.operand],
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map
-            .entries
-            .iter()
-            .flat_map(|e| match &e.expr {
-                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
-                EntryExpr::StructField(field) => vec![&field.value],
-            })
-            .collect(),
-        Expr::Struct(s) => s
-            .entries
-            .iter()
-            .flat_map(|e| match &e.expr {
-                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
-                EntryExpr::StructField(field) => vec![&field.value],
-            })
-            .collect(),
+        Expr::Map(map) => entry_children(&map.entries),
+        Expr::Struct(s) => entry_children(&s.entries),
         Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Vec::new(),
     }
+}
+
+/// The keys and values of a map or struct literal.
+fn entry_children(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&cel::IdedExpr> {
+    use cel::common::ast::EntryExpr;
+    entries
+        .iter()
+        .flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+            EntryExpr::StructField(field) => vec![&field.value],
+        })
+        .collect()
 }
 
 /// A CEL context with the request-level variables `uses` names.
