@@ -104,6 +104,11 @@ pub struct Denied {
     pub rule: Option<String>,
     /// Who was denied, once authenticated.
     pub subject: Option<String>,
+    /// The OAuth client acting for them (`azp`, else `client_id`).
+    pub client_id: Option<String>,
+    /// For the access log: `deny`, or `public` for a document anyone may read
+    /// (the protected-resource metadata), which is served this way.
+    pub decision: &'static str,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -190,14 +195,33 @@ impl Authorizer {
             // Nothing of the body is read for a caller who is not authenticated.
             Err(err) => return Verdict::Deny(self.metadata.challenge(CallInfo::default(), &err)),
         };
+        match self.check_authenticated(request, path, identity.clone()) {
+            Verdict::Deny(mut denied) => {
+                // Every denial of an authenticated caller says who it was.
+                denied.subject = Some(identity.subject.clone());
+                denied.client_id.clone_from(&identity.client_id);
+                Verdict::Deny(denied)
+            }
+            allowed => allowed,
+        }
+    }
+
+    /// The checks that follow authentication: body, protocol version, rules.
+    fn check_authenticated(
+        &self,
+        request: &HttpRequest<'_>,
+        path: &str,
+        identity: Arc<Identity>,
+    ) -> Verdict {
         match (request.method, request.body_state) {
             (_, BodyState::Complete) | ("GET" | "DELETE", _) => {}
             (_, BodyState::TooLarge) => {
                 let why = "request body is larger than the gateway accepts";
-                let mut denied =
-                    invalid(413, jsonrpc::error_response(None, -32600, why), why.into());
-                denied.subject = Some(identity.subject.clone());
-                return Verdict::Deny(denied);
+                return Verdict::Deny(invalid(
+                    413,
+                    jsonrpc::error_response(None, -32600, why),
+                    why.into(),
+                ));
             }
             (_, BodyState::Prefix | BodyState::Withheld) => {
                 return Verdict::Deny(body_not_received(&identity.subject));
@@ -223,6 +247,8 @@ impl Authorizer {
                     call: CallInfo::default(),
                     rule: Some(decision.rule.to_string()),
                     subject: Some(identity.subject.clone()),
+                    client_id: None,
+                    decision: "deny",
                     status: 403,
                     headers: vec![("content-type".to_owned(), "application/json".to_owned())],
                     body: jsonrpc::error_response(None, DENIED_CODE, &reason).to_string(),
@@ -280,9 +306,7 @@ impl Authorizer {
                 .join(",");
             return Verdict::Allow(self.allow(call, Some(rules), identity, request));
         }
-        let mut denied = policy_denial(&body, &decisions, call);
-        denied.subject = Some(identity.subject.clone());
-        Verdict::Deny(denied)
+        Verdict::Deny(policy_denial(&body, &decisions, call))
     }
 
     /// The decision on a GET or DELETE (see [`gateway_core::rules::Policy::evaluate_bodiless`]).
@@ -419,6 +443,8 @@ impl ResourceMetadata {
             call: CallInfo::default(),
             rule: None,
             subject: None,
+            client_id: None,
+            decision: if status == 200 { "public" } else { "deny" },
             status,
             headers,
             body,
@@ -477,6 +503,8 @@ impl ResourceMetadata {
             call,
             rule: None,
             subject: None,
+            client_id: None,
+            decision: "deny",
             status,
             headers: vec![
                 ("www-authenticate".to_owned(), challenge),
@@ -587,6 +615,8 @@ fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied 
         call,
         rule: Some(rule.to_string()),
         subject: None,
+        client_id: None,
+        decision: "deny",
         status,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: reply.to_string(),
@@ -601,6 +631,8 @@ fn refusal(status: u16, why: &str) -> Denied {
         call: CallInfo::default(),
         rule: None,
         subject: None,
+        client_id: None,
+        decision: "deny",
         status,
         headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
         body: format!("{why}\n"),
@@ -637,6 +669,8 @@ fn body_not_received(subject: &str) -> Denied {
         call: CallInfo::default(),
         rule: None,
         subject: Some(subject.to_owned()),
+        client_id: None,
+        decision: "deny",
         status: 503,
         headers: vec![
             ("content-type".to_owned(), "application/json".to_owned()),
@@ -653,6 +687,8 @@ fn invalid(status: u16, body: Value, reason: String) -> Denied {
         call: CallInfo::default(),
         rule: None,
         subject: None,
+        client_id: None,
+        decision: "deny",
         status,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: body.to_string(),

@@ -186,10 +186,13 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                     "deny"
                 );
             }
-            let mut metadata = call_metadata(&denied.call, "deny", denied.rule.as_deref());
+            let mut metadata = call_metadata(&denied.call, denied.decision, denied.rule.as_deref());
             metadata.insert(key::REASON.into(), string(&denied.reason));
             if let Some(subject) = &denied.subject {
                 metadata.insert(key::SUBJECT.into(), string(subject));
+            }
+            if let Some(client_id) = &denied.client_id {
+                metadata.insert(key::CLIENT_ID.into(), string(client_id));
             }
             let code = match denied.status {
                 401 => Code::Unauthenticated,

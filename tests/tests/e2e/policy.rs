@@ -307,9 +307,41 @@ async fn decisions_reach_envoys_access_log() {
     assert_eq!(refused["rule"], "default");
     assert_eq!(refused["subject"], "alice");
     assert_eq!(
+        refused["client_id"], "dev-client",
+        "denials name the client too"
+    );
+    assert_eq!(
         refused["flags"], "UAEX",
         "answered by ext_authz, not a backend"
     );
+
+    // The protected-resource metadata is served to anyone: not a denial.
+    let metadata_path = "/.well-known/oauth-protected-resource/mcp";
+    let document = stack
+        .http()
+        .get(format!("{}{metadata_path}", stack.base_url()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(document.status(), 200);
+    let deadline = Instant::now() + e2e::patience();
+    let served = loop {
+        let line = std::fs::read_to_string(stack.work_dir().join("envoy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["path"] == metadata_path);
+        if let Some(line) = line {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metadata request was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(served["decision"], "public", "{served}");
+    assert_eq!(served["status"], 200, "{served}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
