@@ -106,8 +106,9 @@ pub struct Denied {
     pub subject: Option<String>,
     /// The OAuth client acting for them (`azp`, else `client_id`).
     pub client_id: Option<String>,
-    /// For the access log: `deny`, or `public` for a document anyone may read
-    /// (the protected-resource metadata), which is served this way.
+    /// For the access log and metrics: `deny`, `unauthenticated` (no usable
+    /// token), or `public` for a document anyone may read (the protected-resource
+    /// metadata), which is served this way.
     pub decision: &'static str,
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -504,7 +505,13 @@ impl ResourceMetadata {
             rule: None,
             subject: None,
             client_id: None,
-            decision: "deny",
+            // A token without the required scope is a caller denied; anything
+            // else here is a caller not known at all.
+            decision: if status == 403 {
+                "deny"
+            } else {
+                "unauthenticated"
+            },
             status,
             headers: vec![
                 ("www-authenticate".to_owned(), challenge),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
-use ext_authz::service::{AuthzService, SERVICE_NAME, published_keys_route};
+use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
@@ -33,7 +33,10 @@ async fn main() -> ExitCode {
             Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge),
         );
         let keys = published_keys_route(authorizer.clone());
-        let service = AuthzService::new(authorizer).into_server(section.server.max_message_bytes);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = AuthzMetrics::register(&mut registry);
+        let service =
+            AuthzService::new(authorizer, metrics).into_server(section.server.max_message_bytes);
         let routes = tonic::service::Routes::new(service)
             .into_axum_router()
             .merge(keys);
@@ -41,6 +44,7 @@ async fn main() -> ExitCode {
             server: section.server.clone(),
             routes: routes.into(),
             services: vec![SERVICE_NAME],
+            metrics: Arc::new(registry),
         })
     })
     .await

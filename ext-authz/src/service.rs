@@ -15,6 +15,11 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status;
 use gateway_core::handoff::{self, key};
+use gateway_core::metrics::Labels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
 use crate::check::{Authorizer, BodyState, CallInfo, HttpRequest, Verdict};
@@ -54,11 +59,46 @@ pub fn published_keys_route(authorizer: Arc<Authorizer>) -> axum::Router {
 #[derive(Clone)]
 pub struct AuthzService {
     authorizer: Arc<Authorizer>,
+    metrics: Arc<AuthzMetrics>,
+}
+
+/// What ext-authz counts, for Prometheus.
+pub struct AuthzMetrics {
+    /// Checks by decision (allow, deny, unauthenticated, public) and rule.
+    decisions: Family<Labels, Counter>,
+    /// How long each Check took.
+    check_seconds: Histogram,
+}
+
+impl AuthzMetrics {
+    /// The families, registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self {
+            decisions: Family::default(),
+            // 50 µs to ~1.6 s: a cached token is judged in tens of µs, a JWKS
+            // fetch can take a second.
+            check_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        };
+        registry.register(
+            "mcp_gateway_authz_decisions",
+            "Checks by decision (allow, deny, unauthenticated, public) and deciding rule",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "mcp_gateway_authz_check_seconds",
+            "Time ext-authz took to answer a Check",
+            metrics.check_seconds.clone(),
+        );
+        Arc::new(metrics)
+    }
 }
 
 impl AuthzService {
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        Self { authorizer }
+    pub fn new(authorizer: Arc<Authorizer>, metrics: Arc<AuthzMetrics>) -> Self {
+        Self {
+            authorizer,
+            metrics,
+        }
     }
 
     /// The tonic server for this service, accepting messages up to `max_message_bytes`.
@@ -123,12 +163,27 @@ impl Authorization for AuthzService {
             decision = tracing::field::Empty,
             status = tracing::field::Empty,
         );
+        let started = std::time::Instant::now();
         let verdict =
             tracing::Instrument::instrument(self.authorizer.check(&view), span.clone()).await;
+        self.metrics
+            .check_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let (decision, rule) = match &verdict {
+            Verdict::Allow(allowed) => ("allow", allowed.rule.clone()),
+            Verdict::Deny(denied) => (denied.decision, denied.rule.clone()),
+        };
+        self.metrics
+            .decisions
+            .get_or_create(&vec![
+                ("decision", decision.to_owned()),
+                ("rule", rule.unwrap_or_default()),
+            ])
+            .inc();
         match &verdict {
             Verdict::Allow(_) => span.record("decision", "allow"),
             Verdict::Deny(denied) => span
-                .record("decision", "deny")
+                .record("decision", denied.decision)
                 .record("status", denied.status),
         };
         let _entered = span.enter();

@@ -599,6 +599,11 @@ impl<'a> Exchange<'a> {
             .collect()
     }
 
+    /// Whether the request resumed a session (presented a token that opened).
+    pub fn resumed_session(&self) -> bool {
+        self.restored.is_some()
+    }
+
     /// Whether the response body arrives in streamed chunks (an event stream).
     pub fn streaming_response(&self) -> bool {
         self.events.is_some()

@@ -10,7 +10,7 @@ use clap::Parser;
 use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
-use ext_proc::service::{ProcService, SERVICE_NAME};
+use ext_proc::service::{ProcMetrics, ProcService, SERVICE_NAME};
 use ext_proc::streams::CallerStreams;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
@@ -67,11 +67,15 @@ async fn main() -> ExitCode {
             streams: CallerStreams::new(section.max_streams_per_caller.get()),
             arguments: section.argument_validation.clone(),
         });
-        let service = ProcService::new(gateway).into_server(section.server.max_message_bytes);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = ProcMetrics::register(&mut registry);
+        let service =
+            ProcService::new(gateway, metrics).into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),
             routes: tonic::service::Routes::new(service),
             services: vec![SERVICE_NAME],
+            metrics: Arc::new(registry),
         })
     })
     .await

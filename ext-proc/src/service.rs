@@ -31,9 +31,14 @@ use tonic::{Request, Response, Status, Streaming};
 use envoy_types::pb::envoy::service::ext_proc::v3::{BodyMutation, body_mutation::Mutation};
 
 use gateway_core::handoff::{self, key};
+use gateway_core::metrics::Labels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
+    SESSION_HEADER,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -45,11 +50,56 @@ const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 #[derive(Clone)]
 pub struct ProcService {
     gateway: Arc<Gateway>,
+    metrics: Arc<ProcMetrics>,
+}
+
+/// What ext-proc counts, for Prometheus.
+pub struct ProcMetrics {
+    /// Sessions by event: `sealed` (a backend's new session handed out),
+    /// `resumed` (a token opened and pinned), `unknown` (refused with 404).
+    sessions: Family<Labels, Counter>,
+    /// Requests ext-proc answered itself, by reason: `stream_cap` (429),
+    /// `rewrite` (a rewrite or argument check refused the call),
+    /// `backend_response` (a response a rule must read could not be read).
+    refusals: Family<Labels, Counter>,
+}
+
+impl ProcMetrics {
+    /// The families, registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self {
+            sessions: Family::default(),
+            refusals: Family::default(),
+        };
+        registry.register(
+            "mcp_gateway_sessions",
+            "MCP sessions by event: sealed, resumed, unknown",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "mcp_gateway_proc_refusals",
+            "Requests ext-proc answered itself, by reason",
+            metrics.refusals.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    fn session(&self, event: &'static str) {
+        self.sessions
+            .get_or_create(&vec![("event", event.to_owned())])
+            .inc();
+    }
+
+    fn refusal(&self, reason: &'static str) {
+        self.refusals
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
 }
 
 impl ProcService {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, metrics: Arc<ProcMetrics>) -> Self {
+        Self { gateway, metrics }
     }
 
     /// The tonic server for this service, accepting messages up to `max_message_bytes`.
@@ -71,6 +121,7 @@ impl ExternalProcessor for ProcService {
         // buffer suffices.
         let (tx, rx) = mpsc::channel(4);
         let gateway = self.gateway.clone();
+        let metrics = self.metrics.clone();
         let span =
             tracing::info_span!(target: gateway_core::telemetry::SPAN_TARGET, "ext_proc.stream");
         let stream = async move {
@@ -84,7 +135,7 @@ impl ExternalProcessor for ProcService {
                         break;
                     }
                 };
-                let reply = answer(&mut exchange, message);
+                let reply = answer(&mut exchange, message, &metrics);
                 if tx.send(reply).await.is_err() {
                     break;
                 }
@@ -98,6 +149,7 @@ impl ExternalProcessor for ProcService {
 fn answer(
     exchange: &mut Exchange<'_>,
     message: ProcessingRequest,
+    metrics: &ProcMetrics,
 ) -> Result<ProcessingResponse, Status> {
     let Some(phase) = &message.request else {
         return Err(Status::invalid_argument(
@@ -111,25 +163,47 @@ fn answer(
             }
             return Ok(
                 match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
-                    RequestPlan::Forward { edits, body } => ProcessingResponse {
-                        response: Some(Reply::RequestHeaders(headers_response(edits))),
-                        mode_override: Some(mode(body, BodyMode::Skip, false)),
-                        ..Default::default()
-                    },
-                    RequestPlan::Reply(local) => ProcessingResponse {
-                        response: Some(Reply::ImmediateResponse(immediate(
-                            local,
-                            "mcp_unknown_session",
-                        ))),
-                        ..Default::default()
-                    },
+                    RequestPlan::Forward { edits, body } => {
+                        if exchange.resumed_session() {
+                            metrics.session("resumed");
+                        }
+                        ProcessingResponse {
+                            response: Some(Reply::RequestHeaders(headers_response(edits))),
+                            mode_override: Some(mode(body, BodyMode::Skip, false)),
+                            ..Default::default()
+                        }
+                    }
+                    RequestPlan::Reply(local) => {
+                        match local.status {
+                            404 => metrics.session("unknown"),
+                            429 => metrics.refusal("stream_cap"),
+                            _ => {}
+                        }
+                        ProcessingResponse {
+                            response: Some(Reply::ImmediateResponse(immediate(
+                                local,
+                                "mcp_unknown_session",
+                            ))),
+                            ..Default::default()
+                        }
+                    }
                 },
             );
         }
         Phase::ResponseHeaders(headers) => {
             let upstream = attribute(&message, "upstream.address");
             let plan = exchange.on_response_headers(&HeaderView(headers), upstream);
+            if !exchange.resumed_session()
+                && plan
+                    .edits
+                    .set
+                    .iter()
+                    .any(|(name, _)| name == SESSION_HEADER)
+            {
+                metrics.session("sealed");
+            }
             if let Some(local) = plan.refuse {
+                metrics.refusal("backend_response");
                 return Ok(ProcessingResponse {
                     response: Some(Reply::ImmediateResponse(immediate(
                         local,
@@ -146,6 +220,7 @@ fn answer(
         }
         Phase::RequestBody(body) => match exchange.on_request_body(&body.body) {
             BodyPlan::Reply(local) => {
+                metrics.refusal("rewrite");
                 Reply::ImmediateResponse(immediate(local, "mcp_rewrite_refused"))
             }
             plan => Reply::RequestBody(body_response(plan, true)),
@@ -154,6 +229,7 @@ fn answer(
             let streamed = exchange.streaming_response();
             match exchange.on_response_body(&body.body, body.end_of_stream) {
                 BodyPlan::Reply(local) => {
+                    metrics.refusal("backend_response");
                     Reply::ImmediateResponse(immediate(local, "mcp_bad_backend_response"))
                 }
                 plan => Reply::ResponseBody(body_response(plan, !streamed)),

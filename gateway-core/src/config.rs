@@ -385,6 +385,10 @@ pub struct ServerConfig {
     /// Largest gRPC message accepted from Envoy (a buffered body plus its envelope).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Address of a plain-HTTP port serving Prometheus metrics at `/metrics`
+    /// (e.g. `127.0.0.1:9101`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_grace_period() -> Duration {

@@ -7,6 +7,7 @@
 //! - [`fetch_url`]: which URLs the sidecars may fetch from (parsed, never matched as text).
 //! - [`handoff`]: what ext-authz hands ext-proc about a request (dynamic metadata).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
+//! - [`metrics`]: a sidecar's Prometheus metrics, on a port of their own.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
@@ -20,6 +21,7 @@ pub mod crypto;
 pub mod fetch_url;
 pub mod handoff;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod policy_store;
 pub mod rewrite;
 pub mod rules;

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +53,8 @@ pub struct Sidecar {
     pub routes: Routes,
     /// Fully qualified names of the gRPC services in `routes`, for the health service.
     pub services: Vec<&'static str>,
+    /// Its metrics, served on `server.metrics_listen` when that is set.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// The whole life of a sidecar process: set up logging and span export, load the
@@ -95,6 +98,12 @@ async fn run_sidecar(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Some(addr) = sidecar.server.metrics_listen
+        && let Err(error) = crate::metrics::serve(addr, sidecar.metrics.clone()).await
+    {
+        tracing::error!(%addr, %error, "cannot serve metrics");
+        return ExitCode::from(EXIT_SERVE_FAILED);
+    }
     let listen = sidecar.server.listen;
     let result = match bind(listen).await {
         Ok(listener) => {

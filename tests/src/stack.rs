@@ -18,6 +18,9 @@ pub struct Ports {
     pub admin: u16,
     pub ext_authz: u16,
     pub ext_proc: u16,
+    /// The sidecars' Prometheus ports (`server.metrics_listen`).
+    pub ext_authz_metrics: u16,
+    pub ext_proc_metrics: u16,
     pub issuer: u16,
     pub backends: Vec<u16>,
 }
@@ -30,6 +33,8 @@ impl Ports {
             admin: 9901,
             ext_authz: 50051,
             ext_proc: 50052,
+            ext_authz_metrics: 9101,
+            ext_proc_metrics: 9102,
             issuer: 9443,
             backends: vec![9001, 9002, 9003],
         }
@@ -42,6 +47,8 @@ impl Ports {
             admin: free_port()?,
             ext_authz: free_port()?,
             ext_proc: free_port()?,
+            ext_authz_metrics: free_port()?,
+            ext_proc_metrics: free_port()?,
             issuer: free_port()?,
             backends: (0..backends)
                 .map(|_| free_port())
@@ -517,6 +524,20 @@ impl Stack {
         Ok(total)
     }
 
+    /// A sidecar's Prometheus text (`ext-authz` or `ext-proc`).
+    pub async fn metrics(&self, sidecar: &str) -> anyhow::Result<String> {
+        let port = match sidecar {
+            "ext-authz" => self.ports.ext_authz_metrics,
+            "ext-proc" => self.ports.ext_proc_metrics,
+            other => bail!("no sidecar called {other}"),
+        };
+        Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     /// Bytes Envoy's allocator holds now (admin `/memory`, `allocated`).
     pub async fn envoy_allocated_bytes(&self) -> anyhow::Result<u64> {
         let body: serde_json::Value =
@@ -653,6 +674,8 @@ impl Stack {
         let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
         config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
         config["ext_proc"]["server"]["listen"] = listen(self.ports.ext_proc);
+        config["ext_authz"]["server"]["metrics_listen"] = listen(self.ports.ext_authz_metrics);
+        config["ext_proc"]["server"]["metrics_listen"] = listen(self.ports.ext_proc_metrics);
         config["ext_proc"]["sessions"]["keys_file"] = self
             .work
             .join("session-keys.txt")

@@ -8,6 +8,7 @@ mod e2e {
     mod deploy;
     mod envoy_configs;
     mod foundation;
+    mod metrics;
     mod policy;
     mod rewrite;
     mod sessions;
