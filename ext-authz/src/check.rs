@@ -291,6 +291,40 @@ impl Authorizer {
                 }
             }
         }
+        // A session must be able to speak the version it negotiates through the
+        // gateway: an `initialize` offering a version older than any the gateway
+        // carries (so refused on every later message) is refused now, as the MCP
+        // lifecycle's error. A newer one goes on: the server answers with a
+        // version it supports (versions are dates, so they compare as text).
+        let oldest = jsonrpc::SUPPORTED_VERSIONS
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default();
+        if let Some((message, requested)) = body.messages.iter().find_map(|m| {
+            let offered = m.params.as_ref()?.get("protocolVersion")?.as_str()?;
+            (m.kind == Kind::Request
+                && m.method.as_deref() == Some("initialize")
+                && offered < oldest)
+                .then_some((m, offered))
+        }) {
+            let mut reply = jsonrpc::error_response(
+                message.id.as_ref(),
+                -32602,
+                "Unsupported protocol version",
+            );
+            reply["error"]["data"] = json!({
+                "supported": jsonrpc::SUPPORTED_VERSIONS,
+                "requested": requested,
+            });
+            let mut denied = invalid(
+                200,
+                reply,
+                format!("unsupported protocol version {requested}"),
+            );
+            denied.call = call_info(&body.messages);
+            return Verdict::Deny(denied);
+        }
         let call = call_info(&body.messages);
         if body.batch && version != BATCH_VERSION {
             let why = format!("JSON-RPC batches are not allowed in protocol {version}");

@@ -396,3 +396,63 @@ async fn rules_that_guard_every_request_guard_get_and_delete_too() {
         "nothing reached a backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initialize_offering_a_version_the_gateway_cannot_carry_is_refused_up_front() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let before = stack.all_backend_total().await.expect("counters");
+    // 2024-11-05 predates streamable HTTP: a session negotiated on it could never
+    // send its next message through the gateway (MCP-Protocol-Version: 2024-11-05).
+    let answer = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &token,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2024-11-05", "capabilities": {},
+                           "clientInfo": {"name": "old", "version": "0"}}}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.headers().get("mcp-session-id").is_none(),
+        "no session"
+    );
+    let body: Value = answer.json().await.expect("JSON-RPC error");
+    assert_eq!(body["id"], 0, "{body}");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert_eq!(body["error"]["message"], "Unsupported protocol version");
+    assert_eq!(body["error"]["data"]["requested"], "2024-11-05");
+    assert!(
+        body["error"]["data"]["supported"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!(mcp::PROTOCOL_VERSION))),
+        "{body}"
+    );
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+
+    // A newer version than the gateway knows is the server's to negotiate down.
+    let newer = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &token,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2099-01-01", "capabilities": {},
+                           "clientInfo": {"name": "new", "version": "0"}}}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(newer.status(), 200);
+    assert!(newer.headers().get("mcp-session-id").is_some(), "a session");
+    let text = newer.text().await.expect("body");
+    let negotiated =
+        mcp::messages(&text).expect("messages")[0]["result"]["protocolVersion"].clone();
+    assert_ne!(negotiated, json!("2099-01-01"), "{text}");
+}
