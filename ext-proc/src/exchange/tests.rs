@@ -1,6 +1,7 @@
 use super::*;
 use crate::sealer::SessionKey;
 use gateway_core::jsonrpc::Limits;
+use serde_json::json;
 
 struct Map(Vec<(&'static str, Vec<u8>)>);
 
@@ -634,4 +635,85 @@ fn backends_are_not_offered_compression_and_a_compressed_answer_a_rule_must_read
         panic!("forwarded")
     };
     assert!(!edits.remove.iter().any(|h| h == "accept-encoding"));
+}
+
+fn validating(unlisted: gateway_core::config::UnlistedTools) -> Gateway {
+    let mut gateway = sessions();
+    gateway.arguments = gateway_core::config::ArgumentValidation {
+        enabled: true,
+        skip_tools: vec!["free-form".into()],
+        unlisted_tools: unlisted,
+    };
+    gateway
+}
+
+/// An exchange on a resumed session's backend (`127.0.0.1:9002`) for `method`.
+fn on_backend<'g>(gateway: &'g Gateway, method: &str) -> Exchange<'g> {
+    let token = initialize(gateway);
+    let mut who = alice().expect("caller");
+    who.calls = vec![call("1", method, None)];
+    let mut exchange = Exchange::new(gateway);
+    exchange.on_request_headers(
+        &map(&[(":method", "POST"), (SESSION_HEADER, &token)]),
+        Some(who),
+    );
+    exchange
+}
+
+#[test]
+fn arguments_are_checked_against_the_schema_the_backend_listed() {
+    let gateway = validating(gateway_core::config::UnlistedTools::Refuse);
+    let call_add = |a: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "add", "arguments": {"a": a}}});
+        on_backend(&gateway, "tools/call").on_request_body(body.to_string().as_bytes())
+    };
+    // Not listed yet: refused, asking for a listing.
+    let BodyPlan::Reply(reply) = call_add(json!(1)) else {
+        panic!("refused before listing")
+    };
+    assert!(reply.body.contains("tools/list"), "{}", reply.body);
+
+    // The backend lists `add` with an integer `a`; ext-proc reads the listing.
+    let mut listing = on_backend(&gateway, "tools/list");
+    let plan = listing.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9002"),
+    );
+    assert_eq!(
+        plan.body,
+        BodyMode::Buffered,
+        "a listing is read for its schemas"
+    );
+    listing.on_response_body(
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+            {"name": "add", "inputSchema": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+        ]}})
+        .to_string()
+        .as_bytes(),
+        true,
+    );
+    gateway.catalog.weighted_size();
+
+    assert!(matches!(call_add(json!(1)), BodyPlan::Continue));
+    let BodyPlan::Reply(reply) = call_add(json!("1")) else {
+        panic!("a string for an integer is refused")
+    };
+    assert!(reply.body.contains("-32602"), "{}", reply.body);
+    assert!(
+        reply.body.contains("invalid arguments for `add`"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn skipped_and_by_default_unlisted_tools_are_forwarded() {
+    let gateway = validating(gateway_core::config::UnlistedTools::Forward);
+    for tool in ["free-form", "never-listed"] {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": tool, "arguments": {"a": "anything"}}});
+        let plan = on_backend(&gateway, "tools/call").on_request_body(body.to_string().as_bytes());
+        assert!(matches!(plan, BodyPlan::Continue), "{tool}: {plan:?}");
+    }
 }
