@@ -162,17 +162,36 @@ impl Authorization for AuthzService {
             http.method = view.method,
             decision = tracing::field::Empty,
             status = tracing::field::Empty,
+            // OpenTelemetry's MCP semantic conventions.
+            mcp.method.name = tracing::field::Empty,
+            gen_ai.tool.name = tracing::field::Empty,
+            rpc.jsonrpc.request_id = tracing::field::Empty,
+            mcp.protocol.version = view.protocol_version,
+            mcp.session.id = tracing::field::Empty,
         );
+        if let Some(session) = view.headers.and_then(|h| h.get("mcp-session-id")) {
+            // A digest: the token itself is a bearer credential for the session.
+            span.record("mcp.session.id", session_digest(session));
+        }
         let started = std::time::Instant::now();
         let verdict =
             tracing::Instrument::instrument(self.authorizer.check(&view), span.clone()).await;
         self.metrics
             .check_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (decision, rule) = match &verdict {
-            Verdict::Allow(allowed) => ("allow", allowed.rule.clone()),
-            Verdict::Deny(denied) => (denied.decision, denied.rule.clone()),
+        let (decision, rule, call) = match &verdict {
+            Verdict::Allow(allowed) => ("allow", allowed.rule.clone(), &allowed.call),
+            Verdict::Deny(denied) => (denied.decision, denied.rule.clone(), &denied.call),
         };
+        if let Some(method) = &call.rpc_method {
+            span.record("mcp.method.name", method.as_str());
+        }
+        if let Some(tool) = &call.tool {
+            span.record("gen_ai.tool.name", tool.as_str());
+        }
+        if let Some(id) = call.calls.iter().find_map(|c| c.id.as_deref()) {
+            span.record("rpc.jsonrpc.request_id", id);
+        }
         self.metrics
             .decisions
             .get_or_create(&vec![
@@ -189,6 +208,15 @@ impl Authorization for AuthzService {
         let _entered = span.enter();
         Ok(Response::new(to_response(&view, verdict)))
     }
+}
+
+/// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
+/// one session across spans, useless to resume it.
+fn session_digest(token: &str) -> String {
+    openssl::sha::sha256(token.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {

@@ -102,6 +102,8 @@ pub struct StackOptions {
     /// Run Envoy and both sidecars under `taskset -c <list>` (e.g. `"0"`), so they
     /// size their thread pools for those CPUs; `None` leaves them unpinned.
     pub gateway_cpus: Option<String>,
+    /// Extra environment for both sidecars (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 /// What a second gateway shares with the first: the token issuer and the backends.
@@ -138,6 +140,7 @@ impl StackOptions {
             backend_args: Vec::new(),
             external_backends: false,
             gateway_cpus: None,
+            sidecar_env: Vec::new(),
         })
     }
 }
@@ -155,6 +158,7 @@ pub struct Stack {
     rules: Option<String>,
     backend_args: Vec<String>,
     gateway_cpus: Option<String>,
+    sidecar_env: Vec<(String, String)>,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -233,6 +237,7 @@ impl Stack {
             rules: options.rules.clone(),
             backend_args: options.backend_args.clone(),
             gateway_cpus: options.gateway_cpus.clone(),
+            sidecar_env: options.sidecar_env.clone(),
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -867,6 +872,7 @@ impl Stack {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        command.envs(self.sidecar_env.iter().map(|(k, v)| (k, v)));
         Process::spawn(name, command, &self.log(name))
     }
 

@@ -32,6 +32,7 @@ impl Up {
                 backend_args: Vec::new(),
                 external_backends: false,
                 gateway_cpus: None,
+                sidecar_env: Vec::new(),
             };
             let stack = Stack::start(options).await?;
             let token = stack.token("dev-user", "mcp:tools").await?;

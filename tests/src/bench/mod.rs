@@ -188,6 +188,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         backend_args: Vec::new(),
         external_backends: true,
         gateway_cpus: pinned.then(|| "0".to_owned()),
+        sidecar_env: Vec::new(),
     })
     .await
     .context("starting the gateway (C)")?;

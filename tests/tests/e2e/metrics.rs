@@ -1,5 +1,5 @@
-//! What an operator scrapes: each sidecar's Prometheus text moves with the
-//! calls it judged and the sessions it kept.
+//! What an operator sees: each sidecar's Prometheus text moves with the calls
+//! it judged and the sessions it kept; spans carry MCP's semantic conventions.
 
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, StackOptions};
@@ -29,7 +29,10 @@ async fn each_sidecar_counts_what_it_decided() {
         .await
         .expect("allowed");
     let denied = session
-        .request("tools/call", json!({"name": "add", "arguments": {"a": 5000, "b": 2}}))
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
+        )
         .await
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001);
@@ -56,7 +59,11 @@ async fn each_sidecar_counts_what_it_decided() {
     let authz = stack.metrics("ext-authz").await.expect("ext-authz metrics");
     let decisions = "mcp_gateway_authz_decisions_total";
     assert!(
-        sample(&authz, decisions, r#"decision="allow",rule="small-arithmetic""#) >= 1.0,
+        sample(
+            &authz,
+            decisions,
+            r#"decision="allow",rule="small-arithmetic""#
+        ) >= 1.0,
         "{authz}"
     );
     assert!(
@@ -67,11 +74,92 @@ async fn each_sidecar_counts_what_it_decided() {
         sample(&authz, decisions, r#"decision="unauthenticated",rule="""#) >= 1.0,
         "{authz}"
     );
-    assert!(authz.contains("mcp_gateway_authz_check_seconds_bucket"), "{authz}");
+    assert!(
+        authz.contains("mcp_gateway_authz_check_seconds_bucket"),
+        "{authz}"
+    );
 
     let proc = stack.metrics("ext-proc").await.expect("ext-proc metrics");
     let sessions = "mcp_gateway_sessions_total";
-    assert!(sample(&proc, sessions, r#"event="sealed""#) >= 1.0, "{proc}");
-    assert!(sample(&proc, sessions, r#"event="resumed""#) >= 2.0, "{proc}");
-    assert!(sample(&proc, sessions, r#"event="unknown""#) >= 1.0, "{proc}");
+    assert!(
+        sample(&proc, sessions, r#"event="sealed""#) >= 1.0,
+        "{proc}"
+    );
+    assert!(
+        sample(&proc, sessions, r#"event="resumed""#) >= 2.0,
+        "{proc}"
+    );
+    assert!(
+        sample(&proc, sessions, r#"event="unknown""#) >= 1.0,
+        "{proc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_name_the_mcp_method_tool_request_and_session() {
+    // A stand-in OTLP/HTTP collector that keeps what it is sent.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").extend_from_slice(&body);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.sidecar_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ];
+    let stack = Stack::start(options).await.expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    session
+        .call_tool("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("allowed");
+
+    // Spans go out in batches; wait for the call's.
+    let wanted: [&[u8]; 6] = [
+        b"mcp.method.name",
+        b"tools/call",
+        b"gen_ai.tool.name",
+        b"rpc.jsonrpc.request_id",
+        b"mcp.protocol.version",
+        b"mcp.session.id",
+    ];
+    let deadline = std::time::Instant::now() + e2e::patience();
+    loop {
+        let bytes = received.lock().expect("lock").clone();
+        let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        if wanted.iter().all(|n| found(n)) {
+            assert!(
+                !found(session.session_id.as_bytes()),
+                "the session token itself never goes out, only its digest"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans lack some of the MCP attributes; got {} bytes",
+            bytes.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.abort();
 }
