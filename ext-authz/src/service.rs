@@ -169,6 +169,10 @@ impl Authorization for AuthzService {
             mcp.protocol.version = view.protocol_version,
             mcp.session.id = tracing::field::Empty,
         );
+        // Before the span is first entered: after that its parent is fixed.
+        if let Some(parent) = client_traceparent(view.body) {
+            gateway_core::telemetry::continue_client_trace(&span, parent, None);
+        }
         if let Some(session) = view.headers.and_then(|h| h.get("mcp-session-id")) {
             // A digest: the token itself is a bearer credential for the session.
             span.record("mcp.session.id", session_digest(session));
@@ -208,6 +212,25 @@ impl Authorization for AuthzService {
         let _entered = span.enter();
         Ok(Response::new(to_response(&view, verdict)))
     }
+}
+
+/// The W3C `traceparent` a client put in its message's `_meta` (MCP's way to
+/// carry a trace), found by a bounded scan rather than a parse: it is needed
+/// before the caller is authenticated (when the span starts), and nothing of a
+/// body is parsed before that. A value elsewhere in the body that looks like
+/// one can at most re-parent the caller's own span; the propagator rejects
+/// anything that is not a valid trace context.
+fn client_traceparent(body: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"traceparent\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &body[at..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = rest.get(colon..)?.strip_prefix(b":")?;
+    let quote = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = rest.get(quote..)?.strip_prefix(b"\"")?;
+    // A traceparent is 55 characters; anything much longer is not one.
+    let end = rest.iter().take(64).position(|b| *b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
@@ -356,4 +379,22 @@ fn status(code: Code) -> Status {
 
 fn string(s: &str) -> Value {
     handoff::string(s)
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::client_traceparent;
+
+    #[test]
+    fn a_traceparent_in_meta_is_found_without_parsing_the_body() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","_meta":{{ "traceparent" : "{tp}"}}}}}}"#
+        );
+        assert_eq!(client_traceparent(body.as_bytes()), Some(tp));
+        assert_eq!(client_traceparent(br#"{"params":{}}"#), None);
+        assert_eq!(client_traceparent(br#"{"traceparent": 5}"#), None);
+        let endless = format!(r#"{{"traceparent":"{}"#, "x".repeat(200));
+        assert_eq!(client_traceparent(endless.as_bytes()), None, "bounded");
+    }
 }

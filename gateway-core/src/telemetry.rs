@@ -107,3 +107,23 @@ impl Telemetry {
         }
     }
 }
+
+/// Makes `span` a child of the client's trace, from a W3C `traceparent` (and
+/// `tracestate`) the client sent in a message's `_meta`. A malformed value is
+/// ignored: the span keeps its own trace.
+pub fn continue_client_trace(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_owned(), state.to_owned());
+    }
+    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        // Fails only when the span is disabled: nothing to continue then.
+        let _ = span.set_parent(context);
+    }
+}

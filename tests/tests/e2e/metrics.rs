@@ -96,7 +96,7 @@ async fn each_sidecar_counts_what_it_decided() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_name_the_mcp_method_tool_request_and_session() {
+async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_clients_trace() {
     // A stand-in OTLP/HTTP collector that keeps what it is sent.
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let sink = received.clone();
@@ -129,10 +129,21 @@ async fn spans_name_the_mcp_method_tool_request_and_session() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    session
-        .call_tool("add", json!({"a": 1, "b": 2}))
+    // The client's trace, as MCP carries it: in the message's `_meta`.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2},
+                   "_meta": {"traceparent": format!("00-{trace_id}-00f067aa0ba902b7-01")}}),
+        )
         .await
         .expect("allowed");
+    assert_eq!(answer["result"]["content"][0]["text"], "3.0", "{answer}");
+    let trace_id_bytes: Vec<u8> = (0..trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
+        .collect();
 
     // Spans go out in batches; wait for the call's.
     let wanted: [&[u8]; 6] = [
@@ -147,7 +158,7 @@ async fn spans_name_the_mcp_method_tool_request_and_session() {
     loop {
         let bytes = received.lock().expect("lock").clone();
         let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        if wanted.iter().all(|n| found(n)) {
+        if wanted.iter().all(|n| found(n)) && found(&trace_id_bytes) {
             assert!(
                 !found(session.session_id.as_bytes()),
                 "the session token itself never goes out, only its digest"
@@ -156,7 +167,7 @@ async fn spans_name_the_mcp_method_tool_request_and_session() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "spans lack some of the MCP attributes; got {} bytes",
+            "spans lack some of the MCP attributes or the client's trace id; got {} bytes",
             bytes.len()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
