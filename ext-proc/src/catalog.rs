@@ -37,6 +37,32 @@ impl ToolCatalog {
         }
     }
 
+    /// Keeps the input schema `upstream` advertised for `tool` (compiled); an
+    /// unusable schema forgets any older one.
+    pub fn learn(&self, upstream: &str, tool: &str, input_schema: &Value) {
+        let key = (upstream.to_owned(), tool.to_owned());
+        match jsonschema::validator_for(input_schema) {
+            Ok(validator) => self.schemas.insert(
+                key,
+                Schema {
+                    validator: Arc::new(validator),
+                    weight: weight(upstream, tool, input_schema),
+                },
+            ),
+            Err(err) => {
+                tracing::warn!(upstream, tool, error = %err, "backend advertised an unusable input schema");
+                self.schemas.invalidate(&key);
+            }
+        }
+    }
+
+    /// The compiled input schema `upstream` advertised for `tool`, if known.
+    pub fn schema(&self, upstream: &str, tool: &str) -> Option<Arc<jsonschema::Validator>> {
+        self.schemas
+            .get(&(upstream.to_owned(), tool.to_owned()))
+            .map(|schema| schema.validator)
+    }
+
     /// Estimated bytes the catalog holds (for tests and metrics).
     pub fn weighted_size(&self) -> u64 {
         self.schemas.run_pending_tasks();
@@ -90,31 +116,13 @@ impl ToolView for ToolsFor<'_> {
     }
 
     fn advertised(&self, tool: &str, input_schema: &Value) {
-        let Some(upstream) = self.upstream else {
-            return;
-        };
-        let key = (upstream.to_owned(), tool.to_owned());
-        match jsonschema::validator_for(input_schema) {
-            Ok(validator) => self.catalog.schemas.insert(
-                key,
-                Schema {
-                    validator: Arc::new(validator),
-                    weight: weight(upstream, tool, input_schema),
-                },
-            ),
-            Err(err) => {
-                tracing::warn!(upstream, tool, error = %err, "backend advertised an unusable input schema");
-                self.catalog.schemas.invalidate(&key);
-            }
+        if let Some(upstream) = self.upstream {
+            self.catalog.learn(upstream, tool, input_schema);
         }
     }
 
     fn schema(&self, tool: &str) -> Option<Arc<jsonschema::Validator>> {
-        let upstream = self.upstream?;
-        self.catalog
-            .schemas
-            .get(&(upstream.to_owned(), tool.to_owned()))
-            .map(|schema| schema.validator)
+        self.catalog.schema(self.upstream?, tool)
     }
 }
 

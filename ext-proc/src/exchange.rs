@@ -34,6 +34,7 @@ use gateway_proto::session::SessionPayload;
 use serde_json::Value;
 
 use crate::catalog::{ToolCatalog, ToolsFor};
+use crate::schema_fetch::SchemaRequest;
 use crate::sealer::SessionSealer;
 use crate::streams::{CallerStreams, StreamPermit};
 
@@ -166,6 +167,8 @@ struct RequestSeen {
     /// Only when a rule reads `request.headers`.
     headers: Option<HashMap<String, String>>,
     source_address: String,
+    /// `MCP-Protocol-Version`, to speak it when asking the backend itself.
+    protocol_version: Option<String>,
     /// The caller's claims, parsed once, when a rule reads `jwt`.
     claims: Option<serde_json::Map<String, Value>>,
 }
@@ -261,6 +264,9 @@ impl<'a> Exchange<'a> {
                 .unwrap_or_default()
         };
         self.request.method = text(":method");
+        self.request.protocol_version = headers
+            .get("mcp-protocol-version")
+            .map(|v| String::from_utf8_lossy(v).into_owned());
         self.request.path = text(":path")
             .split('?')
             .next()
@@ -411,6 +417,34 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// What to ask the session's backend before this request body can be judged:
+    /// the call's tool has no known schema and `unlisted_tools` is `fetch`.
+    pub fn schema_to_fetch(&self, body: &[u8]) -> Option<SchemaRequest> {
+        let validation = &self.gateway.arguments;
+        if !validation.enabled || validation.unlisted_tools != UnlistedTools::Fetch {
+            return None;
+        }
+        let message: Value = serde_json::from_slice(body).ok()?;
+        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+            return None;
+        }
+        let named = message.pointer("/params/name").and_then(Value::as_str)?;
+        let tool = self.gateway.rewrites.resolve_alias(named);
+        let (_, backend_session, upstream) = self.restored.as_ref()?;
+        if validation.skip_tools.iter().any(|t| t == tool)
+            || self.gateway.catalog.schema(upstream, tool).is_some()
+        {
+            return None;
+        }
+        Some(SchemaRequest {
+            upstream: upstream.clone(),
+            path: self.request.path.clone(),
+            backend_session: Some(backend_session.clone()),
+            protocol_version: self.request.protocol_version.clone(),
+            tool: tool.to_owned(),
+        })
+    }
+
     /// A `tools/call`, as the backend will receive it, against the tool's
     /// advertised input schema (`ext_proc.argument_validation`).
     fn check_arguments(&self, message: &Value, tools: &dyn ToolView) -> Result<(), Rejection> {
@@ -442,6 +476,14 @@ impl<'a> Exchange<'a> {
                 code: -32602,
                 message: format!(
                     "the gateway has not seen `{tool}` in this server's tools/list, so it cannot check its arguments: list the tools (tools/list) and call again"
+                ),
+            }),
+            // The adapter asked the backend (see `schema_to_fetch`) and still
+            // knows no schema: the server does not list the tool, or could not be asked.
+            (None, UnlistedTools::Fetch) => Err(Rejection {
+                code: -32602,
+                message: format!(
+                    "the gateway cannot learn `{tool}`'s input schema from this server's tools/list, so it cannot check its arguments"
                 ),
             }),
         }

@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod exchange;
+pub mod schema_fetch;
 pub mod sealer;
 pub mod service;
 pub mod streams;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
+use ext_proc::schema_fetch::SchemaFetcher;
 use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcMetrics, ProcService, SERVICE_NAME};
 use ext_proc::streams::CallerStreams;
@@ -69,8 +70,10 @@ async fn main() -> ExitCode {
         });
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = ProcMetrics::register(&mut registry);
-        let service =
-            ProcService::new(gateway, metrics).into_server(section.server.max_message_bytes);
+        // Well within Envoy's 2 s per-message timeout for ext_proc.
+        let fetcher = Arc::new(SchemaFetcher::new(std::time::Duration::from_secs(1))?);
+        let service = ProcService::new(gateway, metrics, fetcher)
+            .into_server(section.server.max_message_bytes);
         Ok(Sidecar {
             server: section.server.clone(),
             routes: tonic::service::Routes::new(service),

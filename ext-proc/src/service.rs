@@ -36,6 +36,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::schema_fetch::{SchemaFetcher, SchemaRequest};
+
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
     SESSION_HEADER,
@@ -51,6 +53,7 @@ const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 pub struct ProcService {
     gateway: Arc<Gateway>,
     metrics: Arc<ProcMetrics>,
+    fetcher: Arc<SchemaFetcher>,
 }
 
 /// What ext-proc counts, for Prometheus.
@@ -98,8 +101,16 @@ impl ProcMetrics {
 }
 
 impl ProcService {
-    pub fn new(gateway: Arc<Gateway>, metrics: Arc<ProcMetrics>) -> Self {
-        Self { gateway, metrics }
+    pub fn new(
+        gateway: Arc<Gateway>,
+        metrics: Arc<ProcMetrics>,
+        fetcher: Arc<SchemaFetcher>,
+    ) -> Self {
+        Self {
+            gateway,
+            metrics,
+            fetcher,
+        }
     }
 
     /// The tonic server for this service, accepting messages up to `max_message_bytes`.
@@ -122,6 +133,7 @@ impl ExternalProcessor for ProcService {
         let (tx, rx) = mpsc::channel(4);
         let gateway = self.gateway.clone();
         let metrics = self.metrics.clone();
+        let fetcher = self.fetcher.clone();
         let span =
             tracing::info_span!(target: gateway_core::telemetry::SPAN_TARGET, "ext_proc.stream");
         let stream = async move {
@@ -135,6 +147,11 @@ impl ExternalProcessor for ProcService {
                         break;
                     }
                 };
+                if let Some(Phase::RequestBody(body)) = &message.request
+                    && let Some(wanted) = exchange.schema_to_fetch(&body.body)
+                {
+                    learn_schemas(&fetcher, &gateway, &wanted).await;
+                }
                 let reply = answer(&mut exchange, message, &metrics);
                 if tx.send(reply).await.is_err() {
                     break;
@@ -143,6 +160,30 @@ impl ExternalProcessor for ProcService {
         };
         tokio::spawn(tracing::Instrument::instrument(stream, span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Asks the session's backend for its tools and keeps their schemas; a failure
+/// is logged and leaves the tool unknown (the call is then refused).
+async fn learn_schemas(fetcher: &SchemaFetcher, gateway: &Gateway, wanted: &SchemaRequest) {
+    match fetcher.tools(wanted).await {
+        Ok(tools) => {
+            for (name, schema) in &tools {
+                gateway.catalog.learn(&wanted.upstream, name, schema);
+            }
+            tracing::info!(
+                upstream = %wanted.upstream,
+                tool = %wanted.tool,
+                tools = tools.len(),
+                "learned the backend's tool schemas by asking it"
+            );
+        }
+        Err(error) => tracing::warn!(
+            upstream = %wanted.upstream,
+            tool = %wanted.tool,
+            %error,
+            "cannot learn the backend's tool schemas"
+        ),
     }
 }
 

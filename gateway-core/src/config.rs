@@ -294,11 +294,12 @@ pub struct ArgumentValidation {
     /// Tools (the backend's names) whose arguments are not checked.
     #[serde(default)]
     pub skip_tools: Vec<String>,
-    /// A call to a tool this ext-proc has not seen in the backend's `tools/list`:
-    /// `forward` it unchecked (the default), or `refuse` it with -32602 asking
-    /// the client to list tools. Each ext-proc replica learns schemas from the
-    /// listings it sees, so refusing would also refuse calls that another
-    /// replica, or this one before a restart, saw listed.
+    /// A call to a tool this ext-proc has not seen in the backend's `tools/list`
+    /// (each replica learns from the listings it sees; a restart forgets):
+    /// `fetch` (the default) asks the session's backend for `tools/list` itself
+    /// and checks the call, refusing it with -32602 if the schema still cannot be
+    /// learned; `forward` lets it through unchecked; `refuse` refuses it, asking
+    /// the client to list tools.
     #[serde(default)]
     pub unlisted_tools: UnlistedTools,
 }
@@ -317,8 +318,9 @@ impl Default for ArgumentValidation {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnlistedTools {
-    Refuse,
     #[default]
+    Fetch,
+    Refuse,
     Forward,
 }
 

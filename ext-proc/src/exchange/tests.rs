@@ -708,7 +708,7 @@ fn arguments_are_checked_against_the_schema_the_backend_listed() {
 }
 
 #[test]
-fn skipped_and_by_default_unlisted_tools_are_forwarded() {
+fn skipped_tools_and_with_forward_unlisted_tools_are_forwarded() {
     let gateway = validating(gateway_core::config::UnlistedTools::Forward);
     for tool in ["free-form", "never-listed"] {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -716,4 +716,28 @@ fn skipped_and_by_default_unlisted_tools_are_forwarded() {
         let plan = on_backend(&gateway, "tools/call").on_request_body(body.to_string().as_bytes());
         assert!(matches!(plan, BodyPlan::Continue), "{tool}: {plan:?}");
     }
+}
+
+#[test]
+fn a_call_to_a_tool_never_listed_asks_for_the_backends_schemas_once() {
+    let gateway = validating(gateway_core::config::UnlistedTools::Fetch);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "add", "arguments": {"a": 1}}})
+    .to_string();
+    let exchange = on_backend(&gateway, "tools/call");
+    let wanted = exchange
+        .schema_to_fetch(body.as_bytes())
+        .expect("the schema is unknown: ask");
+    assert_eq!(wanted.upstream, "127.0.0.1:9002");
+    assert_eq!(wanted.tool, "add");
+    assert_eq!(wanted.backend_session.as_deref(), Some("backend-1"));
+    // Once learned, nothing more to ask; nor for a tool the checks skip.
+    gateway
+        .catalog
+        .learn("127.0.0.1:9002", "add", &json!({"type": "object"}));
+    assert!(exchange.schema_to_fetch(body.as_bytes()).is_none());
+    let skipped = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": "free-form", "arguments": {}}})
+    .to_string();
+    assert!(exchange.schema_to_fetch(skipped.as_bytes()).is_none());
 }

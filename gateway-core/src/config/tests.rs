@@ -144,7 +144,7 @@ fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
     assert!(proc.argument_validation.enabled);
     assert_eq!(
         proc.argument_validation.unlisted_tools,
-        crate::config::UnlistedTools::Forward
+        crate::config::UnlistedTools::Fetch
     );
     let err = parse("ext_proc:\n  server: {listen: 127.0.0.1:2}\n  max_streams_per_caller: 0\n")
         .expect_err("a cap of 0 would refuse everyone");

@@ -657,23 +657,14 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn by_default_a_tool_not_yet_listed_is_forwarded_and_checked_once_listed() {
+async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_for() {
+    // As after an ext-proc restart: nobody listed tools through this ext-proc.
     let stack = stack_with("[]", NO_THIRTEEN, &[]).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    assert_eq!(
-        session
-            .call_tool("add", json!({"a": 1, "b": 1}))
-            .await
-            .expect("forwarded unchecked"),
-        "2.0"
-    );
-    session
-        .request("tools/list", json!({}))
-        .await
-        .expect("list");
+    let before = backend_calls(&stack).await.len();
     let refused = session
         .request(
             "tools/call",
@@ -682,6 +673,39 @@ async fn by_default_a_tool_not_yet_listed_is_forwarded_and_checked_once_listed()
         .await
         .expect("answer");
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("invalid arguments for `add`"),
+        "{refused}"
+    );
+    // The gateway asked the session's backend for its tools itself; the call
+    // never reached it.
+    let mut asked = Vec::new();
+    for index in 0..stack.ports().backends.len() {
+        asked.extend(
+            stack
+                .backend_requests(index)
+                .await
+                .expect("backend")
+                .into_iter()
+                .filter(|r| r["body"].as_str().unwrap_or("").contains("gateway-schema-")),
+        );
+    }
+    assert_eq!(asked.len(), 1, "one tools/list from the gateway: {asked:?}");
+    assert!(
+        calls_since(&stack, before).await.is_empty(),
+        "the mistyped call was not forwarded"
+    );
+    // A well-typed call goes through, with no second listing.
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 1}))
+            .await
+            .expect("a valid call"),
+        "2.0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
