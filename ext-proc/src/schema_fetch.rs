@@ -41,7 +41,14 @@ pub enum FetchError {
 /// Asks backends for their tools: one HTTP client, built once.
 pub struct SchemaFetcher {
     http: reqwest::Client,
+    /// Backends asked lately: a caller naming tools that do not exist must not
+    /// turn each of its calls into a `tools/list` to the backend.
+    asked: moka::sync::Cache<String, ()>,
 }
+
+/// How long a backend's answer stands before a call to a tool it did not list
+/// may ask it again (tools a server adds are learned at the next listing anyway).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// Enough pages for any real server; a server that pages forever stops here.
 const MAX_PAGES: usize = 10;
@@ -57,7 +64,20 @@ impl SchemaFetcher {
                 .timeout(timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            asked: moka::sync::Cache::builder()
+                .time_to_live(ASK_AGAIN_AFTER)
+                .max_capacity(10_000)
+                .build(),
         })
+    }
+
+    /// Whether `upstream` may be asked now (and, if so, counts this as asking).
+    pub fn may_ask(&self, upstream: &str) -> bool {
+        if self.asked.contains_key(upstream) {
+            return false;
+        }
+        self.asked.insert(upstream.to_owned(), ());
+        true
     }
 
     /// Every tool the backend lists, with its input schema.
@@ -138,7 +158,21 @@ fn result_of(body: &[u8]) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::result_of;
+    use super::{SchemaFetcher, result_of};
+
+    #[test]
+    fn a_backend_is_asked_at_most_once_in_a_while() {
+        let fetcher = SchemaFetcher::new(std::time::Duration::from_secs(1)).expect("client");
+        assert!(fetcher.may_ask("127.0.0.1:9001"));
+        assert!(
+            !fetcher.may_ask("127.0.0.1:9001"),
+            "a second unknown tool asks nothing"
+        );
+        assert!(
+            fetcher.may_ask("127.0.0.1:9002"),
+            "another backend is asked"
+        );
+    }
 
     #[test]
     fn a_result_is_read_from_json_or_from_an_event_stream() {

@@ -166,6 +166,10 @@ impl ExternalProcessor for ProcService {
 /// Asks the session's backend for its tools and keeps their schemas; a failure
 /// is logged and leaves the tool unknown (the call is then refused).
 async fn learn_schemas(fetcher: &SchemaFetcher, gateway: &Gateway, wanted: &SchemaRequest) {
+    if !fetcher.may_ask(&wanted.upstream) {
+        tracing::debug!(upstream = %wanted.upstream, tool = %wanted.tool, "backend asked lately; not again");
+        return;
+    }
     match fetcher.tools(wanted).await {
         Ok(tools) => {
             for (name, schema) in &tools {
