@@ -124,6 +124,9 @@ pub struct Gateway {
     pub streams: Arc<CallerStreams>,
     /// Checking `tools/call` arguments against advertised schemas.
     pub arguments: ArgumentValidation,
+    /// Names of the identity headers ext-authz sets for backends: ext-proc's own
+    /// requests to a backend carry them too.
+    pub identity_headers: Vec<String>,
 }
 
 /// The caller, as ext-authz established it (Envoy dynamic metadata).
@@ -169,6 +172,8 @@ struct RequestSeen {
     source_address: String,
     /// `MCP-Protocol-Version`, to speak it when asking the backend itself.
     protocol_version: Option<String>,
+    /// The identity headers ext-authz set, as the backend receives them.
+    identity: Vec<(String, String)>,
     /// The caller's claims, parsed once, when a rule reads `jwt`.
     claims: Option<serde_json::Map<String, Value>>,
 }
@@ -267,6 +272,15 @@ impl<'a> Exchange<'a> {
         self.request.protocol_version = headers
             .get("mcp-protocol-version")
             .map(|v| String::from_utf8_lossy(v).into_owned());
+        self.request.identity = self
+            .gateway
+            .identity_headers
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name)?;
+                Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
+            })
+            .collect();
         self.request.path = text(":path")
             .split('?')
             .next()
@@ -424,23 +438,28 @@ impl<'a> Exchange<'a> {
         if !validation.enabled || validation.unlisted_tools != UnlistedTools::Fetch {
             return None;
         }
-        let message: Value = serde_json::from_slice(body).ok()?;
-        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
-            return None;
-        }
-        let named = message.pointer("/params/name").and_then(Value::as_str)?;
-        let tool = self.gateway.rewrites.resolve_alias(named);
         let (_, backend_session, upstream) = self.restored.as_ref()?;
-        if validation.skip_tools.iter().any(|t| t == tool)
-            || self.gateway.catalog.schema(upstream, tool).is_some()
-        {
-            return None;
-        }
+        let body: Value = serde_json::from_slice(body).ok()?;
+        let messages = match &body {
+            Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        let tool = messages.into_iter().find_map(|message| {
+            if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+                return None;
+            }
+            let named = message.pointer("/params/name").and_then(Value::as_str)?;
+            let tool = self.gateway.rewrites.resolve_alias(named);
+            let known = validation.skip_tools.iter().any(|t| t == tool)
+                || self.gateway.catalog.schema(upstream, tool).is_some();
+            (!known).then_some(tool)
+        })?;
         Some(SchemaRequest {
             upstream: upstream.clone(),
             path: self.request.path.clone(),
             backend_session: Some(backend_session.clone()),
             protocol_version: self.request.protocol_version.clone(),
+            headers: self.request.identity.clone(),
             tool: tool.to_owned(),
         })
     }

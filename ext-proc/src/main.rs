@@ -67,6 +67,18 @@ async fn main() -> ExitCode {
             max_sse_event_bytes: section.max_sse_event_bytes,
             streams: CallerStreams::new(section.max_streams_per_caller.get()),
             arguments: section.argument_validation.clone(),
+            identity_headers: config
+                .ext_authz
+                .as_ref()
+                .map(|authz| {
+                    let h = &authz.identity_headers;
+                    [&h.subject, &h.issuer, &h.client_id, &h.scopes]
+                        .into_iter()
+                        .flatten()
+                        .map(|name| name.to_ascii_lowercase())
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = ProcMetrics::register(&mut registry);

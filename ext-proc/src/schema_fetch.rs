@@ -23,6 +23,8 @@ pub struct SchemaRequest {
     pub backend_session: Option<String>,
     /// The client's `MCP-Protocol-Version`.
     pub protocol_version: Option<String>,
+    /// The identity headers the backend gets on the caller's own requests.
+    pub headers: Vec<(String, String)>,
     /// The tool the call names (the backend's name).
     pub tool: String,
 }
@@ -102,6 +104,9 @@ impl SchemaFetcher {
             }
             if let Some(version) = &request.protocol_version {
                 call = call.header("mcp-protocol-version", version);
+            }
+            for (name, value) in &request.headers {
+                call = call.header(name, value);
             }
             let response = call.send().await?;
             if !response.status().is_success() {

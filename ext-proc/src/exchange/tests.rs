@@ -43,6 +43,7 @@ fn sessions() -> Gateway {
             enabled: false,
             ..Default::default()
         },
+        identity_headers: vec!["x-mcp-subject".into()],
     }
 }
 
@@ -654,7 +655,11 @@ fn on_backend<'g>(gateway: &'g Gateway, method: &str) -> Exchange<'g> {
     who.calls = vec![call("1", method, None)];
     let mut exchange = Exchange::new(gateway);
     exchange.on_request_headers(
-        &map(&[(":method", "POST"), (SESSION_HEADER, &token)]),
+        &map(&[
+            (":method", "POST"),
+            (SESSION_HEADER, &token),
+            ("x-mcp-subject", "alice"),
+        ]),
         Some(who),
     );
     exchange
@@ -731,6 +736,11 @@ fn a_call_to_a_tool_never_listed_asks_for_the_backends_schemas_once() {
     assert_eq!(wanted.upstream, "127.0.0.1:9002");
     assert_eq!(wanted.tool, "add");
     assert_eq!(wanted.backend_session.as_deref(), Some("backend-1"));
+    assert_eq!(
+        wanted.headers,
+        vec![("x-mcp-subject".to_owned(), "alice".to_owned())],
+        "the backend learns who asks, as on the caller's own requests"
+    );
     // Once learned, nothing more to ask; nor for a tool the checks skip.
     gateway
         .catalog

@@ -71,6 +71,11 @@ async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("legitimate session");
+    // As clients do: list first (so the gateway need not ask the backend).
+    session
+        .request("tools/list", json!({}))
+        .await
+        .expect("list");
     let served_before = stack.all_backend_total().await.expect("counters");
     let heap_before = stack.envoy_allocated_bytes().await.expect("memory");
 

@@ -485,7 +485,18 @@ async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_compressed_answers_are_redacted_too() {
-    let stack = stack_with(NO_SECRETS, ALLOW_ALL, &["--json-response", "--gzip"]).await;
+    let mut options = StackOptions::for_test().expect("ports");
+    let rewrites: Value = serde_yaml::from_str(NO_SECRETS).expect("rewrites YAML");
+    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    options.gateway_config = Box::new(move |config| {
+        config["rewrites"] = rewrites.clone();
+        // The unknown tool must reach the backend, whose error is what is redacted.
+        config["ext_proc"]["argument_validation"] =
+            serde_yaml::from_str("{unlisted_tools: forward}").expect("YAML");
+    });
+    options.rules = Some(ALLOW_ALL.to_owned());
+    options.backend_args = vec!["--json-response".into(), "--gzip".into()];
+    let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
