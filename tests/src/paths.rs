@@ -18,6 +18,16 @@ pub fn venv_bin(name: &str) -> PathBuf {
     dev_dir().join("venv").join("bin").join(name)
 }
 
+/// A program of the dev Node tools (`dev/node/package.json`, installed by
+/// `cargo xtask setup` into `.dev/node`), e.g. `mcp-inspector-cli`.
+pub fn node_bin(name: &str) -> PathBuf {
+    dev_dir()
+        .join("node")
+        .join("node_modules")
+        .join(".bin")
+        .join(name)
+}
+
 /// Configs, logs and issuer keys of the dev stack (`cargo xtask up`).
 pub fn dev_stack_dir() -> PathBuf {
     dev_dir().join("stack")

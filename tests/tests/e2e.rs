@@ -7,6 +7,7 @@ mod e2e {
     mod authn;
     mod deploy;
     mod envoy_configs;
+    mod clients;
     mod foundation;
     mod metrics;
     mod policy;

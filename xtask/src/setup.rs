@@ -4,6 +4,8 @@
 //!   reinstalled only when that file changes;
 //! - `.dev/certs`: a dev CA and an ECDSA P-256 server certificate (`dev/certs.py`);
 //! - `.dev/session-keys.txt`: the key that seals MCP session ids;
+//! - `.dev/node`: the Node tools of `dev/node/package.json` (the MCP Inspector),
+//!   installed from its lock file, again only when that changes;
 //! - release builds of both sidecars (skipped with `--no-build`).
 
 use std::process::Command;
@@ -23,6 +25,7 @@ pub struct Setup {
 impl Setup {
     pub fn run(&self) -> anyhow::Result<()> {
         virtualenv()?;
+        node_tools()?;
         certificates()?;
         session_keys()?;
         if !self.no_build {
@@ -65,6 +68,30 @@ fn virtualenv() -> anyhow::Result<()> {
         .arg(&requirements_path);
     run(install)?;
     std::fs::write(&stamp, requirements)?;
+    Ok(())
+}
+
+/// The Node tools, with `npm ci` from the committed lock file (exact versions).
+fn node_tools() -> anyhow::Result<()> {
+    let source = paths::dev_script("node");
+    let lock = std::fs::read_to_string(source.join("package-lock.json"))
+        .with_context(|| source.join("package-lock.json").display().to_string())?;
+    let target = paths::dev_dir().join("node");
+    let stamp = target.join(".lock.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&target)?;
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(source.join(file), target.join(file))
+            .with_context(|| format!("copying {file} to {}", target.display()))?;
+    }
+    let mut install = Command::new("npm");
+    install
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel", "error", "--prefix"])
+        .arg(&target);
+    run(install)?;
+    std::fs::write(&stamp, lock)?;
     Ok(())
 }
 
