@@ -5,9 +5,9 @@
 mod e2e {
     mod attacks;
     mod authn;
+    mod clients;
     mod deploy;
     mod envoy_configs;
-    mod clients;
     mod foundation;
     mod metrics;
     mod policy;

@@ -88,7 +88,14 @@ fn node_tools() -> anyhow::Result<()> {
     }
     let mut install = Command::new("npm");
     install
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel", "error", "--prefix"])
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel",
+            "error",
+            "--prefix",
+        ])
         .arg(&target);
     run(install)?;
     std::fs::write(&stamp, lock)?;

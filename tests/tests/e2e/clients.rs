@@ -45,7 +45,10 @@ async fn the_mcp_inspector_cli_lists_and_calls_tools_through_the_gateway() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert!(names.contains(&"add") && names.contains(&"another-add"), "{listed}");
+    assert!(
+        names.contains(&"add") && names.contains(&"another-add"),
+        "{listed}"
+    );
 
     let called = inspector(
         &stack,
