@@ -1,8 +1,8 @@
 #!/bin/sh
 # First start of `docker compose up`: a dev CA and an ECDSA P-256 certificate for
 # Envoy and Keycloak (dev/certs.py), and a session key, into the `secrets` volume;
-# Keycloak's admin password into the `keycloak-admin` volume, which only Keycloak
-# mounts besides this. Later starts keep what is there. Runs in the mcp-demo image
+# Keycloak's and Grafana's admin passwords into their own volumes, which only
+# Keycloak, respectively Grafana, mount besides this. Later starts keep what is there. Runs in the mcp-demo image
 # (Python, cryptography).
 set -eu
 out=/secrets
@@ -21,3 +21,9 @@ if [ ! -f "$admin_password" ]; then
 fi
 # Keycloak runs as uid 1000 in group 0 (root): group-readable is enough.
 chmod 0440 "$admin_password"
+grafana_password=/grafana-admin/password
+if [ ! -f "$grafana_password" ]; then
+  python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$grafana_password"
+fi
+# Grafana runs as uid 472 in group 0 (root): group-readable is enough.
+chmod 0440 "$grafana_password"

@@ -368,8 +368,20 @@ fn compose_publishes_only_envoys_listener_and_keycloaks_https_port_on_loopback()
     publishing.sort_unstable();
     assert_eq!(
         publishing,
-        ["envoy", "keycloak"],
+        ["envoy", "grafana", "keycloak"],
         "services publishing ports"
+    );
+    // Grafana: its UI, on the host's loopback only.
+    let grafana = published_ports(service(&doc, "grafana"));
+    assert_eq!(grafana.len(), 1, "{grafana:?}");
+    assert!(
+        grafana[0]
+            .host_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback()),
+        "grafana is published on {:?}, not on loopback only",
+        grafana[0].host_ip
     );
     for (name, service) in services {
         assert_ne!(
@@ -901,4 +913,65 @@ async fn keycloak_realm_issues_tokens_the_compose_gateway_accepts() {
         .expect("accepted");
     assert_eq!(identity.client_id.as_deref(), Some("mcp-agent"));
     assert!(identity.scopes.contains(&"mcp:tools".to_owned()));
+}
+
+#[test]
+fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_their_metrics() {
+    let doc = compose();
+    // Prometheus shares Envoy's namespace, where the sidecars' metrics ports are.
+    assert_eq!(service(&doc, "prometheus")["network_mode"], "service:envoy");
+    let prometheus: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/prometheus.yml"))
+            .expect("prometheus.yml"),
+    )
+    .expect("YAML");
+    let targets: Vec<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .flat_map(|job| strings(&job["static_configs"][0]["targets"]))
+        .map(str::to_owned)
+        .collect();
+    let gateway: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).expect("gateway.yaml"),
+    )
+    .expect("YAML");
+    for sidecar in ["ext_authz", "ext_proc"] {
+        let port = gateway[sidecar]["server"]["metrics_listen"]
+            .as_str()
+            .expect("metrics_listen");
+        assert!(
+            targets.iter().any(|t| t == port),
+            "{sidecar} {port} not in {targets:?}"
+        );
+    }
+    // Every metric the dashboard queries is one a sidecar exports.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/grafana/mcp-gateway.json"))
+            .expect("dashboard"),
+    )
+    .expect("JSON");
+    let exported = [
+        std::fs::read_to_string(root().join("ext-authz/src/service.rs")).expect("source"),
+        std::fs::read_to_string(root().join("ext-proc/src/service.rs")).expect("source"),
+    ]
+    .concat();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 4);
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let metric = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|word| word.starts_with("mcp_gateway_"))
+                .expect("a gateway metric");
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .fold(metric, |m, suffix| m.strip_suffix(suffix).unwrap_or(m));
+            assert!(
+                exported.contains(&format!("\"{family}\"")),
+                "{expr}: no sidecar registers {family}"
+            );
+        }
+    }
 }
