@@ -431,25 +431,20 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// What to ask the session's backend before this request body can be judged:
-    /// the call's tool has no known schema and `unlisted_tools` is `fetch`.
-    pub fn schema_to_fetch(&self, body: &[u8]) -> Option<SchemaRequest> {
+    /// What to ask the session's backend before this request's body can be judged:
+    /// a tool it calls has no known schema and `unlisted_tools` is `fetch`. The
+    /// calls are ext-authz's (alias resolved), so no body is parsed for this.
+    pub fn schema_to_fetch(&self) -> Option<SchemaRequest> {
         let validation = &self.gateway.arguments;
         if !validation.enabled || validation.unlisted_tools != UnlistedTools::Fetch {
             return None;
         }
         let (_, backend_session, upstream) = self.restored.as_ref()?;
-        let body: Value = serde_json::from_slice(body).ok()?;
-        let messages = match &body {
-            Value::Array(items) => items.iter().collect(),
-            one => vec![one],
-        };
-        let tool = messages.into_iter().find_map(|message| {
-            if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+        let tool = self.caller.as_ref()?.calls.iter().find_map(|call| {
+            if call.method.as_deref() != Some("tools/call") {
                 return None;
             }
-            let named = message.pointer("/params/name").and_then(Value::as_str)?;
-            let tool = self.gateway.rewrites.resolve_alias(named);
+            let tool = call.tool.as_deref()?;
             let known = validation.skip_tools.iter().any(|t| t == tool)
                 || self.gateway.catalog.schema(upstream, tool).is_some();
             (!known).then_some(tool)

@@ -147,8 +147,8 @@ impl ExternalProcessor for ProcService {
                         break;
                     }
                 };
-                if let Some(Phase::RequestBody(body)) = &message.request
-                    && let Some(wanted) = exchange.schema_to_fetch(&body.body)
+                if let Some(Phase::RequestBody(_)) = &message.request
+                    && let Some(wanted) = exchange.schema_to_fetch()
                 {
                     learn_schemas(&fetcher, &gateway, &wanted).await;
                 }

@@ -650,9 +650,18 @@ fn validating(unlisted: gateway_core::config::UnlistedTools) -> Gateway {
 
 /// An exchange on a resumed session's backend (`127.0.0.1:9002`) for `method`.
 fn on_backend<'g>(gateway: &'g Gateway, method: &str) -> Exchange<'g> {
+    on_backend_with(gateway, call("1", method, None))
+}
+
+/// An exchange on a resumed session's backend calling `tool`.
+fn on_backend_calling<'g>(gateway: &'g Gateway, tool: &str) -> Exchange<'g> {
+    on_backend_with(gateway, call("1", "tools/call", Some(tool)))
+}
+
+fn on_backend_with(gateway: &Gateway, the_call: gateway_core::handoff::Call) -> Exchange<'_> {
     let token = initialize(gateway);
     let mut who = alice().expect("caller");
-    who.calls = vec![call("1", method, None)];
+    who.calls = vec![the_call];
     let mut exchange = Exchange::new(gateway);
     exchange.on_request_headers(
         &map(&[
@@ -726,12 +735,9 @@ fn skipped_tools_and_with_forward_unlisted_tools_are_forwarded() {
 #[test]
 fn a_call_to_a_tool_never_listed_asks_for_the_backends_schemas_once() {
     let gateway = validating(gateway_core::config::UnlistedTools::Fetch);
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": "add", "arguments": {"a": 1}}})
-    .to_string();
-    let exchange = on_backend(&gateway, "tools/call");
+    let exchange = on_backend_calling(&gateway, "add");
     let wanted = exchange
-        .schema_to_fetch(body.as_bytes())
+        .schema_to_fetch()
         .expect("the schema is unknown: ask");
     assert_eq!(wanted.upstream, "127.0.0.1:9002");
     assert_eq!(wanted.tool, "add");
@@ -745,9 +751,10 @@ fn a_call_to_a_tool_never_listed_asks_for_the_backends_schemas_once() {
     gateway
         .catalog
         .learn("127.0.0.1:9002", "add", &json!({"type": "object"}));
-    assert!(exchange.schema_to_fetch(body.as_bytes()).is_none());
-    let skipped = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": "free-form", "arguments": {}}})
-    .to_string();
-    assert!(exchange.schema_to_fetch(skipped.as_bytes()).is_none());
+    assert!(exchange.schema_to_fetch().is_none());
+    assert!(
+        on_backend_calling(&gateway, "free-form")
+            .schema_to_fetch()
+            .is_none()
+    );
 }
