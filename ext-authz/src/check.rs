@@ -333,7 +333,21 @@ impl Authorizer {
             return Verdict::Deny(denied);
         }
         let decisions = self.judge(&body.messages, &identity, request, path);
-        if decisions.iter().all(|d| d.effect == Effect::Allow) {
+        let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
+        let request_id = request
+            .headers
+            .and_then(|h| h.get("x-request-id"))
+            .map(String::as_str);
+        for (message, decision) in body.messages.iter().zip(&decisions) {
+            crate::audit::judged(
+                request_id,
+                &identity,
+                message,
+                decision,
+                if allowed { "allow" } else { "deny" },
+            );
+        }
+        if allowed {
             let rules = decisions
                 .iter()
                 .map(|d| &*d.rule)

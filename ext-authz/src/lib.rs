@@ -8,7 +8,9 @@
 //! - [`jwks`]: issuers' signing keys: fetch, discovery, cache, refresh.
 //! - [`crypto`]: JWS signatures through OpenSSL (a jsonwebtoken `CryptoProvider`).
 //! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`.
+//! - [`audit`]: one record per JSON-RPC message judged, on the `audit` log target.
 
+pub mod audit;
 pub mod authn;
 pub mod check;
 pub mod crypto;

@@ -174,3 +174,85 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
     }
     server.abort();
 }
+
+/// SHA-256 of `text` in hex, by coreutils: not by the gateway's own code.
+fn sha256_hex(text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_judged_message_leaves_one_audit_record_with_its_arguments_digest() {
+    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
+        .await
+        .expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    session
+        .call_tool("add", json!({"b": 2, "a": 1}))
+        .await
+        .expect("allowed");
+    let denied = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(denied["error"]["code"], -32001);
+
+    let records: Vec<String> = stack
+        .ext_authz_log()
+        .lines()
+        .filter(|l| l.contains("audit") && l.contains("judged") && l.contains("tools/call"))
+        .map(str::to_owned)
+        .collect();
+    let allowed_digest = sha256_hex(r#"{"a":1,"b":2}"#);
+    let denied_digest = sha256_hex(r#"{"a":5000,"b":2}"#);
+    let allowed: Vec<&String> = records
+        .iter()
+        .filter(|l| l.contains(&allowed_digest))
+        .collect();
+    assert_eq!(allowed.len(), 1, "{records:#?}");
+    for field in [
+        "subject=alice",
+        "decision=\"allow\"",
+        "rule=small-arithmetic",
+        "\"add\"",
+    ] {
+        assert!(
+            allowed[0].contains(field),
+            "{field} missing: {}",
+            allowed[0]
+        );
+    }
+    let refused: Vec<&String> = records
+        .iter()
+        .filter(|l| l.contains(&denied_digest))
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    assert!(refused[0].contains("decision=\"deny\""), "{}", refused[0]);
+    assert!(refused[0].contains("rule=default"), "{}", refused[0]);
+    assert!(
+        !stack.ext_authz_log().contains("5000"),
+        "arguments themselves are not logged"
+    );
+}
