@@ -20,6 +20,9 @@ pub fn judged(
     decision: &Decision,
     outcome: &'static str,
 ) {
+    if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+        return;
+    }
     let arguments = message
         .params
         .as_ref()

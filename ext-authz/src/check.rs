@@ -117,6 +117,23 @@ pub struct Denied {
     pub reason: String,
 }
 
+impl Denied {
+    /// A refusal: no rule, no call, no caller (filled in once authenticated).
+    fn new(status: u16, headers: Vec<(String, String)>, body: String, reason: String) -> Self {
+        Self {
+            call: CallInfo::default(),
+            rule: None,
+            subject: None,
+            client_id: None,
+            decision: "deny",
+            status,
+            headers,
+            body,
+            reason,
+        }
+    }
+}
+
 /// What the request calls, as far as the body says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallInfo {
@@ -225,7 +242,7 @@ impl Authorizer {
                 ));
             }
             (_, BodyState::Prefix | BodyState::Withheld) => {
-                return Verdict::Deny(body_not_received(&identity.subject));
+                return Verdict::Deny(body_not_received());
             }
         }
         let version = match jsonrpc::protocol_version(request.protocol_version) {
@@ -244,17 +261,13 @@ impl Authorizer {
             let decision = self.judge_bodiless(&identity, request, path);
             if decision.effect == Effect::Deny {
                 let reason = format!("denied by rule `{}`: {}", decision.rule, request.method);
-                return Verdict::Deny(Denied {
-                    call: CallInfo::default(),
-                    rule: Some(decision.rule.to_string()),
-                    subject: Some(identity.subject.clone()),
-                    client_id: None,
-                    decision: "deny",
-                    status: 403,
-                    headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-                    body: jsonrpc::error_response(None, DENIED_CODE, &reason).to_string(),
+                let mut denied = invalid(
+                    403,
+                    jsonrpc::error_response(None, DENIED_CODE, &reason),
                     reason,
-                });
+                );
+                denied.rule = Some(decision.rule.to_string());
+                return Verdict::Deny(denied);
             }
             return Verdict::Allow(self.allow(
                 CallInfo::default(),
@@ -488,17 +501,11 @@ impl ResourceMetadata {
         if status == 200 {
             headers.push(("cache-control".to_owned(), "max-age=300".to_owned()));
         }
-        Denied {
-            call: CallInfo::default(),
-            rule: None,
-            subject: None,
-            client_id: None,
-            decision: if status == 200 { "public" } else { "deny" },
-            status,
-            headers,
-            body,
-            reason: reason.to_owned(),
+        let mut denied = Denied::new(status, headers, body, reason.to_owned());
+        if status == 200 {
+            denied.decision = "public";
         }
+        denied
     }
 
     /// The reply to a request that failed authentication (RFC 6750 §3).
@@ -666,33 +673,21 @@ fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied 
             .collect();
         (200, Value::Array(answers))
     };
-    Denied {
-        call,
-        rule: Some(rule.to_string()),
-        subject: None,
-        client_id: None,
-        decision: "deny",
-        status,
-        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-        body: reply.to_string(),
-        reason,
-    }
+    let mut denied = invalid(status, reply, reason);
+    denied.call = call;
+    denied.rule = Some(rule.to_string());
+    denied
 }
 
 /// A refusal of the request as HTTP (origin, path, method), before any token or
 /// body is looked at.
 fn refusal(status: u16, why: &str) -> Denied {
-    Denied {
-        call: CallInfo::default(),
-        rule: None,
-        subject: None,
-        client_id: None,
-        decision: "deny",
+    Denied::new(
         status,
-        headers: vec![("content-type".to_owned(), "text/plain".to_owned())],
-        body: format!("{why}\n"),
-        reason: why.to_owned(),
-    }
+        vec![("content-type".to_owned(), "text/plain".to_owned())],
+        format!("{why}\n"),
+        why.to_owned(),
+    )
 }
 
 /// Why `path` (query excluded) is not what Envoy's normalization leaves: one path
@@ -718,37 +713,27 @@ fn normalized(path: &str) -> Result<(), &'static str> {
 /// The reply to an authenticated POST whose body Envoy did not send whole: its
 /// token's signing key is newer than the header-time gate knows. Envoy learns it
 /// within seconds; the client retries.
-fn body_not_received(subject: &str) -> Denied {
+fn body_not_received() -> Denied {
     let why = "the gateway is loading this token's signing key; retry in a second";
-    Denied {
-        call: CallInfo::default(),
-        rule: None,
-        subject: Some(subject.to_owned()),
-        client_id: None,
-        decision: "deny",
-        status: 503,
-        headers: vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("retry-after".to_owned(), "1".to_owned()),
-        ],
-        body: jsonrpc::error_response(None, -32000, why).to_string(),
-        reason: "body not received whole: signing key newer than the gate's".to_owned(),
-    }
+    let mut denied = invalid(
+        503,
+        jsonrpc::error_response(None, -32000, why),
+        "body not received whole: signing key newer than the gate's".to_owned(),
+    );
+    denied
+        .headers
+        .push(("retry-after".to_owned(), "1".to_owned()));
+    denied
 }
 
 /// A 4xx for a request that is not valid MCP.
 fn invalid(status: u16, body: Value, reason: String) -> Denied {
-    Denied {
-        call: CallInfo::default(),
-        rule: None,
-        subject: None,
-        client_id: None,
-        decision: "deny",
+    Denied::new(
         status,
-        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-        body: body.to_string(),
+        vec![("content-type".to_owned(), "application/json".to_owned())],
+        body.to_string(),
         reason,
-    }
+    )
 }
 
 fn call_info(messages: &[Message]) -> CallInfo {

@@ -169,13 +169,17 @@ impl Authorization for AuthzService {
             mcp.protocol.version = view.protocol_version,
             mcp.session.id = tracing::field::Empty,
         );
-        // Before the span is first entered: after that its parent is fixed.
-        if let Some(parent) = client_traceparent(view.body) {
-            gateway_core::telemetry::continue_client_trace(&span, parent, None);
-        }
-        if let Some(session) = view.headers.and_then(|h| h.get("mcp-session-id")) {
-            // A digest: the token itself is a bearer credential for the session.
-            span.record("mcp.session.id", session_digest(session));
+        // Spans exist only when they are exported (OTLP): nothing here costs a
+        // request otherwise.
+        if !span.is_disabled() {
+            // Before the span is first entered: after that its parent is fixed.
+            if let Some(parent) = client_traceparent(view.body) {
+                gateway_core::telemetry::continue_client_trace(&span, parent, None);
+            }
+            if let Some(session) = view.headers.and_then(|h| h.get("mcp-session-id")) {
+                // A digest: the token itself is a bearer credential for the session.
+                span.record("mcp.session.id", session_digest(session));
+            }
         }
         let started = std::time::Instant::now();
         let verdict =

@@ -269,24 +269,18 @@ impl<'a> Exchange<'a> {
                 .unwrap_or_default()
         };
         self.request.method = text(":method");
-        self.request.protocol_version = headers
-            .get("mcp-protocol-version")
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        self.request.identity = self
-            .gateway
-            .identity_headers
-            .iter()
-            .filter_map(|name| {
-                let value = headers.get(name)?;
-                Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
-            })
-            .collect();
+        let rewrites = &self.gateway.rewrites;
+        if self.gateway.arguments.enabled
+            && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
+        {
+            // Only a request that may ask its backend for tools needs these.
+            self.capture_for_schema_fetch(headers);
+        }
         self.request.path = text(":path")
             .split('?')
             .next()
             .unwrap_or_default()
             .to_owned();
-        let rewrites = &self.gateway.rewrites;
         if rewrites.reads("request") {
             self.request.headers = Some(
                 headers
@@ -429,6 +423,23 @@ impl<'a> Exchange<'a> {
         } else {
             BodyPlan::Continue
         }
+    }
+
+    /// The request's protocol version and identity headers, to speak and carry
+    /// them when asking its backend for tools.
+    fn capture_for_schema_fetch(&mut self, headers: &impl Headers) {
+        self.request.protocol_version = headers
+            .get("mcp-protocol-version")
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        self.request.identity = self
+            .gateway
+            .identity_headers
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name)?;
+                Some((name.clone(), String::from_utf8_lossy(value).into_owned()))
+            })
+            .collect();
     }
 
     /// What to ask the session's backend before this request's body can be judged:

@@ -163,6 +163,9 @@ pub struct RewriteSet {
     rules: Vec<Rewrite>,
     env: Arc<Env>,
     uses: HashSet<&'static str>,
+    /// Asked on every request: worked out once, when the rules compile.
+    rewrites_requests: bool,
+    rewrites_responses: bool,
 }
 
 struct Rewrite {
@@ -330,7 +333,27 @@ impl RewriteSet {
             rules,
             env,
             uses,
-        })
+            rewrites_requests: false,
+            rewrites_responses: false,
+        }
+        .summarized())
+    }
+
+    /// The set with the answers asked on every request worked out.
+    fn summarized(mut self) -> Self {
+        self.rewrites_requests = !self.aliases.is_empty()
+            || self.rules.iter().any(|r| {
+                !r.set.is_empty()
+                    || !r.remove.is_empty()
+                    || !r.clamp.is_empty()
+                    || r.validate.is_some()
+            });
+        self.rewrites_responses = self.rewrites_response(Origin::Unknown)
+            || self.rewrites_response(Origin::Call {
+                method: Some("tools/list"),
+                tool: None,
+            });
+        self
     }
 
     /// An empty set: nothing is rewritten.
@@ -340,6 +363,8 @@ impl RewriteSet {
             rules: Vec::new(),
             env: Arc::new(Env::stdlib()),
             uses: HashSet::new(),
+            rewrites_requests: false,
+            rewrites_responses: false,
         }
     }
 
@@ -357,13 +382,7 @@ impl RewriteSet {
 
     /// Whether any rule may change requests (so the request body is needed).
     pub fn rewrites_requests(&self) -> bool {
-        !self.aliases.is_empty()
-            || self.rules.iter().any(|r| {
-                !r.set.is_empty()
-                    || !r.remove.is_empty()
-                    || !r.clamp.is_empty()
-                    || r.validate.is_some()
-            })
+        self.rewrites_requests
     }
 
     /// Whether a message of this origin may be rewritten (so its body is needed).
@@ -389,11 +408,7 @@ impl RewriteSet {
     /// Whether any response may be rewritten: then backends are asked for
     /// uncompressed answers, which the gateway can read.
     pub fn rewrites_responses(&self) -> bool {
-        self.rewrites_response(Origin::Unknown)
-            || self.rewrites_response(Origin::Call {
-                method: Some("tools/list"),
-                tool: None,
-            })
+        self.rewrites_responses
     }
 
     /// Rewrites one request message in place. `Err` refuses it (nothing is
