@@ -5,7 +5,7 @@
 //! asked for. A stream may begin in the response phase: when ext_authz (or any
 //! filter before ext_proc) answers locally, only the response reaches ext_proc.
 //!
-//! Request: a client's `Mcp-Session-Id` must open (see [`crate::sealer`]) and be
+//! Request: a client's `Mcp-Session-Id` must open (see [`gateway_core::session`]) and be
 //! bound to the caller; then the backend's own session id replaces it, and
 //! `x-mcp-upstream` (read by Envoy's stateful_session filter, strict) names the
 //! backend that created the session, with `x-mcp-session-hash` for consistent
@@ -33,18 +33,13 @@ use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
 use serde_json::Value;
 
-use crate::catalog::{ToolCatalog, ToolsFor};
-use crate::schema_fetch::SchemaRequest;
-use crate::sealer::SessionSealer;
 use crate::streams::{CallerStreams, StreamPermit};
-
-/// Header that Envoy's consistent-hash load balancer hashes on.
-pub const SESSION_HASH_HEADER: &str = "x-mcp-session-hash";
-/// Header Envoy's stateful_session filter (header mode) pins the upstream host by:
-/// base64 of `ip:port`.
-pub const UPSTREAM_HEADER: &str = "x-mcp-upstream";
-/// The MCP session header (lower case, as Envoy presents header names).
-pub const SESSION_HEADER: &str = "mcp-session-id";
+use gateway_core::schema_fetch::SchemaRequest;
+use gateway_core::session::{
+    SESSION_HASH_HEADER, SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER,
+    session_binding, subject_digest,
+};
+use gateway_core::tool_catalog::{ToolCatalog, ToolsFor};
 
 /// Read access to one direction's headers.
 pub trait Headers {
@@ -188,35 +183,6 @@ pub enum BodyPlan {
     Replace(Vec<u8>),
     /// Answer here instead.
     Reply(LocalReply),
-}
-
-/// SHA-256 over parts of the caller's identity, as ext-authz established them.
-pub type SubjectDigest = [u8; 32];
-
-/// The digest of a caller: issuer and subject.
-pub fn subject_digest(issuer: &str, subject: &str) -> SubjectDigest {
-    digest_of(&[b"subject", issuer.as_bytes(), subject.as_bytes()])
-}
-
-/// The digest a session is sealed with: issuer, subject and OAuth client
-/// (`azp`, else `client_id`; none is a value of its own).
-pub fn session_binding(issuer: &str, subject: &str, client: Option<&str>) -> SubjectDigest {
-    let client: &[u8] = match client {
-        Some(client) => client.as_bytes(),
-        None => b"",
-    };
-    digest_of(&[b"session", issuer.as_bytes(), subject.as_bytes(), client])
-}
-
-/// Length-prefixed parts: no choice of issuer, subject or client can make two
-/// different identities hash alike.
-fn digest_of(parts: &[&[u8]]) -> SubjectDigest {
-    let mut hasher = openssl::sha::Sha256::new();
-    for part in parts {
-        hasher.update(&(part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.finish()
 }
 
 /// State of one exchange.
@@ -522,11 +488,11 @@ impl<'a> Exchange<'a> {
             .sealer
             .open(token)
             .map_err(|e| match e {
-                crate::sealer::OpenError::Malformed => "malformed session token",
-                crate::sealer::OpenError::UnknownKey => {
+                gateway_core::session::OpenError::Malformed => "malformed session token",
+                gateway_core::session::OpenError::UnknownKey => {
                     "session token sealed with an unknown or retired key"
                 }
-                crate::sealer::OpenError::Forged => {
+                gateway_core::session::OpenError::Forged => {
                     "session token failed authentication (tampered or forged)"
                 }
             })?;

@@ -7,15 +7,8 @@
 //! - [`service`]: the thin adapter from `envoy.service.ext_proc.v3.ExternalProcessor`
 //!   onto the core; it answers every message Envoy sends with the matching response,
 //!   and does the core's one piece of I/O (asking a backend for its tools).
-//! - [`sealer`]: the sealed, caller-bound session tokens.
-//! - [`catalog`]: the tools' input schemas per backend, and what a caller may see.
-//! - [`schema_fetch`]: asking a session's backend for `tools/list` when no schema
-//!   is known for a called tool.
 //! - [`streams`]: each caller's open streams, capped.
 
-pub mod catalog;
 pub mod exchange;
-pub mod schema_fetch;
-pub mod sealer;
 pub mod service;
 pub mod streams;

@@ -5,20 +5,16 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use clap::Parser;
-use ext_proc::catalog::ToolCatalog;
 use ext_proc::exchange::{Gateway, Sessions};
-use ext_proc::schema_fetch::SchemaFetcher;
-use ext_proc::sealer::{SessionKey, SessionSealer, load_keys, parse_keys};
 use ext_proc::service::{ProcMetrics, ProcService, SERVICE_NAME};
 use ext_proc::streams::CallerStreams;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
+use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::server::{self, CommonArgs, Sidecar};
-
-/// Environment variable with session keys when the config names no keys file.
-const KEYS_ENV: &str = "MCP_GATEWAY_SESSION_KEYS";
+use gateway_core::session::{SessionSealer, configured_keys};
+use gateway_core::tool_catalog::ToolCatalog;
 
 /// Envoy ext_proc gRPC server for the MCP gateway.
 #[derive(Debug, Parser)]
@@ -26,20 +22,15 @@ const KEYS_ENV: &str = "MCP_GATEWAY_SESSION_KEYS";
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Without configured session keys, seal with a random key that dies with the
-    /// process (sessions do not survive a restart or reach another replica).
-    #[arg(long)]
-    dev: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let dev = args.dev;
     server::run("ext-proc", &args.common, async |path, config| {
         let section = config.ext_proc(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
-        let keys = session_keys(section.sessions.keys_file.as_deref(), config_dir, dev)?;
+        let keys = configured_keys(section.sessions.keys_file.as_deref(), config_dir)?;
         let sealer = SessionSealer::new(keys)?;
         tracing::info!(sealing_key = sealer.sealing_key_id(), "session keys loaded");
         let sessions = Sessions {
@@ -94,30 +85,4 @@ async fn main() -> ExitCode {
         })
     })
     .await
-}
-
-fn session_keys(
-    file: Option<&Path>,
-    config_dir: &Path,
-    dev: bool,
-) -> anyhow::Result<Vec<SessionKey>> {
-    if let Some(file) = file {
-        return Ok(load_keys(&config_dir.join(file))?);
-    }
-    if let Ok(text) = std::env::var(KEYS_ENV) {
-        return Ok(parse_keys(KEYS_ENV, &text)?);
-    }
-    if dev {
-        let key = SessionKey::ephemeral().context("cannot make a random key")?;
-        tracing::warn!(
-            key_id = key.id(),
-            "DEV MODE: sessions are sealed with a random key that dies with this process; \
-             they will not survive a restart or reach another replica. Never run this in production."
-        );
-        return Ok(vec![key]);
-    }
-    bail!(
-        "ext_proc.sessions.keys_file: no session keys; set it, or {KEYS_ENV}, \
-         or pass --dev for a throwaway key"
-    )
 }

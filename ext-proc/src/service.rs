@@ -36,11 +36,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::schema_fetch::{SchemaFetcher, SchemaRequest};
+use gateway_core::schema_fetch::{SchemaFetcher, SchemaRequest};
+use gateway_core::session::SESSION_HEADER;
 
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
-    SESSION_HEADER,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.

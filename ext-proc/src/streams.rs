@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::exchange::SubjectDigest;
+use gateway_core::session::SubjectDigest;
 
 /// Open streams per caller, capped.
 #[derive(Debug)]

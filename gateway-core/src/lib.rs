@@ -9,6 +9,11 @@
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`metrics`]: a sidecar's Prometheus metrics, on a port of their own.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
+//! - [`session`]: sealed, caller-bound session tokens and the headers that pin a
+//!   session to its backend.
+//! - [`tool_catalog`]: the input schemas backends advertise, per backend and tool.
+//! - [`schema_fetch`]: asking a session's backend for `tools/list` when no schema
+//!   is known for a called tool.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
 //!   tools/list filtering, redaction).
@@ -25,6 +30,9 @@ pub mod metrics;
 pub mod policy_store;
 pub mod rewrite;
 pub mod rules;
+pub mod schema_fetch;
 pub mod server;
+pub mod session;
 pub mod sse;
 pub mod telemetry;
+pub mod tool_catalog;

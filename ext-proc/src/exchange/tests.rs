@@ -1,6 +1,6 @@
 use super::*;
-use crate::sealer::SessionKey;
 use gateway_core::jsonrpc::Limits;
+use gateway_core::session::SessionKey;
 use serde_json::json;
 
 struct Map(Vec<(&'static str, Vec<u8>)>);

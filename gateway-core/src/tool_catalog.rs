@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use gateway_core::rewrite::ToolView;
-use gateway_core::rules::{Policy, RequestFacts};
+use crate::rewrite::ToolView;
+use crate::rules::{Policy, RequestFacts};
 use serde_json::Value;
 
 /// Input schemas by (backend host, tool name), within a byte budget.
@@ -129,7 +129,6 @@ impl ToolView for ToolsFor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_core::rules::RequestFacts;
     use serde_json::json;
 
     #[test]

@@ -1,4 +1,7 @@
-//! Sealed session tokens: the client-visible `Mcp-Session-Id`.
+//! MCP sessions through the gateway: the sealed, caller-bound token a client
+//! sees as `Mcp-Session-Id`, the digests it is bound to, and the headers that pin
+//! a session to its backend. ext-proc seals (on `initialize` answers); ext-authz
+//! opens, on every request that presents one.
 //!
 //! Layout, base64url without padding (visible ASCII only, as the spec requires):
 //!
@@ -20,6 +23,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway_proto::session::SessionPayload;
 use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use prost::Message;
+
+/// The MCP session header (lower case, as Envoy presents header names).
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// Header Envoy's stateful_session filter (header mode) pins the upstream host by:
+/// base64 of `ip:port`.
+pub const UPSTREAM_HEADER: &str = "x-mcp-upstream";
+/// Header that Envoy's consistent-hash load balancer hashes on.
+pub const SESSION_HASH_HEADER: &str = "x-mcp-session-hash";
+
+/// Environment variable with session keys when the config names no keys file.
+pub const KEYS_ENV: &str = "MCP_GATEWAY_SESSION_KEYS";
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -254,6 +268,54 @@ pub fn load_keys(path: &Path) -> Result<Vec<SessionKey>, KeyError> {
         error,
     })?;
     parse_keys(&name, &text)
+}
+
+/// The keys the gateway config names (`ext_proc.sessions.keys_file`, relative to
+/// `config_dir`), else those in [`KEYS_ENV`]. Both sidecars load the same keys:
+/// ext-proc seals with them, ext-authz opens.
+pub fn configured_keys(
+    keys_file: Option<&Path>,
+    config_dir: &Path,
+) -> Result<Vec<SessionKey>, KeyError> {
+    if let Some(file) = keys_file {
+        return load_keys(&config_dir.join(file));
+    }
+    match std::env::var(KEYS_ENV) {
+        Ok(text) => parse_keys(KEYS_ENV, &text),
+        Err(_) => Err(KeyError::Empty {
+            source_name: format!("ext_proc.sessions.keys_file (or {KEYS_ENV})"),
+        }),
+    }
+}
+
+/// SHA-256 over parts of the caller's identity, as ext-authz established them.
+pub type SubjectDigest = [u8; 32];
+
+/// The digest of a caller: issuer and subject.
+pub fn subject_digest(issuer: &str, subject: &str) -> SubjectDigest {
+    digest_of(&[b"subject", issuer.as_bytes(), subject.as_bytes()])
+}
+
+/// The digest a session is sealed with: issuer, subject and OAuth client
+/// (`azp`, else `client_id`; none is a value of its own), so another agent of
+/// the same user cannot take over the session.
+pub fn session_binding(issuer: &str, subject: &str, client: Option<&str>) -> SubjectDigest {
+    let client: &[u8] = match client {
+        Some(client) => client.as_bytes(),
+        None => b"",
+    };
+    digest_of(&[b"session", issuer.as_bytes(), subject.as_bytes(), client])
+}
+
+/// Length-prefixed parts: no choice of issuer, subject or client can make two
+/// different identities hash alike.
+fn digest_of(parts: &[&[u8]]) -> SubjectDigest {
+    let mut hasher = openssl::sha::Sha256::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Properties of the session sealer (`sealer::SessionSealer`).
+//! Properties of the session sealer (`session::SessionSealer`).
 //!
 //! The sealed token is the only thing that binds a client's session to its
 //! backend and caller: it must open to exactly what was sealed, and any change to
@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ext_proc::sealer::{OpenError, SessionKey, SessionSealer};
+use gateway_core::session::{OpenError, SessionKey, SessionSealer};
 use gateway_proto::session::SessionPayload;
 use proptest::prelude::*;
 

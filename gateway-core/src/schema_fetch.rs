@@ -1,7 +1,8 @@
-//! Learning a tool's input schema from its backend when no client has listed
-//! it through this ext-proc (after a restart, or a listing that went through
-//! another replica): ext-proc asks the session's backend for `tools/list`
-//! itself, in the session, as the client would have.
+//! Learning a tool's input schema from its backend when the sidecar checking a
+//! call has not seen it listed (ext-authz never sees listings; ext-proc may have
+//! restarted, or the listing went through another replica): the sidecar asks the
+//! session's backend for `tools/list` itself, in the session, as the client would
+//! have.
 //!
 //! The fetch speaks plain HTTP to the backend address Envoy pinned the session
 //! to. Backends that need TLS or credentials of their own cannot be asked; then
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use gateway_core::sse::{EventSplitter, Framed};
+use crate::sse::{EventSplitter, Framed};
 use serde_json::{Value, json};
 
 /// What to ask a backend for.
@@ -58,8 +59,8 @@ const MAX_PAGES: usize = 10;
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 impl SchemaFetcher {
-    /// A fetcher whose requests give up after `timeout` (ext_proc's own message
-    /// timeout is 2 s: this must be well within it).
+    /// A fetcher whose requests give up after `timeout` (the sidecars' own
+    /// timeouts in Envoy are 2 s: this must be well within it).
     pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
             http: reqwest::Client::builder()
