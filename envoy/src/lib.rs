@@ -246,10 +246,12 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
             "allow_origin_string_match",
         ],
     )? = Value::Sequence(edge.allowed_origins.iter().map(exact).collect());
-    *at(
-        named(at(vhost, &["routes"])?, "mcp-verified-post")?,
-        &["request_body_buffer_limit"],
-    )? = (u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES).into();
+    for route in ["mcp-proc-post", "mcp-verified-post"] {
+        *at(
+            named(at(vhost, &["routes"])?, route)?,
+            &["request_body_buffer_limit"],
+        )? = (u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES).into();
+    }
 
     let filters = at(hcm, &["http_filters"])?;
     let foreign = at(

@@ -30,7 +30,11 @@ use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::{Decision, Effect, RequestFacts};
 use serde_json::{Value, json};
 
+use crate::arguments::{ArgumentChecker, Checked, FetchContext};
 use crate::authn::{Authenticator, AuthnError, Identity};
+use crate::session_gate::{PINNING_HEADERS, Session, SessionGate};
+use gateway_core::rewrite::Origin;
+use gateway_core::session::SESSION_HEADER;
 use gateway_core::policy_store::PolicyStore;
 
 /// JSON-RPC error code of a policy denial (implementation-defined range).
@@ -90,11 +94,48 @@ pub struct Allowed {
     /// The rules that allowed the messages, joined by `,`; `None` without a body.
     pub rule: Option<String>,
     pub identity: Arc<Identity>,
-    /// Headers to set on the upstream request, replacing any the client sent.
+    /// Headers to set on the upstream request, replacing any the client sent:
+    /// first the identity headers, then any others.
     pub set_headers: Vec<(String, String)>,
+    /// How many of `set_headers` are identity headers.
+    pub identity_header_count: usize,
     /// Headers to remove from the upstream request.
     pub remove_headers: Vec<String>,
+    /// The body's messages (empty without a body).
+    pub messages: Vec<Message>,
+    /// The session the request presented, opened.
+    pub session: Option<Session>,
+    /// Whether ext-proc takes part in this request.
+    pub hop: Hop,
 }
+
+/// Whether a request needs ext-proc, told to Envoy in [`HOP_HEADER`]: a plain
+/// call costs one sidecar round trip, ext_authz's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// ext-authz did everything: Envoy's route for it runs no ext_proc and drops
+    /// any `Mcp-Session-Id` the backend answers with.
+    Direct,
+    /// ext-proc is needed: an `initialize` answer to seal, a body a rewrite
+    /// changes, or a response a rewrite may read.
+    Proc,
+}
+
+impl Hop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Direct => "direct",
+            Hop::Proc => "proc",
+        }
+    }
+}
+
+/// The `rule` of a refusal for a session that does not open (404).
+pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
+
+/// The request header ext-authz always sets to [`Hop::as_str`]; Envoy re-picks the
+/// route on it after ext_authz (and never forwards it).
+pub const HOP_HEADER: &str = "x-mcp-hop";
 
 /// A request answered by the gateway itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -157,6 +198,10 @@ pub struct Authorizer {
     policy: Arc<PolicyStore>,
     limits: Limits,
     rewrites: RewriteSet,
+    /// Opens sessions; `None` when the gateway runs without ext-proc (then every
+    /// request is [`Hop::Proc`] and sessions are not the gateway's business).
+    sessions: Option<SessionGate>,
+    arguments: Option<ArgumentChecker>,
 }
 
 impl Authorizer {
@@ -175,7 +220,17 @@ impl Authorizer {
             policy,
             limits: config.limits,
             rewrites,
+            sessions: None,
+            arguments: None,
         }
+    }
+
+    /// Opens sessions and checks call arguments here, so that plain calls skip
+    /// ext-proc (see [`Hop`]).
+    pub fn with_sessions(mut self, sessions: SessionGate, arguments: ArgumentChecker) -> Self {
+        self.sessions = Some(sessions);
+        self.arguments = Some(arguments);
+        self
     }
 
     /// Checks `Origin` against `edge.allowed_origins` too (Envoy does first; an
@@ -213,7 +268,11 @@ impl Authorizer {
             // Nothing of the body is read for a caller who is not authenticated.
             Err(err) => return Verdict::Deny(self.metadata.challenge(CallInfo::default(), &err)),
         };
-        match self.check_authenticated(request, path, identity.clone()) {
+        let verdict = match self.check_authenticated(request, path, identity.clone()) {
+            Verdict::Allow(allowed) => self.route(allowed, request, path).await,
+            denied => denied,
+        };
+        match verdict {
             Verdict::Deny(mut denied) => {
                 // Every denial of an authenticated caller says who it was.
                 denied.subject = Some(identity.subject.clone());
@@ -366,7 +425,9 @@ impl Authorizer {
                 .map(|d| &*d.rule)
                 .collect::<Vec<_>>()
                 .join(",");
-            return Verdict::Allow(self.allow(call, Some(rules), identity, request));
+            let mut allowed = self.allow(call, Some(rules), identity, request);
+            allowed.messages = body.messages;
+            return Verdict::Allow(allowed);
         }
         Verdict::Deny(policy_denial(&body, &decisions, call))
     }
@@ -410,6 +471,111 @@ impl Authorizer {
         decisions
     }
 
+    /// After the rules allowed a request: open its session, check its calls, and
+    /// decide whether ext-proc is needed.
+    async fn route(&self, mut allowed: Allowed, request: &HttpRequest<'_>, path: &str) -> Verdict {
+        let Some(sessions) = &self.sessions else {
+            allowed.hop = Hop::Proc;
+            return Verdict::Allow(allowed);
+        };
+        let presented = request.headers.and_then(|h| h.get(SESSION_HEADER));
+        match presented.map(|token| sessions.open(token, &allowed.identity)) {
+            Some(Ok(session)) => {
+                allowed.set_headers.extend(session.headers());
+                allowed.session = Some(session);
+            }
+            Some(Err(reason)) => {
+                tracing::warn!(target: "security", reason, subject = %allowed.identity.subject, "unknown MCP session presented; answered 404");
+                let mut denied = invalid(
+                    404,
+                    jsonrpc::error_response(None, -32001, "Session not found"),
+                    reason.to_owned(),
+                );
+                denied.rule = Some(UNKNOWN_SESSION_RULE.to_owned());
+                denied.call = allowed.call;
+                return Verdict::Deny(denied);
+            }
+            None => allowed
+                .remove_headers
+                .extend(PINNING_HEADERS.map(str::to_owned)),
+        }
+        let mut hop = if self.needs_proc(&allowed, request.method) {
+            Hop::Proc
+        } else {
+            Hop::Direct
+        };
+        if let Some(arguments) = &self.arguments
+            && !allowed.messages.is_empty()
+        {
+            let facts = facts(&allowed.identity, request, path);
+            let context = FetchContext {
+                path,
+                protocol_version: request.protocol_version,
+                identity_headers: &allowed.set_headers[..allowed.identity_header_count],
+            };
+            match arguments
+                .check(
+                    &self.rewrites,
+                    &facts,
+                    &allowed.messages,
+                    allowed.session.as_ref(),
+                    &context,
+                )
+                .await
+            {
+                Checked::Unchanged => {}
+                Checked::Rewritten | Checked::Unknown => hop = Hop::Proc,
+                Checked::Refused(id, rejection) => {
+                    let mut denied = invalid(
+                        200,
+                        jsonrpc::error_response(id.as_ref(), rejection.code, &rejection.message),
+                        rejection.message,
+                    );
+                    denied.call = allowed.call;
+                    return Verdict::Deny(denied);
+                }
+            }
+        }
+        allowed.hop = hop;
+        Verdict::Allow(allowed)
+    }
+
+    /// Whether ext-proc has something to do with this request whatever its
+    /// arguments: an `initialize` answer carries a session id to seal, and a
+    /// response a rewrite may read must pass through it.
+    fn needs_proc(&self, allowed: &Allowed, method: &str) -> bool {
+        let calls = &allowed.call.calls;
+        if calls
+            .iter()
+            .any(|c| c.method.as_deref() == Some("initialize"))
+        {
+            return true;
+        }
+        // Where argument checks rely on listings ext-proc has seen (`refuse`,
+        // `forward`), listings pass through it.
+        if self.arguments.as_ref().is_some_and(|a| a.learns_from_listings())
+            && calls
+                .iter()
+                .any(|c| c.method.as_deref() == Some("tools/list"))
+        {
+            return true;
+        }
+        // The origins ext-proc would judge the answer's messages by: a POST of one
+        // call answers that call; anything else (a batch, the GET stream, the
+        // result of `tasks/result`, a call made earlier) is of unknown origin,
+        // which every redaction applies to.
+        match (method, calls.as_slice()) {
+            ("DELETE", _) => false,
+            ("POST", [call]) if call.method.as_deref() != Some("tasks/result") => {
+                self.rewrites.rewrites_response(Origin::Call {
+                    method: call.method.as_deref(),
+                    tool: call.tool.as_deref(),
+                })
+            }
+            _ => self.rewrites.rewrites_response(Origin::Unknown),
+        }
+    }
+
     fn allow(
         &self,
         call: CallInfo,
@@ -441,8 +607,12 @@ impl Authorizer {
             call,
             rule,
             identity,
+            identity_header_count: set_headers.len(),
             set_headers,
             remove_headers,
+            messages: Vec::new(),
+            session: None,
+            hop: Hop::Proc,
         }
     }
 }

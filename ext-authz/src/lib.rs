@@ -8,14 +8,18 @@
 //! - [`jwks`]: issuers' signing keys: fetch, discovery, cache, refresh.
 //! - [`crypto`]: JWS signatures through OpenSSL (a jsonwebtoken `CryptoProvider`).
 //! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`.
+//! - [`session_gate`]: opening a client's sealed session and pinning its backend.
+//! - [`arguments`]: rewrites' checks and argument validation for calls that skip ext-proc.
 //! - [`audit`]: one record per JSON-RPC message judged, on the `audit` log target.
 
+pub mod arguments;
 pub mod audit;
 pub mod authn;
 pub mod check;
 pub mod crypto;
 pub mod jwks;
 pub mod service;
+pub mod session_gate;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -5,12 +5,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use ext_authz::arguments::ArgumentChecker;
 use ext_authz::authn::Authenticator;
+use ext_authz::session_gate::SessionGate;
+use gateway_core::schema_fetch::SchemaFetcher;
+use gateway_core::session::{SessionSealer, configured_keys};
+use gateway_core::tool_catalog::ToolCatalog;
 use ext_authz::check::Authorizer;
 use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::server::{self, CommonArgs, Sidecar};
+
+/// Asking a backend for its tools must end well within Envoy's 2 s for a Check.
+const SCHEMA_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Envoy ext_authz gRPC server for the MCP gateway.
 #[derive(Debug, Parser)]
@@ -29,9 +37,21 @@ async fn main() -> ExitCode {
         let authenticator = Authenticator::from_config(section, config_dir)?;
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
-        let authorizer = Arc::new(
-            Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge),
-        );
+        let mut authorizer =
+            Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge);
+        // With ext-proc in the gateway, ext-authz opens its sessions and checks
+        // call arguments, so plain calls need no ext_proc stream.
+        if let Some(proc) = &config.ext_proc {
+            let keys = configured_keys(proc.sessions.keys_file.as_deref(), config_dir)?;
+            let gate = SessionGate::new(SessionSealer::new(keys)?, proc.sessions.max_age);
+            let checker = ArgumentChecker::new(
+                proc.argument_validation.clone(),
+                ToolCatalog::new(proc.tool_schema_cache_bytes),
+                SchemaFetcher::new(SCHEMA_FETCH_TIMEOUT)?,
+            );
+            authorizer = authorizer.with_sessions(gate, checker);
+        }
+        let authorizer = Arc::new(authorizer);
         let keys = published_keys_route(authorizer.clone());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = AuthzMetrics::register(&mut registry);

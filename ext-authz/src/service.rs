@@ -22,7 +22,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
-use crate::check::{Authorizer, BodyState, CallInfo, HttpRequest, Verdict};
+use crate::check::{
+    Authorizer, BodyState, CallInfo, HOP_HEADER, HttpRequest, UNKNOWN_SESSION_RULE, Verdict,
+};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -68,6 +70,9 @@ pub struct AuthzMetrics {
     decisions: Family<Labels, Counter>,
     /// How long each Check took.
     check_seconds: Histogram,
+    /// Sessions presented, by event: `resumed` (opened and pinned), `unknown`
+    /// (refused with 404).
+    sessions: Family<Labels, Counter>,
 }
 
 impl AuthzMetrics {
@@ -78,7 +83,13 @@ impl AuthzMetrics {
             // 50 µs to ~1.6 s: a cached token is judged in tens of µs, a JWKS
             // fetch can take a second.
             check_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            sessions: Family::default(),
         };
+        registry.register(
+            "mcp_gateway_sessions",
+            "MCP sessions presented, by event: resumed, unknown (ext-proc counts sealed)",
+            metrics.sessions.clone(),
+        );
         registry.register(
             "mcp_gateway_authz_decisions",
             "Checks by decision (allow, deny, unauthenticated, public) and deciding rule",
@@ -207,6 +218,19 @@ impl Authorization for AuthzService {
                 ("rule", rule.unwrap_or_default()),
             ])
             .inc();
+        let session_event = match &verdict {
+            Verdict::Allow(allowed) if allowed.session.is_some() => Some("resumed"),
+            Verdict::Deny(denied) if denied.rule.as_deref() == Some(UNKNOWN_SESSION_RULE) => {
+                Some("unknown")
+            }
+            _ => None,
+        };
+        if let Some(event) = session_event {
+            self.metrics
+                .sessions
+                .get_or_create(&vec![("event", event.to_owned())])
+                .inc();
+        }
         match &verdict {
             Verdict::Allow(_) => span.record("decision", "allow"),
             Verdict::Deny(denied) => span
@@ -268,11 +292,17 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             }
             // ext-proc's rewrite rules may read claims (`jwt.email`).
             metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
+            if let Some(session) = &allowed.session {
+                metadata.insert(key::SESSION_TOKEN.into(), string(&session.token));
+                metadata.insert(key::SESSION_BACKEND_ID.into(), string(&session.backend_id));
+                metadata.insert(key::SESSION_UPSTREAM.into(), string(&session.upstream));
+            }
+            let mut headers = allowed.set_headers;
+            headers.push((HOP_HEADER.to_owned(), allowed.hop.as_str().to_owned()));
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: allowed
-                        .set_headers
+                    headers: headers
                         .into_iter()
                         .map(|(key, value)| header(key, value))
                         .collect(),

@@ -17,17 +17,15 @@
 //! the client's token. The backend's id never reaches the client.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
 
 use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
-use gateway_core::rewrite::{Origin, Rejection, RewriteSet, ToolView, check_arguments};
+use gateway_core::rewrite::{Origin, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
@@ -36,10 +34,10 @@ use serde_json::Value;
 use crate::streams::{CallerStreams, StreamPermit};
 use gateway_core::schema_fetch::SchemaRequest;
 use gateway_core::session::{
-    SESSION_HASH_HEADER, SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER,
+    SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER,
     session_binding, subject_digest,
 };
-use gateway_core::tool_catalog::{ToolCatalog, ToolsFor};
+use gateway_core::tool_catalog::{ToolCatalog, ToolsFor, check_call_arguments};
 
 /// Read access to one direction's headers.
 pub trait Headers {
@@ -97,11 +95,10 @@ pub struct ResponsePlan {
     pub refuse: Option<LocalReply>,
 }
 
-/// Session settings shared by every exchange.
+/// Session settings shared by every exchange: ext-proc seals, ext-authz opens.
 #[derive(Debug)]
 pub struct Sessions {
     pub sealer: SessionSealer,
-    pub max_age: Duration,
 }
 
 /// Everything exchanges share, built once at start-up.
@@ -136,6 +133,20 @@ pub struct Caller {
     pub claims_json: Option<String>,
     /// Each JSON-RPC message of the request body, as ext-authz judged it.
     pub calls: Vec<Call>,
+    /// The session the request presented, as ext-authz opened it.
+    pub session: Option<OpenedSession>,
+}
+
+/// A session ext-authz opened (it has already replaced the client's token with
+/// the backend's id and pinned the request to the session's backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The client's sealed token.
+    pub token: String,
+    /// The backend's own session id.
+    pub backend_id: String,
+    /// The backend (`ip:port`) that created the session.
+    pub upstream: String,
 }
 
 impl Caller {
@@ -189,8 +200,8 @@ pub enum BodyPlan {
 pub struct Exchange<'a> {
     gateway: &'a Gateway,
     caller: Option<Caller>,
-    /// The session a request presented: its token, the backend's id, its host.
-    restored: Option<(Vec<u8>, String, String)>,
+    /// The session the request presented, as ext-authz opened it.
+    restored: Option<OpenedSession>,
     saw_request: bool,
     request: RequestSeen,
     /// The upstream host that answered (or will answer) this request.
@@ -259,48 +270,22 @@ impl<'a> Exchange<'a> {
         if rewrites.reads("jwt") {
             self.request.claims = self.caller.as_ref().and_then(Caller::claims);
         }
-        // Only ext-proc chooses backends: whatever the client sent is dropped.
-        let mut remove = vec![SESSION_HASH_HEADER.to_owned(), UPSTREAM_HEADER.to_owned()];
+        let mut edits = HeaderEdits::default();
         if rewrites.rewrites_responses() {
             // A compressed answer could not be read, so backends are not offered
             // compression (MCP messages are small).
-            remove.push("accept-encoding".to_owned());
+            edits.remove.push("accept-encoding".to_owned());
         }
-        let mut edits = HeaderEdits {
-            remove,
-            ..HeaderEdits::default()
-        };
-        if let Some(token) = headers.get(SESSION_HEADER) {
-            let payload = match self.restore(token) {
-                Ok(payload) => payload,
-                Err(reason) => {
-                    tracing::warn!(target: "security", reason, "unknown MCP session presented; answered 404");
-                    return RequestPlan::Reply(unknown_session());
-                }
+        // ext-authz opened the client's session and put the backend's id in its
+        // place; a session header without that handoff was never opened, so it
+        // does not pass (ext-authz missing from the chain, or misconfigured).
+        if headers.get(SESSION_HEADER).is_some() {
+            let Some(session) = self.caller.as_ref().and_then(|c| c.session.clone()) else {
+                tracing::warn!(target: "security", "session header without ext-authz's handoff; answered 404");
+                return RequestPlan::Reply(unknown_session());
             };
-            edits
-                .remove
-                .retain(|h| h != SESSION_HASH_HEADER && h != UPSTREAM_HEADER);
-            edits.set = vec![
-                (
-                    SESSION_HEADER.to_owned(),
-                    payload.backend_session_id.clone().into_bytes(),
-                ),
-                (
-                    UPSTREAM_HEADER.to_owned(),
-                    STANDARD.encode(&payload.upstream_host).into_bytes(),
-                ),
-                (
-                    SESSION_HASH_HEADER.to_owned(),
-                    payload.backend_session_id.clone().into_bytes(),
-                ),
-            ];
-            self.upstream = Some(payload.upstream_host.clone());
-            self.restored = Some((
-                token.to_vec(),
-                payload.backend_session_id,
-                payload.upstream_host,
-            ));
+            self.upstream = Some(session.upstream.clone());
+            self.restored = Some(session);
         }
         if let Some(caller) = &self.caller {
             let streams = &self.gateway.streams;
@@ -366,7 +351,7 @@ impl<'a> Exchange<'a> {
             let checked = rewrites
                 .rewrite_request(&facts, message, &tools)
                 .and_then(|c| {
-                    self.check_arguments(message, &tools)?;
+                    check_call_arguments(&self.gateway.arguments, message, &tools)?;
                     Ok(c)
                 });
             match checked {
@@ -416,7 +401,11 @@ impl<'a> Exchange<'a> {
         if !validation.enabled || validation.unlisted_tools != UnlistedTools::Fetch {
             return None;
         }
-        let (_, backend_session, upstream) = self.restored.as_ref()?;
+        let OpenedSession {
+            backend_id: backend_session,
+            upstream,
+            ..
+        } = self.restored.as_ref()?;
         let tool = self.caller.as_ref()?.calls.iter().find_map(|call| {
             if call.method.as_deref() != Some("tools/call") {
                 return None;
@@ -436,85 +425,6 @@ impl<'a> Exchange<'a> {
         })
     }
 
-    /// A `tools/call`, as the backend will receive it, against the tool's
-    /// advertised input schema (`ext_proc.argument_validation`).
-    fn check_arguments(&self, message: &Value, tools: &dyn ToolView) -> Result<(), Rejection> {
-        let validation = &self.gateway.arguments;
-        if !validation.enabled
-            || message.get("method").and_then(Value::as_str) != Some("tools/call")
-        {
-            return Ok(());
-        }
-        let tool = message
-            .pointer("/params/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if validation.skip_tools.iter().any(|t| t == tool) {
-            return Ok(());
-        }
-        match (tools.schema(tool), validation.unlisted_tools) {
-            (Some(validator), _) => {
-                check_arguments(&validator, tool, message, "its advertised inputSchema")
-            }
-            (None, UnlistedTools::Forward) => {
-                tracing::info!(
-                    tool,
-                    "no input schema seen for this tool; forwarded unchecked"
-                );
-                Ok(())
-            }
-            (None, UnlistedTools::Refuse) => Err(Rejection {
-                code: -32602,
-                message: format!(
-                    "the gateway has not seen `{tool}` in this server's tools/list, so it cannot check its arguments: list the tools (tools/list) and call again"
-                ),
-            }),
-            // The adapter asked the backend (see `schema_to_fetch`) and still
-            // knows no schema: the server does not list the tool, or could not be asked.
-            (None, UnlistedTools::Fetch) => Err(Rejection {
-                code: -32602,
-                message: format!(
-                    "the gateway cannot learn `{tool}`'s input schema from this server's tools/list, so it cannot check its arguments"
-                ),
-            }),
-        }
-    }
-
-    fn restore(&self, token: &[u8]) -> Result<SessionPayload, &'static str> {
-        let token = std::str::from_utf8(token).map_err(|_| "session id is not text")?;
-        let payload = self
-            .gateway
-            .sessions
-            .sealer
-            .open(token)
-            .map_err(|e| match e {
-                gateway_core::session::OpenError::Malformed => "malformed session token",
-                gateway_core::session::OpenError::UnknownKey => {
-                    "session token sealed with an unknown or retired key"
-                }
-                gateway_core::session::OpenError::Forged => {
-                    "session token failed authentication (tampered or forged)"
-                }
-            })?;
-        let caller = self
-            .caller
-            .as_ref()
-            .ok_or("no authenticated caller for a session request")?
-            .session_binding();
-        if payload.subject_digest.len() != caller.len()
-            || !openssl::memcmp::eq(&payload.subject_digest, &caller)
-        {
-            return Err("session token presented by another subject or client");
-        }
-        let max_age = self.gateway.sessions.max_age;
-        if now().saturating_sub(payload.issued_at)
-            > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)
-        {
-            return Err("session older than max_age");
-        }
-        Ok(payload)
-    }
-
     /// The response headers arrived (also as the first message, for a local reply).
     /// `upstream` is the backend Envoy chose (`upstream.address`), if any.
     pub fn on_response_headers(
@@ -532,8 +442,10 @@ impl<'a> Exchange<'a> {
         }
         if let Some(backend_id) = headers.get(SESSION_HEADER) {
             match (&self.restored, self.seal(backend_id, upstream)) {
-                (Some((token, restored_id, _)), _) if restored_id.as_bytes() == backend_id => {
-                    edits.set.push((SESSION_HEADER.to_owned(), token.clone()));
+                (Some(session), _) if session.backend_id.as_bytes() == backend_id => {
+                    edits
+                        .set
+                        .push((SESSION_HEADER.to_owned(), session.token.clone().into_bytes()));
                 }
                 (_, Ok(token)) => edits
                     .set

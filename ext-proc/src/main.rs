@@ -33,10 +33,7 @@ async fn main() -> ExitCode {
         let keys = configured_keys(section.sessions.keys_file.as_deref(), config_dir)?;
         let sealer = SessionSealer::new(keys)?;
         tracing::info!(sealing_key = sealer.sealing_key_id(), "session keys loaded");
-        let sessions = Sessions {
-            sealer,
-            max_age: section.sessions.max_age,
-        };
+        let sessions = Sessions { sealer };
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         // tools/list is filtered by the same rules ext-authz enforces.
         let policy = match &config.ext_authz {

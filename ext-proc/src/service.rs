@@ -36,11 +36,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use gateway_core::schema_fetch::{SchemaFetcher, SchemaRequest};
+use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::session::SESSION_HEADER;
 
 use crate::exchange::{
-    BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, RequestPlan,
+    BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, OpenedSession,
+    RequestPlan,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -58,8 +59,8 @@ pub struct ProcService {
 
 /// What ext-proc counts, for Prometheus.
 pub struct ProcMetrics {
-    /// Sessions by event: `sealed` (a backend's new session handed out),
-    /// `resumed` (a token opened and pinned), `unknown` (refused with 404).
+    /// Sessions by event: `sealed` (a backend's new session handed out).
+    /// ext-authz, which opens sessions, counts `resumed` and `unknown`.
     sessions: Family<Labels, Counter>,
     /// Requests ext-proc answered itself, by reason: `stream_cap` (429),
     /// `rewrite` (a rewrite or argument check refused the call),
@@ -76,7 +77,7 @@ impl ProcMetrics {
         };
         registry.register(
             "mcp_gateway_sessions",
-            "MCP sessions by event: sealed, resumed, unknown",
+            "MCP sessions by event: sealed (ext-authz counts resumed and unknown)",
             metrics.sessions.clone(),
         );
         registry.register(
@@ -150,7 +151,7 @@ impl ExternalProcessor for ProcService {
                 if let Some(Phase::RequestBody(_)) = &message.request
                     && let Some(wanted) = exchange.schema_to_fetch()
                 {
-                    learn_schemas(&fetcher, &gateway, &wanted).await;
+                    fetcher.learn(&gateway.catalog, &wanted).await;
                 }
                 let reply = answer(&mut exchange, message, &metrics);
                 if tx.send(reply).await.is_err() {
@@ -160,34 +161,6 @@ impl ExternalProcessor for ProcService {
         };
         tokio::spawn(tracing::Instrument::instrument(stream, span));
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// Asks the session's backend for its tools and keeps their schemas; a failure
-/// is logged and leaves the tool unknown (the call is then refused).
-async fn learn_schemas(fetcher: &SchemaFetcher, gateway: &Gateway, wanted: &SchemaRequest) {
-    if !fetcher.may_ask(&wanted.upstream) {
-        tracing::debug!(upstream = %wanted.upstream, tool = %wanted.tool, "backend asked lately; not again");
-        return;
-    }
-    match fetcher.tools(wanted).await {
-        Ok(tools) => {
-            for (name, schema) in &tools {
-                gateway.catalog.learn(&wanted.upstream, name, schema);
-            }
-            tracing::info!(
-                upstream = %wanted.upstream,
-                tool = %wanted.tool,
-                tools = tools.len(),
-                "learned the backend's tool schemas by asking it"
-            );
-        }
-        Err(error) => tracing::warn!(
-            upstream = %wanted.upstream,
-            tool = %wanted.tool,
-            %error,
-            "cannot learn the backend's tool schemas"
-        ),
     }
 }
 
@@ -208,19 +181,13 @@ fn answer(
             }
             return Ok(
                 match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
-                    RequestPlan::Forward { edits, body } => {
-                        if exchange.resumed_session() {
-                            metrics.session("resumed");
-                        }
-                        ProcessingResponse {
+                    RequestPlan::Forward { edits, body } => ProcessingResponse {
                             response: Some(Reply::RequestHeaders(headers_response(edits))),
                             mode_override: Some(mode(body, BodyMode::Skip, false)),
                             ..Default::default()
-                        }
-                    }
+                        },
                     RequestPlan::Reply(local) => {
                         match local.status {
-                            404 => metrics.session("unknown"),
                             429 => metrics.refusal("stream_cap"),
                             _ => {}
                         }
@@ -314,6 +281,18 @@ fn caller(message: &ProcessingRequest) -> Option<Caller> {
             .get(key::CALLS)
             .map(handoff::calls_of)
             .unwrap_or_default(),
+        session: match (
+            text(key::SESSION_TOKEN),
+            text(key::SESSION_BACKEND_ID),
+            text(key::SESSION_UPSTREAM),
+        ) {
+            (Some(token), Some(backend_id), Some(upstream)) => Some(OpenedSession {
+                token: token.to_owned(),
+                backend_id: backend_id.to_owned(),
+                upstream: upstream.to_owned(),
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -23,6 +23,12 @@ pub mod key {
     pub const SCOPES: &str = "scopes";
     /// The token's claims as JSON text.
     pub const CLAIMS: &str = "claims";
+    /// The session the request presented, as ext-authz opened it: the client's
+    /// token (handed back if the backend repeats its id), the backend's id and
+    /// the backend (`ip:port`). Absent without a session.
+    pub const SESSION_TOKEN: &str = "session_token";
+    pub const SESSION_BACKEND_ID: &str = "session_backend_id";
+    pub const SESSION_UPSTREAM: &str = "session_upstream";
     /// A list of [`super::Call`]s, one per JSON-RPC message of the body.
     pub const CALLS: &str = "calls";
     /// For the access log only: the methods, `,`-joined.

@@ -8,9 +8,13 @@
 //! to. Backends that need TLS or credentials of their own cannot be asked; then
 //! the call is judged by `unlisted_tools` as if the fetch had found nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::OnceCell;
+
 use crate::sse::{EventSplitter, Framed};
+use crate::tool_catalog::ToolCatalog;
 use serde_json::{Value, json};
 
 /// What to ask a backend for.
@@ -45,8 +49,9 @@ pub enum FetchError {
 pub struct SchemaFetcher {
     http: reqwest::Client,
     /// Backends asked lately: a caller naming tools that do not exist must not
-    /// turn each of its calls into a `tools/list` to the backend.
-    asked: moka::sync::Cache<String, ()>,
+    /// turn each of its calls into a `tools/list` to the backend. Calls that
+    /// arrive while a backend is being asked wait for that answer.
+    asked: moka::sync::Cache<String, Arc<OnceCell<()>>>,
 }
 
 /// How long a backend's answer stands before a call to a tool it did not list
@@ -74,13 +79,42 @@ impl SchemaFetcher {
         })
     }
 
-    /// Whether `upstream` may be asked now (and, if so, counts this as asking).
-    pub fn may_ask(&self, upstream: &str) -> bool {
-        if self.asked.contains_key(upstream) {
-            return false;
+    /// Asks the session's backend for its tools, unless it was asked lately, and
+    /// keeps their schemas in `catalog`. Calls that need the same backend while
+    /// it is being asked wait for its answer (one request, not one per call). A
+    /// failure is logged and leaves the tool unknown (the call is then judged by
+    /// `unlisted_tools`).
+    pub async fn learn(&self, catalog: &ToolCatalog, wanted: &SchemaRequest) {
+        let asking = self
+            .asked
+            .get_with_by_ref(&wanted.upstream, || Arc::new(OnceCell::new()));
+        if asking.initialized() {
+            tracing::debug!(upstream = %wanted.upstream, tool = %wanted.tool, "backend asked lately; not again");
+            return;
         }
-        self.asked.insert(upstream.to_owned(), ());
-        true
+        asking
+            .get_or_init(|| async {
+                match self.tools(wanted).await {
+                    Ok(tools) => {
+                        for (name, schema) in &tools {
+                            catalog.learn(&wanted.upstream, name, schema);
+                        }
+                        tracing::info!(
+                            upstream = %wanted.upstream,
+                            tool = %wanted.tool,
+                            tools = tools.len(),
+                            "learned the backend's tool schemas by asking it"
+                        );
+                    }
+                    Err(error) => tracing::warn!(
+                        upstream = %wanted.upstream,
+                        tool = %wanted.tool,
+                        %error,
+                        "cannot learn the backend's tool schemas"
+                    ),
+                }
+            })
+            .await;
     }
 
     /// Every tool the backend lists, with its input schema.
@@ -164,21 +198,7 @@ fn result_of(body: &[u8]) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::{SchemaFetcher, result_of};
-
-    #[test]
-    fn a_backend_is_asked_at_most_once_in_a_while() {
-        let fetcher = SchemaFetcher::new(std::time::Duration::from_secs(1)).expect("client");
-        assert!(fetcher.may_ask("127.0.0.1:9001"));
-        assert!(
-            !fetcher.may_ask("127.0.0.1:9001"),
-            "a second unknown tool asks nothing"
-        );
-        assert!(
-            fetcher.may_ask("127.0.0.1:9002"),
-            "another backend is asked"
-        );
-    }
+    use super::result_of;
 
     #[test]
     fn a_result_is_read_from_json_or_from_an_event_stream() {

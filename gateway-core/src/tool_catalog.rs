@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::rewrite::ToolView;
+use crate::config::{ArgumentValidation, UnlistedTools};
+use crate::rewrite::{Rejection, ToolView, check_arguments};
 use crate::rules::{Policy, RequestFacts};
 use serde_json::Value;
 
@@ -67,6 +68,52 @@ impl ToolCatalog {
     pub fn weighted_size(&self) -> u64 {
         self.schemas.run_pending_tasks();
         self.schemas.weighted_size()
+    }
+}
+
+/// A `tools/call`, as the backend will receive it, against the tool's advertised
+/// input schema (`ext_proc.argument_validation`); other messages pass. A tool
+/// with no known schema is judged by `unlisted_tools` (for `fetch`, the caller
+/// has already asked the backend: see [`crate::schema_fetch`]).
+pub fn check_call_arguments(
+    validation: &ArgumentValidation,
+    message: &Value,
+    tools: &dyn ToolView,
+) -> Result<(), Rejection> {
+    if !validation.enabled || message.get("method").and_then(Value::as_str) != Some("tools/call")
+    {
+        return Ok(());
+    }
+    let tool = message
+        .pointer("/params/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if validation.skip_tools.iter().any(|t| t == tool) {
+        return Ok(());
+    }
+    match (tools.schema(tool), validation.unlisted_tools) {
+        (Some(validator), _) => {
+            check_arguments(&validator, tool, message, "its advertised inputSchema")
+        }
+        (None, UnlistedTools::Forward) => {
+            tracing::info!(
+                tool,
+                "no input schema seen for this tool; forwarded unchecked"
+            );
+            Ok(())
+        }
+        (None, UnlistedTools::Refuse) => Err(Rejection {
+            code: -32602,
+            message: format!(
+                "the gateway has not seen `{tool}` in this server's tools/list, so it cannot check its arguments: list the tools (tools/list) and call again"
+            ),
+        }),
+        (None, UnlistedTools::Fetch) => Err(Rejection {
+            code: -32602,
+            message: format!(
+                "the gateway cannot learn `{tool}`'s input schema from this server's tools/list, so it cannot check its arguments"
+            ),
+        }),
     }
 }
 

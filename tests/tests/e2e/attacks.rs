@@ -71,11 +71,12 @@ async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("legitimate session");
-    // As clients do: list first (so the gateway need not ask the backend).
+    // One call first: the gateway learns the tool's schema (it asks the backend
+    // for tools/list once), so what follows counts only what is sent.
     session
-        .request("tools/list", json!({}))
+        .call_tool("add", json!({"a": 0, "b": 1}))
         .await
-        .expect("list");
+        .expect("first call");
     let served_before = stack.all_backend_total().await.expect("counters");
     let heap_before = stack.envoy_allocated_bytes().await.expect("memory");
 

@@ -85,13 +85,14 @@ async fn each_sidecar_counts_what_it_decided() {
         sample(&proc, sessions, r#"event="sealed""#) >= 1.0,
         "{proc}"
     );
+    // ext-authz opens sessions; ext-proc seals them.
     assert!(
-        sample(&proc, sessions, r#"event="resumed""#) >= 2.0,
-        "{proc}"
+        sample(&authz, sessions, r#"event="resumed""#) >= 2.0,
+        "{authz}"
     );
     assert!(
-        sample(&proc, sessions, r#"event="unknown""#) >= 1.0,
-        "{proc}"
+        sample(&authz, sessions, r#"event="unknown""#) >= 1.0,
+        "{authz}"
     );
 }
 

@@ -131,7 +131,7 @@ async fn a_token_is_bound_to_its_caller_and_its_bytes() {
         "nothing reached a backend"
     );
     assert!(
-        stack.ext_proc_log().contains("another subject or client"),
+        stack.ext_authz_log().contains("another subject or client"),
         "security log line"
     );
     // Alice's own session is untouched.
@@ -149,10 +149,12 @@ async fn keys_rotate_and_restarts_lose_no_session() {
     let old_backend = whoami(&old).await.expect("works");
 
     // A new key first, the old one still listed: old sessions keep working
-    // across the ext-proc restart, new ones are sealed with the new key.
+    // across the restart of both sidecars (ext-proc seals, ext-authz opens), new
+    // ones are sealed with the new key.
     let k2 = random_session_key("k2").expect("key");
     stack.set_session_keys(&format!("{k2}{k1}")).expect("keys");
     stack.restart_ext_proc().await.expect("restart");
+    stack.restart_ext_authz().await.expect("restart");
     assert_eq!(
         whoami(&old).await.expect("old key still listed"),
         old_backend
@@ -165,6 +167,7 @@ async fn keys_rotate_and_restarts_lose_no_session() {
     // The old key removed: its sessions are unknown; the new key's still work.
     stack.set_session_keys(&k2).expect("keys");
     stack.restart_ext_proc().await.expect("restart");
+    stack.restart_ext_authz().await.expect("restart");
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}});
     let response = old.post(&call).await.expect("answer");
     assert_eq!(response.status(), 404);
@@ -353,6 +356,157 @@ async fn next_log(stream: &mut (EventStream, String)) -> String {
         match tokio::time::timeout(left.max(Duration::from_millis(1)), stream.0.next()).await {
             Ok(Some(Ok(chunk))) => stream.1.push_str(&String::from_utf8_lossy(&chunk)),
             other => panic!("GET stream ended or stalled: {other:?}"),
+        }
+    }
+}
+
+/// What one answer told the client about its session, and whether ext-proc took part.
+struct Answer {
+    what: &'static str,
+    session_header: Option<String>,
+    ext_proc_streams: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_call_costs_one_sidecar_hop_and_no_answer_carries_a_backends_session_id() {
+    // The demo config: tools/list is filtered per caller, `say` is redacted,
+    // `add` is clamped, `subtract` is validated, and redactions apply to the
+    // GET stream (messages of unknown origin).
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");
+    let mut answers = Vec::new();
+    let mut before = streams().await.expect("stat");
+
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let after = streams().await.expect("stat");
+    answers.push(Answer {
+        what: "initialize + notifications/initialized",
+        session_header: Some(session.session_id.clone()),
+        ext_proc_streams: after - before,
+    });
+    before = after;
+
+    let calls: [(&str, Value); 8] = [
+        ("tools/call whoami", json!({"name": "whoami", "arguments": {}})),
+        ("tools/call subtract (validated)", json!({"name": "subtract", "arguments": {"a": 5, "b": 2}})),
+        ("tools/call ticks (SSE with progress)", json!({"name": "ticks", "arguments": {"count": 3, "interval_ms": 5}, "_meta": {"progressToken": "p"}})),
+        ("tools/call add (within the clamp)", json!({"name": "add", "arguments": {"a": 5, "b": 2}})),
+        ("tools/call add (clamped)", json!({"name": "add", "arguments": {"a": -5, "b": 2}})),
+        ("tools/call say (redacted)", json!({"name": "say", "arguments": {"text": "hi"}})),
+        ("tools/list (filtered)", json!(null)),
+        ("tools/call denied by a rule", json!({"name": "add", "arguments": {"a": 5000, "b": 2}})),
+    ];
+    for (what, params) in calls {
+        let body = if params.is_null() {
+            json!({"jsonrpc": "2.0", "id": session.next_id(), "method": "tools/list", "params": {}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": session.next_id(), "method": "tools/call", "params": params})
+        };
+        let response = session.post(&body).await.expect("answer");
+        assert_eq!(response.status(), 200, "{what}");
+        let header = response
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let text = response.text().await.expect("body");
+        assert!(text.contains("\"result\"") || what.contains("denied"), "{what}: {text}");
+        let after = streams().await.expect("stat");
+        answers.push(Answer {
+            what,
+            session_header: header,
+            ext_proc_streams: after - before,
+        });
+        before = after;
+    }
+    let notification = session
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}))
+        .await
+        .expect("notification");
+    assert_eq!(notification.status(), 202);
+    let after = streams().await.expect("stat");
+    answers.push(Answer {
+        what: "a notification (202)",
+        session_header: notification
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        ext_proc_streams: after - before,
+    });
+    before = after;
+
+    let stream = session.open_event_stream().await.expect("GET stream");
+    assert_eq!(stream.status(), 200);
+    let after = streams().await.expect("stat");
+    answers.push(Answer {
+        what: "GET event stream (redacted: unknown origin)",
+        session_header: stream
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        ext_proc_streams: after - before,
+    });
+    drop(stream);
+    before = streams().await.expect("stat");
+
+    let deleted = stack
+        .http()
+        .delete(stack.url())
+        .bearer_auth(&token)
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let after = streams().await.expect("stat");
+    answers.push(Answer {
+        what: "DELETE",
+        session_header: deleted
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        ext_proc_streams: after - before,
+    });
+
+    let expected_streams = [
+        ("initialize + notifications/initialized", 1),
+        ("tools/call whoami", 0),
+        ("tools/call subtract (validated)", 0),
+        ("tools/call ticks (SSE with progress)", 0),
+        ("tools/call add (within the clamp)", 0),
+        ("tools/call add (clamped)", 1),
+        ("tools/call say (redacted)", 1),
+        ("tools/list (filtered)", 1),
+        ("tools/call denied by a rule", 0),
+        ("a notification (202)", 0),
+        ("GET event stream (redacted: unknown origin)", 1),
+        ("DELETE", 0),
+    ];
+    let seen: Vec<(&str, u64)> = answers
+        .iter()
+        .map(|a| (a.what, a.ext_proc_streams))
+        .collect();
+    assert_eq!(seen, expected_streams, "ext_proc streams opened per request");
+
+    // The backends did send their own ids (so the check below can fail), and not
+    // one reached the client.
+    let backend_ids = backend_session_ids(&stack).await;
+    assert!(!backend_ids.is_empty(), "the backends use session ids");
+    for answer in &answers {
+        if let Some(header) = &answer.session_header {
+            assert!(
+                !backend_ids.contains(header),
+                "{}: a backend's raw session id reached the client",
+                answer.what
+            );
+            assert_eq!(
+                header, &session.session_id,
+                "{}: only the sealed token is ever handed out",
+                answer.what
+            );
         }
     }
 }
