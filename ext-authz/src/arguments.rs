@@ -43,7 +43,11 @@ pub struct FetchContext<'a> {
 }
 
 impl ArgumentChecker {
-    pub fn new(validation: ArgumentValidation, catalog: ToolCatalog, fetcher: SchemaFetcher) -> Self {
+    pub fn new(
+        validation: ArgumentValidation,
+        catalog: ToolCatalog,
+        fetcher: SchemaFetcher,
+    ) -> Self {
         Self {
             validation,
             catalog,
@@ -123,9 +127,7 @@ impl ArgumentChecker {
                 // ext-proc checks the rewritten message as the backend gets it.
                 Ok(true) => outcome = Checked::Rewritten,
                 Ok(false) => {
-                    if let Err(rejection) =
-                        check_call_arguments(&self.validation, &value, &tools)
-                    {
+                    if let Err(rejection) = check_call_arguments(&self.validation, &value, &tools) {
                         return Checked::Refused(message.id.clone(), rejection);
                     }
                 }

@@ -34,7 +34,9 @@ use crate::arguments::{ArgumentChecker, Checked, FetchContext};
 use crate::authn::{Authenticator, AuthnError, Identity};
 use crate::session_gate::{PINNING_HEADERS, Session, SessionGate};
 use gateway_core::rewrite::Origin;
-use gateway_core::session::SESSION_HEADER;
+use gateway_core::session::{SESSION_HEADER, subject_digest};
+
+use crate::streams::{CallerStreams, GRACE};
 use gateway_core::policy_store::PolicyStore;
 
 /// JSON-RPC error code of a policy denial (implementation-defined range).
@@ -107,6 +109,8 @@ pub struct Allowed {
     pub session: Option<Session>,
     /// Whether ext-proc takes part in this request.
     pub hop: Hop,
+    /// The ticket this request is counted under as one of its caller's streams.
+    pub stream: Option<u64>,
 }
 
 /// Whether a request needs ext-proc, told to Envoy in [`HOP_HEADER`]: a plain
@@ -129,6 +133,9 @@ impl Hop {
         }
     }
 }
+
+/// The `rule` of a refusal for a caller at its cap of open streams (429).
+pub const STREAM_CAP_RULE: &str = "builtin:stream-cap";
 
 /// The `rule` of a refusal for a session that does not open (404).
 pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
@@ -202,6 +209,8 @@ pub struct Authorizer {
     /// request is [`Hop::Proc`] and sessions are not the gateway's business).
     sessions: Option<SessionGate>,
     arguments: Option<ArgumentChecker>,
+    /// Each caller's open streams, capped.
+    streams: Option<Arc<CallerStreams>>,
 }
 
 impl Authorizer {
@@ -222,7 +231,15 @@ impl Authorizer {
             rewrites,
             sessions: None,
             arguments: None,
+            streams: None,
         }
+    }
+
+    /// Caps each caller's open streams (GET event streams and calls awaiting
+    /// or streaming their answer): one more is 429.
+    pub fn with_stream_cap(mut self, streams: Arc<CallerStreams>) -> Self {
+        self.streams = Some(streams);
+        self
     }
 
     /// Opens sessions and checks call arguments here, so that plain calls skip
@@ -474,30 +491,70 @@ impl Authorizer {
     /// After the rules allowed a request: open its session, check its calls, and
     /// decide whether ext-proc is needed.
     async fn route(&self, mut allowed: Allowed, request: &HttpRequest<'_>, path: &str) -> Verdict {
-        let Some(sessions) = &self.sessions else {
-            allowed.hop = Hop::Proc;
-            return Verdict::Allow(allowed);
-        };
-        let presented = request.headers.and_then(|h| h.get(SESSION_HEADER));
-        match presented.map(|token| sessions.open(token, &allowed.identity)) {
-            Some(Ok(session)) => {
-                allowed.set_headers.extend(session.headers());
-                allowed.session = Some(session);
+        if let Some(sessions) = &self.sessions {
+            let presented = request.headers.and_then(|h| h.get(SESSION_HEADER));
+            match presented.map(|token| sessions.open(token, &allowed.identity)) {
+                Some(Ok(session)) => {
+                    allowed.set_headers.extend(session.headers());
+                    allowed.session = Some(session);
+                }
+                Some(Err(reason)) => {
+                    tracing::warn!(target: "security", reason, subject = %allowed.identity.subject, "unknown MCP session presented; answered 404");
+                    let mut denied = invalid(
+                        404,
+                        jsonrpc::error_response(None, -32001, "Session not found"),
+                        reason.to_owned(),
+                    );
+                    denied.rule = Some(UNKNOWN_SESSION_RULE.to_owned());
+                    denied.call = allowed.call;
+                    return Verdict::Deny(denied);
+                }
+                None => allowed
+                    .remove_headers
+                    .extend(PINNING_HEADERS.map(str::to_owned)),
             }
-            Some(Err(reason)) => {
-                tracing::warn!(target: "security", reason, subject = %allowed.identity.subject, "unknown MCP session presented; answered 404");
-                let mut denied = invalid(
-                    404,
-                    jsonrpc::error_response(None, -32001, "Session not found"),
-                    reason.to_owned(),
+        }
+        // Counted before anything that may reach a backend (asking it for tools).
+        if let Some(streams) = &self.streams {
+            let caller = subject_digest(&allowed.identity.issuer, &allowed.identity.subject);
+            let Some(ticket) = streams.open(caller, GRACE).await else {
+                tracing::warn!(
+                    target: "security",
+                    subject = %allowed.identity.subject,
+                    limit = streams.limit(),
+                    "caller holds too many open streams; answered 429"
                 );
-                denied.rule = Some(UNKNOWN_SESSION_RULE.to_owned());
+                let why = format!(
+                    "too many open streams: this caller already holds {}; close one (an event stream or a long call) and retry",
+                    streams.limit()
+                );
+                let mut denied = invalid(429, jsonrpc::error_response(None, -32000, &why), why);
+                denied.rule = Some(STREAM_CAP_RULE.to_owned());
                 denied.call = allowed.call;
                 return Verdict::Deny(denied);
-            }
-            None => allowed
-                .remove_headers
-                .extend(PINNING_HEADERS.map(str::to_owned)),
+            };
+            allowed.stream = Some(ticket);
+        }
+        let ticket = allowed.stream;
+        let verdict = self.choose_hop(allowed, request, path).await;
+        // A refused request has no stream, and Envoy's log will not mention it.
+        if let (Verdict::Deny(_), Some(ticket), Some(streams)) = (&verdict, ticket, &self.streams) {
+            streams.close(ticket);
+        }
+        verdict
+    }
+
+    /// Checks the calls (with rewrites' checks and argument validation) and
+    /// decides whether ext-proc is needed.
+    async fn choose_hop(
+        &self,
+        mut allowed: Allowed,
+        request: &HttpRequest<'_>,
+        path: &str,
+    ) -> Verdict {
+        if self.sessions.is_none() {
+            allowed.hop = Hop::Proc;
+            return Verdict::Allow(allowed);
         }
         let mut hop = if self.needs_proc(&allowed, request.method) {
             Hop::Proc
@@ -553,7 +610,10 @@ impl Authorizer {
         }
         // Where argument checks rely on listings ext-proc has seen (`refuse`,
         // `forward`), listings pass through it.
-        if self.arguments.as_ref().is_some_and(|a| a.learns_from_listings())
+        if self
+            .arguments
+            .as_ref()
+            .is_some_and(|a| a.learns_from_listings())
             && calls
                 .iter()
                 .any(|c| c.method.as_deref() == Some("tools/list"))
@@ -613,6 +673,7 @@ impl Authorizer {
             messages: Vec::new(),
             session: None,
             hop: Hop::Proc,
+            stream: None,
         }
     }
 }

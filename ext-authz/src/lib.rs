@@ -10,6 +10,7 @@
 //! - [`service`]: the thin adapter from `envoy.service.auth.v3.Authorization/Check`.
 //! - [`session_gate`]: opening a client's sealed session and pinning its backend.
 //! - [`arguments`]: rewrites' checks and argument validation for calls that skip ext-proc.
+//! - [`streams`]: each caller's open streams, capped, released by Envoy's access log.
 //! - [`audit`]: one record per JSON-RPC message judged, on the `audit` log target.
 
 pub mod arguments;
@@ -20,6 +21,7 @@ pub mod crypto;
 pub mod jwks;
 pub mod service;
 pub mod session_gate;
+pub mod streams;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

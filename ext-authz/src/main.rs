@@ -7,18 +7,37 @@ use std::sync::Arc;
 use clap::Parser;
 use ext_authz::arguments::ArgumentChecker;
 use ext_authz::authn::Authenticator;
-use ext_authz::session_gate::SessionGate;
-use gateway_core::schema_fetch::SchemaFetcher;
-use gateway_core::session::{SessionSealer, configured_keys};
-use gateway_core::tool_catalog::ToolCatalog;
 use ext_authz::check::Authorizer;
 use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
+use ext_authz::session_gate::SessionGate;
+use ext_authz::streams::{AccessLogSink, CallerStreams, LEASE};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
+use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::server::{self, CommonArgs, Sidecar};
+use gateway_core::session::{SessionSealer, configured_keys};
+use gateway_core::tool_catalog::ToolCatalog;
 
 /// Asking a backend for its tools must end well within Envoy's 2 s for a Check.
 const SCHEMA_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The stream cap without an `ext_proc` section (the config default).
+const DEFAULT_STREAMS_PER_CALLER: u32 = 128;
+
+/// Forgets, every few seconds, streams Envoy's access log never reported ended.
+async fn expire_streams(streams: Arc<CallerStreams>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let expired = streams.expire(std::time::Instant::now());
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "streams counted without news from Envoy's access log for longer than their lease; forgotten"
+            );
+        }
+    }
+}
 
 /// Envoy ext_authz gRPC server for the MCP gateway.
 #[derive(Debug, Parser)]
@@ -51,6 +70,18 @@ async fn main() -> ExitCode {
             );
             authorizer = authorizer.with_sessions(gate, checker);
         }
+        let streams = CallerStreams::new(
+            config
+                .ext_proc
+                .as_ref()
+                .map_or(DEFAULT_STREAMS_PER_CALLER, |p| {
+                    p.max_streams_per_caller.get()
+                }),
+            LEASE,
+        );
+        authorizer = authorizer.with_stream_cap(streams.clone());
+        tokio::spawn(expire_streams(streams.clone()));
+        let access_log = AccessLogSink::new(streams).into_server(section.server.max_message_bytes);
         let authorizer = Arc::new(authorizer);
         let keys = published_keys_route(authorizer.clone());
         let mut registry = prometheus_client::registry::Registry::default();
@@ -58,6 +89,7 @@ async fn main() -> ExitCode {
         let service =
             AuthzService::new(authorizer, metrics).into_server(section.server.max_message_bytes);
         let routes = tonic::service::Routes::new(service)
+            .add_service(access_log)
             .into_axum_router()
             .merge(keys);
         Ok(Sidecar {

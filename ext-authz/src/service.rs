@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
 use crate::check::{
-    Authorizer, BodyState, CallInfo, HOP_HEADER, HttpRequest, UNKNOWN_SESSION_RULE, Verdict,
+    Authorizer, BodyState, CallInfo, HOP_HEADER, Hop, HttpRequest, UNKNOWN_SESSION_RULE, Verdict,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -283,16 +283,27 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 "allow"
             );
             let mut metadata = call_metadata(&allowed.call, "allow", allowed.rule.as_deref());
-            metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
             metadata.insert(key::SUBJECT.into(), string(&identity.subject));
-            metadata.insert(key::ISSUER.into(), string(&identity.issuer));
-            metadata.insert(key::SCOPES.into(), handoff::strings_value(&identity.scopes));
             if let Some(client_id) = &identity.client_id {
                 metadata.insert(key::CLIENT_ID.into(), string(client_id));
             }
-            // ext-proc's rewrite rules may read claims (`jwt.email`).
-            metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
-            if let Some(session) = &allowed.session {
+            if let Some(ticket) = allowed.stream {
+                metadata.insert(key::STREAM.into(), string(&ticket.to_string()));
+            }
+            // The rest is for ext-proc alone: Envoy keeps no more than it needs
+            // on a request that does not reach it.
+            if allowed.hop == Hop::Proc {
+                metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
+                metadata.insert(key::ISSUER.into(), string(&identity.issuer));
+                metadata.insert(key::SCOPES.into(), handoff::strings_value(&identity.scopes));
+                // ext-proc's rewrite rules may read claims (`jwt.email`).
+                metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
+            }
+            if let Some(session) = allowed
+                .session
+                .as_ref()
+                .filter(|_| allowed.hop == Hop::Proc)
+            {
                 metadata.insert(key::SESSION_TOKEN.into(), string(&session.token));
                 metadata.insert(key::SESSION_BACKEND_ID.into(), string(&session.backend_id));
                 metadata.insert(key::SESSION_UPSTREAM.into(), string(&session.upstream));
@@ -336,6 +347,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             }
             let code = match denied.status {
                 401 => Code::Unauthenticated,
+                429 => Code::ResourceExhausted,
                 400 => Code::InvalidArgument,
                 404 => Code::NotFound,
                 503 => Code::Unavailable,

@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use gateway_core::session::{
-    OpenError, SESSION_HASH_HEADER, SESSION_HEADER, SessionSealer, UPSTREAM_HEADER,
-    session_binding,
+    OpenError, SESSION_HASH_HEADER, SESSION_HEADER, SessionSealer, UPSTREAM_HEADER, session_binding,
 };
 
 use crate::authn::Identity;
@@ -85,5 +84,121 @@ impl SessionGate {
             backend_id: payload.backend_session_id,
             upstream: payload.upstream_host,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::session::SessionKey;
+    use gateway_proto::session::SessionPayload;
+
+    fn identity(subject: &str, client: Option<&str>) -> Identity {
+        Identity {
+            subject: subject.to_owned(),
+            issuer: "https://idp".to_owned(),
+            client_id: client.map(str::to_owned),
+            scopes: Vec::new(),
+            expires_at: 0,
+            claims: serde_json::Map::new(),
+            claims_json: "{}".to_owned(),
+        }
+    }
+
+    fn gate(max_age: Duration) -> SessionGate {
+        let key = SessionKey::new("k1", [5; 32]).expect("key");
+        SessionGate::new(SessionSealer::new(vec![key]).expect("sealer"), max_age)
+    }
+
+    /// A token as ext-proc seals it for `who`, issued `age_secs` ago.
+    fn sealed(gate: &SessionGate, who: &Identity, age_secs: i64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        gate.sealer
+            .seal(&SessionPayload {
+                backend_session_id: "backend-1".into(),
+                upstream_host: "127.0.0.1:9002".into(),
+                subject_digest: session_binding(
+                    &who.issuer,
+                    &who.subject,
+                    who.client_id.as_deref(),
+                )
+                .to_vec(),
+                issued_at: now - age_secs,
+            })
+            .expect("seal")
+    }
+
+    #[test]
+    fn a_session_opens_for_its_caller_and_pins_its_backend() {
+        let gate = gate(Duration::from_secs(3600));
+        let alice = identity("alice", Some("agent"));
+        let token = sealed(&gate, &alice, 0);
+        let session = gate.open(&token, &alice).expect("opens");
+        assert_eq!(session.backend_id, "backend-1");
+        let headers = session.headers();
+        assert_eq!(
+            headers[0],
+            (SESSION_HEADER.to_owned(), "backend-1".to_owned())
+        );
+        assert_eq!(
+            headers[1],
+            (
+                UPSTREAM_HEADER.to_owned(),
+                STANDARD.encode("127.0.0.1:9002")
+            )
+        );
+        assert_eq!(
+            headers[2],
+            (SESSION_HASH_HEADER.to_owned(), "backend-1".to_owned())
+        );
+    }
+
+    #[test]
+    fn another_subject_client_or_issuer_or_a_changed_byte_is_an_unknown_session() {
+        let gate = gate(Duration::from_secs(3600));
+        let alice = identity("alice", Some("agent"));
+        let token = sealed(&gate, &alice, 0);
+        let mut other_issuer = identity("alice", Some("agent"));
+        other_issuer.issuer = "https://other-idp".into();
+        for who in [
+            identity("bob", Some("agent")),
+            identity("alice", Some("another-agent")),
+            identity("alice", None),
+            other_issuer,
+        ] {
+            assert_eq!(
+                gate.open(&token, &who),
+                Err("session token presented by another subject or client"),
+                "{}/{:?}",
+                who.subject,
+                who.client_id
+            );
+        }
+        let mut flipped = token.clone().into_bytes();
+        flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).expect("ascii");
+        assert!(gate.open(&flipped, &alice).is_err());
+        assert!(
+            gate.open("backend-1", &alice).is_err(),
+            "raw backend ids are not tokens"
+        );
+        // Parts cannot be shifted between issuer, subject and client.
+        assert_ne!(
+            session_binding("https://idp", "alice", Some("x")),
+            session_binding("https://idp", "alicex", None)
+        );
+    }
+
+    #[test]
+    fn sessions_expire_after_max_age() {
+        let gate = gate(Duration::from_secs(60));
+        let alice = identity("alice", None);
+        assert!(gate.open(&sealed(&gate, &alice, 30), &alice).is_ok());
+        assert_eq!(
+            gate.open(&sealed(&gate, &alice, 120), &alice),
+            Err("session older than max_age")
+        );
     }
 }

@@ -31,11 +31,9 @@ use gateway_core::sse::{EventSplitter, Framed, RawEvent};
 use gateway_proto::session::SessionPayload;
 use serde_json::Value;
 
-use crate::streams::{CallerStreams, StreamPermit};
 use gateway_core::schema_fetch::SchemaRequest;
 use gateway_core::session::{
-    SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER,
-    session_binding, subject_digest,
+    SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER, session_binding,
 };
 use gateway_core::tool_catalog::{ToolCatalog, ToolsFor, check_call_arguments};
 
@@ -87,10 +85,6 @@ pub struct LocalReply {
 pub struct ResponsePlan {
     pub edits: HeaderEdits,
     pub body: BodyMode,
-    /// Keep the ext_proc stream open until the response ends (Envoy then sends
-    /// its trailers), so the caller's stream slot lasts as long as an event
-    /// stream whose body ext-proc does not read.
-    pub watch_end: bool,
     /// Answer this instead of the backend's response.
     pub refuse: Option<LocalReply>,
 }
@@ -112,8 +106,6 @@ pub struct Gateway {
     pub limits: Limits,
     /// Largest SSE event reassembled for rewriting (`ext_proc.max_sse_event_bytes`).
     pub max_sse_event_bytes: usize,
-    /// Open streams per caller (`ext_proc.max_streams_per_caller`).
-    pub streams: Arc<CallerStreams>,
     /// Checking `tools/call` arguments against advertised schemas.
     pub arguments: ArgumentValidation,
     /// Names of the identity headers ext-authz sets for backends: ext-proc's own
@@ -150,11 +142,6 @@ pub struct OpenedSession {
 }
 
 impl Caller {
-    /// Who the caller is, whatever client it uses: its stream cap is counted on this.
-    fn digest(&self) -> SubjectDigest {
-        subject_digest(&self.issuer, &self.subject)
-    }
-
     /// What a session is bound to: the caller and the OAuth client acting for it,
     /// so another agent of the same user cannot take over the session.
     fn session_binding(&self) -> SubjectDigest {
@@ -208,8 +195,6 @@ pub struct Exchange<'a> {
     upstream: Option<String>,
     /// Set when the response is an event stream being rewritten.
     events: Option<EventSplitter>,
-    /// The caller's slot for this stream, held until Envoy ends the exchange.
-    permit: Option<StreamPermit>,
 }
 
 impl<'a> Exchange<'a> {
@@ -222,7 +207,6 @@ impl<'a> Exchange<'a> {
             request: RequestSeen::default(),
             upstream: None,
             events: None,
-            permit: None,
         }
     }
 
@@ -286,19 +270,6 @@ impl<'a> Exchange<'a> {
             };
             self.upstream = Some(session.upstream.clone());
             self.restored = Some(session);
-        }
-        if let Some(caller) = &self.caller {
-            let streams = &self.gateway.streams;
-            let Some(permit) = streams.try_open(caller.digest()) else {
-                tracing::warn!(
-                    target: "security",
-                    subject = %caller.subject,
-                    limit = streams.limit(),
-                    "caller holds too many open streams; answered 429"
-                );
-                return RequestPlan::Reply(too_many_streams(streams.limit()));
-            };
-            self.permit = Some(permit);
         }
         let is_post = self.request.method == "POST";
         RequestPlan::Forward {
@@ -443,9 +414,10 @@ impl<'a> Exchange<'a> {
         if let Some(backend_id) = headers.get(SESSION_HEADER) {
             match (&self.restored, self.seal(backend_id, upstream)) {
                 (Some(session), _) if session.backend_id.as_bytes() == backend_id => {
-                    edits
-                        .set
-                        .push((SESSION_HEADER.to_owned(), session.token.clone().into_bytes()));
+                    edits.set.push((
+                        SESSION_HEADER.to_owned(),
+                        session.token.clone().into_bytes(),
+                    ));
                 }
                 (_, Ok(token)) => edits
                     .set
@@ -487,7 +459,6 @@ impl<'a> Exchange<'a> {
             return ResponsePlan {
                 edits,
                 body: BodyMode::Skip,
-                watch_end: false,
                 refuse: Some(LocalReply {
                     status: 502,
                     body: jsonrpc::error_response(
@@ -503,11 +474,9 @@ impl<'a> Exchange<'a> {
         if body == BodyMode::Streamed {
             self.events = Some(EventSplitter::new(self.gateway.max_sse_event_bytes));
         }
-        let watch_end = self.permit.is_some() && body == BodyMode::Skip && is_event_stream(headers);
         ResponsePlan {
             edits,
             body,
-            watch_end,
             refuse: None,
         }
     }
@@ -735,21 +704,6 @@ fn bad_gateway() -> LocalReply {
         status: 502,
         body: jsonrpc::error_response(None, -32603, "the backend's response is not valid JSON")
             .to_string(),
-    }
-}
-
-/// A caller at its cap of open streams: it must close one first.
-fn too_many_streams(limit: u32) -> LocalReply {
-    LocalReply {
-        status: 429,
-        body: jsonrpc::error_response(
-            None,
-            -32000,
-            &format!(
-                "too many open streams: this caller already holds {limit}; close one (an event stream or a long call) and retry"
-            ),
-        )
-        .to_string(),
     }
 }
 

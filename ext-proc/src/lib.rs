@@ -7,8 +7,6 @@
 //! - [`service`]: the thin adapter from `envoy.service.ext_proc.v3.ExternalProcessor`
 //!   onto the core; it answers every message Envoy sends with the matching response,
 //!   and does the core's one piece of I/O (asking a backend for its tools).
-//! - [`streams`]: each caller's open streams, capped.
 
 pub mod exchange;
 pub mod service;
-pub mod streams;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use clap::Parser;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::service::{ProcMetrics, ProcService, SERVICE_NAME};
-use ext_proc::streams::CallerStreams;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::schema_fetch::SchemaFetcher;
@@ -53,7 +52,6 @@ async fn main() -> ExitCode {
                 .map(|a| a.limits)
                 .unwrap_or_default(),
             max_sse_event_bytes: section.max_sse_event_bytes,
-            streams: CallerStreams::new(section.max_streams_per_caller.get()),
             arguments: section.argument_validation.clone(),
             identity_headers: config
                 .ext_authz

@@ -62,8 +62,7 @@ pub struct ProcMetrics {
     /// Sessions by event: `sealed` (a backend's new session handed out).
     /// ext-authz, which opens sessions, counts `resumed` and `unknown`.
     sessions: Family<Labels, Counter>,
-    /// Requests ext-proc answered itself, by reason: `stream_cap` (429),
-    /// `rewrite` (a rewrite or argument check refused the call),
+    /// Requests ext-proc answered itself, by reason: `rewrite` (a rewrite or argument check refused the call),
     /// `backend_response` (a response a rule must read could not be read).
     refusals: Family<Labels, Counter>,
 }
@@ -182,23 +181,17 @@ fn answer(
             return Ok(
                 match exchange.on_request_headers(&HeaderView(headers), caller(&message)) {
                     RequestPlan::Forward { edits, body } => ProcessingResponse {
-                            response: Some(Reply::RequestHeaders(headers_response(edits))),
-                            mode_override: Some(mode(body, BodyMode::Skip, false)),
-                            ..Default::default()
-                        },
-                    RequestPlan::Reply(local) => {
-                        match local.status {
-                            429 => metrics.refusal("stream_cap"),
-                            _ => {}
-                        }
-                        ProcessingResponse {
-                            response: Some(Reply::ImmediateResponse(immediate(
-                                local,
-                                "mcp_unknown_session",
-                            ))),
-                            ..Default::default()
-                        }
-                    }
+                        response: Some(Reply::RequestHeaders(headers_response(edits))),
+                        mode_override: Some(mode(body, BodyMode::Skip)),
+                        ..Default::default()
+                    },
+                    RequestPlan::Reply(local) => ProcessingResponse {
+                        response: Some(Reply::ImmediateResponse(immediate(
+                            local,
+                            "mcp_unknown_session",
+                        ))),
+                        ..Default::default()
+                    },
                 },
             );
         }
@@ -226,7 +219,7 @@ fn answer(
             }
             return Ok(ProcessingResponse {
                 response: Some(Reply::ResponseHeaders(headers_response(plan.edits))),
-                mode_override: Some(mode(BodyMode::Skip, plan.body, plan.watch_end)),
+                mode_override: Some(mode(BodyMode::Skip, plan.body)),
                 ..Default::default()
             });
         }
@@ -351,21 +344,15 @@ fn immediate(local: LocalReply, details: &str) -> ImmediateResponse {
 }
 
 /// A complete processing mode: Envoy replaces its whole mode with an override, so
-/// every field is spelled out. `watch_end` asks for the response trailers, which
-/// Envoy sends (empty, if the backend sent none) when the response ends: until
-/// then it keeps the ext_proc stream, and with it the caller's stream slot, open.
-fn mode(request_body: BodyMode, response_body: BodyMode, watch_end: bool) -> ProcessingMode {
+/// every field is spelled out.
+fn mode(request_body: BodyMode, response_body: BodyMode) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: HeaderSendMode::Send as i32,
         request_body_mode: body_send_mode(request_body) as i32,
         response_body_mode: body_send_mode(response_body) as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: if watch_end {
-            HeaderSendMode::Send
-        } else {
-            HeaderSendMode::Skip
-        } as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
     }
 }
 

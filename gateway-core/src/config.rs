@@ -268,9 +268,9 @@ pub struct ExtProcConfig {
     /// validation), in bytes as estimated per schema from its JSON size.
     #[serde(default = "default_tool_schema_cache_bytes")]
     pub tool_schema_cache_bytes: u64,
-    /// Streams one caller (issuer and subject) may hold open at once through this
-    /// ext-proc: GET event streams, calls awaiting or streaming their answer.
-    /// One more is 429. Keeps one caller from holding every connection the
+    /// Streams one caller (issuer and subject) may hold open at once through the
+    /// gateway: GET event streams, calls awaiting or streaming their answer.
+    /// ext-authz counts them (per process); one more is 429. Keeps one caller from holding every connection the
     /// backend pool allows (Envoy's circuit breaker: 4096 requests).
     #[serde(default = "default_max_streams_per_caller")]
     pub max_streams_per_caller: NonZeroU32,

@@ -29,6 +29,10 @@ pub mod key {
     pub const SESSION_TOKEN: &str = "session_token";
     pub const SESSION_BACKEND_ID: &str = "session_backend_id";
     pub const SESSION_UPSTREAM: &str = "session_upstream";
+    /// The ticket (decimal text) under which ext-authz counts the request as one
+    /// of its caller's open streams; Envoy's access log entry at the request's
+    /// end carries it back.
+    pub const STREAM: &str = "stream";
     /// A list of [`super::Call`]s, one per JSON-RPC message of the body.
     pub const CALLS: &str = "calls";
     /// For the access log only: the methods, `,`-joined.

@@ -80,8 +80,7 @@ pub fn check_call_arguments(
     message: &Value,
     tools: &dyn ToolView,
 ) -> Result<(), Rejection> {
-    if !validation.enabled || message.get("method").and_then(Value::as_str) != Some("tools/call")
-    {
+    if !validation.enabled || message.get("method").and_then(Value::as_str) != Some("tools/call") {
         return Ok(());
     }
     let tool = message

@@ -550,13 +550,35 @@ async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
                 .expect("session"),
         );
     }
-    // Alice holds her cap of event streams open.
+    // Alice holds her cap open: event streams (which pass ext-proc: the demo's
+    // redactions read them) and a long tool call streaming its progress (which
+    // does not: only ext-authz and Envoy's access log know of it).
     let mut held = Vec::new();
-    for session in &sessions[..CAP] {
+    for session in &sessions[..CAP - 1] {
         let stream = session.open_event_stream().await.expect("answer");
         assert_eq!(stream.status(), 200);
         held.push(stream);
     }
+    let proc_streams = stack
+        .envoy_stat("http.mcp.ext_proc.streams_started")
+        .await
+        .expect("stat");
+    let long_call = sessions[CAP - 1]
+        .post(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "ticks", "arguments": {"count": 600, "interval_ms": 100},
+                                 "_meta": {"progressToken": "long"}}}))
+        .await
+        .expect("answer");
+    assert_eq!(long_call.status(), 200);
+    assert_eq!(
+        stack
+            .envoy_stat("http.mcp.ext_proc.streams_started")
+            .await
+            .expect("stat"),
+        proc_streams,
+        "the long call opened no ext_proc stream"
+    );
+    held.push(long_call);
 
     // One more stream, or a call, of hers: 429, and no backend hears of it.
     let before = stack.all_backend_total().await.expect("counters");
@@ -584,7 +606,7 @@ async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
     assert!(backend.starts_with("mcp-"), "{backend}");
 
     // When she closes a stream, its slot is hers again (as soon as Envoy has
-    // seen the client go).
+    // seen the client go and its access log has told ext-authz).
     drop(held.pop());
     let deadline = std::time::Instant::now() + e2e::patience();
     loop {
