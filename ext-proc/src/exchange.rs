@@ -1,16 +1,14 @@
 //! One HTTP request/response exchange as ext-proc sees it: sealed sessions and
-//! the headers that pin a session to its backend.
+//! rewritten messages.
 //!
-//! Envoy opens one ext_proc stream per HTTP request and sends the phases it was
-//! asked for. A stream may begin in the response phase: when ext_authz (or any
-//! filter before ext_proc) answers locally, only the response reaches ext_proc.
+//! Envoy opens one ext_proc stream per HTTP request that ext-authz marked
+//! `x-mcp-hop: proc` (an `initialize`, a body a rewrite changes, an answer a
+//! rewrite may read) and sends the phases it was asked for.
 //!
-//! Request: a client's `Mcp-Session-Id` must open (see [`gateway_core::session`]) and be
-//! bound to the caller; then the backend's own session id replaces it, and
-//! `x-mcp-upstream` (read by Envoy's stateful_session filter, strict) names the
-//! backend that created the session, with `x-mcp-session-hash` for consistent
-//! hashing where exact pinning is not configured. Anything else is the spec's
-//! "unknown session": 404, nothing forwarded.
+//! Request: ext-authz has already opened the client's `Mcp-Session-Id`, put the
+//! backend's id in its place and pinned the backend; its handoff
+//! ([`gateway_core::handoff`]) says which session that was. A session header
+//! without that handoff was never opened: the spec's "unknown session", 404.
 //!
 //! Response: a backend session id is sealed (with the backend Envoy chose, from
 //! the `upstream.address` attribute) or, for an existing session, swapped back to
