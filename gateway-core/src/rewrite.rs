@@ -441,14 +441,29 @@ impl RewriteSet {
                 message: "not a JSON-RPC request the gateway's rules can read".into(),
             });
         };
-        let root = facts_context(&self.env, facts, &self.uses);
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("mcp", mcp_value(&view));
-        for rule in &self.rules {
-            if !rule.prefilter(view.method.as_deref(), view.tool.as_deref()) {
-                continue;
-            }
-            let condition = rule.condition(&scope);
+        let method = view.method.as_deref();
+        let tool = view.tool.as_deref();
+        let matching: Vec<&Rewrite> = self
+            .rules
+            .iter()
+            .filter(|r| r.prefilter(method, tool))
+            .collect();
+        // The CEL context (claims, headers, the message) costs more than most
+        // rewrites: it is built only when a matching rule evaluates something.
+        let evaluates = matching.iter().any(|r| {
+            r.when.is_some() || r.set.iter().any(|i| matches!(i.value, SetValue::Expr(_)))
+        });
+        let root;
+        let mut scope = None;
+        if evaluates {
+            root = facts_context(&self.env, facts, &self.uses);
+            let mut inner = root.new_inner_scope();
+            inner.add_variable_from_value("mcp", mcp_value(&view));
+            scope = Some(inner);
+        }
+        let scope = scope.as_ref();
+        for rule in matching {
+            let condition = rule.condition(scope);
             if condition == Condition::DoesNotHold {
                 continue;
             }
@@ -456,9 +471,8 @@ impl RewriteSet {
                 let value = match (condition, &injection.value) {
                     (Condition::Unknown, _) => None,
                     (_, SetValue::Literal(v)) => Some(v.clone()),
-                    (_, SetValue::Expr(program)) => program
-                        .execute(&scope)
-                        .ok()
+                    (_, SetValue::Expr(program)) => scope
+                        .and_then(|scope| program.execute(scope).ok())
                         .and_then(|result| result.json().ok())
                         .filter(|v| !v.is_null()),
                 };
@@ -561,7 +575,7 @@ impl RewriteSet {
         scope.add_variable_from_value("mcp", mcp_value(&probe));
         for rule in applicable {
             // A condition that fails still redacts: redaction only protects.
-            if rule.condition(&scope) == Condition::DoesNotHold {
+            if rule.condition(Some(&scope)) == Condition::DoesNotHold {
                 continue;
             }
             for redaction in &rule.redact {
@@ -639,9 +653,14 @@ impl Rewrite {
                 .is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
     }
 
-    fn condition(&self, context: &cel::Context<'_, '_>) -> Condition {
+    /// The rule's `when` in `context`; a rule with a `when` and no context (never
+    /// the case: contexts are built for such rules) does not hold for sure.
+    fn condition(&self, context: Option<&cel::Context<'_, '_>>) -> Condition {
         let Some(program) = &self.when else {
             return Condition::Holds;
+        };
+        let Some(context) = context else {
+            return Condition::Unknown;
         };
         match program.execute(context) {
             Ok(cel::Value::Bool(true)) => Condition::Holds,
