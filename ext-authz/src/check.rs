@@ -18,7 +18,14 @@
 //! - a denied request: HTTP 200 with a JSON-RPC error echoing its `id` and naming
 //!   the rule, so SDK clients keep their session; a denied notification or
 //!   response: 403 with a JSON-RPC error body. One denial in a batch refuses the
-//!   whole batch and nothing is forwarded.
+//!   whole batch and nothing is forwarded;
+//! - a session token that does not open for this caller: 404 (the spec's
+//!   "unknown session");
+//! - a caller at its cap of open streams: 429 (JSON-RPC -32000);
+//! - a call whose arguments fail a rewrite's check or the tool's schema: HTTP 200
+//!   with JSON-RPC -32602 (or the rewrite's code).
+//!
+//! An allowed request carries `x-mcp-hop` ([`Hop`]): whether ext-proc is needed.
 
 use std::collections::HashMap;
 use std::sync::Arc;

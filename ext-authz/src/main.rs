@@ -30,7 +30,13 @@ async fn expire_streams(streams: Arc<CallerStreams>) {
     loop {
         every.tick().await;
         let expired = streams.expire(std::time::Instant::now());
-        if expired > 0 {
+        if expired > 0 && !streams.heard_from_envoy() {
+            // A configuration error, not a fault: say how to fix it.
+            tracing::error!(
+                expired,
+                "Envoy's access log has never reported to ext-authz, so no stream is released before its lease runs out and callers meet the stream cap early: add the envoy.access_loggers.http_grpc entry of envoy/bootstrap.yaml (log_name stream-ends, cluster ext_authz) to your Envoy"
+            );
+        } else if expired > 0 {
             tracing::warn!(
                 expired,
                 "streams counted without news from Envoy's access log for longer than their lease; forgotten"

@@ -50,6 +50,8 @@ pub struct CallerStreams {
     state: Mutex<State>,
     /// Woken whenever Envoy's log reports streams ended.
     closed: tokio::sync::Notify,
+    /// Whether Envoy's access log has reported anything since start.
+    heard: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,7 @@ impl CallerStreams {
             next_ticket: AtomicU64::new(start),
             state: Mutex::new(State::default()),
             closed: tokio::sync::Notify::new(),
+            heard: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -139,7 +142,14 @@ impl CallerStreams {
 
     /// Wakes callers waiting for a slot (after a batch of ends).
     fn closed_some(&self) {
+        self.heard.store(true, Ordering::Relaxed);
         self.closed.notify_waiters();
+    }
+
+    /// Whether Envoy's access log has reported anything since ext-authz started:
+    /// without it, no stream is ever released before its lease runs out.
+    pub fn heard_from_envoy(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// Forgets streams whose lease ran out by `now`; returns how many.

@@ -333,6 +333,14 @@ impl Stack {
         Ok(std::fs::read_to_string(self.work.join("session-keys.txt"))?)
     }
 
+    /// Kills ext-proc at once (SIGKILL), as a crash would.
+    pub fn kill_ext_proc(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.ext_proc.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
     /// Restarts ext-proc (SIGTERM, then a new process on the same port).
     pub async fn restart_ext_proc(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.ext_proc.take() {

@@ -215,3 +215,62 @@ async fn unknown_paths_are_404_without_reaching_sidecars_or_backends() {
     assert_eq!(response.status(), 404);
     assert_eq!(backend_request_count(&stack).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ext_proc_down_only_what_needs_it_fails_closed() {
+    let mut stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let backend = session
+        .call_tool("whoami", json!({}))
+        .await
+        .expect("whoami");
+
+    stack.kill_ext_proc().expect("kill ext-proc");
+    let backend_before = backend_request_count(&stack).await;
+    // A new session needs ext-proc to seal the backend's id: 503, nothing forwarded.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                      "params": {"protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
+                                 "clientInfo": {"name": "e2e", "version": "0"}}});
+    let refused = mcp::post(stack.http(), &stack.url(), &token, None, &init)
+        .await
+        .expect("Envoy answers");
+    assert_eq!(refused.status(), 503);
+    // So does a call a rewrite changes (the demo clamps `a` of `add` to 0..1000).
+    let clamped = session
+        .post(
+            &json!({"jsonrpc": "2.0", "id": session.next_id(), "method": "tools/call",
+                      "params": {"name": "add", "arguments": {"a": -5, "b": 2}}}),
+        )
+        .await
+        .expect("Envoy answers");
+    assert_eq!(clamped.status(), 503);
+    assert_eq!(
+        backend_request_count(&stack).await,
+        backend_before,
+        "nothing that needs ext-proc reaches a backend without it"
+    );
+    // A plain call in the existing session needs only ext-authz, and goes on.
+    assert_eq!(
+        session
+            .call_tool("whoami", json!({}))
+            .await
+            .expect("a plain call while ext-proc is down"),
+        backend
+    );
+
+    stack.restart_ext_proc().await.expect("ext-proc restarts");
+    let deadline = Instant::now() + e2e::patience();
+    loop {
+        match RawSession::initialize(stack.http(), &stack.url(), &token).await {
+            Ok(_) => break,
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "no new session after ext-proc restarted: {err:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
