@@ -669,3 +669,76 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
         "the oversized event was dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
+    let stack = stack_with(None).await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("session");
+    let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");
+    let steering = [
+        // "Skip ext-proc": an initialize whose answer must be sealed.
+        ("x-mcp-hop", "direct"),
+        // "Pin me to this backend" (base64 of 127.0.0.1:1), and a hash of my choice.
+        ("x-mcp-upstream", "MTI3LjAuMC4xOjE="),
+        ("x-mcp-session-hash", "attacker-chosen"),
+    ];
+    let before = streams().await.expect("stat");
+    let response = post_initialize(stack.http(), &stack.url(), Some(&token), &steering)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200, "the LB picked a real backend");
+    let sealed = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    assert_eq!(
+        streams().await.expect("stat") - before,
+        1,
+        "the initialize went through ext-proc all the same"
+    );
+    assert!(
+        sealed.len() > 60,
+        "a sealed token, not a backend's id: {sealed}"
+    );
+
+    // "Go through ext-proc" on a plain call changes nothing either.
+    let before = streams().await.expect("stat");
+    let call = session
+        .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}}))
+        .await
+        .expect("answer");
+    assert_eq!(call.status(), 200);
+    let forced = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .header("x-mcp-hop", "proc")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(forced.status(), 200);
+    assert_eq!(streams().await.expect("stat"), before, "no ext_proc stream");
+
+    // No backend ever saw the client's values (or the hop header at all).
+    for request in stack.all_backend_requests().await.expect("backends") {
+        let headers = &request["headers"];
+        assert!(headers.get("x-mcp-hop").is_none(), "{headers}");
+        assert_ne!(
+            headers["x-mcp-session-hash"], "attacker-chosen",
+            "{headers}"
+        );
+        assert_ne!(headers["x-mcp-upstream"], "MTI3LjAuMC4xOjE=", "{headers}");
+    }
+}
