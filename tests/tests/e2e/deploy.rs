@@ -975,3 +975,114 @@ fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_thei
         }
     }
 }
+
+/// Every file a gateway config names, as absolute paths (relative ones are
+/// relative to the config's own directory, `config_dir`). Both sidecars read the
+/// whole file: ext-authz opens sessions (keys) and ext-proc filters listings by
+/// the rules, so each needs all of them.
+fn files_named(config: &serde_yaml::Value, config_dir: &str) -> Vec<String> {
+    let mut files: Vec<&str> = Vec::new();
+    files.extend(config["ext_proc"]["sessions"]["keys_file"].as_str());
+    files.extend(config["ext_authz"]["rules_file"].as_str());
+    for issuer in config["ext_authz"]["issuers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        files.extend(issuer["ca_file"].as_str());
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            if f.starts_with('/') {
+                f.to_owned()
+            } else {
+                format!("{config_dir}/{f}")
+            }
+        })
+        .collect()
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir.trim_end_matches('/'))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[test]
+fn each_sidecar_mounts_every_file_its_config_names() {
+    for dir in ["deploy/kubernetes/base", "deploy/octeon"] {
+        let docs = kustomize_documents(dir);
+        let gateway = config_map_file(&docs, "mcp-gateway-config", "gateway.yaml");
+        for workload in docs
+            .iter()
+            .filter(|d| d["spec"]["template"]["spec"].is_mapping())
+        {
+            let sidecars: Vec<&serde_yaml::Value> =
+                workload["spec"]["template"]["spec"]["containers"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| ["ext-authz", "ext-proc"].iter().any(|n| c["name"] == *n))
+                    .collect();
+            let mounts_of = |container: &serde_yaml::Value| -> Vec<String> {
+                container["volumeMounts"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["mountPath"].as_str().map(str::to_owned))
+                    .collect()
+            };
+            // The volume that holds a file is the most specific mount any sidecar
+            // has for it (a secret under the config map's directory, say): each
+            // sidecar must mount exactly that one.
+            let all_mounts: Vec<String> = sidecars.iter().flat_map(|c| mounts_of(c)).collect();
+            for container in &sidecars {
+                let name = container["name"].as_str().unwrap_or_default();
+                let args = strings(&container["args"]);
+                let config_path = args
+                    .windows(2)
+                    .find(|w| w[0] == "--config")
+                    .map(|w| w[1])
+                    .unwrap_or_else(|| panic!("{dir}: {name} has no --config"));
+                let config_dir = config_path.rsplit_once('/').map_or("", |(d, _)| d);
+                let mounted = mounts_of(container);
+                for file in files_named(&gateway, config_dir) {
+                    let holder = all_mounts
+                        .iter()
+                        .filter(|m| under(&file, m))
+                        .max_by_key(|m| m.len())
+                        .unwrap_or_else(|| panic!("{dir}: no sidecar mounts {file}"));
+                    assert!(
+                        mounted.contains(holder),
+                        "{dir}: container {name} reads {file}, held by the volume at {holder}, which it does not mount ({mounted:?})"
+                    );
+                }
+            }
+        }
+    }
+    let compose = compose();
+    let config: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).expect("read"),
+    )
+    .expect("YAML");
+    for sidecar in compose_sidecars() {
+        let service = service(&compose, sidecar.service);
+        let config_path = environment(service)
+            .into_iter()
+            .find(|(k, _)| k == "MCP_GATEWAY_CONFIG")
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("{}: MCP_GATEWAY_CONFIG", sidecar.service));
+        let config_dir = config_path
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d)
+            .to_owned();
+        let targets: Vec<&str> = mounts(service).iter().map(|m| m.target).collect();
+        for file in files_named(&config, &config_dir) {
+            assert!(
+                targets.iter().any(|t| under(&file, t) || file == *t),
+                "compose: {} reads {file}, which none of its mounts {targets:?} provides",
+                sidecar.service
+            );
+        }
+    }
+}
