@@ -141,6 +141,9 @@ impl Hop {
     }
 }
 
+/// The `rule` of a refusal by a rewrite's check or argument validation.
+pub const ARGUMENTS_RULE: &str = "builtin:arguments";
+
 /// The `rule` of a refusal for a caller at its cap of open streams (429).
 pub const STREAM_CAP_RULE: &str = "builtin:stream-cap";
 
@@ -595,6 +598,7 @@ impl Authorizer {
                         jsonrpc::error_response(id.as_ref(), rejection.code, &rejection.message),
                         rejection.message,
                     );
+                    denied.rule = Some(ARGUMENTS_RULE.to_owned());
                     denied.call = allowed.call;
                     return Verdict::Deny(denied);
                 }
