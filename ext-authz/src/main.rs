@@ -21,9 +21,6 @@ use gateway_core::tool_catalog::ToolCatalog;
 /// Asking a backend for its tools must end well within Envoy's 2 s for a Check.
 const SCHEMA_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The stream cap without an `ext_proc` section (the config default).
-const DEFAULT_STREAMS_PER_CALLER: u32 = 128;
-
 /// Forgets, every few seconds, streams Envoy's access log never reported ended.
 async fn expire_streams(streams: Arc<CallerStreams>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -64,8 +61,11 @@ async fn main() -> ExitCode {
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         let mut authorizer =
             Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge);
-        // With ext-proc in the gateway, ext-authz opens its sessions and checks
-        // call arguments, so plain calls need no ext_proc stream.
+        // With ext-proc in the gateway, ext-authz opens its sessions, checks call
+        // arguments (so plain calls need no ext_proc stream) and caps each
+        // caller's open streams, released by the gateway's Envoy access log. An
+        // ext-authz alone (no `ext_proc` section) only authenticates and judges.
+        let mut access_log = None;
         if let Some(proc) = &config.ext_proc {
             let keys = configured_keys(proc.sessions.keys_file.as_deref(), config_dir)?;
             let gate = SessionGate::new(SessionSealer::new(keys)?, proc.sessions.max_age);
@@ -74,30 +74,26 @@ async fn main() -> ExitCode {
                 ToolCatalog::new(proc.tool_schema_cache_bytes),
                 SchemaFetcher::new(SCHEMA_FETCH_TIMEOUT)?,
             );
-            authorizer = authorizer.with_sessions(gate, checker);
+            let streams = CallerStreams::new(proc.max_streams_per_caller.get(), LEASE);
+            tokio::spawn(expire_streams(streams.clone()));
+            access_log = Some(
+                AccessLogSink::new(streams.clone()).into_server(section.server.max_message_bytes),
+            );
+            authorizer = authorizer
+                .with_sessions(gate, checker)
+                .with_stream_cap(streams);
         }
-        let streams = CallerStreams::new(
-            config
-                .ext_proc
-                .as_ref()
-                .map_or(DEFAULT_STREAMS_PER_CALLER, |p| {
-                    p.max_streams_per_caller.get()
-                }),
-            LEASE,
-        );
-        authorizer = authorizer.with_stream_cap(streams.clone());
-        tokio::spawn(expire_streams(streams.clone()));
-        let access_log = AccessLogSink::new(streams).into_server(section.server.max_message_bytes);
         let authorizer = Arc::new(authorizer);
         let keys = published_keys_route(authorizer.clone());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = AuthzMetrics::register(&mut registry);
         let service =
             AuthzService::new(authorizer, metrics).into_server(section.server.max_message_bytes);
-        let routes = tonic::service::Routes::new(service)
-            .add_service(access_log)
-            .into_axum_router()
-            .merge(keys);
+        let mut routes = tonic::service::Routes::new(service);
+        if let Some(access_log) = access_log {
+            routes = routes.add_service(access_log);
+        }
+        let routes = routes.into_axum_router().merge(keys);
         Ok(Sidecar {
             server: section.server.clone(),
             routes: routes.into(),
