@@ -78,8 +78,23 @@ impl ArgumentChecker {
             return Checked::Unchanged;
         }
         let upstream = session.map(|s| s.upstream.as_str());
-        if let Some(wanted) = self.schema_to_fetch(messages, session, context) {
+        let mut unknown = self.unknown_tool(messages, upstream);
+        if let (Some(tool), Some(session)) = (unknown, session)
+            && self.validation.unlisted_tools == UnlistedTools::Fetch
+        {
+            let wanted = SchemaRequest {
+                upstream: session.upstream.clone(),
+                path: context.path.to_owned(),
+                backend_session: Some(session.backend_id.clone()),
+                protocol_version: context.protocol_version.map(str::to_owned),
+                headers: context.identity_headers.to_vec(),
+                tool: tool.to_owned(),
+            };
             self.fetcher.learn(&self.catalog, &wanted).await;
+            unknown = self.unknown_tool(messages, upstream);
+        }
+        if unknown.is_some() {
+            return Checked::Unknown;
         }
         let tools = ToolsFor {
             catalog: &self.catalog,
@@ -89,17 +104,6 @@ impl ArgumentChecker {
             path: context.path,
             facts,
         };
-        if self.validation.enabled
-            && messages.iter().any(|m| {
-                m.method.as_deref() == Some("tools/call")
-                    && m.tool.as_deref().is_some_and(|tool| {
-                        !self.validation.skip_tools.iter().any(|t| t == tool)
-                            && upstream.is_none_or(|u| self.catalog.schema(u, tool).is_none())
-                    })
-            })
-        {
-            return Checked::Unknown;
-        }
         let mut outcome = Checked::Unchanged;
         for message in messages {
             if message.kind == Kind::Response {
@@ -136,34 +140,21 @@ impl ArgumentChecker {
         outcome
     }
 
-    /// What to ask the session's backend before the calls can be checked: a
-    /// tool one calls has no known schema and `unlisted_tools` is `fetch`.
-    fn schema_to_fetch(
-        &self,
-        messages: &[Message],
-        session: Option<&Session>,
-        context: &FetchContext<'_>,
-    ) -> Option<SchemaRequest> {
-        if !self.validation.enabled || self.validation.unlisted_tools != UnlistedTools::Fetch {
+    /// The first tool a `tools/call` names whose input schema this sidecar does
+    /// not know for `upstream` (any, without a session), unless validation is off
+    /// or the tool is skipped.
+    fn unknown_tool<'m>(&self, messages: &'m [Message], upstream: Option<&str>) -> Option<&'m str> {
+        if !self.validation.enabled {
             return None;
         }
-        let session = session?;
-        let tool = messages.iter().find_map(|m| {
-            if m.method.as_deref() != Some("tools/call") {
-                return None;
-            }
-            let tool = m.tool.as_deref()?;
+        messages.iter().find_map(|m| {
+            let tool = m
+                .tool
+                .as_deref()
+                .filter(|_| m.method.as_deref() == Some("tools/call"))?;
             let known = self.validation.skip_tools.iter().any(|t| t == tool)
-                || self.catalog.schema(&session.upstream, tool).is_some();
+                || upstream.is_some_and(|u| self.catalog.schema(u, tool).is_some());
             (!known).then_some(tool)
-        })?;
-        Some(SchemaRequest {
-            upstream: session.upstream.clone(),
-            path: context.path.to_owned(),
-            backend_session: Some(session.backend_id.clone()),
-            protocol_version: context.protocol_version.map(str::to_owned),
-            headers: context.identity_headers.to_vec(),
-            tool: tool.to_owned(),
         })
     }
 }

@@ -91,6 +91,9 @@ impl CallerStreams {
     /// 50 ms late), so a caller that seems to be at its cap may have ended a
     /// stream already: it waits for the next batch before being refused.
     pub async fn open(&self, caller: SubjectDigest, grace: Duration) -> Option<u64> {
+        if let Some(ticket) = self.try_open(caller) {
+            return Some(ticket);
+        }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let closed = self.closed.notified();
