@@ -15,8 +15,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Protocol versions the gateway speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25"];
+/// Protocol versions of the session-based era the gateway speaks, oldest first.
+/// 2024-11-05 predates streamable HTTP, but a client that negotiates it over
+/// streamable HTTP (as the SDKs still can) is served like 2025-03-26 without batches.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// The version a request without `MCP-Protocol-Version` is taken to speak (the spec's
 /// backwards-compatibility default).
 pub const DEFAULT_VERSION: &str = "2025-03-26";

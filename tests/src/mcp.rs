@@ -15,6 +15,8 @@ pub struct RawSession {
     token: String,
     /// The `Mcp-Session-Id` the gateway handed out.
     pub session_id: String,
+    /// The protocol version this session negotiated (sent as `MCP-Protocol-Version`).
+    pub version: String,
     next_id: AtomicU64,
 }
 
@@ -25,12 +27,23 @@ impl RawSession {
         url: &str,
         token: &str,
     ) -> anyhow::Result<Self> {
+        Self::initialize_at(http, url, token, PROTOCOL_VERSION).await
+    }
+
+    /// [`RawSession::initialize`] offering `version`; the session then speaks the
+    /// version the server answered with.
+    pub async fn initialize_at(
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+        version: &str,
+    ) -> anyhow::Result<Self> {
         let init = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+            "params": {"protocolVersion": version, "capabilities": {},
                        "clientInfo": {"name": "e2e-raw", "version": "0"}}
         });
-        let response = post(http, url, token, None, &init).await?;
+        let response = post_at(http, url, token, None, PROTOCOL_VERSION, &init).await?;
         let status = response.status();
         let session_id = response
             .headers()
@@ -43,11 +56,20 @@ impl RawSession {
         }
         let session_id =
             session_id.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
+        let answer = messages(&text)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("initialize: no answer in {text}"))?;
+        let version = answer["result"]["protocolVersion"]
+            .as_str()
+            .ok_or_else(|| anyhow!("initialize: no protocolVersion in {answer}"))?
+            .to_owned();
         let session = Self {
             http: http.clone(),
             url: url.to_owned(),
             token: token.to_owned(),
             session_id,
+            version,
             next_id: AtomicU64::new(1),
         };
         let ack = session
@@ -61,11 +83,12 @@ impl RawSession {
 
     /// POSTs a JSON-RPC body within this session.
     pub async fn post(&self, body: &Value) -> anyhow::Result<reqwest::Response> {
-        post(
+        post_at(
             &self.http,
             &self.url,
             &self.token,
             Some(&self.session_id),
+            &self.version,
             body,
         )
         .await
@@ -100,7 +123,7 @@ impl RawSession {
             .get(&self.url)
             .bearer_auth(&self.token)
             .header("accept", "text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL_VERSION)
+            .header("mcp-protocol-version", &self.version)
             .header("mcp-session-id", &self.session_id)
             .send()
             .await
@@ -127,11 +150,23 @@ pub async fn post(
     session: Option<&str>,
     body: &Value,
 ) -> anyhow::Result<reqwest::Response> {
+    post_at(http, url, token, session, PROTOCOL_VERSION, body).await
+}
+
+/// [`post`] speaking protocol `version`.
+pub async fn post_at(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+    version: &str,
+    body: &Value,
+) -> anyhow::Result<reqwest::Response> {
     let mut request = http
         .post(url)
         .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", PROTOCOL_VERSION)
+        .header("mcp-protocol-version", version)
         .json(body);
     if let Some(session) = session {
         request = request.header("mcp-session-id", session);

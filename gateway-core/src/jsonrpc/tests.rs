@@ -147,7 +147,8 @@ fn protocol_versions() {
     assert_eq!(protocol_version(None), Ok("2025-03-26"));
     assert_eq!(protocol_version(Some("2025-06-18")), Ok("2025-06-18"));
     assert_eq!(protocol_version(Some("2025-11-25")), Ok("2025-11-25"));
-    assert!(protocol_version(Some("2024-11-05")).is_err());
+    assert_eq!(protocol_version(Some("2024-11-05")), Ok("2024-11-05"));
+    assert!(protocol_version(Some("2024-10-07")).is_err());
     assert!(protocol_version(Some("2026-07-28")).is_err());
 }
 

@@ -398,19 +398,33 @@ async fn rules_that_guard_every_request_guard_get_and_delete_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_initialize_offering_a_version_the_gateway_cannot_carry_is_refused_up_front() {
+async fn version_2024_11_05_works_end_to_end_and_older_ones_are_refused_at_initialize() {
     let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
+
+    // 2024-11-05 is carried end to end: the session it negotiates keeps working
+    // with `MCP-Protocol-Version: 2024-11-05` on every later message.
+    let old = mcp::RawSession::initialize_at(stack.http(), &stack.url(), &token, "2024-11-05")
+        .await
+        .expect("a 2024-11-05 session");
+    assert_eq!(old.version, "2024-11-05");
+    assert_eq!(
+        old.call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("a call"),
+        "3.0"
+    );
+
+    // Older than any version the gateway carries: the lifecycle's error at once,
+    // never a session whose next message would be refused.
     let before = stack.all_backend_total().await.expect("counters");
-    // 2024-11-05 predates streamable HTTP: a session negotiated on it could never
-    // send its next message through the gateway (MCP-Protocol-Version: 2024-11-05).
     let answer = mcp::post(
         stack.http(),
         &stack.url(),
         &token,
         None,
         &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": "2024-11-05", "capabilities": {},
+                "params": {"protocolVersion": "2024-10-07", "capabilities": {},
                            "clientInfo": {"name": "old", "version": "0"}}}),
     )
     .await
@@ -424,11 +438,11 @@ async fn an_initialize_offering_a_version_the_gateway_cannot_carry_is_refused_up
     assert_eq!(body["id"], 0, "{body}");
     assert_eq!(body["error"]["code"], -32602, "{body}");
     assert_eq!(body["error"]["message"], "Unsupported protocol version");
-    assert_eq!(body["error"]["data"]["requested"], "2024-11-05");
+    assert_eq!(body["error"]["data"]["requested"], "2024-10-07");
     assert!(
         body["error"]["data"]["supported"]
             .as_array()
-            .is_some_and(|v| v.contains(&json!(mcp::PROTOCOL_VERSION))),
+            .is_some_and(|v| v.contains(&json!("2024-11-05"))),
         "{body}"
     );
     assert_eq!(
