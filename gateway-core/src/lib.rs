@@ -15,6 +15,8 @@
 //! - [`schema_fetch`]: asking a session's backend for `tools/list` when no schema
 //!   is known for a called tool.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
+//! - [`protocol`]: MCP protocol eras, and the 2026-07-28 headers that mirror the
+//!   body, checked and regenerated.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
 //!   tools/list filtering, redaction).
 //! - [`sse`]: server-sent events framing.
@@ -28,6 +30,7 @@ pub mod handoff;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy_store;
+pub mod protocol;
 pub mod rewrite;
 pub mod rules;
 pub mod schema_fetch;

@@ -1,0 +1,496 @@
+//! MCP protocol revisions as the gateway serves them: which era a request speaks,
+//! and the 2026-07-28 request metadata (headers that mirror the body) checked
+//! before any rule reads the body and regenerated from what goes upstream.
+//!
+//! Two eras share one endpoint. The session era (2024-11-05 to 2025-11-25) opens
+//! with `initialize` and names its session in `Mcp-Session-Id`. The stateless era
+//! (2026-07-28) has neither: every POST carries `params._meta` with its protocol
+//! version and client capabilities, and mirrors its method, name and some
+//! arguments in headers so that intermediaries can route without the body. A
+//! gateway that enforces policy must therefore make sure those headers say what
+//! the body says: a header naming an allowed tool over a body calling a denied
+//! one would otherwise steer whatever trusts the header.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::jsonrpc::{Kind, Message};
+
+/// Protocol versions of the stateless era the gateway speaks.
+pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
+
+/// `params._meta` key of a stateless request's protocol version.
+pub const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+/// `params._meta` key of a stateless request's client capabilities.
+pub const CLIENT_CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// Header that carries the protocol version (both eras).
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+/// Header that mirrors the JSON-RPC method (stateless era).
+pub const METHOD_HEADER: &str = "mcp-method";
+/// Header that mirrors the name a request acts on (stateless era).
+pub const NAME_HEADER: &str = "mcp-name";
+/// Prefix of the headers that mirror arguments whose schema says `x-mcp-header`.
+pub const PARAM_HEADER_PREFIX: &str = "mcp-param-";
+/// The schema annotation that asks for an argument to be mirrored in a header.
+pub const X_MCP_HEADER: &str = "x-mcp-header";
+
+/// JSON-RPC error: a mirrored header disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// JSON-RPC error: the request's protocol version is not served.
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+
+/// Which revision family a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize`, `Mcp-Session-Id`: 2024-11-05 to 2025-11-25.
+    Session,
+    /// Self-contained requests with `_meta`: 2026-07-28.
+    Stateless,
+}
+
+impl Era {
+    /// The era's name as rules and logs see it (`mcp.era`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Stateless => "stateless",
+        }
+    }
+
+    /// The era of a request. It is stateless when its version header names no
+    /// session-era version (present and not one of `session_versions`) or its
+    /// body carries a stateless `_meta` version; the ladder in [`check_stateless`]
+    /// then makes the two agree. Everything else is the session era, whose
+    /// version header may be absent (the spec's 2025-03-26 default).
+    pub fn of(version_header: Option<&str>, body: &[Message], session_versions: &[&str]) -> Self {
+        let header_modern = version_header.is_some_and(|v| !session_versions.contains(&v.trim()));
+        let body_modern = body.iter().any(|m| meta_version(m).is_some());
+        if header_modern || body_modern {
+            Self::Stateless
+        } else {
+            Self::Session
+        }
+    }
+}
+
+/// Why a stateless request is refused, in the spec's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// HTTP status (400 for every ladder error).
+    pub status: u16,
+    /// JSON-RPC error code.
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl Refusal {
+    fn mismatch(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code: HEADER_MISMATCH,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn invalid_params(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code: -32602,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// The refusal of a version this gateway does not serve; `served` goes in
+    /// `data.supported`, so a client that speaks one of them can retry, and one
+    /// that speaks only session-era versions falls back to `initialize`.
+    pub fn unsupported_version(requested: &str, served: &[&str]) -> Self {
+        Self {
+            status: 400,
+            code: UNSUPPORTED_VERSION,
+            message: "Unsupported protocol version".to_owned(),
+            data: Some(json!({"supported": served, "requested": requested})),
+        }
+    }
+
+    /// The JSON-RPC error response for the request with `id`.
+    pub fn to_response(&self, id: Option<&Value>) -> Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(data) = &self.data {
+            error["data"] = data.clone();
+        }
+        json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error})
+    }
+}
+
+/// Runs the stateless era's request ladder over one message and its headers
+/// (`header` looks a lower-case name up; Envoy joins repeated headers with a
+/// comma, so a repeated mirror never equals a body value it did not already
+/// equal once). The first failing rung wins, as in the official SDKs:
+/// `_meta` carries version and capabilities (-32602), the mirrored headers equal
+/// the body (-32020), and the version is one of `served` (-32022). Returns the
+/// version.
+pub fn check_stateless<'m, 'h>(
+    message: &'m Message,
+    header: impl Fn(&str) -> Option<&'h str>,
+    served: &[&str],
+) -> Result<&'m str, Refusal> {
+    let meta = message
+        .params
+        .as_ref()
+        .and_then(|p| p.get("_meta"))
+        .and_then(Value::as_object);
+    let Some(meta) = meta else {
+        return Err(Refusal::invalid_params(format!(
+            "params._meta must be an object carrying `{PROTOCOL_VERSION_META}` and \
+             `{CLIENT_CAPABILITIES_META}`"
+        )));
+    };
+    let missing: Vec<&str> = [PROTOCOL_VERSION_META, CLIENT_CAPABILITIES_META]
+        .into_iter()
+        .filter(|key| !meta.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Refusal::invalid_params(format!(
+            "params._meta is missing {}",
+            missing.join(" and ")
+        )));
+    }
+    let version = meta.get(PROTOCOL_VERSION_META).and_then(Value::as_str);
+    if header(VERSION_HEADER).is_none() || header(VERSION_HEADER) != version {
+        return Err(Refusal::mismatch(
+            "MCP-Protocol-Version header does not match params._meta's protocol version",
+        ));
+    }
+    let Some(version) = version else {
+        return Err(Refusal::invalid_params(
+            "params._meta's protocol version must be a string",
+        ));
+    };
+    if message.kind == Kind::Request {
+        let method = message.method.as_deref();
+        if header(METHOD_HEADER) != method {
+            return Err(Refusal::mismatch(
+                "Mcp-Method header does not match the body's method",
+            ));
+        }
+        if let Some((key, value)) = name_of(message) {
+            let decoded = header(NAME_HEADER).and_then(decode_header_value);
+            if value.as_str() != decoded.as_deref() {
+                return Err(Refusal::mismatch(format!(
+                    "Mcp-Name header does not match the body's `{key}`"
+                )));
+            }
+        }
+    }
+    if !served.contains(&version) {
+        return Err(Refusal::unsupported_version(version, served));
+    }
+    Ok(version)
+}
+
+/// Checks a `tools/call`'s `Mcp-Param-*` headers against its arguments, for
+/// every argument the tool's `input_schema` annotates with `x-mcp-header`: both
+/// present and equal (integers compared by value), or both absent. A schema with
+/// an invalid annotation validates nothing: conforming clients drop such a tool.
+pub fn check_param_headers<'h>(
+    input_schema: &Value,
+    arguments: Option<&Value>,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> Result<(), Refusal> {
+    let Some(annotated) = annotated_arguments(input_schema) else {
+        return Ok(());
+    };
+    for argument in annotated {
+        let name = format!("Mcp-Param-{}", argument.token);
+        let raw = header(&name.to_ascii_lowercase());
+        let value = arguments.and_then(|a| value_at(a, &argument.path));
+        let rendered = value.and_then(render_scalar);
+        let shown = argument.path.join(".");
+        match (raw, value, rendered) {
+            (None, None, _) | (None, Some(_), None) => {}
+            (Some(_), None, _) => {
+                return Err(Refusal::mismatch(format!(
+                    "{name} header is present but the body has no `{shown}` argument"
+                )));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(Refusal::mismatch(format!(
+                    "{name} header does not match the body's `{shown}` argument"
+                )));
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(Refusal::mismatch(format!(
+                    "{name} header is missing but the body has a `{shown}` argument"
+                )));
+            }
+            (Some(raw), Some(value), Some(rendered)) => {
+                let Some(decoded) = decode_header_value(raw) else {
+                    return Err(Refusal::mismatch(format!(
+                        "{name} header carries a malformed base64 value"
+                    )));
+                };
+                if !param_matches(argument.kind, value, &rendered, &decoded) {
+                    return Err(Refusal::mismatch(format!(
+                        "{name} header does not match the body's `{shown}` argument"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The headers a stateless request mirrors from its body, as they must go
+/// upstream: `MCP-Protocol-Version`, `Mcp-Method`, and `Mcp-Name` for the
+/// methods that name something. A header a rewrite made stale (an alias changes
+/// `params.name`) is regenerated from here.
+pub fn mirrored_headers(message: &Message) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::with_capacity(3);
+    if let Some(version) = meta_version(message) {
+        headers.push((VERSION_HEADER, version.to_owned()));
+    }
+    if message.kind == Kind::Request
+        && let Some(method) = &message.method
+    {
+        headers.push((METHOD_HEADER, method.clone()));
+        if let Some((_, Value::String(name))) = name_of(message) {
+            headers.push((NAME_HEADER, encode_header_value(name).into_owned()));
+        }
+    }
+    headers
+}
+
+/// The `Mcp-Param-*` headers for `arguments` under `input_schema` (names in
+/// lower case), as a client renders them.
+pub fn param_headers(input_schema: &Value, arguments: Option<&Value>) -> Vec<(String, String)> {
+    let (Some(annotated), Some(arguments)) = (annotated_arguments(input_schema), arguments) else {
+        return Vec::new();
+    };
+    annotated
+        .into_iter()
+        .filter_map(|argument| {
+            let rendered = render_scalar(value_at(arguments, &argument.path)?)?;
+            Some((
+                format!(
+                    "{PARAM_HEADER_PREFIX}{}",
+                    argument.token.to_ascii_lowercase()
+                ),
+                encode_header_value(&rendered).into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// A header value as the spec sends it: plain printable ASCII as is, anything
+/// else (and a plain value that looks like the wrapped form) as
+/// `=?base64?<base64 of UTF-8>?=`.
+pub fn encode_header_value(value: &str) -> Cow<'_, str> {
+    let plain = value.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && value.trim() == value
+        && !is_wrapped(value);
+    if plain {
+        Cow::Borrowed(value)
+    } else {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+        Cow::Owned(format!("=?base64?{encoded}?="))
+    }
+}
+
+/// The value a header carries: a wrapped value decoded, anything else as is.
+/// A malformed wrapping (bad or non-canonical base64, bad UTF-8) is `None`, so
+/// it never equals a body value by accident.
+pub fn decode_header_value(value: &str) -> Option<Cow<'_, str>> {
+    let Some(payload) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    else {
+        return Some(Cow::Borrowed(value));
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let bytes = engine.decode(payload).ok()?;
+    // Only the canonical encoding: two spellings of one value are two values to
+    // whatever compares the raw header.
+    if engine.encode(&bytes) != payload {
+        return None;
+    }
+    String::from_utf8(bytes).ok().map(Cow::Owned)
+}
+
+/// The `_meta` protocol version a message carries, if any.
+pub fn meta_version(message: &Message) -> Option<&str> {
+    message
+        .params
+        .as_ref()?
+        .get("_meta")?
+        .get(PROTOCOL_VERSION_META)?
+        .as_str()
+}
+
+/// The params key a method mirrors in `Mcp-Name`, with its body value.
+fn name_of(message: &Message) -> Option<(&'static str, &Value)> {
+    let key = match message.method.as_deref()? {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    Some((key, message.params.as_ref()?.get(key)?))
+}
+
+fn is_wrapped(value: &str) -> bool {
+    value.starts_with("=?base64?") && value.ends_with("?=") && value.len() >= 11
+}
+
+/// An argument the schema annotates with `x-mcp-header`.
+struct Annotated<'s> {
+    path: Vec<&'s str>,
+    token: &'s str,
+    kind: &'s str,
+}
+
+/// Every `x-mcp-header` annotation on a property reachable from the root through
+/// `properties` alone, or `None` when any annotation is invalid (not a token, not
+/// on an integer, string or boolean, repeated, or off that chain).
+fn annotated_arguments(schema: &Value) -> Option<Vec<Annotated<'_>>> {
+    let mut found = Vec::new();
+    let mut path = Vec::new();
+    collect_annotations(schema, &mut path, &mut found)?;
+    let mut seen = std::collections::HashSet::new();
+    for argument in &found {
+        if !seen.insert(argument.token.to_ascii_lowercase()) {
+            return None;
+        }
+    }
+    Some(found)
+}
+
+fn collect_annotations<'s>(
+    schema: &'s Value,
+    path: &mut Vec<&'s str>,
+    found: &mut Vec<Annotated<'s>>,
+) -> Option<()> {
+    let Some(object) = schema.as_object() else {
+        return Some(());
+    };
+    if let Some(token) = object.get(X_MCP_HEADER) {
+        let token = token.as_str().filter(|t| is_token(t))?;
+        let kind = object
+            .get("type")
+            .and_then(Value::as_str)
+            .filter(|k| matches!(*k, "string" | "integer" | "boolean"))?;
+        if path.is_empty() {
+            return None;
+        }
+        found.push(Annotated {
+            path: path.clone(),
+            token,
+            kind,
+        });
+    }
+    for (keyword, child) in object {
+        if keyword == "properties" {
+            for (name, property) in child.as_object().into_iter().flatten() {
+                path.push(name);
+                collect_annotations(property, path, found)?;
+                path.pop();
+            }
+        } else if child.is_object() || child.is_array() {
+            // Any other sub-schema is off the `properties` chain: an annotation
+            // there is invalid, which makes the whole schema's invalid.
+            if contains_annotation(child)
+                && !matches!(keyword.as_str(), "default" | "examples" | "const" | "enum")
+            {
+                return None;
+            }
+        }
+    }
+    Some(())
+}
+
+fn contains_annotation(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.contains_key(X_MCP_HEADER) || map.values().any(contains_annotation)
+        }
+        Value::Array(items) => items.iter().any(contains_annotation),
+        _ => false,
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn value_at<'a>(arguments: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(arguments, |node, key| node.as_object()?.get(*key))
+        .filter(|v| !v.is_null())
+}
+
+/// A scalar as a client mirrors it: booleans as `true`/`false`, numbers and
+/// strings as written. Objects and arrays have no header form.
+fn render_scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Whether a decoded header value equals the argument. An integer argument
+/// compares by value with a plain decimal header (`42` equals `42.0`), exactly,
+/// without going through a float.
+fn param_matches(kind: &str, value: &Value, rendered: &str, decoded: &str) -> bool {
+    if kind == "integer"
+        && let Value::Number(number) = value
+        && let Some(integer) = integral(number)
+        && let Some(header) = decimal_integer(decoded)
+    {
+        return header == integer;
+    }
+    decoded == rendered
+}
+
+fn integral(number: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = number.as_i64() {
+        return Some(i128::from(i));
+    }
+    if let Some(u) = number.as_u64() {
+        return Some(i128::from(u));
+    }
+    let f = number.as_f64()?;
+    // Beyond 2^53 a float is no longer an exact integer of its own.
+    (f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0).then_some(f as i128)
+}
+
+/// `-?[0-9]+(\.0+)?` as an integer; anything else (exponents, a fraction that is
+/// not zero, signs elsewhere) is not a plain decimal integer.
+fn decimal_integer(text: &str) -> Option<i128> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    if let Some(fraction) = fraction
+        && (fraction.is_empty() || fraction.bytes().any(|b| b != b'0'))
+    {
+        return None;
+    }
+    let digits = whole.strip_prefix('-').unwrap_or(whole);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    whole.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
