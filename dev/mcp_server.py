@@ -8,30 +8,20 @@ A second, smaller MCP app is mounted at `/mcp/admin` (tool `whoami` answers
 `<name>/admin`), so tests can check that a path is judged by the rule set of the
 app that serves it.
 
-`/_debug/requests` (outside the MCP endpoint) lists what this backend received, so
-tests can assert on what reached a backend: the last 1000 requests, and `total`,
-the count of every HTTP request since start (any path but `/_debug/`), which never
-rolls over. It binds to loopback only.
+`/_debug/requests` (outside the MCP endpoint) lists what this backend received
+(`recorder.py`), so tests can assert on what reached a backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import time
-from collections import deque
 
 import uvicorn
 from fastmcp import Context, FastMCP
+from recorder import Recorder
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-
-RECEIVED: deque[dict] = deque(maxlen=1000)
-TOTAL = 0
-
 
 def build(name: str) -> FastMCP:
     mcp = FastMCP(name)
@@ -85,10 +75,6 @@ def build(name: str) -> FastMCP:
         await ctx.session.send_log_message(level="info", data=text, related_request_id=None)
         return "sent"
 
-    @mcp.custom_route("/_debug/requests", methods=["GET"])
-    async def received(_: Request) -> JSONResponse:
-        return JSONResponse({"backend": name, "pid": os.getpid(), "total": TOTAL, "requests": list(RECEIVED)})
-
     return mcp
 
 
@@ -124,44 +110,6 @@ class Dispatch:
         await app(scope, receive, send)
 
 
-class Recorder:
-    """ASGI middleware that records every request but those to `/_debug/`."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        global TOTAL
-        if scope["type"] != "http" or scope["path"].startswith("/_debug/"):
-            return await self.app(scope, receive, send)
-        TOTAL += 1
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            body.extend(message.get("body", b""))
-            more = message.get("more_body", False)
-        RECEIVED.append(
-            {
-                "method": scope["method"],
-                "path": scope["path"],
-                "raw_path": scope.get("raw_path", b"").decode("latin-1"),
-                "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-                "body": body.decode("utf-8", errors="replace"),
-            }
-        )
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="backend name, returned by whoami")
@@ -184,7 +132,7 @@ def main() -> None:
     if args.gzip:
         served = GZipMiddleware(served, minimum_size=1)
     uvicorn.run(
-        Recorder(served),
+        Recorder(served, args.name),
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -18,6 +18,12 @@ pub fn venv_bin(name: &str) -> PathBuf {
     dev_dir().join("venv").join("bin").join(name)
 }
 
+/// A program of the MCP SDK 2.x virtualenv (`.dev/venv-mcp2`, from
+/// `dev/requirements-mcp2.txt`).
+pub fn venv_mcp2_bin(name: &str) -> PathBuf {
+    dev_dir().join("venv-mcp2").join("bin").join(name)
+}
+
 /// A program of the dev Node tools (`dev/node/package.json`, installed by
 /// `cargo xtask setup` into `.dev/node`), e.g. `mcp-inspector-cli`.
 pub fn node_bin(name: &str) -> PathBuf {

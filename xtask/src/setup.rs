@@ -1,7 +1,9 @@
 //! `cargo xtask setup`: everything the dev stack and the tests need, made once.
 //!
-//! - `.dev/venv`: a virtualenv with `dev/requirements.txt` (Envoy, MCP SDK, FastMCP),
+//! - `.dev/venv`: a virtualenv with `dev/requirements.txt` (Envoy, MCP SDK 1.x, FastMCP),
 //!   reinstalled only when that file changes;
+//! - `.dev/venv-mcp2`: the MCP SDK 2.x (`dev/requirements-mcp2.txt`), for the
+//!   backends and clients of the stateless 2026-07-28 revision;
 //! - `.dev/certs`: a dev CA and an ECDSA P-256 server certificate (`dev/certs.py`);
 //! - `.dev/session-keys.txt`: the key that seals MCP session ids;
 //! - `.dev/node`: the Node tools of `dev/node/package.json` (the MCP Inspector),
@@ -24,7 +26,8 @@ pub struct Setup {
 
 impl Setup {
     pub fn run(&self) -> anyhow::Result<()> {
-        virtualenv()?;
+        virtualenv("venv", "requirements.txt")?;
+        virtualenv("venv-mcp2", "requirements-mcp2.txt")?;
         node_tools()?;
         certificates()?;
         session_keys()?;
@@ -37,13 +40,15 @@ impl Setup {
     }
 }
 
-fn virtualenv() -> anyhow::Result<()> {
-    let requirements_path = paths::dev_script("requirements.txt");
+/// `.dev/<name>` with the pinned `dev/<requirements>`, installed again only when
+/// that file changes.
+fn virtualenv(name: &str, requirements: &str) -> anyhow::Result<()> {
+    let requirements_path = paths::dev_script(requirements);
     let requirements = std::fs::read_to_string(&requirements_path)
         .with_context(|| requirements_path.display().to_string())?;
-    let venv = paths::dev_dir().join("venv");
+    let venv = paths::dev_dir().join(name);
     let stamp = venv.join(".requirements.installed");
-    let python = paths::venv_bin("python");
+    let python = venv.join("bin").join("python");
     if python.exists()
         && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str())
     {
