@@ -8,6 +8,12 @@ exits 1 when any call failed, any answer was wrong, or a session's `whoami` chan
 
 With `--call TOOL JSON_ARGS` (repeatable) it instead makes exactly those calls in
 one session and reports each outcome, a JSON-RPC error (a policy denial) included.
+
+Run with `.dev/venv/bin/python` it is the SDK 1.x client (the session era). Run with
+`.dev/venv-mcp2/bin/python` it is the SDK 2.x `Client`, and `--mode` picks the era
+as that SDK does: `auto` (probe `server/discover`, fall back to `initialize`),
+`legacy` (`initialize` and a session) or `2026-07-28` (stateless). The report then
+says which version was negotiated (`protocol_version`).
 """
 
 from __future__ import annotations
@@ -17,61 +23,111 @@ import asyncio
 import json
 import ssl
 import sys
+from types import SimpleNamespace
 
-import httpx
-from mcp import ClientSession
-from mcp.shared.exceptions import McpError
-from mcp.client.streamable_http import streamable_http_client
+try:  # The SDK 2.x.
+    import httpx2 as httpx
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError as McpError
+
+    SDK2 = True
+except ImportError:  # The SDK 1.x.
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import McpError
+
+    SDK2 = False
+
+MODE = "legacy"
+
+
+class Sdk2Session:
+    """The SDK 2.x `Client` behind the few calls this script makes of a session."""
+
+    def __init__(self, client):
+        self.client = client
+
+    async def list_tools(self):
+        return await self.client.list_tools()
+
+    async def call_tool(self, name, arguments):
+        result = await self.client.call_tool(name, arguments)
+        return SimpleNamespace(isError=result.is_error, content=result.content)
+
+
+class connect:
+    """`async with connect(url, token, ctx) as (session, session_id, version)`: one
+    MCP connection through either SDK."""
+
+    def __init__(self, url: str, token: str, ctx: ssl.SSLContext):
+        self.url, self.token, self.ctx = url, token, ctx
+        self.stack = None
+
+    async def __aenter__(self):
+        from contextlib import AsyncExitStack
+
+        self.stack = AsyncExitStack()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        http = await self.stack.enter_async_context(
+            httpx.AsyncClient(headers=headers, verify=self.ctx, timeout=httpx.Timeout(30, read=300))
+        )
+        transport = streamable_http_client(self.url, http_client=http)
+        if SDK2:
+            client = await self.stack.enter_async_context(Client(transport, mode=MODE))
+            version = client.session.protocol_version
+            return Sdk2Session(client), (lambda: None), version
+        read, write, session_id = await self.stack.enter_async_context(transport)
+        session = await self.stack.enter_async_context(ClientSession(read, write))
+        init = await session.initialize()
+        return session, session_id, init.protocolVersion
+
+    async def __aexit__(self, *exc):
+        return await self.stack.__aexit__(*exc)
 
 
 async def run_session(url: str, token: str, ctx: ssl.SSLContext, calls: int) -> dict:
     report: dict = {"tools": [], "whoami": [], "ok": 0, "errors": []}
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(headers=headers, verify=ctx, timeout=httpx.Timeout(30, read=300)) as http:
-        async with streamable_http_client(url, http_client=http) as (read, write, session_id):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                report["session_id"] = session_id()
-                report["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
-                for i in range(calls):
-                    name, args, expected = [
-                        ("add", {"a": i, "b": 2}, i + 2),
-                        ("subtract", {"a": i, "b": 2}, i - 2),
-                        ("whoami", {}, None),
-                    ][i % 3]
-                    result = await session.call_tool(name, args)
-                    text = result.content[0].text if result.content else ""
-                    if result.isError:
-                        report["errors"].append(f"{name}{args}: {text}")
-                        continue
-                    if name == "whoami":
-                        if text not in report["whoami"]:
-                            report["whoami"].append(text)
-                    elif float(text) != expected:
-                        report["errors"].append(f"{name}{args} = {text}, expected {expected}")
-                        continue
-                    report["ok"] += 1
+    async with connect(url, token, ctx) as (session, session_id, version):
+        report["session_id"] = session_id()
+        report["protocol_version"] = version
+        report["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+        for i in range(calls):
+            name, args, expected = [
+                ("add", {"a": i, "b": 2}, i + 2),
+                ("subtract", {"a": i, "b": 2}, i - 2),
+                ("whoami", {}, None),
+            ][i % 3]
+            result = await session.call_tool(name, args)
+            text = result.content[0].text if result.content else ""
+            if result.isError:
+                report["errors"].append(f"{name}{args}: {text}")
+                continue
+            if name == "whoami":
+                if text not in report["whoami"]:
+                    report["whoami"].append(text)
+            elif float(text) != expected:
+                report["errors"].append(f"{name}{args} = {text}, expected {expected}")
+                continue
+            report["ok"] += 1
     return report
 
 
 async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple[str, str]]) -> dict:
     """One session, the given calls in order; every outcome is reported, errors included."""
     outcomes = []
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(headers=headers, verify=ctx, timeout=httpx.Timeout(30, read=300)) as http:
-        async with streamable_http_client(url, http_client=http) as (read, write, session_id):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                for name, arguments in calls:
-                    outcome: dict = {"tool": name, "arguments": json.loads(arguments)}
-                    try:
-                        result = await session.call_tool(name, outcome["arguments"])
-                        outcome["is_error"] = bool(result.isError)
-                        outcome["text"] = result.content[0].text if result.content else ""
-                    except McpError as exc:
-                        outcome["jsonrpc_error"] = {"code": exc.error.code, "message": exc.error.message}
-                    outcomes.append(outcome)
-    return {"calls": outcomes}
+    async with connect(url, token, ctx) as (session, _, version):
+        for name, arguments in calls:
+            outcome: dict = {"tool": name, "arguments": json.loads(arguments)}
+            try:
+                result = await session.call_tool(name, outcome["arguments"])
+                outcome["is_error"] = bool(result.isError)
+                outcome["text"] = result.content[0].text if result.content else ""
+            except McpError as exc:
+                outcome["jsonrpc_error"] = {"code": exc.error.code, "message": exc.error.message}
+            outcomes.append(outcome)
+    return {"calls": outcomes, "protocol_version": version}
 
 
 async def main() -> int:
@@ -88,7 +144,17 @@ async def main() -> int:
         metavar=("TOOL", "JSON_ARGS"),
         help="make these calls, in order, in one session, and report each outcome",
     )
+    parser.add_argument(
+        "--mode",
+        default="legacy",
+        choices=["auto", "legacy", "2026-07-28"],
+        help="how the SDK 2.x client picks the era (the SDK 1.x speaks only `legacy`)",
+    )
     args = parser.parse_args()
+    if args.mode != "legacy" and not SDK2:
+        parser.error("--mode auto and 2026-07-28 need the SDK 2.x: run with .dev/venv-mcp2/bin/python")
+    global MODE
+    MODE = args.mode
 
     ctx = ssl.create_default_context(cafile=args.ca)
     if args.call:

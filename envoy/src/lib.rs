@@ -66,6 +66,10 @@ pub struct Profile {
     /// replacing it (write, then rename over it) changes the pool live.
     #[serde(default)]
     pub backends_eds: Option<String>,
+    /// MCP backends of the stateless era (2026-07-28), for a gateway config whose
+    /// `protocol.eras` lists `stateless`; none by default.
+    #[serde(default)]
+    pub stateless_backends: Vec<Endpoint>,
     /// The gateway config the sidecars of this variant read (relative to the
     /// repository root); its `edge` section is rendered into the bootstrap.
     #[serde(default)]
@@ -209,6 +213,17 @@ fn overlay(doc: &mut Value, profile: &Profile) -> Result<(), BootstrapError> {
         Some(path) => set_eds_cluster(backends, path)?,
         None => set_cluster(backends, &profile.backends)?,
     }
+    let stateless = named(clusters, "mcp_stateless_backends")?;
+    if profile.stateless_backends.is_empty() {
+        // An empty pool: ext-authz routes nothing here unless the gateway
+        // config serves the stateless era, and then Envoy answers 503.
+        let locality = at(stateless, &["load_assignment", "endpoints"])?
+            .get_mut(0)
+            .ok_or_else(|| missing("cluster has no locality"))?;
+        *at(locality, &["lb_endpoints"])? = Value::Sequence(Vec::new());
+    } else {
+        set_cluster(stateless, &profile.stateless_backends)?;
+    }
     Ok(())
 }
 
@@ -246,7 +261,12 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
             "allow_origin_string_match",
         ],
     )? = Value::Sequence(edge.allowed_origins.iter().map(exact).collect());
-    for route in ["mcp-proc-post", "mcp-verified-post"] {
+    for route in [
+        "mcp-proc-post",
+        "mcp-stateless-proc",
+        "mcp-stateless",
+        "mcp-verified-post",
+    ] {
         *at(
             named(at(vhost, &["routes"])?, route)?,
             &["request_body_buffer_limit"],

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_core::config::{EdgeConfig, ExtAuthzConfig, IdentityHeaders};
+use gateway_core::config::{EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
@@ -45,6 +45,7 @@ use gateway_core::session::{SESSION_HEADER, subject_digest};
 
 use crate::streams::{CallerStreams, GRACE};
 use gateway_core::policy_store::PolicyStore;
+use gateway_core::protocol::{self, Era, MODERN_VERSIONS, Refusal};
 
 /// JSON-RPC error code of a policy denial (implementation-defined range).
 pub const DENIED_CODE: i64 = -32001;
@@ -118,6 +119,25 @@ pub struct Allowed {
     pub hop: Hop,
     /// The ticket this request is counted under as one of its caller's streams.
     pub stream: Option<u64>,
+    /// The era and version the request speaks.
+    pub protocol: Protocol,
+}
+
+/// The MCP era and protocol version of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocol {
+    pub era: Era,
+    pub version: &'static str,
+}
+
+impl Protocol {
+    /// The session era at `version`.
+    fn session(version: &'static str) -> Self {
+        Self {
+            era: Era::Session,
+            version,
+        }
+    }
 }
 
 /// Whether a request needs ext-proc, told to Envoy in [`HOP_HEADER`]: a plain
@@ -137,6 +157,16 @@ impl Hop {
         match self {
             Hop::Direct => "direct",
             Hop::Proc => "proc",
+        }
+    }
+
+    /// The [`HOP_HEADER`] value: the hop, and for the stateless era the pool of
+    /// backends that speak it (`stateless`, `stateless-proc`).
+    pub fn header_value(self, era: Era) -> &'static str {
+        match (era, self) {
+            (Era::Session, hop) => hop.as_str(),
+            (Era::Stateless, Hop::Direct) => "stateless",
+            (Era::Stateless, Hop::Proc) => "stateless-proc",
         }
     }
 }
@@ -221,6 +251,8 @@ pub struct Authorizer {
     arguments: Option<ArgumentChecker>,
     /// Each caller's open streams, capped.
     streams: Option<Arc<CallerStreams>>,
+    /// The eras the backends speak.
+    protocol: ProtocolConfig,
 }
 
 impl Authorizer {
@@ -242,7 +274,14 @@ impl Authorizer {
             sessions: None,
             arguments: None,
             streams: None,
+            protocol: ProtocolConfig::default(),
         }
+    }
+
+    /// Serves the eras the gateway config lists (the session era only, unless told).
+    pub fn with_protocol(mut self, protocol: &ProtocolConfig) -> Self {
+        self.protocol = protocol.clone();
+        self
     }
 
     /// Caps each caller's open streams (GET event streams and calls awaiting
@@ -331,36 +370,8 @@ impl Authorizer {
                 return Verdict::Deny(body_not_received());
             }
         }
-        let version = match jsonrpc::protocol_version(request.protocol_version) {
-            Ok(version) => version,
-            Err(why) => {
-                return Verdict::Deny(invalid(
-                    400,
-                    jsonrpc::error_response(None, -32600, &why),
-                    why,
-                ));
-            }
-        };
         if request.method != "POST" {
-            // GET (the server's event stream) and DELETE (session end) carry no
-            // call; the rules that guard every request still apply.
-            let decision = self.judge_bodiless(&identity, request, path);
-            if decision.effect == Effect::Deny {
-                let reason = format!("denied by rule `{}`: {}", decision.rule, request.method);
-                let mut denied = invalid(
-                    403,
-                    jsonrpc::error_response(None, DENIED_CODE, &reason),
-                    reason,
-                );
-                denied.rule = Some(decision.rule.to_string());
-                return Verdict::Deny(denied);
-            }
-            return Verdict::Allow(self.allow(
-                CallInfo::default(),
-                Some(decision.rule.to_string()),
-                identity,
-                request,
-            ));
+            return self.check_bodiless(request, path, &identity);
         }
         let mut body = match Body::parse(request.body, &self.limits) {
             Ok(body) => body,
@@ -379,6 +390,20 @@ impl Authorizer {
                 ));
             }
         };
+        let protocol = match self.protocol_of(request, &body) {
+            Ok(protocol) => protocol,
+            Err(refusal) => {
+                let id = body.messages.first().and_then(|m| m.id.as_ref());
+                let mut denied = invalid(
+                    refusal.status,
+                    refusal.to_response(id),
+                    refusal.message.clone(),
+                );
+                denied.call = call_info(&body.messages);
+                return Verdict::Deny(denied);
+            }
+        };
+        let version = protocol.version;
         // Rules judge the backend's tool name: an alias governs like its target.
         for message in &mut body.messages {
             if message.method.as_deref() == Some("tools/call")
@@ -431,7 +456,7 @@ impl Authorizer {
             denied.call = call;
             return Verdict::Deny(denied);
         }
-        let decisions = self.judge(&body.messages, &identity, request, path);
+        let decisions = self.judge(&body.messages, &identity, request, path, protocol);
         let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
         let request_id = request
             .headers
@@ -453,6 +478,27 @@ impl Authorizer {
                 .collect::<Vec<_>>()
                 .join(",");
             let mut allowed = self.allow(call, Some(rules), identity, request);
+            allowed.protocol = protocol;
+            if protocol.era == Era::Stateless {
+                // What goes upstream mirrors the body the rules judged, whatever
+                // the client sent (repeated headers included).
+                let message = &body.messages[0];
+                let mirrored =
+                    protocol::mirrored_headers(message.method.as_deref(), message.params.as_ref());
+                if !mirrored
+                    .iter()
+                    .any(|(name, _)| *name == protocol::NAME_HEADER)
+                {
+                    allowed
+                        .remove_headers
+                        .push(protocol::NAME_HEADER.to_owned());
+                }
+                allowed.set_headers.extend(
+                    mirrored
+                        .into_iter()
+                        .map(|(name, value)| (name.to_owned(), value)),
+                );
+            }
             allowed.messages = body.messages;
             return Verdict::Allow(allowed);
         }
@@ -465,9 +511,10 @@ impl Authorizer {
         identity: &Identity,
         request: &HttpRequest<'_>,
         path: &str,
+        protocol: Protocol,
     ) -> Decision {
         let policy = self.policy.current();
-        let facts = facts(identity, request, path);
+        let facts = facts(identity, request, path, protocol);
         policy.for_path(path).evaluate_bodiless(&facts)
     }
 
@@ -478,9 +525,10 @@ impl Authorizer {
         identity: &Identity,
         request: &HttpRequest<'_>,
         path: &str,
+        protocol: Protocol,
     ) -> Vec<Decision> {
         let policy = self.policy.current();
-        let facts = facts(identity, request, path);
+        let facts = facts(identity, request, path, protocol);
         let refs: Vec<&Message> = messages.iter().collect();
         let mut decisions = policy.for_path(path).evaluate(&facts, &refs);
         for (decision, message) in decisions.iter_mut().zip(messages) {
@@ -498,10 +546,139 @@ impl Authorizer {
         decisions
     }
 
+    /// GET (the server's event stream) and DELETE (session end): session-era
+    /// requests that carry no call; the rules that guard every request apply.
+    fn check_bodiless(
+        &self,
+        request: &HttpRequest<'_>,
+        path: &str,
+        identity: &Arc<Identity>,
+    ) -> Verdict {
+        let header = request.protocol_version.map(str::trim);
+        if header.is_some_and(|v| MODERN_VERSIONS.contains(&v))
+            || !self.protocol.serves(Era::Session)
+        {
+            let why = "the 2026-07-28 revision has no GET stream and no session to DELETE: \
+                       POST every request (subscriptions/listen for notifications)";
+            let mut denied = invalid(405, jsonrpc::error_response(None, -32600, why), why.into());
+            denied.headers.push(("allow".to_owned(), "POST".to_owned()));
+            return Verdict::Deny(denied);
+        }
+        let version = match jsonrpc::protocol_version(header) {
+            Ok(version) => version,
+            Err(why) => {
+                return Verdict::Deny(invalid(
+                    400,
+                    jsonrpc::error_response(None, -32600, &why),
+                    why,
+                ));
+            }
+        };
+        let decision = self.judge_bodiless(identity, request, path, Protocol::session(version));
+        if decision.effect == Effect::Deny {
+            let reason = format!("denied by rule `{}`: {}", decision.rule, request.method);
+            let mut denied = invalid(
+                403,
+                jsonrpc::error_response(None, DENIED_CODE, &reason),
+                reason,
+            );
+            denied.rule = Some(decision.rule.to_string());
+            return Verdict::Deny(denied);
+        }
+        let mut allowed = self.allow(
+            CallInfo::default(),
+            Some(decision.rule.to_string()),
+            identity.clone(),
+            request,
+        );
+        allowed.protocol = Protocol::session(version);
+        Verdict::Allow(allowed)
+    }
+
+    /// The era and version a POST speaks, or the spec's refusal: 400 with -32022
+    /// (naming every version served) for a version the gateway does not serve or
+    /// an era whose backends it has none of, and for the stateless era its
+    /// request ladder (-32602 without `_meta`, -32020 when a mirrored header
+    /// disagrees with the body), before any rule reads the body.
+    fn protocol_of(&self, request: &HttpRequest<'_>, body: &Body) -> Result<Protocol, Refusal> {
+        let header = request.protocol_version.map(str::trim);
+        match Era::of(header, &body.messages, jsonrpc::SUPPORTED_VERSIONS) {
+            Era::Session => {
+                // Era::of made sure the header is absent or a session-era version.
+                let version = jsonrpc::protocol_version(header)
+                    .map_err(|_| self.unsupported(header.unwrap_or_default()))?;
+                if !self.protocol.serves(Era::Session) {
+                    let requested = body
+                        .messages
+                        .iter()
+                        .find_map(|m| m.params.as_ref()?.get("protocolVersion")?.as_str())
+                        .unwrap_or(version);
+                    return Err(self.unsupported(requested));
+                }
+                Ok(Protocol::session(version))
+            }
+            Era::Stateless => {
+                let [message] = body.messages.as_slice() else {
+                    return Err(Refusal {
+                        status: 400,
+                        code: -32600,
+                        message: "the 2026-07-28 revision has no JSON-RPC batches".to_owned(),
+                        data: None,
+                    });
+                };
+                let header_modern = header.is_some_and(|v| MODERN_VERSIONS.contains(&v));
+                if protocol::meta_version(message).is_none() && !header_modern {
+                    return Err(self.unsupported(header.unwrap_or_default()));
+                }
+                let served: &[&'static str] = if self.protocol.serves(Era::Stateless) {
+                    MODERN_VERSIONS
+                } else {
+                    &[]
+                };
+                let lookup = |name: &str| request.headers?.get(name).map(String::as_str);
+                let version =
+                    protocol::check_stateless(message, lookup, served).map_err(|refusal| {
+                        match refusal.code {
+                            protocol::UNSUPPORTED_VERSION => self.unsupported(
+                                protocol::meta_version(message)
+                                    .or(header)
+                                    .unwrap_or_default(),
+                            ),
+                            _ => refusal,
+                        }
+                    })?;
+                Ok(Protocol {
+                    era: Era::Stateless,
+                    version,
+                })
+            }
+        }
+    }
+
+    /// The refusal of a version not served, naming every version that is, so a
+    /// client of both eras retries with one of them or falls back to `initialize`.
+    fn unsupported(&self, requested: &str) -> Refusal {
+        let mut served: Vec<&str> = Vec::new();
+        if self.protocol.serves(Era::Session) {
+            served.extend(jsonrpc::SUPPORTED_VERSIONS);
+        }
+        if self.protocol.serves(Era::Stateless) {
+            served.extend(MODERN_VERSIONS);
+        }
+        Refusal::unsupported_version(requested, &served)
+    }
+
     /// After the rules allowed a request: open its session, check its calls, and
     /// decide whether ext-proc is needed.
     async fn route(&self, mut allowed: Allowed, request: &HttpRequest<'_>, path: &str) -> Verdict {
-        if let Some(sessions) = &self.sessions {
+        if allowed.protocol.era == Era::Stateless {
+            // No session to open, nothing to pin: any backend of the stateless
+            // pool serves the call, and no session id goes upstream.
+            allowed.remove_headers.push(SESSION_HEADER.to_owned());
+            allowed
+                .remove_headers
+                .extend(PINNING_HEADERS.map(str::to_owned));
+        } else if let Some(sessions) = &self.sessions {
             let presented = request.headers.and_then(|h| h.get(SESSION_HEADER));
             match presented.map(|token| sessions.open(token, &allowed.identity)) {
                 Some(Ok(session)) => {
@@ -574,7 +751,7 @@ impl Authorizer {
         if let Some(arguments) = &self.arguments
             && !allowed.messages.is_empty()
         {
-            let facts = facts(&allowed.identity, request, path);
+            let facts = facts(&allowed.identity, request, path, allowed.protocol);
             let context = FetchContext {
                 path,
                 protocol_version: request.protocol_version,
@@ -685,6 +862,7 @@ impl Authorizer {
             session: None,
             hop: Hop::Proc,
             stream: None,
+            protocol: Protocol::session(jsonrpc::DEFAULT_VERSION),
         }
     }
 }
@@ -843,6 +1021,7 @@ fn facts<'a>(
     identity: &'a Identity,
     request: &'a HttpRequest<'_>,
     path: &'a str,
+    protocol: Protocol,
 ) -> RequestFacts<'a> {
     RequestFacts {
         claims: Some(&identity.claims),
@@ -854,6 +1033,8 @@ fn facts<'a>(
         path,
         method: request.method,
         source_address: request.source_address,
+        era: protocol.era.as_str(),
+        protocol_version: protocol.version,
     }
 }
 

@@ -59,8 +59,9 @@ async fn main() -> ExitCode {
         let authenticator = Authenticator::from_config(section, config_dir)?;
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
-        let mut authorizer =
-            Authorizer::new(section, authenticator, policy, rewrites).with_edge(&config.edge);
+        let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
+            .with_edge(&config.edge)
+            .with_protocol(&config.protocol);
         // With ext-proc in the gateway, ext-authz opens its sessions, checks call
         // arguments (so plain calls need no ext_proc stream) and caps each
         // caller's open streams, released by the gateway's Envoy access log. An

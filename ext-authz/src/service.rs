@@ -309,7 +309,10 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 metadata.insert(key::SESSION_UPSTREAM.into(), string(&session.upstream));
             }
             let mut headers = allowed.set_headers;
-            headers.push((HOP_HEADER.to_owned(), allowed.hop.as_str().to_owned()));
+            headers.push((
+                HOP_HEADER.to_owned(),
+                allowed.hop.header_value(allowed.protocol.era).to_owned(),
+            ));
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {

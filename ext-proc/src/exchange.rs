@@ -23,6 +23,7 @@ use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
+use gateway_core::protocol::{self, Era};
 use gateway_core::rewrite::{Origin, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
@@ -167,6 +168,8 @@ struct RequestSeen {
     identity: Vec<(String, String)>,
     /// The caller's claims, parsed once, when a rule reads `jwt`.
     claims: Option<serde_json::Map<String, Value>>,
+    /// The request's era, from its (ext-authz-checked) `MCP-Protocol-Version`.
+    era: Era,
 }
 
 /// What to do with a body chunk.
@@ -229,6 +232,19 @@ impl<'a> Exchange<'a> {
         };
         self.request.method = text(":method");
         let rewrites = &self.gateway.rewrites;
+        self.request.protocol_version = headers
+            .get(protocol::VERSION_HEADER)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        // ext-authz ran the stateless era's ladder (the header equals the body's
+        // `_meta` version) before routing the request here.
+        if self
+            .request
+            .protocol_version
+            .as_deref()
+            .is_some_and(|v| protocol::MODERN_VERSIONS.contains(&v))
+        {
+            self.request.era = Era::Stateless;
+        }
         if self.gateway.arguments.enabled
             && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
         {
@@ -303,13 +319,25 @@ impl<'a> Exchange<'a> {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
         let facts = facts(caller, &self.request);
-        let tools = tools_for(
-            self.gateway,
-            self.upstream.as_deref(),
-            &self.request.path,
-            &facts,
-        );
+        let tools = tools_for(self.gateway, self.catalog_key(), &self.request.path, &facts);
         let rewrites = &self.gateway.rewrites;
+        // No backend of the stateless pool is known before Envoy picks one, so
+        // there is none to ask for tools: schemas come from the listings the
+        // gateway has seen, and a call to a tool not seen yet goes on for the
+        // backend to check (the spec has servers validate their inputs), as with
+        // `unlisted_tools: forward`. `refuse` still refuses it.
+        let stateless_validation;
+        let validation = if self.request.era == Era::Stateless
+            && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
+        {
+            stateless_validation = ArgumentValidation {
+                unlisted_tools: UnlistedTools::Forward,
+                ..self.gateway.arguments.clone()
+            };
+            &stateless_validation
+        } else {
+            &self.gateway.arguments
+        };
         let mut changed = false;
         let messages: Vec<&mut Value> = match &mut value {
             Value::Array(items) => items.iter_mut().collect(),
@@ -320,7 +348,7 @@ impl<'a> Exchange<'a> {
             let checked = rewrites
                 .rewrite_request(&facts, message, &tools)
                 .and_then(|c| {
-                    check_call_arguments(&self.gateway.arguments, message, &tools)?;
+                    check_call_arguments(validation, message, &tools)?;
                     Ok(c)
                 });
             match checked {
@@ -348,9 +376,6 @@ impl<'a> Exchange<'a> {
     /// The request's protocol version and identity headers, to speak and carry
     /// them when asking its backend for tools.
     fn capture_for_schema_fetch(&mut self, headers: &impl Headers) {
-        self.request.protocol_version = headers
-            .get("mcp-protocol-version")
-            .map(|v| String::from_utf8_lossy(v).into_owned());
         self.request.identity = self
             .gateway
             .identity_headers
@@ -409,7 +434,10 @@ impl<'a> Exchange<'a> {
         if let Some(upstream) = upstream {
             self.upstream = Some(upstream.to_owned());
         }
-        if let Some(backend_id) = headers.get(SESSION_HEADER) {
+        if self.request.era == Era::Stateless && headers.get(SESSION_HEADER).is_some() {
+            // The stateless era has no sessions: nothing to seal, nothing to pass.
+            edits.remove.push(SESSION_HEADER.to_owned());
+        } else if let Some(backend_id) = headers.get(SESSION_HEADER) {
             match (&self.restored, self.seal(backend_id, upstream)) {
                 (Some(session), _) if session.backend_id.as_bytes() == backend_id => {
                     edits.set.push((
@@ -479,6 +507,13 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// Whose tool schemas this exchange reads and learns: the session's backend,
+    /// or for the stateless era the whole stateless pool, any of whose backends
+    /// may serve the next call (a pool serves one set of tools).
+    fn catalog_key(&self) -> Option<&str> {
+        catalog_key(self.request.era, self.upstream.as_deref())
+    }
+
     /// Whether the request calls a tool whose arguments are to be checked.
     fn checks_a_call(&self) -> bool {
         self.gateway.arguments.enabled
@@ -527,12 +562,8 @@ impl<'a> Exchange<'a> {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
         let facts = facts(caller, &self.request);
-        let tools = tools_for(
-            self.gateway,
-            self.upstream.as_deref(),
-            &self.request.path,
-            &facts,
-        );
+        let key = catalog_key(self.request.era, self.upstream.as_deref());
+        let tools = tools_for(self.gateway, key, &self.request.path, &facts);
         let get_stream = self.request.method != "POST";
         let rewrite = |message: &mut Value| {
             let origin = origin_of(&caller.calls, get_stream, message);
@@ -640,6 +671,17 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// The catalog key of the stateless era's backends (not an `ip:port`, so it never
+/// names a session backend).
+const STATELESS_POOL: &str = "stateless-pool";
+
+fn catalog_key(era: Era, upstream: Option<&str>) -> Option<&str> {
+    match era {
+        Era::Stateless => Some(STATELESS_POOL),
+        Era::Session => upstream,
+    }
+}
+
 /// The tool catalog as this exchange's caller and backend see it.
 fn tools_for<'t>(
     gateway: &'t Gateway,
@@ -669,6 +711,11 @@ fn facts<'c>(caller: &'c Caller, request: &'c RequestSeen) -> RequestFacts<'c> {
         path: &request.path,
         method: &request.method,
         source_address: &request.source_address,
+        era: request.era.as_str(),
+        protocol_version: request
+            .protocol_version
+            .as_deref()
+            .unwrap_or(jsonrpc::DEFAULT_VERSION),
     }
 }
 

@@ -33,6 +33,41 @@ pub struct GatewayConfig {
     /// rendered from this section), ext-authz checks it again.
     #[serde(default)]
     pub edge: EdgeConfig,
+    /// Which MCP protocol eras the backends behind the gateway speak.
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+}
+
+/// The MCP protocol eras the gateway serves, each from its own pool of backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// `session` (2024-11-05 to 2025-11-25: `initialize`, `Mcp-Session-Id`; Envoy
+    /// cluster `mcp_backends`) and `stateless` (2026-07-28; cluster
+    /// `mcp_stateless_backends`). A request of an era not listed is refused with
+    /// the spec's -32022, naming the versions that are served, so a client that
+    /// speaks both eras falls back to one listed.
+    #[serde(default = "default_eras")]
+    pub eras: Vec<crate::protocol::Era>,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            eras: default_eras(),
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// Whether requests of `era` are served.
+    pub fn serves(&self, era: crate::protocol::Era) -> bool {
+        self.eras.contains(&era)
+    }
+}
+
+fn default_eras() -> Vec<crate::protocol::Era> {
+    vec![crate::protocol::Era::Session]
 }
 
 /// The gateway's edge: which browser origins may call it and how large a body

@@ -43,9 +43,11 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 
 /// Which revision family a request belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Era {
     /// `initialize`, `Mcp-Session-Id`: 2024-11-05 to 2025-11-25.
+    #[default]
     Session,
     /// Self-contained requests with `_meta`: 2026-07-28.
     Stateless,
@@ -134,12 +136,23 @@ impl Refusal {
 /// equal once). The first failing rung wins, as in the official SDKs:
 /// `_meta` carries version and capabilities (-32602), the mirrored headers equal
 /// the body (-32020), and the version is one of `served` (-32022). Returns the
-/// version.
-pub fn check_stateless<'m, 'h>(
-    message: &'m Message,
+/// version, as `served` spells it.
+pub fn check_stateless<'h>(
+    message: &Message,
     header: impl Fn(&str) -> Option<&'h str>,
-    served: &[&str],
-) -> Result<&'m str, Refusal> {
+    served: &[&'static str],
+) -> Result<&'static str, Refusal> {
+    if message.kind != Kind::Request {
+        // A notification (the revision defines none from client to server over
+        // HTTP; clients still send some) carries no envelope: only the version
+        // that routed it is checked, as the official SDKs do.
+        let version = header(VERSION_HEADER).unwrap_or_default();
+        return served
+            .iter()
+            .copied()
+            .find(|v| *v == version)
+            .ok_or_else(|| Refusal::unsupported_version(version, served));
+    }
     let meta = message
         .params
         .as_ref()
@@ -172,26 +185,24 @@ pub fn check_stateless<'m, 'h>(
             "params._meta's protocol version must be a string",
         ));
     };
-    if message.kind == Kind::Request {
-        let method = message.method.as_deref();
-        if header(METHOD_HEADER) != method {
-            return Err(Refusal::mismatch(
-                "Mcp-Method header does not match the body's method",
-            ));
-        }
-        if let Some((key, value)) = name_of(message) {
-            let decoded = header(NAME_HEADER).and_then(decode_header_value);
-            if value.as_str() != decoded.as_deref() {
-                return Err(Refusal::mismatch(format!(
-                    "Mcp-Name header does not match the body's `{key}`"
-                )));
-            }
+    if header(METHOD_HEADER) != message.method.as_deref() {
+        return Err(Refusal::mismatch(
+            "Mcp-Method header does not match the body's method",
+        ));
+    }
+    if let Some((key, value)) = name_of(message) {
+        let decoded = header(NAME_HEADER).and_then(decode_header_value);
+        if value.as_str() != decoded.as_deref() {
+            return Err(Refusal::mismatch(format!(
+                "Mcp-Name header does not match the body's `{key}`"
+            )));
         }
     }
-    if !served.contains(&version) {
-        return Err(Refusal::unsupported_version(version, served));
-    }
-    Ok(version)
+    served
+        .iter()
+        .copied()
+        .find(|v| *v == version)
+        .ok_or_else(|| Refusal::unsupported_version(version, served))
 }
 
 /// Checks a `tools/call`'s `Mcp-Param-*` headers against its arguments, for
@@ -250,16 +261,18 @@ pub fn check_param_headers<'h>(
 /// upstream: `MCP-Protocol-Version`, `Mcp-Method`, and `Mcp-Name` for the
 /// methods that name something. A header a rewrite made stale (an alias changes
 /// `params.name`) is regenerated from here.
-pub fn mirrored_headers(message: &Message) -> Vec<(&'static str, String)> {
+pub fn mirrored_headers(
+    method: Option<&str>,
+    params: Option<&Value>,
+) -> Vec<(&'static str, String)> {
     let mut headers = Vec::with_capacity(3);
-    if let Some(version) = meta_version(message) {
+    if let Some(version) = params.and_then(|p| p.get("_meta")?.get(PROTOCOL_VERSION_META)?.as_str())
+    {
         headers.push((VERSION_HEADER, version.to_owned()));
     }
-    if message.kind == Kind::Request
-        && let Some(method) = &message.method
-    {
-        headers.push((METHOD_HEADER, method.clone()));
-        if let Some((_, Value::String(name))) = name_of(message) {
+    if let Some(method) = method {
+        headers.push((METHOD_HEADER, method.to_owned()));
+        if let Some((_, Value::String(name))) = name_param(method, params) {
             headers.push((NAME_HEADER, encode_header_value(name).into_owned()));
         }
     }
@@ -334,12 +347,16 @@ pub fn meta_version(message: &Message) -> Option<&str> {
 
 /// The params key a method mirrors in `Mcp-Name`, with its body value.
 fn name_of(message: &Message) -> Option<(&'static str, &Value)> {
-    let key = match message.method.as_deref()? {
+    name_param(message.method.as_deref()?, message.params.as_ref())
+}
+
+fn name_param<'p>(method: &str, params: Option<&'p Value>) -> Option<(&'static str, &'p Value)> {
+    let key = match method {
         "tools/call" | "prompts/get" => "name",
         "resources/read" => "uri",
         _ => return None,
     };
-    Some((key, message.params.as_ref()?.get(key)?))
+    Some((key, params?.get(key)?))
 }
 
 fn is_wrapped(value: &str) -> bool {

@@ -458,7 +458,7 @@ impl RewriteSet {
         if evaluates {
             root = facts_context(&self.env, facts, &self.uses);
             let mut inner = root.new_inner_scope();
-            inner.add_variable_from_value("mcp", mcp_value(&view));
+            inner.add_variable_from_value("mcp", mcp_value(&view, facts));
             scope = Some(inner);
         }
         let scope = scope.as_ref();
@@ -572,7 +572,7 @@ impl RewriteSet {
             tool: tool.map(str::to_owned),
             params: None,
         };
-        scope.add_variable_from_value("mcp", mcp_value(&probe));
+        scope.add_variable_from_value("mcp", mcp_value(&probe, facts));
         for rule in applicable {
             // A condition that fails still redacts: redaction only protects.
             if rule.condition(Some(&scope)) == Condition::DoesNotHold {

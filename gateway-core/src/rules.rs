@@ -163,6 +163,11 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub method: &'a str,
     pub source_address: &'a str,
+    /// The request's MCP era (`session` or `stateless`, see
+    /// [`crate::protocol::Era`]) and protocol version, as `mcp.era` and
+    /// `mcp.protocol_version`.
+    pub era: &'a str,
+    pub protocol_version: &'a str,
 }
 
 impl Policy {
@@ -298,7 +303,7 @@ impl RuleSet {
             .map(|message| {
                 let mut scope = root.new_inner_scope();
                 if self.uses.contains("mcp") {
-                    scope.add_variable_from_value("mcp", mcp_value(message));
+                    scope.add_variable_from_value("mcp", mcp_value(message, facts));
                 }
                 self.decide(&scope, message, false)
             })
@@ -319,6 +324,8 @@ impl RuleSet {
             for field in ["kind", "method", "tool", "id"] {
                 mcp.insert(field.into(), cel::Value::Null);
             }
+            mcp.insert("era".into(), facts.era.into());
+            mcp.insert("protocol_version".into(), facts.protocol_version.into());
             mcp.insert(
                 "params".into(),
                 cel::Value::from(HashMap::<Key, cel::Value>::new()),
@@ -373,7 +380,7 @@ impl RuleSet {
                 };
                 let mut scope = root.new_inner_scope();
                 if self.uses.contains("mcp") {
-                    scope.add_variable_from_value("mcp", mcp_value(&probe));
+                    scope.add_variable_from_value("mcp", mcp_value(&probe, facts));
                 }
                 self.decide(&scope, &probe, true).effect == Effect::Allow
             })
@@ -573,8 +580,10 @@ impl Rule {
     }
 }
 
-pub(crate) fn mcp_value(message: &Message) -> cel::Value {
+pub(crate) fn mcp_value(message: &Message, facts: &RequestFacts<'_>) -> cel::Value {
     let mut mcp: HashMap<Key, cel::Value> = HashMap::new();
+    mcp.insert("era".into(), facts.era.into());
+    mcp.insert("protocol_version".into(), facts.protocol_version.into());
     mcp.insert("kind".into(), message.kind.as_str().into());
     mcp.insert("method".into(), opt_str(message.method.as_deref()));
     mcp.insert("tool".into(), opt_str(message.tool.as_deref()));

@@ -197,6 +197,8 @@ fn facts<'a>(
         path: "/mcp",
         method: "POST",
         source_address: "127.0.0.1",
+        era: "session",
+        protocol_version: "2025-06-18",
     }
 }
 

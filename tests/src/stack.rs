@@ -23,6 +23,8 @@ pub struct Ports {
     pub ext_proc_metrics: u16,
     pub issuer: u16,
     pub backends: Vec<u16>,
+    /// Backends of the stateless era (2026-07-28), a pool of their own.
+    pub stateless_backends: Vec<u16>,
 }
 
 impl Ports {
@@ -37,6 +39,7 @@ impl Ports {
             ext_proc_metrics: 9102,
             issuer: 9443,
             backends: vec![9001, 9002, 9003],
+            stateless_backends: vec![9011],
         }
     }
 
@@ -53,6 +56,7 @@ impl Ports {
             backends: (0..backends)
                 .map(|_| free_port())
                 .collect::<Result<_, _>>()?,
+            stateless_backends: Vec::new(),
         })
     }
 }
@@ -104,6 +108,8 @@ pub struct StackOptions {
     pub gateway_cpus: Option<String>,
     /// Extra environment for both sidecars (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub sidecar_env: Vec<(String, String)>,
+    /// Extra arguments for every stateless-era backend (e.g. `--modern-only`).
+    pub stateless_args: Vec<String>,
 }
 
 /// What a second gateway shares with the first: the token issuer and the backends.
@@ -111,6 +117,7 @@ pub struct StackOptions {
 pub struct Shared {
     pub issuer_port: u16,
     pub backend_ports: Vec<u16>,
+    pub stateless_ports: Vec<u16>,
 }
 
 /// A session keys file with one fresh random key called `id`.
@@ -141,7 +148,18 @@ impl StackOptions {
             external_backends: false,
             gateway_cpus: None,
             sidecar_env: Vec::new(),
+            stateless_args: Vec::new(),
         })
+    }
+
+    /// [`StackOptions::for_test`] with `count` stateless-era backends (the SDK
+    /// 2.x's dual-era server on its own pool) and the gateway config serving both
+    /// eras.
+    pub fn with_stateless(count: usize) -> anyhow::Result<Self> {
+        let mut options = Self::for_test()?;
+        options.ports.stateless_backends =
+            (0..count).map(|_| free_port()).collect::<Result<_, _>>()?;
+        Ok(options)
     }
 }
 
@@ -152,6 +170,9 @@ pub struct Stack {
     ext_proc: Option<Process>,
     /// `None` for a backend stopped, or one another stack runs.
     backends: Vec<Option<Process>>,
+    /// The stateless era's backends, likewise.
+    stateless: Vec<Option<Process>>,
+    stateless_args: Vec<String>,
     issuer: Option<Process>,
     ports: Ports,
     bin_dir: PathBuf,
@@ -172,6 +193,11 @@ pub fn backend_name(index: usize) -> String {
     format!("mcp-{}", (b'a' + index as u8) as char)
 }
 
+/// Names of the stateless-era backends, as their `whoami` tool answers.
+pub fn stateless_backend_name(index: usize) -> String {
+    format!("stateless-{}", (b'a' + index as u8) as char)
+}
+
 impl Stack {
     /// Starts every part and waits until each is ready.
     ///
@@ -187,7 +213,11 @@ impl Stack {
                         "a port was taken under us; starting the stack again on new ports ({err:#})"
                     );
                     let backends = options.ports.backends.clone();
+                    let stateless = options.ports.stateless_backends.len();
                     options.ports = Ports::free(backends.len())?;
+                    options.ports.stateless_backends = (0..stateless)
+                        .map(|_| free_port())
+                        .collect::<Result<_, _>>()?;
                     if options.external_backends {
                         // The caller's backends keep their ports.
                         options.ports.backends = backends;
@@ -225,12 +255,15 @@ impl Stack {
         if let Some(shared) = &options.shared {
             ports.issuer = shared.issuer_port;
             ports.backends = shared.backend_ports.clone();
+            ports.stateless_backends = shared.stateless_ports.clone();
         }
         let mut stack = Stack {
             envoy: None,
             ext_authz: None,
             ext_proc: None,
             backends: Vec::new(),
+            stateless: Vec::new(),
+            stateless_args: options.stateless_args.clone(),
             issuer: None,
             ports,
             bin_dir: options.bin_dir.clone(),
@@ -259,11 +292,21 @@ impl Stack {
                 };
                 stack.backends.push(backend);
             }
+            for index in 0..stack.ports.stateless_backends.len() {
+                let backend = stack.spawn_stateless_backend(index)?;
+                stack.stateless.push(Some(backend));
+            }
             // ext-authz fetches the issuer's keys at start: let the issuer be up
             // first, as an IdP would be.
             stack.wait_issuer().await?;
         } else {
             stack.backends = stack.ports.backends.iter().map(|_| None).collect();
+            stack.stateless = stack
+                .ports
+                .stateless_backends
+                .iter()
+                .map(|_| None)
+                .collect();
         }
         stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
         stack.ext_proc = Some(stack.spawn_sidecar("ext-proc")?);
@@ -277,8 +320,17 @@ impl Stack {
         stack.wait_sidecar("ext-authz").await?;
         stack.wait_sidecar("ext-proc").await?;
         stack.wait_envoy().await?;
+        for index in 0..stack.stateless.len() {
+            if stack.stateless[index].is_some() {
+                stack.wait_stateless_backend(index).await?;
+            }
+        }
         let backends = stack.ports.backends.len();
         stack.wait_healthy_backends(backends).await?;
+        let stateless = stack.ports.stateless_backends.len();
+        stack
+            .wait_healthy_in("mcp_stateless_backends", stateless)
+            .await?;
         Ok(stack)
     }
 
@@ -287,6 +339,7 @@ impl Stack {
         Shared {
             issuer_port: self.ports.issuer,
             backend_ports: self.ports.backends.clone(),
+            stateless_ports: self.ports.stateless_backends.clone(),
         }
     }
 
@@ -352,7 +405,13 @@ impl Stack {
 
     /// Waits until Envoy counts exactly `count` healthy backends.
     pub async fn wait_healthy_backends(&mut self, count: usize) -> anyhow::Result<()> {
+        self.wait_healthy_in("mcp_backends", count).await
+    }
+
+    /// Waits until Envoy counts `count` healthy hosts in `cluster`.
+    async fn wait_healthy_in(&mut self, cluster: &str, count: usize) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}/clusters", self.ports.admin);
+        let prefix = format!("{cluster}::");
         let process = self
             .envoy
             .as_mut()
@@ -361,9 +420,7 @@ impl Stack {
             let text = reqwest::get(&url).await?.text().await?;
             let healthy = text
                 .lines()
-                .filter(|l| {
-                    l.starts_with("mcp_backends::") && l.ends_with("::health_flags::healthy")
-                })
+                .filter(|l| l.starts_with(&prefix) && l.ends_with("::health_flags::healthy"))
                 .count();
             Ok(healthy == count)
         })
@@ -506,15 +563,19 @@ impl Stack {
         Ok(body["requests"].as_array().cloned().unwrap_or_default())
     }
 
+    /// What stateless backend `index` received (see [`Stack::backend_requests`]).
+    pub async fn stateless_backend_requests(
+        &self,
+        index: usize,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let port = self.ports.stateless_backends[index];
+        let body = debug_document(port).await?;
+        Ok(body["requests"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Backend `index`'s `/_debug/requests` document.
     async fn backend_debug(&self, index: usize) -> anyhow::Result<serde_json::Value> {
-        let port = self.ports.backends[index];
-        Ok(
-            reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
-                .await?
-                .json()
-                .await?,
-        )
+        debug_document(self.ports.backends[index]).await
     }
 
     /// How many HTTP requests backend `index` received since it started (any
@@ -526,12 +587,21 @@ impl Stack {
             .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))
     }
 
-    /// How many HTTP requests all running backends received since they started.
+    /// How many HTTP requests all running backends (of both eras) received
+    /// since they started.
     pub async fn all_backend_total(&self) -> anyhow::Result<u64> {
         let mut total = 0;
         for index in 0..self.ports.backends.len() {
             if self.backends[index].is_some() {
                 total += self.backend_total(index).await?;
+            }
+        }
+        for (index, port) in self.ports.stateless_backends.iter().enumerate() {
+            if self.stateless[index].is_some() {
+                let body = debug_document(*port).await?;
+                total += body["total"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("stateless backend {index} reports no total"))?;
             }
         }
         Ok(total)
@@ -677,6 +747,36 @@ impl Stack {
         Ok(report["calls"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Runs `dev/client.py --mode <mode> --call ...` on the official SDK 2.x client
+    /// (`.dev/venv-mcp2`); returns its report: `protocol_version` (the one the
+    /// client negotiated) and `calls`, each call's outcome.
+    pub async fn python_sdk2_calls(
+        &self,
+        token: &str,
+        mode: &str,
+        calls: &[(&str, serde_json::Value)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut command = tokio::process::Command::new(paths::venv_mcp2_bin("python"));
+        command
+            .arg(paths::dev_script("client.py"))
+            .args(["--url", &self.url(), "--token", token, "--mode", mode])
+            .arg("--ca")
+            .arg(paths::certs_dir().join("ca.pem"));
+        for (tool, arguments) in calls {
+            command.args(["--call", tool, &arguments.to_string()]);
+        }
+        let output = command.output().await?;
+        if !output.status.success() {
+            bail!(
+                "client.py --mode {mode} failed ({}): {}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
     // === start-up ===
 
     fn write_gateway_config(&self, adjust: &dyn Fn(&mut Value)) -> anyhow::Result<()> {
@@ -696,6 +796,10 @@ impl Stack {
             .to_string()
             .into();
         config["ext_authz"]["resource"] = self.url().into();
+        if self.ports.stateless_backends.is_empty() {
+            // No stateless pool: stateless requests are refused with -32022.
+            config["protocol"]["eras"] = serde_yaml::from_str("[session]")?;
+        }
         // The gateway's own origin moves with its port; the Inspector's stays.
         config["edge"]["allowed_origins"] =
             serde_yaml::from_str(&format!("[{}, {INSPECTOR_ORIGIN}]", self.base_url()))?;
@@ -798,6 +902,12 @@ impl Stack {
             ext_proc: loopback(self.ports.ext_proc),
             backends: Vec::new(),
             backends_eds: Some(self.eds_path().display().to_string()),
+            stateless_backends: self
+                .ports
+                .stateless_backends
+                .iter()
+                .map(|port| loopback(*port))
+                .collect(),
             gateway_config: None,
         };
         // Envoy enforces the edge of the gateway config the sidecars read.
@@ -852,6 +962,44 @@ impl Stack {
         ]);
         command.args(&self.backend_args);
         Process::spawn(&name, command, &self.log(&name))
+    }
+
+    fn spawn_stateless_backend(&self, index: usize) -> anyhow::Result<Process> {
+        let name = stateless_backend_name(index);
+        let mut command = Command::new(paths::venv_mcp2_bin("python"));
+        command
+            .arg(paths::dev_script("dual_era_server.py"))
+            .env("PYTHONUNBUFFERED", "1")
+            .args([
+                "--name",
+                &name,
+                "--port",
+                &self.ports.stateless_backends[index].to_string(),
+            ])
+            .args(&self.stateless_args);
+        Process::spawn(&name, command, &self.log(&name))
+    }
+
+    async fn wait_stateless_backend(&mut self, index: usize) -> anyhow::Result<()> {
+        let port = self.ports.stateless_backends[index];
+        let process = self.stateless[index]
+            .as_mut()
+            .ok_or_else(|| anyhow!("stateless backend {index} is not run by this stack"))?;
+        let pid = process.pid();
+        wait_until(process, || async {
+            let body = match debug_document(port).await {
+                Ok(body) => body,
+                Err(_) => return Ok(false),
+            };
+            if body["pid"] != pid {
+                bail!(
+                    "port {port} answered by another process (pid {})",
+                    body["pid"]
+                );
+            }
+            Ok(true)
+        })
+        .await
     }
 
     /// A command for `program`, under `taskset` when the gateway is pinned
@@ -1040,4 +1188,14 @@ pub fn https_client() -> anyhow::Result<reqwest::Client> {
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// A demo backend's `/_debug/requests` document.
+async fn debug_document(port: u16) -> anyhow::Result<serde_json::Value> {
+    Ok(
+        reqwest::get(format!("http://127.0.0.1:{port}/_debug/requests"))
+            .await?
+            .json()
+            .await?,
+    )
 }

@@ -8,6 +8,7 @@ mod e2e {
     mod clients;
     mod deploy;
     mod envoy_configs;
+    mod eras;
     mod foundation;
     mod metrics;
     mod policy;

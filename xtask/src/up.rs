@@ -33,6 +33,7 @@ impl Up {
                 external_backends: false,
                 gateway_cpus: None,
                 sidecar_env: Vec::new(),
+                stateless_args: Vec::new(),
             };
             let stack = Stack::start(options).await?;
             let token = stack.token("dev-user", "mcp:tools").await?;

@@ -337,13 +337,15 @@ async fn bad_bodies_and_versions_get_precise_errors() {
     assert_eq!(json(&d)["error"]["message"], "duplicate key `method`");
     let big = add(1, 5).replace("\"b\":1", &format!("\"b\":\"{}\"", "x".repeat(4096)));
     assert_eq!(denied(authz.check(&c.post(&big, None)).await).status, 413);
+    // An unknown version: the spec's -32022, naming the versions served, so a
+    // client retries with one of them.
     let d = denied(authz.check(&c.post(&add(1, 5), Some("1999-01-01"))).await);
     assert_eq!(d.status, 400);
-    assert!(
-        json(&d)["error"]["message"]
-            .as_str()
-            .expect("text")
-            .contains("unsupported MCP-Protocol-Version")
+    assert_eq!(json(&d)["error"]["code"], -32022);
+    assert_eq!(json(&d)["error"]["data"]["requested"], "1999-01-01");
+    assert_eq!(
+        json(&d)["error"]["data"]["supported"],
+        json!(gateway_core::jsonrpc::SUPPORTED_VERSIONS)
     );
     // Method names are case-sensitive; a miscased MCP method is refused outright.
     let miscased = r#"{"jsonrpc":"2.0","id":3,"method":"INITIALIZE","params":{}}"#;

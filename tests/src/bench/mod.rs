@@ -189,6 +189,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         external_backends: true,
         gateway_cpus: pinned.then(|| "0".to_owned()),
         sidecar_env: Vec::new(),
+        stateless_args: Vec::new(),
     })
     .await
     .context("starting the gateway (C)")?;

@@ -1,0 +1,350 @@
+//! Both MCP eras on one endpoint: the session era (2024-11-05 to 2025-11-25) on the
+//! FastMCP pool, the stateless 2026-07-28 revision on the official SDK 2.x's
+//! dual-era server, driven by the official SDK clients and by raw HTTP.
+
+use e2e::stack::{Stack, StackOptions, stateless_backend_name};
+use serde_json::{Value, json};
+
+const MODERN: &str = "2026-07-28";
+
+async fn both_eras() -> Stack {
+    Stack::start(StackOptions::with_stateless(1).expect("free ports"))
+        .await
+        .expect("stack starts")
+}
+
+/// The outcome of each call in a `dev/client.py` report, by position.
+fn outcomes(report: &Value) -> Vec<Value> {
+    report["calls"].as_array().cloned().unwrap_or_default()
+}
+
+/// A stateless request as the SDK 2.x client sends it: `_meta` in the body, the
+/// method and name mirrored in headers (`headers` adds or overrides).
+async fn stateless_post(
+    stack: &Stack,
+    token: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    let overridden = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let method = body["method"].as_str().unwrap_or_default().to_owned();
+    let version = body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"]
+        .as_str()
+        .unwrap_or(MODERN)
+        .to_owned();
+    if !overridden("mcp-protocol-version") {
+        request = request.header("mcp-protocol-version", version);
+    }
+    if !overridden("mcp-method") {
+        request = request.header("mcp-method", &method);
+    }
+    if let Some(name) = body["params"]["name"].as_str()
+        && !overridden("mcp-name")
+    {
+        request = request.header("mcp-name", name);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("POST to the gateway")
+}
+
+fn stateless_call(tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": tool, "arguments": arguments,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {},
+                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let calls = [
+        ("add", json!({"a": 2, "b": 3})),
+        // The demo policy allows add only while a < 1000.
+        ("add", json!({"a": 5000, "b": 1})),
+        ("whoami", json!({})),
+        // Its arguments travel in Mcp-Param-Region and Mcp-Param-Days too.
+        ("forecast", json!({"region": "eu-west", "days": 3})),
+    ];
+    for mode in ["auto", MODERN] {
+        let report = stack
+            .python_sdk2_calls(&token, mode, &calls)
+            .await
+            .expect("client runs");
+        assert_eq!(report["protocol_version"], MODERN, "{mode}: {report}");
+        let outcomes = outcomes(&report);
+        assert_eq!(outcomes[0]["text"], "5.0", "{mode}: {report}");
+        assert_eq!(
+            outcomes[1]["jsonrpc_error"]["code"], -32001,
+            "{mode}: the denial is a JSON-RPC error: {report}"
+        );
+        assert!(
+            outcomes[1]["jsonrpc_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("denied")),
+            "{mode}: {report}"
+        );
+        assert_eq!(outcomes[2]["text"], stateless_backend_name(0), "{mode}");
+        assert_eq!(outcomes[3]["text"], "eu-west: sunny for 3 day(s)", "{mode}");
+    }
+    // Every stateless request went to the stateless pool, none with a session
+    // id, and the session pool saw nothing; the denied call reached no backend.
+    let received = stack.stateless_backend_requests(0).await.expect("requests");
+    assert!(!received.is_empty());
+    for request in &received {
+        assert!(
+            request["headers"].get("mcp-session-id").is_none(),
+            "{request}"
+        );
+        assert!(
+            !request["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("5000"),
+            "the denied call was forwarded: {request}"
+        );
+    }
+    let forecast = received
+        .iter()
+        .find(|r| r["headers"]["mcp-name"] == "forecast")
+        .expect("the forecast call");
+    assert_eq!(forecast["headers"]["mcp-param-region"], "eu-west");
+    assert_eq!(forecast["headers"]["mcp-method"], "tools/call");
+    for index in 0..stack.ports().backends.len() {
+        assert_eq!(
+            stack.backend_total(index).await.expect("total"),
+            0,
+            "session backend {index} saw a stateless request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    // The SDK 1.x client, and the SDK 2.x client forced to the session era.
+    let outcomes_1x = stack
+        .python_calls(
+            &token,
+            &[("whoami", json!({})), ("add", json!({"a": 1, "b": 1}))],
+        )
+        .await
+        .expect("SDK 1.x client");
+    assert!(
+        outcomes_1x[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("mcp-"))
+    );
+    assert_eq!(outcomes_1x[1]["text"], "2.0");
+    let report = stack
+        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))])
+        .await
+        .expect("SDK 2.x client in legacy mode");
+    assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
+    assert!(
+        outcomes(&report)[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("mcp-")),
+        "served by the session pool: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend()
+ {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    // The demo policy denies add with a >= 1000; whoami is always allowed.
+    let denied = stateless_call("add", json!({"a": 5000, "b": 1}));
+    let before = stack.all_backend_total().await.expect("counters");
+    let wrapped_whoami = "=?base64?d2hvYW1p?=";
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "Mcp-Name names an allowed tool",
+            vec![("mcp-name", "whoami")],
+        ),
+        (
+            "Mcp-Name wrapped in base64",
+            vec![("mcp-name", wrapped_whoami)],
+        ),
+        (
+            "non-canonical base64",
+            vec![("mcp-name", "=?base64?YWRk?=x")],
+        ),
+        ("Mcp-Method disagrees", vec![("mcp-method", "tools/list")]),
+        (
+            "version header differs from _meta",
+            vec![("mcp-protocol-version", "2025-11-25")],
+        ),
+        // Sent twice: Envoy joins them ("add, whoami"), which equals nothing.
+        (
+            "Mcp-Name twice",
+            vec![("mcp-name", "add"), ("mcp-name", "whoami")],
+        ),
+    ];
+    for (what, headers) in cases {
+        let answer = stateless_post(&stack, &token, &denied, &headers).await;
+        assert_eq!(answer.status(), 400, "{what}");
+        let body: Value = answer.json().await.expect("JSON-RPC error");
+        assert_eq!(body["error"]["code"], -32020, "{what}: {body}");
+        assert_eq!(body["id"], 7, "{what}: {body}");
+    }
+    // A tool whose name is not plain ASCII travels wrapped, and that is fine:
+    // the header is compared after decoding (then the rules deny the tool).
+    let unicode = stateless_call("café", json!({}));
+    let answer = stateless_post(
+        &stack,
+        &token,
+        &unicode,
+        &[("mcp-name", "=?base64?Y2Fmw6k=?=")],
+    )
+    .await;
+    let body: Value = answer.json().await.expect("JSON-RPC answer");
+    assert_eq!(body["error"]["code"], -32001, "judged by the rules: {body}");
+
+    // Mcp-Param headers are the backend's to check against its schema (the
+    // official SDK server does); Mcp-Method and Mcp-Name are the gateway's.
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_requests_without_an_envelope_or_at_an_unknown_version_get_the_specs_errors() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let before = stack.all_backend_total().await.expect("counters");
+
+    let mut bare = stateless_call("whoami", json!({}));
+    bare["params"]
+        .as_object_mut()
+        .expect("params")
+        .remove("_meta");
+    let answer = stateless_post(&stack, &token, &bare, &[]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("error");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+
+    let mut future = stateless_call("whoami", json!({}));
+    future["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
+    let answer = stateless_post(&stack, &token, &future, &[]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("error");
+    assert_eq!(body["error"]["code"], -32022, "{body}");
+    assert_eq!(body["error"]["data"]["requested"], "2099-01-01");
+    let supported = body["error"]["data"]["supported"].as_array().expect("list");
+    assert!(supported.contains(&json!(MODERN)) && supported.contains(&json!("2025-11-25")));
+
+    // A batch is not a 2026-07-28 message.
+    let batch = json!([stateless_call("whoami", json!({}))]);
+    let answer = stateless_post(&stack, &token, &batch, &[("mcp-method", "tools/call")]).await;
+    assert_eq!(answer.status(), 400);
+
+    // No GET stream in the stateless era.
+    let get = stack
+        .http()
+        .get(stack.url())
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status(), 405);
+    assert_eq!(
+        get.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_ones_get_a_clear_error()
+ {
+    // The session era only (no stateless pool).
+    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
+        .await
+        .expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let report = stack
+        .python_sdk2_calls(&token, "auto", &[("whoami", json!({}))])
+        .await
+        .expect("auto falls back to initialize");
+    assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
+    assert!(
+        outcomes(&report)[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("mcp-")),
+        "{report}"
+    );
+    // The probe the SDKs send gets the spec's -32022 naming the session-era
+    // versions: a recognizable answer, never 401/403/5xx or a timeout.
+    let before = stack.all_backend_total().await.expect("counters");
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let answer = stateless_post(&stack, &token, &discover, &[]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("error");
+    assert_eq!(body["error"]["code"], -32022, "{body}");
+    let supported = body["error"]["data"]["supported"].as_array().expect("list");
+    assert!(!supported.contains(&json!(MODERN)), "{body}");
+    assert!(supported.contains(&json!("2025-11-25")), "{body}");
+    assert_eq!(stack.all_backend_total().await.expect("counters"), before);
+
+    let pinned = stack
+        .python_sdk2_calls(&token, MODERN, &[("whoami", json!({}))])
+        .await
+        .expect("client runs");
+    let error = &outcomes(&pinned)[0]["jsonrpc_error"];
+    assert_eq!(error["code"], -32022, "{pinned}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_a_clear_error() {
+    let mut options = StackOptions::with_stateless(1).expect("free ports");
+    options.stateless_args = vec!["--modern-only".to_owned()];
+    options.gateway_config = Box::new(|config| {
+        config["protocol"]["eras"] = serde_yaml::from_str("[stateless]").expect("yaml");
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    for mode in ["auto", MODERN] {
+        let report = stack
+            .python_sdk2_calls(&token, mode, &[("whoami", json!({}))])
+            .await
+            .expect("client runs");
+        assert_eq!(report["protocol_version"], MODERN, "{mode}: {report}");
+        assert_eq!(outcomes(&report)[0]["text"], stateless_backend_name(0));
+    }
+    let before = stack.all_backend_total().await.expect("counters");
+    let legacy = stack
+        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))])
+        .await;
+    let error = legacy.expect_err("no session era here").to_string();
+    assert!(
+        error.contains("-32022") || error.contains("Unsupported protocol version"),
+        "{error}"
+    );
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "the gateway answered; no backend saw the session-era request"
+    );
+}
