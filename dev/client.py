@@ -118,6 +118,11 @@ async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple
     """One session, the given calls in order; every outcome is reported, errors included."""
     outcomes = []
     async with connect(url, token, ctx) as (session, _, version):
+        # As an agent does: list the tools, then call them.
+        tools = await session.list_tools()
+        listed = {"tools": sorted(t.name for t in tools.tools)}
+        if SDK2:
+            listed["tools_cache_scope"] = tools.cache_scope
         for name, arguments in calls:
             outcome: dict = {"tool": name, "arguments": json.loads(arguments)}
             try:
@@ -127,7 +132,7 @@ async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple
             except McpError as exc:
                 outcome["jsonrpc_error"] = {"code": exc.error.code, "message": exc.error.message}
             outcomes.append(outcome)
-    return {"calls": outcomes, "protocol_version": version}
+    return {"calls": outcomes, "protocol_version": version, **listed}
 
 
 async def main() -> int:

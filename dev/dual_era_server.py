@@ -18,6 +18,7 @@ import json
 from typing import Annotated
 
 import uvicorn
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import Field
@@ -28,7 +29,9 @@ MODERN_VERSIONS = ["2026-07-28"]
 
 
 def build(name: str) -> MCPServer:
-    mcp = MCPServer(name)
+    # Its tool list is the same for everyone, so any cache may share it; the
+    # gateway, which filters it per caller, marks what it forwards private.
+    mcp = MCPServer(name, cache_hints={"tools/list": CacheHint(ttl_ms=60_000, scope="public")})
 
     @mcp.tool()
     def add(a: float, b: float) -> float:

@@ -23,7 +23,7 @@ use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, Limits};
 use gateway_core::policy_store::PolicyStore;
-use gateway_core::protocol::{self, Era};
+use gateway_core::protocol::{self, Era, Refusal};
 use gateway_core::rewrite::{Origin, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
@@ -170,6 +170,8 @@ struct RequestSeen {
     claims: Option<serde_json::Map<String, Value>>,
     /// The request's era, from its (ext-authz-checked) `MCP-Protocol-Version`.
     era: Era,
+    /// A stateless request's `Mcp-Param-*` headers (lower-case names).
+    param_headers: HashMap<String, String>,
 }
 
 /// What to do with a body chunk.
@@ -196,6 +198,9 @@ pub struct Exchange<'a> {
     upstream: Option<String>,
     /// Set when the response is an event stream being rewritten.
     events: Option<EventSplitter>,
+    /// Request headers to change along with a rewritten body: the 2026-07-28
+    /// headers that mirror it.
+    body_header_edits: HeaderEdits,
 }
 
 impl<'a> Exchange<'a> {
@@ -208,7 +213,13 @@ impl<'a> Exchange<'a> {
             request: RequestSeen::default(),
             upstream: None,
             events: None,
+            body_header_edits: HeaderEdits::default(),
         }
+    }
+
+    /// The request header edits that go with the request body just processed.
+    pub fn take_body_header_edits(&mut self) -> HeaderEdits {
+        std::mem::take(&mut self.body_header_edits)
     }
 
     /// The client's address (Envoy's `source.address` attribute), for rules.
@@ -244,6 +255,12 @@ impl<'a> Exchange<'a> {
             .is_some_and(|v| protocol::MODERN_VERSIONS.contains(&v))
         {
             self.request.era = Era::Stateless;
+            self.request.param_headers = headers
+                .all()
+                .into_iter()
+                .filter(|(name, _)| name.starts_with(protocol::PARAM_HEADER_PREFIX))
+                .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
+                .collect();
         }
         if self.gateway.arguments.enabled
             && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
@@ -319,7 +336,8 @@ impl<'a> Exchange<'a> {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
         let facts = facts(caller, &self.request);
-        let tools = tools_for(self.gateway, self.catalog_key(), &self.request.path, &facts);
+        let key = catalog_key(self.request.era, self.upstream.as_deref());
+        let tools = tools_for(self.gateway, key, &self.request.path, &facts);
         let rewrites = &self.gateway.rewrites;
         // No backend of the stateless pool is known before Envoy picks one, so
         // there is none to ask for tools: schemas come from the listings the
@@ -343,14 +361,25 @@ impl<'a> Exchange<'a> {
             Value::Array(items) => items.iter_mut().collect(),
             one => vec![one],
         };
+        let stateless = self.request.era == Era::Stateless;
+        let mut header_edits = HeaderEdits::default();
         for message in messages {
             let id = message.get("id").cloned();
+            if stateless && let Err(refusal) = self.check_param_headers(message, &tools) {
+                return BodyPlan::Reply(LocalReply {
+                    status: refusal.status,
+                    body: refusal.to_response(id.as_ref()).to_string(),
+                });
+            }
             let checked = rewrites
                 .rewrite_request(&facts, message, &tools)
                 .and_then(|c| {
                     check_call_arguments(validation, message, &tools)?;
                     Ok(c)
                 });
+            if stateless && matches!(checked, Ok(true)) {
+                header_edits = self.mirrored_header_edits(message, &tools);
+            }
             match checked {
                 Ok(c) => changed |= c,
                 Err(rejection) => {
@@ -366,11 +395,75 @@ impl<'a> Exchange<'a> {
                 }
             }
         }
+        self.body_header_edits = header_edits;
         if changed {
             BodyPlan::Replace(value.to_string().into_bytes())
         } else {
             BodyPlan::Continue
         }
+    }
+
+    /// A stateless call's `Mcp-Param-*` headers against its arguments, where the
+    /// tool's schema (seen in a listing) mirrors arguments in headers.
+    fn check_param_headers(&self, message: &Value, tools: &ToolsFor<'_>) -> Result<(), Refusal> {
+        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+            return Ok(());
+        }
+        let Some(name) = message.pointer("/params/name").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let Some(schema) = tools.mirrored_schema(self.gateway.rewrites.resolve_alias(name)) else {
+            return Ok(());
+        };
+        protocol::check_param_headers(&schema, message.pointer("/params/arguments"), |header| {
+            self.request.param_headers.get(header).map(String::as_str)
+        })
+    }
+
+    /// The headers a rewritten stateless message goes upstream with: those that
+    /// mirror its method, name and version, and, where the tool's schema is
+    /// known, its `Mcp-Param-*` headers rendered again from its arguments (any
+    /// the client sent that no longer applies is removed).
+    fn mirrored_header_edits(&self, message: &Value, tools: &ToolsFor<'_>) -> HeaderEdits {
+        let method = message.get("method").and_then(Value::as_str);
+        let params = message.get("params");
+        let mut edits = HeaderEdits::default();
+        let mirrored = protocol::mirrored_headers(method, params);
+        if !mirrored
+            .iter()
+            .any(|(name, _)| *name == protocol::NAME_HEADER)
+        {
+            edits.remove.push(protocol::NAME_HEADER.to_owned());
+        }
+        edits.set.extend(
+            mirrored
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.into_bytes())),
+        );
+        let schema = message
+            .pointer("/params/name")
+            .and_then(Value::as_str)
+            .filter(|_| method == Some("tools/call"))
+            .and_then(|name| tools.mirrored_schema(name));
+        // Without the tool's schema (not listed through the gateway yet) the
+        // client's headers stay: the backend checks them against the body.
+        let Some(schema) = schema else {
+            return edits;
+        };
+        let fresh = protocol::param_headers(&schema, message.pointer("/params/arguments"));
+        edits.remove.extend(
+            self.request
+                .param_headers
+                .keys()
+                .filter(|name| !fresh.iter().any(|(fresh, _)| fresh == *name))
+                .cloned(),
+        );
+        edits.set.extend(
+            fresh
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes())),
+        );
+        edits
     }
 
     /// The request's protocol version and identity headers, to speak and carry
@@ -507,13 +600,6 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Whose tool schemas this exchange reads and learns: the session's backend,
-    /// or for the stateless era the whole stateless pool, any of whose backends
-    /// may serve the next call (a pool serves one set of tools).
-    fn catalog_key(&self) -> Option<&str> {
-        catalog_key(self.request.era, self.upstream.as_deref())
-    }
-
     /// Whether the request calls a tool whose arguments are to be checked.
     fn checks_a_call(&self) -> bool {
         self.gateway.arguments.enabled
@@ -565,11 +651,19 @@ impl<'a> Exchange<'a> {
         let key = catalog_key(self.request.era, self.upstream.as_deref());
         let tools = tools_for(self.gateway, key, &self.request.path, &facts);
         let get_stream = self.request.method != "POST";
+        let stateless = self.request.era == Era::Stateless;
         let rewrite = |message: &mut Value| {
             let origin = origin_of(&caller.calls, get_stream, message);
-            self.gateway
+            let changed = self
+                .gateway
                 .rewrites
-                .rewrite_response(&facts, origin, message, &tools)
+                .rewrite_response(&facts, origin, message, &tools);
+            // A list rewritten for this caller (filtered by its rules, redacted)
+            // is not one any cache may share with another caller.
+            let private = stateless
+                && self.gateway.rewrites.rewrites_response(origin)
+                && mark_private(origin, message);
+            changed | private
         };
         let Some(splitter) = self.events.as_mut() else {
             // A buffered JSON body. A backend that sent something unparsable gets
@@ -671,10 +765,43 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Marks a cacheable 2026-07-28 result (`tools/list`, `prompts/list`,
+/// `resources/list`, `resources/templates/list`, `resources/read`) as
+/// `cacheScope: "private"`; whether it changed the message.
+fn mark_private(origin: Origin<'_>, message: &mut Value) -> bool {
+    const CACHEABLE: &[&str] = &[
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    ];
+    let Origin::Call {
+        method: Some(method),
+        ..
+    } = origin
+    else {
+        return false;
+    };
+    if !CACHEABLE.contains(&method) {
+        return false;
+    }
+    match message.get_mut("result").and_then(Value::as_object_mut) {
+        Some(result) if result.get("cacheScope").and_then(Value::as_str) != Some("private") => {
+            result.insert("cacheScope".to_owned(), Value::from("private"));
+            true
+        }
+        _ => false,
+    }
+}
+
 /// The catalog key of the stateless era's backends (not an `ip:port`, so it never
 /// names a session backend).
 const STATELESS_POOL: &str = "stateless-pool";
 
+/// Whose tool schemas an exchange reads and learns: the session's backend, or for
+/// the stateless era the whole stateless pool, any of whose backends may serve
+/// the next call (a pool serves one set of tools).
 fn catalog_key(era: Era, upstream: Option<&str>) -> Option<&str> {
     match era {
         Era::Stateless => Some(STATELESS_POOL),

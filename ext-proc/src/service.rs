@@ -228,7 +228,22 @@ fn answer(
                 metrics.refusal("rewrite");
                 Reply::ImmediateResponse(immediate(local, "mcp_rewrite_refused"))
             }
-            plan => Reply::RequestBody(body_response(plan, true)),
+            plan => {
+                let mut response = body_response(plan, true);
+                let edits = exchange.take_body_header_edits();
+                if !edits.set.is_empty() || !edits.remove.is_empty() {
+                    let common = response.response.get_or_insert_with(Default::default);
+                    let mutation = common.header_mutation.get_or_insert_with(Default::default);
+                    mutation.set_headers.extend(
+                        edits
+                            .set
+                            .into_iter()
+                            .map(|(key, raw_value)| header(&key, raw_value)),
+                    );
+                    mutation.remove_headers.extend(edits.remove);
+                }
+                Reply::RequestBody(response)
+            }
         },
         Phase::ResponseBody(body) => {
             let streamed = exchange.streaming_response();

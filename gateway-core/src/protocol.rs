@@ -300,6 +300,11 @@ pub fn param_headers(input_schema: &Value, arguments: Option<&Value>) -> Vec<(St
         .collect()
 }
 
+/// Whether a tool's input schema mirrors any argument in a header.
+pub fn mirrors_arguments(input_schema: &Value) -> bool {
+    contains_annotation(input_schema)
+}
+
 /// A header value as the spec sends it: plain printable ASCII as is, anything
 /// else (and a plain value that looks like the wrapped form) as
 /// `=?base64?<base64 of UTF-8>?=`.

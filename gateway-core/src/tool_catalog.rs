@@ -17,6 +17,10 @@ pub struct ToolCatalog {
 #[derive(Clone)]
 struct Schema {
     validator: Arc<jsonschema::Validator>,
+    /// The schema itself, kept only when it mirrors arguments in headers
+    /// (`x-mcp-header`, the 2026-07-28 revision): their headers are checked and
+    /// regenerated from it.
+    mirrored: Option<Arc<Value>>,
     weight: u32,
 }
 
@@ -43,13 +47,25 @@ impl ToolCatalog {
     pub fn learn(&self, upstream: &str, tool: &str, input_schema: &Value) {
         let key = (upstream.to_owned(), tool.to_owned());
         match jsonschema::validator_for(input_schema) {
-            Ok(validator) => self.schemas.insert(
-                key,
-                Schema {
-                    validator: Arc::new(validator),
-                    weight: weight(upstream, tool, input_schema),
-                },
-            ),
+            Ok(validator) => {
+                let mirrored = crate::protocol::mirrors_arguments(input_schema)
+                    .then(|| Arc::new(input_schema.clone()));
+                // A kept schema weighs about its JSON again (taken as a twentieth
+                // of the compiled estimate).
+                let compiled = weight(upstream, tool, input_schema);
+                let weight = match &mirrored {
+                    Some(_) => compiled.saturating_add(compiled / 20),
+                    None => compiled,
+                };
+                self.schemas.insert(
+                    key,
+                    Schema {
+                        validator: Arc::new(validator),
+                        mirrored,
+                        weight,
+                    },
+                );
+            }
             Err(err) => {
                 tracing::warn!(upstream, tool, error = %err, "backend advertised an unusable input schema");
                 self.schemas.invalidate(&key);
@@ -62,6 +78,14 @@ impl ToolCatalog {
         self.schemas
             .get(&(upstream.to_owned(), tool.to_owned()))
             .map(|schema| schema.validator)
+    }
+
+    /// The input schema `upstream` advertised for `tool`, if it mirrors
+    /// arguments in `Mcp-Param-*` headers.
+    pub fn mirrored_schema(&self, upstream: &str, tool: &str) -> Option<Arc<Value>> {
+        self.schemas
+            .get(&(upstream.to_owned(), tool.to_owned()))
+            .and_then(|schema| schema.mirrored)
     }
 
     /// Estimated bytes the catalog holds (for tests and metrics).
@@ -151,6 +175,13 @@ pub struct ToolsFor<'a> {
     pub policy: Option<Arc<Policy>>,
     pub path: &'a str,
     pub facts: &'a RequestFacts<'a>,
+}
+
+impl ToolsFor<'_> {
+    /// The input schema of `tool`, if it mirrors arguments in headers.
+    pub fn mirrored_schema(&self, tool: &str) -> Option<Arc<Value>> {
+        self.catalog.mirrored_schema(self.upstream?, tool)
+    }
 }
 
 impl ToolView for ToolsFor<'_> {

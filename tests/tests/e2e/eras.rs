@@ -55,6 +55,35 @@ async fn stateless_post(
     request.send().await.expect("POST to the gateway")
 }
 
+/// Runs `dev/node/client.mjs` (the official TypeScript SDK 2.x client) with
+/// `--mode <mode>` and these calls; returns its report.
+async fn typescript_client(
+    stack: &Stack,
+    token: &str,
+    mode: &str,
+    calls: &[(&str, Value)],
+) -> Value {
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(e2e::paths::dev_script("node/client.mjs"))
+        .args(["--url", &stack.url(), "--token", token, "--mode", mode])
+        .env(
+            "NODE_EXTRA_CA_CERTS",
+            e2e::paths::certs_dir().join("ca.pem"),
+        )
+        .env("MCP_NODE_TOOLS", e2e::paths::dev_dir().join("node"));
+    for (tool, arguments) in calls {
+        command.args(["--call", tool, &arguments.to_string()]);
+    }
+    let output = command.output().await.expect("node runs");
+    assert!(
+        output.status.success(),
+        "client.mjs --mode {mode}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("a JSON report")
+}
+
 fn stateless_call(tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
         "name": tool, "arguments": arguments,
@@ -293,6 +322,9 @@ async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_o
             .is_some_and(|t| t.starts_with("mcp-")),
         "{report}"
     );
+    let report = typescript_client(&stack, &token, "auto", &[("whoami", json!({}))]).await;
+    assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
+
     // The probe the SDKs send gets the spec's -32022 naming the session-era
     // versions: a recognizable answer, never 401/403/5xx or a timeout.
     let before = stack.all_backend_total().await.expect("counters");
@@ -311,9 +343,12 @@ async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_o
     let pinned = stack
         .python_sdk2_calls(&token, MODERN, &[("whoami", json!({}))])
         .await
-        .expect("client runs");
-    let error = &outcomes(&pinned)[0]["jsonrpc_error"];
-    assert_eq!(error["code"], -32022, "{pinned}");
+        .expect_err("a client pinned to 2026-07-28 cannot be served here")
+        .to_string();
+    assert!(
+        pinned.contains("Unsupported protocol version"),
+        "a clear error: {pinned}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +382,139 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
         before,
         "the gateway answered; no backend saw the session-era request"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let report = stack
+        .python_sdk2_calls(
+            &token,
+            MODERN,
+            &[
+                // An alias: the backend gets `add`, and Mcp-Name says so.
+                ("another-add", json!({"a": 2, "b": 3})),
+                // Clamped to 7 days: the body and Mcp-Param-Days both say 7.
+                ("forecast", json!({"region": "eu-west", "days": 30})),
+                // Redacted on the way back.
+                (
+                    "say",
+                    json!({"text": "my key is sk-abcdefghijklmnopqrstuvwxyz"}),
+                ),
+            ],
+        )
+        .await
+        .expect("client runs");
+    assert_eq!(report["protocol_version"], MODERN, "{report}");
+    let outcomes = outcomes(&report);
+    assert_eq!(outcomes[0]["text"], "5.0", "{report}");
+    assert_eq!(
+        outcomes[1]["text"], "eu-west: sunny for 7 day(s)",
+        "{report}"
+    );
+    let said = outcomes[2]["text"].as_str().expect("text");
+    assert!(!said.contains("sk-abcdef"), "{report}");
+    // The per-caller tool list is private to the caller's authorization.
+    assert_eq!(report["tools_cache_scope"], "private", "{report}");
+
+    let received = stack.stateless_backend_requests(0).await.expect("requests");
+    let call = |tool: &str| {
+        received
+            .iter()
+            .find(|r| {
+                serde_json::from_str::<Value>(r["body"].as_str().unwrap_or_default())
+                    .is_ok_and(|b| b["params"]["name"] == tool)
+            })
+            .unwrap_or_else(|| panic!("no call to {tool} reached the backend"))
+            .clone()
+    };
+    let add = call("add");
+    assert_eq!(add["headers"]["mcp-name"], "add", "{add}");
+    let forecast = call("forecast");
+    assert_eq!(forecast["headers"]["mcp-param-days"], "7", "{forecast}");
+    assert_eq!(
+        forecast["headers"]["mcp-param-region"], "eu-west",
+        "{forecast}"
+    );
+    assert!(
+        forecast["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("\"days\":7")),
+        "{forecast}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reaches_no_backend() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    // A listing through the gateway teaches it forecast's schema (x-mcp-header).
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let answer = stateless_post(&stack, &token, &list, &[]).await;
+    assert_eq!(answer.status(), 200);
+    let before = stack.all_backend_total().await.expect("counters");
+    let call = stateless_call("forecast", json!({"region": "eu-west", "days": 3}));
+    for (what, headers) in [
+        (
+            "another region",
+            vec![("mcp-param-region", "us-east"), ("mcp-param-days", "3")],
+        ),
+        ("missing header", vec![("mcp-param-days", "3")]),
+        (
+            "days off by one",
+            vec![("mcp-param-region", "eu-west"), ("mcp-param-days", "4")],
+        ),
+    ] {
+        let answer = stateless_post(&stack, &token, &call, &headers).await;
+        assert_eq!(answer.status(), 400, "{what}");
+        let body: Value = answer.json().await.expect("error");
+        assert_eq!(body["error"]["code"], -32020, "{what}: {body}");
+    }
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+    // Integers compare by value: 3.0 is 3.
+    let answer = stateless_post(
+        &stack,
+        &token,
+        &call,
+        &[("mcp-param-region", "eu-west"), ("mcp-param-days", "3.0")],
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    for (mode, version, served_by) in [
+        ("legacy", "2025-11-25", "mcp-"),
+        ("auto", MODERN, "stateless-"),
+    ] {
+        let report = typescript_client(
+            &stack,
+            &token,
+            mode,
+            &[("whoami", json!({})), ("add", json!({"a": 5000, "b": 1}))],
+        )
+        .await;
+        assert_eq!(report["protocol_version"], version, "{mode}: {report}");
+        let calls = outcomes(&report);
+        assert!(
+            calls[0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(served_by)),
+            "{mode}: {report}"
+        );
+        assert_eq!(
+            calls[1]["jsonrpc_error"]["code"], -32001,
+            "{mode}: {report}"
+        );
+    }
 }
