@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+
+import anyio
 import json
 import ssl
 import sys
@@ -41,6 +43,14 @@ except ImportError:  # The SDK 1.x.
     SDK2 = False
 
 MODE = "legacy"
+LISTEN = None
+
+
+async def accept_elicitation(context, params):
+    """Answers every elicitation (a server's question to the user) with "yes"."""
+    from mcp_types import ElicitResult
+
+    return ElicitResult(action="accept", content={"ok": True})
 
 
 class Sdk2Session:
@@ -51,6 +61,18 @@ class Sdk2Session:
 
     async def list_tools(self):
         return await self.client.list_tools()
+
+    async def listen_once(self, trigger: str) -> list[str]:
+        """Opens a `subscriptions/listen` stream for tool list changes, calls
+        `trigger`, and returns the events that arrive within 10 s (the first one)."""
+        events = []
+        async with self.client.listen(tools_list_changed=True) as subscription:
+            await self.client.call_tool(trigger, {})
+            with anyio.fail_after(10):
+                async for event in subscription:
+                    events.append(type(event).__name__)
+                    break
+        return events
 
     async def call_tool(self, name, arguments):
         result = await self.client.call_tool(name, arguments)
@@ -75,7 +97,9 @@ class connect:
         )
         transport = streamable_http_client(self.url, http_client=http)
         if SDK2:
-            client = await self.stack.enter_async_context(Client(transport, mode=MODE))
+            client = await self.stack.enter_async_context(
+                Client(transport, mode=MODE, elicitation_callback=accept_elicitation)
+            )
             version = client.session.protocol_version
             return Sdk2Session(client), (lambda: None), version
         read, write, session_id = await self.stack.enter_async_context(transport)
@@ -132,6 +156,8 @@ async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple
             except McpError as exc:
                 outcome["jsonrpc_error"] = {"code": exc.error.code, "message": exc.error.message}
             outcomes.append(outcome)
+        if LISTEN:
+            listed["listen_events"] = await session.listen_once(LISTEN)
     return {"calls": outcomes, "protocol_version": version, **listed}
 
 
@@ -155,11 +181,17 @@ async def main() -> int:
         choices=["auto", "legacy", "2026-07-28"],
         help="how the SDK 2.x client picks the era (the SDK 1.x speaks only `legacy`)",
     )
+    parser.add_argument(
+        "--listen",
+        metavar="TOOL",
+        help="after the calls, open a subscriptions/listen stream, call TOOL and report the first event (SDK 2.x)",
+    )
     args = parser.parse_args()
     if args.mode != "legacy" and not SDK2:
         parser.error("--mode auto and 2026-07-28 need the SDK 2.x: run with .dev/venv-mcp2/bin/python")
-    global MODE
+    global MODE, LISTEN
     MODE = args.mode
+    LISTEN = args.listen
 
     ctx = ssl.create_default_context(cafile=args.ca)
     if args.call:

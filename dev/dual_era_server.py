@@ -3,8 +3,10 @@
 It serves both eras on one endpoint, as the SDK does: session-era clients
 (`initialize`, `Mcp-Session-Id`) and stateless 2026-07-28 clients (`_meta` and
 mirrored headers on every POST). The tools are the demo policy's (`add`, `subtract`,
-`whoami`, `echo`, `say`) plus `forecast`, whose `region` argument is mirrored in the
-`Mcp-Param-Region` header (`x-mcp-header`). With `--modern-only` it refuses every
+`whoami`, `echo`, `say`) plus `forecast`, whose `region` and `days` arguments are
+mirrored in `Mcp-Param-*` headers (`x-mcp-header`), `announce`, which notifies
+`subscriptions/listen` streams, and `confirm`, which asks the client for input (an
+MRTR round trip in 2026-07-28). With `--modern-only` it refuses every
 session-era request (HTTP 400, -32022 naming the versions it serves), as a
 2026-only deployment does.
 
@@ -19,7 +21,8 @@ from typing import Annotated
 
 import uvicorn
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import Field
 from recorder import Recorder
@@ -57,6 +60,32 @@ def build(name: str) -> MCPServer:
     def say(text: str) -> str:
         """Return `text` as given (to see what the gateway redacts)."""
         return text
+
+    @mcp.tool()
+    async def announce(ctx: Context) -> str:
+        """Tell `subscriptions/listen` subscribers that the tool list changed."""
+        await ctx.notify_tools_changed()
+        return "announced"
+
+    @mcp.tool()
+    def confirm(action: str, ctx: Context) -> str | InputRequiredResult:
+        """Ask the user to confirm `action` before doing it. In the 2026-07-28 revision
+        that is a multi-round trip: an `input_required` result, then the client's
+        retry of the same call with the answer and the echoed `requestState`."""
+        answer = (ctx.input_responses or {}).get("confirm")
+        if answer is None:
+            question = ElicitRequest(
+                params=ElicitRequestFormParams(
+                    message=f"Really {action}?",
+                    requested_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+                )
+            )
+            return InputRequiredResult(input_requests={"confirm": question}, request_state=f"confirm:{action}")
+        if ctx.request_state != f"confirm:{action}":
+            # The state is the client's to echo and anyone's to forge: check it.
+            return "refused: the request state does not match this action"
+        accepted = getattr(answer, "action", None) == "accept" and (getattr(answer, "content", None) or {}).get("ok")
+        return f"{action}: done" if accepted else f"{action}: not confirmed"
 
     @mcp.tool()
     def forecast(

@@ -518,3 +518,58 @@ async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gateway() {
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let mut command = tokio::process::Command::new(e2e::paths::venv_mcp2_bin("python"));
+    command
+        .arg(e2e::paths::dev_script("client.py"))
+        .args(["--url", &stack.url(), "--token", &token, "--mode", MODERN])
+        .arg("--ca")
+        .arg(e2e::paths::certs_dir().join("ca.pem"))
+        // confirm answers `input_required`; the client asks its user (the
+        // script says yes) and retries with the answer and the requestState.
+        .args(["--call", "confirm", r#"{"action": "deploy"}"#])
+        .args(["--listen", "announce"]);
+    let output = command.output().await.expect("client runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("report");
+    assert_eq!(outcomes(&report)[0]["text"], "deploy: done", "{report}");
+    assert_eq!(
+        report["listen_events"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    // Both rounds of confirm reached the backend, the retry with the state the
+    // backend chose (the SDK seals it), untouched: `deploy: done` is answered
+    // only when the state opens and names this action.
+    let received = stack.stateless_backend_requests(0).await.expect("requests");
+    let rounds: Vec<Value> = received
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .filter(|b| b["params"]["name"] == "confirm")
+        .collect();
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert!(rounds[0]["params"].get("requestState").is_none());
+    assert!(
+        rounds[1]["params"]["requestState"]
+            .as_str()
+            .is_some_and(|state| !state.is_empty()),
+        "{rounds:?}"
+    );
+    assert!(rounds[1]["params"]["inputResponses"]["confirm"].is_object());
+    assert!(
+        received
+            .iter()
+            .any(|r| r["headers"]["mcp-method"] == "subscriptions/listen"),
+        "the listen stream went to the stateless pool"
+    );
+}
