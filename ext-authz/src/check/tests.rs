@@ -355,3 +355,118 @@ async fn bad_bodies_and_versions_get_precise_errors() {
         (200, Some("builtin:method-case"))
     );
 }
+
+fn stateless_add(a: i64) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"add","arguments":{{"a":{a},"b":1}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+    )
+}
+
+fn mirrored(method: &str, name: &str) -> HashMap<String, String> {
+    [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+        ("mcp-name", name),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn eras(text: &str) -> ProtocolConfig {
+    GatewayConfig::parse(Path::new("p.yaml"), text)
+        .expect("config")
+        .protocol
+}
+
+impl Caller {
+    fn stateless<'a>(
+        &'a self,
+        body: &'a str,
+        headers: &'a HashMap<String, String>,
+    ) -> HttpRequest<'a> {
+        let mut r = self.post(body, Some("2026-07-28"));
+        r.headers = Some(headers);
+        r
+    }
+}
+
+#[tokio::test]
+async fn stateless_calls_are_judged_by_the_rules_only_when_their_headers_mirror_the_body() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "")
+        .await
+        .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"));
+    let c = caller(&key).await;
+    let (small, large) = (stateless_add(5), stateless_add(5000));
+    let good = mirrored("tools/call", "add");
+    let lying = mirrored("tools/call", "ping");
+
+    match authz.check(&c.stateless(&small, &good)).await {
+        Verdict::Allow(allowed) => {
+            assert_eq!(allowed.protocol.era, Era::Stateless);
+            assert_eq!(
+                allowed.hop.header_value(allowed.protocol.era),
+                "stateless-proc"
+            );
+            assert!(allowed.session.is_none());
+            assert!(
+                allowed
+                    .set_headers
+                    .contains(&("mcp-name".to_owned(), "add".to_owned()))
+            );
+        }
+        Verdict::Deny(d) => panic!("denied: {d:?}"),
+    }
+    let d = denied(authz.check(&c.stateless(&large, &good)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (200, Some(DENIED_CODE))
+    );
+    // A header that disagrees: refused as such, and no rule was consulted.
+    let d = denied(authz.check(&c.stateless(&small, &lying)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (400, Some(-32020))
+    );
+    assert_eq!(json(&d)["id"], 9);
+    assert_eq!(d.rule, None);
+}
+
+#[tokio::test]
+async fn an_era_without_backends_is_refused_with_the_versions_that_are_served() {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let c = caller(&key).await;
+    let headers = mirrored("tools/call", "add");
+    let body = stateless_add(5);
+
+    // The default: the session era only.
+    let session_only = authorizer(&server, "").await;
+    let d = denied(session_only.check(&c.stateless(&body, &headers)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (400, Some(-32022))
+    );
+    assert_eq!(
+        json(&d)["error"]["data"]["supported"],
+        json!(gateway_core::jsonrpc::SUPPORTED_VERSIONS)
+    );
+
+    // The stateless era only: a session-era initialize is refused likewise.
+    let stateless_only = authorizer(&server, "")
+        .await
+        .with_protocol(&eras("protocol: {eras: [stateless]}\n"));
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"0"}}}"#;
+    let d = denied(stateless_only.check(&c.post(init, None)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (400, Some(-32022))
+    );
+    assert_eq!(
+        json(&d)["error"]["data"]["supported"],
+        json!(["2026-07-28"])
+    );
+    assert_eq!(json(&d)["error"]["data"]["requested"], "2025-11-25");
+}

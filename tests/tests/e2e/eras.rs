@@ -241,13 +241,32 @@ async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rul
     let body: Value = answer.json().await.expect("JSON-RPC answer");
     assert_eq!(body["error"]["code"], -32001, "judged by the rules: {body}");
 
-    // Mcp-Param headers are the backend's to check against its schema (the
-    // official SDK server does); Mcp-Method and Mcp-Name are the gateway's.
     assert_eq!(
         stack.all_backend_total().await.expect("counters"),
         before,
         "nothing reached a backend"
     );
+
+    // A session id on a stateless call opens nothing and goes nowhere.
+    let whoami = stateless_call("whoami", json!({}));
+    let answer = stateless_post(
+        &stack,
+        &token,
+        &whoami,
+        &[
+            ("mcp-session-id", "forged-or-stolen"),
+            ("x-mcp-upstream", "MTI3LjAuMC4xOjE="),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().get("mcp-session-id").is_none());
+    let received = stack.stateless_backend_requests(0).await.expect("requests");
+    let last = received
+        .last()
+        .expect("the call reached the stateless pool");
+    assert!(last["headers"].get("mcp-session-id").is_none(), "{last}");
+    assert!(last["headers"].get("x-mcp-upstream").is_none(), "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
