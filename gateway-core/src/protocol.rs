@@ -30,7 +30,8 @@ pub const CLIENT_CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabi
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Header that mirrors the JSON-RPC method (stateless era).
 pub const METHOD_HEADER: &str = "mcp-method";
-/// Header that mirrors the name a request acts on (stateless era).
+/// Header that mirrors the name a request acts on (stateless era): the tool or
+/// prompt, the resource's URI, or the task.
 pub const NAME_HEADER: &str = "mcp-name";
 /// Prefix of the headers that mirror arguments whose schema says `x-mcp-header`.
 pub const PARAM_HEADER_PREFIX: &str = "mcp-param-";
@@ -359,6 +360,9 @@ fn name_param<'p>(method: &str, params: Option<&'p Value>) -> Option<(&'static s
     let key = match method {
         "tools/call" | "prompts/get" => "name",
         "resources/read" => "uri",
+        // The tasks extension's HTTP binding (SEP-2663): every request for a
+        // task names it, so intermediaries can send it where the task lives.
+        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
         _ => return None,
     };
     Some((key, params?.get(key)?))

@@ -289,3 +289,28 @@ fn an_invalid_annotation_validates_nothing() {
         );
     }
 }
+
+#[test]
+fn a_task_request_names_its_task() {
+    let get = message(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {
+        "taskId": "t-1", "_meta": {PROTOCOL_VERSION_META: "2026-07-28", CLIENT_CAPABILITIES_META: {}}}}),
+    );
+    let h = |name: Option<&str>| {
+        let mut pairs = vec![
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tasks/get"),
+        ];
+        if let Some(name) = name {
+            pairs.push(("Mcp-Name", name));
+        }
+        headers(&pairs)
+    };
+    assert!(ladder(&get, &h(Some("t-1"))).is_ok());
+    for wrong in [Some("t-2"), None] {
+        assert_eq!(
+            ladder(&get, &h(wrong)).expect_err("mismatch").code,
+            HEADER_MISMATCH
+        );
+    }
+}
