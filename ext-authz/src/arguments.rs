@@ -5,6 +5,7 @@
 
 use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::jsonrpc::{Kind, Message};
+use gateway_core::protocol::Era;
 use gateway_core::rewrite::{Rejection, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::schema_fetch::{SchemaFetcher, SchemaRequest};
@@ -57,8 +58,9 @@ impl ArgumentChecker {
 
     /// Whether a tool's schema is known only from listings (`unlisted_tools` is
     /// not `fetch`): then ext-proc must see them.
-    pub fn learns_from_listings(&self) -> bool {
-        self.validation.enabled && self.validation.unlisted_tools != UnlistedTools::Fetch
+    pub fn learns_from_listings(&self, era: Era) -> bool {
+        self.validation.enabled
+            && (self.validation.unlisted_tools != UnlistedTools::Fetch || era == Era::Stateless)
     }
 
     /// Runs the rewrites' checks and argument validation over `messages`.

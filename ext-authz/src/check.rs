@@ -485,13 +485,12 @@ impl Authorizer {
                 let message = &body.messages[0];
                 let mirrored =
                     protocol::mirrored_headers(message.method.as_deref(), message.params.as_ref());
-                if !mirrored
-                    .iter()
-                    .any(|(name, _)| *name == protocol::NAME_HEADER)
-                {
-                    allowed
-                        .remove_headers
-                        .push(protocol::NAME_HEADER.to_owned());
+                // A header the body has no counterpart for (a notification's
+                // name, a posted response's method) does not go on.
+                for name in [protocol::METHOD_HEADER, protocol::NAME_HEADER] {
+                    if !mirrored.iter().any(|(mirror, _)| *mirror == name) {
+                        allowed.remove_headers.push(name.to_owned());
+                    }
                 }
                 allowed.set_headers.extend(
                     mirrored
@@ -618,7 +617,7 @@ impl Authorizer {
                 Ok(Protocol::session(version))
             }
             Era::Stateless => {
-                let [message] = body.messages.as_slice() else {
+                let (false, [message]) = (body.batch, body.messages.as_slice()) else {
                     return Err(Refusal {
                         status: 400,
                         code: -32600,
@@ -797,11 +796,12 @@ impl Authorizer {
             return true;
         }
         // Where argument checks rely on listings ext-proc has seen (`refuse`,
-        // `forward`), listings pass through it.
+        // `forward`, and every stateless call, whose backend no one can ask
+        // before Envoy picks it), listings pass through it.
         if self
             .arguments
             .as_ref()
-            .is_some_and(|a| a.learns_from_listings())
+            .is_some_and(|a| a.learns_from_listings(allowed.protocol.era))
             && calls
                 .iter()
                 .any(|c| c.method.as_deref() == Some("tools/list"))
@@ -810,11 +810,12 @@ impl Authorizer {
         }
         // The origins ext-proc would judge the answer's messages by: a POST of one
         // call answers that call; anything else (a batch, the GET stream, the
-        // result of `tasks/result`, a call made earlier) is of unknown origin,
-        // which every redaction applies to.
+        // result of `tasks/result`, a call made earlier, the notifications of a
+        // `subscriptions/listen` stream) is of unknown origin, which every
+        // redaction applies to.
         match (method, calls.as_slice()) {
             ("DELETE", _) => false,
-            ("POST", [call]) if call.method.as_deref() != Some("tasks/result") => {
+            ("POST", [call]) if !jsonrpc::answers_of_unknown_origin(call.method.as_deref()) => {
                 self.rewrites.rewrites_response(Origin::Call {
                     method: call.method.as_deref(),
                     tool: call.tool.as_deref(),

@@ -255,12 +255,26 @@ impl<'a> Exchange<'a> {
             .is_some_and(|v| protocol::MODERN_VERSIONS.contains(&v))
         {
             self.request.era = Era::Stateless;
-            self.request.param_headers = headers
-                .all()
-                .into_iter()
-                .filter(|(name, _)| name.starts_with(protocol::PARAM_HEADER_PREFIX))
-                .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
-                .collect();
+            for (name, value) in headers.all() {
+                if !name.starts_with(protocol::PARAM_HEADER_PREFIX) {
+                    continue;
+                }
+                let value = String::from_utf8_lossy(value).into_owned();
+                if self
+                    .request
+                    .param_headers
+                    .insert(name.to_owned(), value)
+                    .is_some()
+                {
+                    // A first-copy reader and a last-copy reader would disagree.
+                    tracing::warn!(target: "security", header = name, "repeated Mcp-Param header; answered 400");
+                    let refusal = protocol::Refusal::repeated(name);
+                    return RequestPlan::Reply(LocalReply {
+                        status: refusal.status,
+                        body: refusal.to_response(None).to_string(),
+                    });
+                }
+            }
         }
         if self.gateway.arguments.enabled
             && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
@@ -863,7 +877,7 @@ fn origin_of<'c>(calls: &'c [Call], get_stream: bool, message: &Value) -> Origin
         _ => None,
     });
     match call {
-        Some(call) if call.method.as_deref() != Some("tasks/result") => Origin::Call {
+        Some(call) if !jsonrpc::answers_of_unknown_origin(call.method.as_deref()) => Origin::Call {
             method: call.method.as_deref(),
             tool: call.tool.as_deref(),
         },

@@ -266,6 +266,14 @@ pub fn is_miscased_method(method: &str) -> bool {
         .any(|m| *m != method && m.eq_ignore_ascii_case(method))
 }
 
+/// Whether the answer to a POST of one `method` call carries messages that are
+/// not that call's: the result of `tasks/result` (a call made earlier) and the
+/// notifications of a `subscriptions/listen` stream. Rewrites judge them as of
+/// unknown origin.
+pub fn answers_of_unknown_origin(method: Option<&str>) -> bool {
+    matches!(method, Some("tasks/result" | "subscriptions/listen"))
+}
+
 /// A JSON-RPC error response.
 pub fn error_response(id: Option<&Value>, code: i64, message: &str) -> Value {
     serde_json::json!({

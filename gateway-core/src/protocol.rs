@@ -100,6 +100,11 @@ impl Refusal {
         }
     }
 
+    /// A mirrored header sent more than once (HeaderMismatch).
+    pub fn repeated(header: &str) -> Self {
+        Self::mismatch(format!("the {header} header appears more than once"))
+    }
+
     fn invalid_params(message: impl Into<String>) -> Self {
         Self {
             status: 400,
@@ -145,9 +150,17 @@ pub fn check_stateless<'h>(
 ) -> Result<&'static str, Refusal> {
     if message.kind != Kind::Request {
         // A notification (the revision defines none from client to server over
-        // HTTP; clients still send some) carries no envelope: only the version
-        // that routed it is checked, as the official SDKs do.
-        let version = header(VERSION_HEADER).unwrap_or_default();
+        // HTTP; clients still send some) or a posted response carries no
+        // envelope: its version header must be there, agree with any `_meta`
+        // version, and be served.
+        let version = header(VERSION_HEADER);
+        let meta = meta_version(message);
+        if version.is_none() || (meta.is_some() && meta != version) {
+            return Err(Refusal::mismatch(
+                "MCP-Protocol-Version header is missing or does not match params._meta's protocol version",
+            ));
+        }
+        let version = version.unwrap_or_default();
         return served
             .iter()
             .copied()
@@ -425,18 +438,39 @@ fn collect_annotations<'s>(
                 collect_annotations(property, path, found)?;
                 path.pop();
             }
-        } else if child.is_object() || child.is_array() {
-            // Any other sub-schema is off the `properties` chain: an annotation
-            // there is invalid, which makes the whole schema's invalid.
-            if contains_annotation(child)
-                && !matches!(keyword.as_str(), "default" | "examples" | "const" | "enum")
-            {
-                return None;
-            }
+        } else if SUBSCHEMA_KEYWORDS.contains(&keyword.as_str()) && contains_annotation(child) {
+            // A sub-schema off the `properties` chain: an annotation there is
+            // invalid, which makes the whole schema's invalid (as the SDKs say).
+            // Instance data (`default`, `examples`, `const`, `enum`) and vendor
+            // keywords are not schemas and are not looked into.
+            return None;
         }
     }
     Some(())
 }
+
+/// JSON Schema 2020-12 keywords whose values are (or hold) schemas, but for
+/// `properties`.
+const SUBSCHEMA_KEYWORDS: &[&str] = &[
+    "items",
+    "prefixItems",
+    "additionalProperties",
+    "patternProperties",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contains",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentSchemas",
+    "$defs",
+    "definitions",
+];
 
 fn contains_annotation(value: &Value) -> bool {
     match value {

@@ -489,6 +489,52 @@ fn messages_of_unknown_origin_get_every_redaction() {
         br#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"secret"}]}}"#,
     );
     assert!(!out.contains("secret"), "{out}");
+    // subscriptions/listen: the 2026-07-28 stream of server notifications, the
+    // stateless era's GET stream.
+    let mut who = alice().expect("caller");
+    who.calls = vec![call("4", "subscriptions/listen", None)];
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(
+        &map(&[(":method", "POST"), ("mcp-protocol-version", "2026-07-28")]),
+        Some(who),
+    );
+    let out = rewritten(
+        &mut exchange,
+        br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"secret"}}"#,
+    );
+    assert!(!out.contains("secret"), "{out}");
+}
+
+#[test]
+fn a_repeated_param_header_is_refused_and_a_stateless_answer_keeps_no_session_id() {
+    let gateway = sessions();
+    let mut exchange = Exchange::new(&gateway);
+    let plan = exchange.on_request_headers(
+        &map(&[
+            (":method", "POST"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-param-region", "eu-west"),
+            ("mcp-param-region", "us-east"),
+        ]),
+        alice(),
+    );
+    let RequestPlan::Reply(reply) = plan else {
+        panic!("refused: {plan:?}")
+    };
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("-32020"), "{}", reply.body);
+
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(
+        &map(&[(":method", "POST"), ("mcp-protocol-version", "2026-07-28")]),
+        alice(),
+    );
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("mcp-session-id", "backend-id")]),
+        Some("127.0.0.1:9011"),
+    );
+    assert!(plan.edits.remove.iter().any(|h| h == "mcp-session-id"));
+    assert!(!plan.edits.set.iter().any(|(h, _)| h == "mcp-session-id"));
 }
 
 #[test]

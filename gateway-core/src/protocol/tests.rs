@@ -274,12 +274,16 @@ fn an_invalid_annotation_validates_nothing() {
         json!({"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}),
         json!({"type": "object", "properties": {"n": {"type": "string", "x-mcp-header": "a b"}}}),
         json!({"type": "object", "properties": {
-            "a": {"type": "string", "x-mcp-header": "X"}, "b": {"type": "string", "x-mcp-header": "x"}}}),
+            "n": {"type": "string", "x-mcp-header": "N"}, "b": {"type": "string", "x-mcp-header": "n"}}}),
         json!({"type": "object", "anyOf": [{"properties": {"n": {"type": "string", "x-mcp-header": "N"}}}]}),
     ] {
+        // The header disagrees with the argument: a schema that validated would
+        // refuse it.
         let h = headers(&[("mcp-param-n", "anything")]);
         assert_eq!(
-            check_param_headers(&schema, Some(&json!({})), |n| h.get(n).map(String::as_str)),
+            check_param_headers(&schema, Some(&json!({"n": "v"})), |n| h
+                .get(n)
+                .map(String::as_str)),
             Ok(()),
             "{schema}"
         );
@@ -310,6 +314,38 @@ fn a_task_request_names_its_task() {
     for wrong in [Some("t-2"), None] {
         assert_eq!(
             ladder(&get, &h(wrong)).expect_err("mismatch").code,
+            HEADER_MISMATCH
+        );
+    }
+}
+
+#[test]
+fn vendor_keywords_and_instance_data_are_not_schemas() {
+    let schema = json!({"type": "object",
+        "x-vendor": {"x-mcp-header": "Ignored"},
+        "default": {"x-mcp-header": "AlsoIgnored"},
+        "properties": {"n": {"type": "string", "x-mcp-header": "N"}}});
+    let h = headers(&[("mcp-param-n", "other")]);
+    assert_eq!(
+        check_param_headers(&schema, Some(&json!({"n": "v"})), |n| h
+            .get(n)
+            .map(String::as_str))
+        .expect_err("checked")
+        .code,
+        HEADER_MISMATCH
+    );
+}
+
+#[test]
+fn a_notification_needs_the_version_header_its_meta_names() {
+    let note = message(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
+        "_meta": {PROTOCOL_VERSION_META: "2026-07-28"}}}),
+    );
+    assert!(ladder(&note, &headers(&[("MCP-Protocol-Version", "2026-07-28")])).is_ok());
+    for pairs in [vec![], vec![("MCP-Protocol-Version", "2025-11-25")]] {
+        assert_eq!(
+            ladder(&note, &headers(&pairs)).expect_err("mismatch").code,
             HEADER_MISMATCH
         );
     }

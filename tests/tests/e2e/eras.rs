@@ -84,6 +84,9 @@ async fn typescript_client(
     serde_json::from_slice(&output.stdout).expect("a JSON report")
 }
 
+/// A header name and value.
+type Header<'a> = (&'a str, &'a str);
+
 fn stateless_call(tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
         "name": tool, "arguments": arguments,
@@ -193,40 +196,56 @@ async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rul
  {
     let stack = both_eras().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
-    // The demo policy denies add with a >= 1000; whoami is always allowed.
+    // The demo policy denies add with a >= 1000 and allows it below. A header
+    // naming an allowed tool over a denied call must not help it; a header that
+    // disagrees with an allowed call must not pass either (so the counters below
+    // mean something: the allowed calls would reach a backend).
     let denied = stateless_call("add", json!({"a": 5000, "b": 1}));
+    let allowed = stateless_call("add", json!({"a": 1, "b": 1}));
     let before = stack.all_backend_total().await.expect("counters");
-    let wrapped_whoami = "=?base64?d2hvYW1p?=";
-    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+    let cases: [(&str, &Value, &[Header]); 5] = [
         (
             "Mcp-Name names an allowed tool",
-            vec![("mcp-name", "whoami")],
+            &denied,
+            &[("mcp-name", "whoami")],
         ),
         (
             "Mcp-Name wrapped in base64",
-            vec![("mcp-name", wrapped_whoami)],
+            &denied,
+            &[("mcp-name", "=?base64?d2hvYW1p?=")],
         ),
         (
-            "non-canonical base64",
-            vec![("mcp-name", "=?base64?YWRk?=x")],
+            "Mcp-Method disagrees",
+            &allowed,
+            &[("mcp-method", "tools/list")],
         ),
-        ("Mcp-Method disagrees", vec![("mcp-method", "tools/list")]),
         (
             "version header differs from _meta",
-            vec![("mcp-protocol-version", "2025-11-25")],
+            &allowed,
+            &[("mcp-protocol-version", "2025-11-25")],
         ),
-        // Sent twice: Envoy joins them ("add, whoami"), which equals nothing.
+        // Sent twice: Envoy joins them ("add,whoami"), which equals nothing.
         (
             "Mcp-Name twice",
-            vec![("mcp-name", "add"), ("mcp-name", "whoami")],
+            &allowed,
+            &[("mcp-name", "add"), ("mcp-name", "whoami")],
         ),
     ];
-    for (what, headers) in cases {
-        let answer = stateless_post(&stack, &token, &denied, &headers).await;
+    for (what, body, headers) in cases {
+        let answer = stateless_post(&stack, &token, body, headers).await;
         assert_eq!(answer.status(), 400, "{what}");
         let body: Value = answer.json().await.expect("JSON-RPC error");
         assert_eq!(body["error"]["code"], -32020, "{what}: {body}");
         assert_eq!(body["id"], 7, "{what}: {body}");
+    }
+    // `ad` is YWQ= in base64; YWR= decodes to `ad` too in a lenient decoder, but
+    // is not the canonical spelling: it equals nothing.
+    let short = stateless_call("ad", json!({}));
+    for wrapped in ["=?base64?YWR=?=", "=?base64?YWQ?=", "=?base64?!!!!?="] {
+        let answer = stateless_post(&stack, &token, &short, &[("mcp-name", wrapped)]).await;
+        assert_eq!(answer.status(), 400, "{wrapped}");
+        let body: Value = answer.json().await.expect("JSON-RPC error");
+        assert_eq!(body["error"]["code"], -32020, "{wrapped}: {body}");
     }
     // A tool whose name is not plain ASCII travels wrapped, and that is fine:
     // the header is compared after decoding (then the rules deny the tool).
@@ -295,10 +314,21 @@ async fn stateless_requests_without_an_envelope_or_at_an_unknown_version_get_the
     let supported = body["error"]["data"]["supported"].as_array().expect("list");
     assert!(supported.contains(&json!(MODERN)) && supported.contains(&json!("2025-11-25")));
 
-    // A batch is not a 2026-07-28 message.
-    let batch = json!([stateless_call("whoami", json!({}))]);
-    let answer = stateless_post(&stack, &token, &batch, &[("mcp-method", "tools/call")]).await;
-    assert_eq!(answer.status(), 400);
+    // A batch is not a 2026-07-28 message, even a batch of one that otherwise
+    // passes the ladder.
+    for count in [1, 2] {
+        let batch = Value::Array(vec![stateless_call("whoami", json!({})); count]);
+        let answer = stateless_post(
+            &stack,
+            &token,
+            &batch,
+            &[("mcp-method", "tools/call"), ("mcp-name", "whoami")],
+        )
+        .await;
+        assert_eq!(answer.status(), 400, "{count}");
+        let body: Value = answer.json().await.expect("error");
+        assert_eq!(body["error"]["code"], -32600, "{count}: {body}");
+    }
 
     // No GET stream in the stateless era.
     let get = stack
@@ -466,7 +496,13 @@ async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reaches_no_backend() {
-    let stack = both_eras().await;
+    // No rewrites at all: listings still pass ext-proc, which learns the schemas
+    // that argument checks need (no stateless backend can be asked for them).
+    let mut options = StackOptions::with_stateless(1).expect("free ports");
+    options.gateway_config = Box::new(|config| {
+        config["rewrites"] = serde_yaml::Value::Sequence(Vec::new());
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // A listing through the gateway teaches it forecast's schema (x-mcp-header).
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
