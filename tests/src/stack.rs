@@ -725,50 +725,52 @@ impl Stack {
         token: &str,
         calls: &[(&str, serde_json::Value)],
     ) -> anyhow::Result<Vec<serde_json::Value>> {
-        let mut command = tokio::process::Command::new(paths::venv_bin("python"));
-        command
-            .arg(paths::dev_script("client.py"))
-            .args(["--url", &self.url(), "--token", token])
-            .arg("--ca")
-            .arg(paths::certs_dir().join("ca.pem"));
-        for (tool, arguments) in calls {
-            command.args(["--call", tool, &arguments.to_string()]);
-        }
-        let output = command.output().await?;
-        if !output.status.success() {
-            bail!(
-                "client.py failed ({}): {}\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let report = self
+            .client_report(&paths::venv_bin("python"), token, calls, &[])
+            .await?;
         Ok(report["calls"].as_array().cloned().unwrap_or_default())
     }
 
     /// Runs `dev/client.py --mode <mode> --call ...` on the official SDK 2.x client
-    /// (`.dev/venv-mcp2`); returns its report: `protocol_version` (the one the
-    /// client negotiated) and `calls`, each call's outcome.
+    /// (`.dev/venv-mcp2`), with `extra` arguments (e.g. `--listen TOOL`); returns
+    /// its report: `protocol_version` (the one the client negotiated), `tools`,
+    /// and `calls`, each call's outcome.
     pub async fn python_sdk2_calls(
         &self,
         token: &str,
         mode: &str,
         calls: &[(&str, serde_json::Value)],
+        extra: &[&str],
     ) -> anyhow::Result<serde_json::Value> {
-        let mut command = tokio::process::Command::new(paths::venv_mcp2_bin("python"));
+        let mut arguments = vec!["--mode", mode];
+        arguments.extend_from_slice(extra);
+        self.client_report(&paths::venv_mcp2_bin("python"), token, calls, &arguments)
+            .await
+    }
+
+    /// `dev/client.py` run by `python` with these calls and arguments: its report.
+    async fn client_report(
+        &self,
+        python: &Path,
+        token: &str,
+        calls: &[(&str, serde_json::Value)],
+        arguments: &[&str],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut command = tokio::process::Command::new(python);
         command
             .arg(paths::dev_script("client.py"))
-            .args(["--url", &self.url(), "--token", token, "--mode", mode])
+            .args(["--url", &self.url(), "--token", token])
             .arg("--ca")
-            .arg(paths::certs_dir().join("ca.pem"));
+            .arg(paths::certs_dir().join("ca.pem"))
+            .args(arguments);
         for (tool, arguments) in calls {
             command.args(["--call", tool, &arguments.to_string()]);
         }
         let output = command.output().await?;
         if !output.status.success() {
             bail!(
-                "client.py --mode {mode} failed ({}): {}\n{}",
+                "client.py {} failed ({}): {}\n{}",
+                arguments.join(" "),
                 output.status,
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)

@@ -109,7 +109,7 @@ async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_st
     ];
     for mode in ["auto", MODERN] {
         let report = stack
-            .python_sdk2_calls(&token, mode, &calls)
+            .python_sdk2_calls(&token, mode, &calls, &[])
             .await
             .expect("client runs");
         assert_eq!(report["protocol_version"], MODERN, "{mode}: {report}");
@@ -179,7 +179,7 @@ async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
     );
     assert_eq!(outcomes_1x[1]["text"], "2.0");
     let report = stack
-        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))])
+        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))], &[])
         .await
         .expect("SDK 2.x client in legacy mode");
     assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
@@ -361,7 +361,7 @@ async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_o
         .expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let report = stack
-        .python_sdk2_calls(&token, "auto", &[("whoami", json!({}))])
+        .python_sdk2_calls(&token, "auto", &[("whoami", json!({}))], &[])
         .await
         .expect("auto falls back to initialize");
     assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
@@ -390,7 +390,7 @@ async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_o
     assert_eq!(stack.all_backend_total().await.expect("counters"), before);
 
     let pinned = stack
-        .python_sdk2_calls(&token, MODERN, &[("whoami", json!({}))])
+        .python_sdk2_calls(&token, MODERN, &[("whoami", json!({}))], &[])
         .await
         .expect_err("a client pinned to 2026-07-28 cannot be served here")
         .to_string();
@@ -411,7 +411,7 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     for mode in ["auto", MODERN] {
         let report = stack
-            .python_sdk2_calls(&token, mode, &[("whoami", json!({}))])
+            .python_sdk2_calls(&token, mode, &[("whoami", json!({}))], &[])
             .await
             .expect("client runs");
         assert_eq!(report["protocol_version"], MODERN, "{mode}: {report}");
@@ -419,7 +419,7 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
     }
     let before = stack.all_backend_total().await.expect("counters");
     let legacy = stack
-        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))])
+        .python_sdk2_calls(&token, "legacy", &[("whoami", json!({}))], &[])
         .await;
     let error = legacy.expect_err("no session era here").to_string();
     assert!(
@@ -452,6 +452,7 @@ async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_bo
                     json!({"text": "my key is sk-abcdefghijklmnopqrstuvwxyz"}),
                 ),
             ],
+            &[],
         )
         .await
         .expect("client runs");
@@ -578,24 +579,17 @@ async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes(
 async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gateway() {
     let stack = both_eras().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let mut command = tokio::process::Command::new(e2e::paths::venv_mcp2_bin("python"));
-    command
-        .arg(e2e::paths::dev_script("client.py"))
-        .args(["--url", &stack.url(), "--token", &token, "--mode", MODERN])
-        .arg("--ca")
-        .arg(e2e::paths::certs_dir().join("ca.pem"))
-        // confirm answers `input_required`; the client asks its user (the
-        // script says yes) and retries with the answer and the requestState.
-        .args(["--call", "confirm", r#"{"action": "deploy"}"#])
-        .args(["--listen", "announce"]);
-    let output = command.output().await.expect("client runs");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("report");
+    // confirm answers `input_required`; the client asks its user (the script
+    // says yes) and retries with the answer and the requestState.
+    let report = stack
+        .python_sdk2_calls(
+            &token,
+            MODERN,
+            &[("confirm", json!({"action": "deploy"}))],
+            &["--listen", "announce"],
+        )
+        .await
+        .expect("client runs");
     assert_eq!(outcomes(&report)[0]["text"], "deploy: done", "{report}");
     assert_eq!(
         report["listen_events"].as_array().map(Vec::len),
