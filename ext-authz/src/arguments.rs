@@ -39,6 +39,8 @@ pub enum Checked {
 pub struct FetchContext<'a> {
     pub path: &'a str,
     pub protocol_version: Option<&'a str>,
+    /// The era the request speaks.
+    pub era: Era,
     /// The identity headers the backend gets on the caller's own requests.
     pub identity_headers: &'a [(String, String)],
 }
@@ -59,8 +61,7 @@ impl ArgumentChecker {
     /// Whether a tool's schema is known only from listings (`unlisted_tools` is
     /// not `fetch`): then ext-proc must see them.
     pub fn learns_from_listings(&self, era: Era) -> bool {
-        self.validation.enabled
-            && (self.validation.unlisted_tools != UnlistedTools::Fetch || era == Era::Stateless)
+        self.validation.enabled && self.validation.unlisted_in(era) != UnlistedTools::Fetch
     }
 
     /// Runs the rewrites' checks and argument validation over `messages`.
@@ -133,7 +134,9 @@ impl ArgumentChecker {
                 // ext-proc checks the rewritten message as the backend gets it.
                 Ok(true) => outcome = Checked::Rewritten,
                 Ok(false) => {
-                    if let Err(rejection) = check_call_arguments(&self.validation, &value, &tools) {
+                    if let Err(rejection) =
+                        check_call_arguments(&self.validation, context.era, &value, &tools)
+                    {
                         return Checked::Refused(message.id.clone(), rejection);
                     }
                 }

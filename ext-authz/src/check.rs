@@ -485,15 +485,12 @@ impl Authorizer {
                 let message = &body.messages[0];
                 let mirrored =
                     protocol::mirrored_headers(message.method.as_deref(), message.params.as_ref());
-                // A header the body has no counterpart for (a notification's
-                // name, a posted response's method) does not go on.
-                for name in [protocol::METHOD_HEADER, protocol::NAME_HEADER] {
-                    if !mirrored.iter().any(|(mirror, _)| *mirror == name) {
-                        allowed.remove_headers.push(name.to_owned());
-                    }
-                }
+                allowed
+                    .remove_headers
+                    .extend(mirrored.remove.into_iter().map(str::to_owned));
                 allowed.set_headers.extend(
                     mirrored
+                        .set
                         .into_iter()
                         .map(|(name, value)| (name.to_owned(), value)),
                 );
@@ -754,6 +751,7 @@ impl Authorizer {
             let context = FetchContext {
                 path,
                 protocol_version: request.protocol_version,
+                era: allowed.protocol.era,
                 identity_headers: &allowed.set_headers[..allowed.identity_header_count],
             };
             match arguments

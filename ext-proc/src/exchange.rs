@@ -353,23 +353,6 @@ impl<'a> Exchange<'a> {
         let key = catalog_key(self.request.era, self.upstream.as_deref());
         let tools = tools_for(self.gateway, key, &self.request.path, &facts);
         let rewrites = &self.gateway.rewrites;
-        // No backend of the stateless pool is known before Envoy picks one, so
-        // there is none to ask for tools: schemas come from the listings the
-        // gateway has seen, and a call to a tool not seen yet goes on for the
-        // backend to check (the spec has servers validate their inputs), as with
-        // `unlisted_tools: forward`. `refuse` still refuses it.
-        let stateless_validation;
-        let validation = if self.request.era == Era::Stateless
-            && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
-        {
-            stateless_validation = ArgumentValidation {
-                unlisted_tools: UnlistedTools::Forward,
-                ..self.gateway.arguments.clone()
-            };
-            &stateless_validation
-        } else {
-            &self.gateway.arguments
-        };
         let mut changed = false;
         let messages: Vec<&mut Value> = match &mut value {
             Value::Array(items) => items.iter_mut().collect(),
@@ -388,7 +371,12 @@ impl<'a> Exchange<'a> {
             let checked = rewrites
                 .rewrite_request(&facts, message, &tools)
                 .and_then(|c| {
-                    check_call_arguments(validation, message, &tools)?;
+                    check_call_arguments(
+                        &self.gateway.arguments,
+                        self.request.era,
+                        message,
+                        &tools,
+                    )?;
                     Ok(c)
                 });
             if stateless && matches!(checked, Ok(true)) {
@@ -443,14 +431,12 @@ impl<'a> Exchange<'a> {
         let params = message.get("params");
         let mut edits = HeaderEdits::default();
         let mirrored = protocol::mirrored_headers(method, params);
-        if !mirrored
-            .iter()
-            .any(|(name, _)| *name == protocol::NAME_HEADER)
-        {
-            edits.remove.push(protocol::NAME_HEADER.to_owned());
-        }
+        edits
+            .remove
+            .extend(mirrored.remove.into_iter().map(str::to_owned));
         edits.set.extend(
             mirrored
+                .set
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value.into_bytes())),
         );

@@ -339,6 +339,19 @@ pub struct ArgumentValidation {
     pub unlisted_tools: UnlistedTools,
 }
 
+impl ArgumentValidation {
+    /// What happens to a call of `era` whose tool's schema is not known. A
+    /// stateless call names no backend until Envoy picks one, so there is none
+    /// to ask: `fetch` forwards it for the backend to check (the spec has
+    /// servers validate their inputs); `refuse` and `forward` stand.
+    pub fn unlisted_in(&self, era: crate::protocol::Era) -> UnlistedTools {
+        match (era, self.unlisted_tools) {
+            (crate::protocol::Era::Stateless, UnlistedTools::Fetch) => UnlistedTools::Forward,
+            (_, unlisted) => unlisted,
+        }
+    }
+}
+
 impl Default for ArgumentValidation {
     fn default() -> Self {
         Self {

@@ -272,25 +272,38 @@ pub fn check_param_headers<'h>(
 }
 
 /// The headers a stateless request mirrors from its body, as they must go
-/// upstream: `MCP-Protocol-Version`, `Mcp-Method`, and `Mcp-Name` for the
-/// methods that name something. A header a rewrite made stale (an alias changes
-/// `params.name`) is regenerated from here.
-pub fn mirrored_headers(
-    method: Option<&str>,
-    params: Option<&Value>,
-) -> Vec<(&'static str, String)> {
-    let mut headers = Vec::with_capacity(3);
+/// upstream.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Mirrored {
+    /// `MCP-Protocol-Version`, `Mcp-Method`, and `Mcp-Name` for the methods that
+    /// name something, set from the body.
+    pub set: Vec<(&'static str, String)>,
+    /// `Mcp-Method` and `Mcp-Name` where the body has no counterpart (a
+    /// notification's name, a posted response's method): whatever the client
+    /// sent there does not go on.
+    pub remove: Vec<&'static str>,
+}
+
+/// [`Mirrored`] for a message's method and params. A header a rewrite made
+/// stale (an alias changes `params.name`) is regenerated from here.
+pub fn mirrored_headers(method: Option<&str>, params: Option<&Value>) -> Mirrored {
+    let mut mirrored = Mirrored::default();
     if let Some(version) = params.and_then(|p| p.get("_meta")?.get(PROTOCOL_VERSION_META)?.as_str())
     {
-        headers.push((VERSION_HEADER, version.to_owned()));
+        mirrored.set.push((VERSION_HEADER, version.to_owned()));
     }
-    if let Some(method) = method {
-        headers.push((METHOD_HEADER, method.to_owned()));
-        if let Some((_, Value::String(name))) = name_param(method, params) {
-            headers.push((NAME_HEADER, encode_header_value(name).into_owned()));
-        }
+    let Some(method) = method else {
+        mirrored.remove = vec![METHOD_HEADER, NAME_HEADER];
+        return mirrored;
+    };
+    mirrored.set.push((METHOD_HEADER, method.to_owned()));
+    match name_param(method, params) {
+        Some((_, Value::String(name))) => mirrored
+            .set
+            .push((NAME_HEADER, encode_header_value(name).into_owned())),
+        _ => mirrored.remove.push(NAME_HEADER),
     }
-    headers
+    mirrored
 }
 
 /// The `Mcp-Param-*` headers for `arguments` under `input_schema` (names in

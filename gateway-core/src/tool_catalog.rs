@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{ArgumentValidation, UnlistedTools};
+use crate::protocol::Era;
 use crate::rewrite::{Rejection, ToolView, check_arguments};
 use crate::rules::{Policy, RequestFacts};
 use serde_json::Value;
@@ -101,6 +102,7 @@ impl ToolCatalog {
 /// has already asked the backend: see [`crate::schema_fetch`]).
 pub fn check_call_arguments(
     validation: &ArgumentValidation,
+    era: Era,
     message: &Value,
     tools: &dyn ToolView,
 ) -> Result<(), Rejection> {
@@ -114,7 +116,7 @@ pub fn check_call_arguments(
     if validation.skip_tools.iter().any(|t| t == tool) {
         return Ok(());
     }
-    match (tools.schema(tool), validation.unlisted_tools) {
+    match (tools.schema(tool), validation.unlisted_in(era)) {
         (Some(validator), _) => {
             check_arguments(&validator, tool, message, "its advertised inputSchema")
         }

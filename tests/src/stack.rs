@@ -983,25 +983,10 @@ impl Stack {
     }
 
     async fn wait_stateless_backend(&mut self, index: usize) -> anyhow::Result<()> {
-        let port = self.ports.stateless_backends[index];
         let process = self.stateless[index]
             .as_mut()
             .ok_or_else(|| anyhow!("stateless backend {index} is not run by this stack"))?;
-        let pid = process.pid();
-        wait_until(process, || async {
-            let body = match debug_document(port).await {
-                Ok(body) => body,
-                Err(_) => return Ok(false),
-            };
-            if body["pid"] != pid {
-                bail!(
-                    "port {port} answered by another process (pid {})",
-                    body["pid"]
-                );
-            }
-            Ok(true)
-        })
-        .await
+        wait_demo_backend(process, self.ports.stateless_backends[index]).await
     }
 
     /// A command for `program`, under `taskset` when the gateway is pinned
@@ -1063,31 +1048,10 @@ impl Stack {
     }
 
     async fn wait_backend(&mut self, index: usize) -> anyhow::Result<()> {
-        let url = format!(
-            "http://127.0.0.1:{}/_debug/requests",
-            self.ports.backends[index]
-        );
         let process = self.backends[index]
             .as_mut()
             .ok_or_else(|| anyhow!("backend {index} is not run by this stack"))?;
-        let pid = process.pid();
-        // The answer must come from our process, not from another test's server
-        // that holds the port this one failed to bind.
-        wait_until(process, || async {
-            let response = reqwest::get(&url).await?;
-            if !response.status().is_success() {
-                return Ok(false);
-            }
-            let body: serde_json::Value = response.json().await?;
-            if body["pid"] != pid {
-                bail!(
-                    "port {url} answered by another process (pid {})",
-                    body["pid"]
-                );
-            }
-            Ok(true)
-        })
-        .await
+        wait_demo_backend(process, self.ports.backends[index]).await
     }
 
     async fn wait_sidecar(&mut self, name: &str) -> anyhow::Result<()> {
@@ -1190,6 +1154,24 @@ pub fn https_client() -> anyhow::Result<reqwest::Client> {
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// Waits until the demo backend `process` answers on `port`. The answer must
+/// come from that process, not from another test's server that holds the port
+/// this one failed to bind.
+async fn wait_demo_backend(process: &mut Process, port: u16) -> anyhow::Result<()> {
+    let pid = process.pid();
+    wait_until(process, || async {
+        let body = debug_document(port).await?;
+        if body["pid"] != pid {
+            bail!(
+                "port {port} answered by another process (pid {})",
+                body["pid"]
+            );
+        }
+        Ok(true)
+    })
+    .await
 }
 
 /// A demo backend's `/_debug/requests` document.

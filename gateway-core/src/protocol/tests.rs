@@ -146,7 +146,7 @@ fn resources_are_named_by_uri_and_prompts_by_name() {
         HEADER_MISMATCH
     );
     assert_eq!(
-        mirrored_headers(read.method.as_deref(), read.params.as_ref()),
+        mirrored_headers(read.method.as_deref(), read.params.as_ref()).set,
         vec![
             (VERSION_HEADER, "2026-07-28".to_owned()),
             (METHOD_HEADER, "resources/read".to_owned()),
