@@ -350,3 +350,21 @@ fn a_notification_needs_the_version_header_its_meta_names() {
         );
     }
 }
+
+#[test]
+fn mirrors_the_body_lacks_are_removed() {
+    // A posted response has no method; a notification names nothing.
+    assert_eq!(
+        mirrored_headers(None, None),
+        Mirrored {
+            set: Vec::new(),
+            remove: vec![METHOD_HEADER, NAME_HEADER],
+        }
+    );
+    let cancelled = mirrored_headers(Some("notifications/cancelled"), None);
+    assert_eq!(cancelled.remove, vec![NAME_HEADER]);
+    assert_eq!(
+        cancelled.set,
+        vec![(METHOD_HEADER, "notifications/cancelled".to_owned())]
+    );
+}
