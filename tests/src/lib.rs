@@ -5,7 +5,8 @@
 //! - [`paths`]: where the repository, the dev virtualenv, certificates and binaries are.
 //! - [`process`]: one supervised child process with its own log file; stopped (and
 //!   its log tail printed when a test fails) when dropped.
-//! - [`stack`]: the whole gateway (token issuer, MCP backends, both sidecars, Envoy)
+//! - [`dev_idp`]: the dev OpenID provider's signing keys, and tokens signed with them.
+//! - [`stack`]: the whole gateway (OpenID provider, MCP backends, both sidecars, Envoy)
 //!   started on free or fixed ports, each part waited for until ready.
 //! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
 //! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
@@ -14,6 +15,7 @@
 //! `cargo xtask up` runs the dev stack with this same code.
 
 pub mod bench;
+pub mod dev_idp;
 pub mod mcp;
 pub mod paths;
 pub mod process;

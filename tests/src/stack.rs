@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use envoy_bootstrap::{Endpoint, Profile, TlsFiles};
 use serde_yaml::Value;
 
+use crate::dev_idp::{DevClaims, IdpKeys};
 use crate::paths;
 use crate::process::Process;
 
@@ -116,6 +117,8 @@ pub struct StackOptions {
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub issuer_port: u16,
+    /// The provider's key directory, for tokens the second gateway's tests sign.
+    pub issuer_keys: PathBuf,
     pub backend_ports: Vec<u16>,
     pub stateless_ports: Vec<u16>,
 }
@@ -174,6 +177,7 @@ pub struct Stack {
     stateless: Vec<Option<Process>>,
     stateless_args: Vec<String>,
     issuer: Option<Process>,
+    idp_keys: IdpKeys,
     ports: Ports,
     bin_dir: PathBuf,
     rules: Option<String>,
@@ -265,6 +269,10 @@ impl Stack {
             stateless: Vec::new(),
             stateless_args: options.stateless_args.clone(),
             issuer: None,
+            idp_keys: IdpKeys::new(match &options.shared {
+                Some(shared) => shared.issuer_keys.clone(),
+                None => work.join("issuer-keys"),
+            }),
             ports,
             bin_dir: options.bin_dir.clone(),
             rules: options.rules.clone(),
@@ -338,6 +346,7 @@ impl Stack {
     pub fn shared(&self) -> Shared {
         Shared {
             issuer_port: self.ports.issuer,
+            issuer_keys: self.idp_keys.dir().to_owned(),
             backend_ports: self.ports.backends.clone(),
             stateless_ports: self.ports.stateless_backends.clone(),
         }
@@ -489,46 +498,68 @@ impl Stack {
         self.token_with_claims(sub, scope, extra).await
     }
 
-    /// A fresh bearer token with extra claims the dev issuer takes as form
-    /// fields (`email`, `client_id`, `ttl`).
+    /// A fresh bearer token with extra claims: `email`, `client_id`, `ttl`
+    /// (seconds, negative for an expired token) or `aud`.
     pub async fn token_with_claims(
         &self,
         sub: &str,
         scope: &str,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<String> {
-        let mut form = vec![("sub", sub), ("scope", scope)];
-        form.extend_from_slice(extra);
-        let url = self.url();
-        form.push(("aud", &url));
-        let response = self
-            .http
-            .post(format!("{}/token", self.issuer_url()))
-            .form(&form)
-            .send()
-            .await?
-            .error_for_status()?;
-        let body: serde_json::Value = response.json().await?;
-        body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("issuer answered without access_token: {body}"))
+        let mut claims = DevClaims::new(&self.issuer_url(), &self.url(), sub, scope);
+        for (name, value) in extra {
+            match *name {
+                "email" => claims.email = Some((*value).to_owned()),
+                "client_id" => claims.client_id = (*value).to_owned(),
+                "aud" => claims.audience = (*value).to_owned(),
+                "ttl" => {
+                    claims.ttl = value
+                        .parse()
+                        .with_context(|| format!("ttl {value:?} is not a number"))?
+                }
+                other => bail!("no such dev token claim: {other}"),
+            }
+        }
+        self.idp_keys.sign(&claims)
     }
 
-    /// Makes the issuer sign with a new key from now on; returns its `kid`.
+    /// The secret of the provider's confidential client `mcp-dev-service` (client
+    /// credentials), which the provider makes on its first start.
+    pub fn idp_service_secret(&self) -> anyhow::Result<String> {
+        let dir = self.idp_keys.dir();
+        let path = dir.parent().unwrap_or(dir).join("idp-client-secret");
+        let secret = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        Ok(secret.trim().to_owned())
+    }
+
+    /// Makes the provider sign with a new key from now on (SIGHUP); returns its
+    /// `kid` once the provider publishes it.
     pub async fn rotate_issuer_key(&self) -> anyhow::Result<String> {
-        let body: serde_json::Value = self
-            .http
-            .post(format!("{}/_admin/rotate", self.issuer_url()))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        body["kid"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("rotate answered {body}"))
+        let issuer = self
+            .issuer
+            .as_ref()
+            .ok_or_else(|| anyhow!("this stack does not run the provider"))?;
+        let before = self.idp_keys.kids()?;
+        issuer.signal(libc::SIGHUP);
+        let jwks_url = format!("{}/jwks", self.issuer_url());
+        let deadline = tokio::time::Instant::now() + crate::patience();
+        loop {
+            let published: serde_json::Value =
+                self.http.get(&jwks_url).send().await?.json().await?;
+            let new = published["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|key| key["kid"].as_str())
+                .find(|kid| !before.iter().any(|old| old == kid));
+            if let Some(kid) = new {
+                return Ok(kid.to_owned());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the provider published no new key after SIGHUP");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the token issuer, as an IdP outage would.
@@ -939,17 +970,19 @@ impl Stack {
 
     fn spawn_issuer(&self) -> anyhow::Result<Process> {
         let certs = paths::certs_dir();
-        let mut command = self.python("issuer.py");
+        let mut command = Command::new("node");
         command
-            .arg("serve")
+            .arg(paths::dev_script("node/idp.mjs"))
             .arg("--key-dir")
-            .arg(self.work.join("issuer-keys"))
-            .args(["--issuer", &self.issuer_url(), "--aud", &self.url()])
+            .arg(self.idp_keys.dir())
+            .args(["--issuer", &self.issuer_url(), "--resource", &self.url()])
             .args(["--port", &self.ports.issuer.to_string()])
             .arg("--cert")
             .arg(certs.join("server.pem"))
             .arg("--key")
-            .arg(certs.join("server.key"));
+            .arg(certs.join("server.key"))
+            // Client metadata documents are fetched over https from dev servers.
+            .env("NODE_EXTRA_CA_CERTS", certs.join("ca.pem"));
         Process::spawn("issuer", command, &self.log("issuer"))
     }
 

@@ -1,11 +1,9 @@
-//! `cargo xtask token`: a bearer token from the dev issuer.
+//! `cargo xtask token`: a bearer token from the dev OpenID provider.
 //!
-//! Signs with the dev issuer's key files, so it works whether or not the stack is
-//! up; the running stack's issuer publishes the same keys.
+//! Signs with the provider's key files, so it works whether or not the stack is
+//! up; the running provider publishes the same keys.
 
-use std::process::Command;
-
-use anyhow::bail;
+use e2e::dev_idp::{DevClaims, IdpKeys};
 use e2e::paths;
 use e2e::stack::Ports;
 
@@ -19,38 +17,22 @@ pub struct Token {
     pub scope: String,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
-    pub ttl: u64,
+    pub ttl: i64,
 }
 
 impl Token {
     pub fn run(&self) -> anyhow::Result<()> {
-        let python = paths::venv_bin("python");
-        if !python.exists() {
-            bail!("no dev virtualenv: run `cargo xtask setup` (or `cargo xtask up`) first");
-        }
         let ports = Ports::dev();
-        let status = Command::new(python)
-            .arg(paths::dev_script("issuer.py"))
-            .arg("token")
-            .arg("--key-dir")
-            .arg(paths::dev_stack_dir().join("issuer-keys"))
-            .args(["--issuer", &format!("https://localhost:{}", ports.issuer)])
-            .args([
-                "--aud",
-                &format!("https://localhost:{}/mcp", ports.listener),
-            ])
-            .args([
-                "--sub",
-                &self.sub,
-                "--scope",
-                &self.scope,
-                "--ttl",
-                &self.ttl.to_string(),
-            ])
-            .status()?;
-        if !status.success() {
-            bail!("issuer.py token failed ({status})");
-        }
+        let mut claims = DevClaims::new(
+            &format!("https://localhost:{}", ports.issuer),
+            &format!("https://localhost:{}/mcp", ports.listener),
+            &self.sub,
+            &self.scope,
+        );
+        claims.ttl = self.ttl;
+        let keys = IdpKeys::new(paths::dev_stack_dir().join("issuer-keys"));
+        // The token is this command's output, for `$(cargo xtask token)`.
+        println!("{}", keys.sign(&claims)?);
         Ok(())
     }
 }

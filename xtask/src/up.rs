@@ -1,6 +1,6 @@
 //! `cargo xtask up`: the dev stack on https://localhost:8443/mcp until Ctrl-C.
 //!
-//! Token issuer, three FastMCP backends, both sidecars (release builds) and Envoy,
+//! The dev OpenID provider, three FastMCP backends, both sidecars (release builds) and Envoy,
 //! each waited for until ready. Ctrl-C or SIGTERM stops them all, Envoy first.
 //! Configs and logs: `.dev/stack/`.
 
@@ -43,11 +43,15 @@ impl Up {
                  A token (1 h; more with `cargo xtask token`):\n\n{token}\n\n\
                  Try it with the official MCP Python SDK:\n\n  \
                  .dev/venv/bin/python dev/client.py --url {url} --ca {ca} --token \"$(cargo xtask token)\" --sessions 2 --calls 5\n\n\
+                 Or log in as an interactive client does, by URL alone (the provider at {issuer}\n\
+                 signs in any user name; its pages: {issuer}/auth):\n\n  \
+                 .dev/venv/bin/python dev/oauth_login.py --url {url} --ca {ca} --call whoami '{{}}'\n\n\
                  Ctrl-C stops everything.",
                 url = stack.url(),
                 admin = stack.ports().admin,
                 logs = stack.work_dir().display(),
                 ca = ca.display(),
+                issuer = stack.issuer_url(),
             );
             shutdown_signal().await;
             eprintln!("stopping the dev stack");

@@ -851,6 +851,71 @@ fn every_shipped_gateway_config_loads() {
     }
 }
 
+#[test]
+fn keycloak_realm_lets_interactive_mcp_clients_register_and_sign_in() {
+    let realm: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/keycloak/realm-mcp.json"))
+            .expect("realm"),
+    )
+    .expect("JSON");
+    // A public client for clients that cannot keep a secret: code + PKCE S256 only,
+    // back to loopback only.
+    let public = realm["clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["clientId"] == "mcp-public"))
+        .expect("client mcp-public");
+    assert_eq!(public["publicClient"], true);
+    assert_eq!(public["standardFlowEnabled"], true);
+    assert_eq!(public["implicitFlowEnabled"], false);
+    assert_eq!(public["directAccessGrantsEnabled"], false);
+    assert_eq!(public["attributes"]["pkce.code.challenge.method"], "S256");
+    assert_eq!(public["defaultClientScopes"], json!(["mcp:tools"]));
+    for uri in public["redirectUris"].as_array().expect("redirect URIs") {
+        let uri = uri.as_str().expect("string");
+        assert!(
+            uri.starts_with("http://127.0.0.1") || uri.starts_with("http://localhost"),
+            "{uri} is not a loopback redirect"
+        );
+    }
+
+    // Anonymous dynamic client registration (how MCP clients register), limited to
+    // the gateway's scope, so a registered client's tokens carry its audience.
+    let policies = realm["components"]
+        ["org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy"]
+        .as_array()
+        .expect("client registration policies");
+    let anonymous = |provider: &str| {
+        policies
+            .iter()
+            .find(|p| p["providerId"] == provider && p["subType"] == "anonymous")
+            .unwrap_or_else(|| panic!("anonymous policy {provider}"))
+    };
+    assert_eq!(
+        anonymous("trusted-hosts")["config"]["host-sending-registration-request-must-match"],
+        json!(["false"]),
+        "any host may register"
+    );
+    assert_eq!(
+        anonymous("allowed-client-templates")["config"]["allowed-client-scopes"],
+        json!(["mcp:tools"])
+    );
+    anonymous("consent-required");
+    anonymous("max-clients");
+    assert!(
+        realm["defaultDefaultClientScopes"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "mcp:tools")),
+        "registered clients get mcp:tools"
+    );
+
+    // A demo user whose password must be changed at first sign-in.
+    let user = realm["users"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["username"] == "demo-user"))
+        .expect("demo-user");
+    assert_eq!(user["credentials"][0]["temporary"], true);
+}
+
 #[tokio::test]
 async fn keycloak_realm_issues_tokens_the_compose_gateway_accepts() {
     let realm: Value = serde_json::from_str(
