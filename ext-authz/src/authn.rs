@@ -19,6 +19,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use gateway_core::metrics::Labels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
 use crate::crypto::SUPPORTED;
 use crate::jwks::{IssuerKeys, KeyError};
 
@@ -103,6 +108,42 @@ pub struct Authenticator {
     /// Verified tokens by SHA-256, weighed in bytes (see [`weight`]).
     verified: moka::future::Cache<[u8; 32], Verified>,
     signature_checks: std::sync::atomic::AtomicU64,
+    metrics: AuthnMetrics,
+}
+
+/// What authentication counts, for Prometheus.
+#[derive(Debug, Clone, Default)]
+pub struct AuthnMetrics {
+    /// Requests not authenticated, by reason (a short, fixed description).
+    pub failures: Family<Labels, Counter>,
+    /// Key fetches, by issuer and outcome (`ok`, `error`).
+    pub jwks_fetches: Family<Labels, Counter>,
+    /// Token cache lookups, by result: `hit` (no signature checked), `miss`.
+    pub token_cache: Family<Labels, Counter>,
+}
+
+impl AuthnMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mcp_gateway_authn_failures",
+            "Requests not authenticated, by reason",
+            self.failures.clone(),
+        );
+        registry.register(
+            "mcp_gateway_jwks_fetches",
+            "Fetches of an issuer's signing keys, by issuer and outcome (ok, error)",
+            self.jwks_fetches.clone(),
+        );
+        registry.register(
+            "mcp_gateway_token_cache_lookups",
+            "Token cache lookups, by result: hit (no signature checked) or miss",
+            self.token_cache.clone(),
+        );
+    }
+
+    fn count(family: &Family<Labels, Counter>, name: &'static str, value: String) {
+        family.get_or_create(&vec![(name, value)]).inc();
+    }
 }
 
 impl Authenticator {
@@ -116,9 +157,10 @@ impl Authenticator {
         if config.issuers.is_empty() {
             return Err(AuthnConfigError::NoIssuers);
         }
+        let metrics = AuthnMetrics::default();
         let mut issuers = HashMap::new();
         for (index, issuer) in config.issuers.iter().enumerate() {
-            let prepared = prepare_issuer(index, issuer, config, config_dir)?;
+            let prepared = prepare_issuer(index, issuer, config, config_dir, &metrics)?;
             if issuers.insert(issuer.issuer.clone(), prepared).is_some() {
                 return Err(AuthnConfigError::DuplicateIssuer {
                     index,
@@ -136,7 +178,13 @@ impl Authenticator {
                 .expire_after(UntilExp)
                 .build(),
             signature_checks: Default::default(),
+            metrics,
         })
+    }
+
+    /// Its counters, to register with the sidecar's metrics.
+    pub fn metrics(&self) -> &AuthnMetrics {
+        &self.metrics
     }
 
     /// The issuers' key sources (for tests and metrics).
@@ -166,14 +214,29 @@ impl Authenticator {
         &self,
         authorization: Option<&str>,
     ) -> Result<Arc<Identity>, AuthnError> {
+        let result = self.authenticate_uncounted(authorization).await;
+        if let Err(error) = &result {
+            AuthnMetrics::count(&self.metrics.failures, "reason", error.to_string());
+        }
+        result
+    }
+
+    async fn authenticate_uncounted(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Arc<Identity>, AuthnError> {
         let token = bearer_token(authorization)?;
         if token.len() > self.max_token_bytes {
             return Err(invalid("token too large"));
         }
         let digest = openssl::sha::sha256(token.as_bytes());
         let identity = match self.verified.get(&digest).await {
-            Some(Verified { identity, .. }) if self.still_valid(&identity).await => identity,
+            Some(Verified { identity, .. }) if self.still_valid(&identity).await => {
+                AuthnMetrics::count(&self.metrics.token_cache, "result", "hit".into());
+                identity
+            }
             _ => {
+                AuthnMetrics::count(&self.metrics.token_cache, "result", "miss".into());
                 let identity = Arc::new(self.verify(token).await?);
                 let weight = weight(token, &identity);
                 let verified = Verified {
@@ -273,6 +336,7 @@ fn prepare_issuer(
     config: &IssuerConfig,
     gateway: &ExtAuthzConfig,
     config_dir: &Path,
+    metrics: &AuthnMetrics,
 ) -> Result<Issuer, AuthnConfigError> {
     let fetchable = |key, url: &str| {
         fetch_url::parse(url).map_err(|reason| AuthnConfigError::Insecure {
@@ -340,7 +404,13 @@ fn prepare_issuer(
         reason: e.to_string(),
     })?;
     Ok(Issuer {
-        keys: IssuerKeys::start(config.issuer.clone(), jwks_uri, settings.clone(), http),
+        keys: IssuerKeys::start_counted(
+            config.issuer.clone(),
+            jwks_uri,
+            settings.clone(),
+            http,
+            metrics.jwks_fetches.clone(),
+        ),
         validations,
         required_scopes: config.required_scopes.clone(),
         leeway: i64::try_from(leeway).unwrap_or(i64::MAX),

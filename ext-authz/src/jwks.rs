@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use gateway_core::config::JwksSettings;
 use gateway_core::fetch_url;
+use gateway_core::metrics::Labels;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::sync::RwLock;
 
@@ -107,6 +110,8 @@ pub struct IssuerKeys {
     /// When the refresh task should fetch next, from the last fetch's Cache-Control.
     next_refresh: std::sync::Mutex<Duration>,
     fetches: std::sync::atomic::AtomicU64,
+    /// Fetch outcomes for Prometheus, labelled by issuer and outcome.
+    fetch_outcomes: Family<Labels, Counter>,
 }
 
 impl IssuerKeys {
@@ -117,6 +122,17 @@ impl IssuerKeys {
         jwks_uri: Option<String>,
         settings: JwksSettings,
         http: reqwest::Client,
+    ) -> Arc<Self> {
+        Self::start_counted(issuer, jwks_uri, settings, http, Family::default())
+    }
+
+    /// [`IssuerKeys::start`], counting each fetch's outcome in `fetch_outcomes`.
+    pub fn start_counted(
+        issuer: String,
+        jwks_uri: Option<String>,
+        settings: JwksSettings,
+        http: reqwest::Client,
+        fetch_outcomes: Family<Labels, Counter>,
     ) -> Arc<Self> {
         let keys = Arc::new(Self {
             issuer,
@@ -132,6 +148,7 @@ impl IssuerKeys {
             initial: tokio::sync::OnceCell::new(),
             next_refresh: std::sync::Mutex::new(Duration::ZERO),
             fetches: Default::default(),
+            fetch_outcomes,
         });
         tokio::spawn(refresh_loop(Arc::downgrade(&keys)));
         keys
@@ -216,6 +233,18 @@ impl IssuerKeys {
     /// Fetches the JWKS now and, on success, replaces the cached keys. Returns
     /// how long to wait before the next refresh.
     pub async fn refresh(&self) -> Result<Duration, FetchError> {
+        let result = self.fetch_and_keep().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.fetch_outcomes
+            .get_or_create(&vec![
+                ("issuer", self.issuer.clone()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        result
+    }
+
+    async fn fetch_and_keep(&self) -> Result<Duration, FetchError> {
         let uri = self.jwks_uri().await?;
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -57,6 +57,7 @@ async fn main() -> ExitCode {
         let section = config.ext_authz(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let authenticator = Authenticator::from_config(section, config_dir)?;
+        let authn_metrics = authenticator.metrics().clone();
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
@@ -88,6 +89,7 @@ async fn main() -> ExitCode {
         let keys = published_keys_route(authorizer.clone());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = AuthzMetrics::register(&mut registry);
+        authn_metrics.register(&mut registry);
         let service =
             AuthzService::new(authorizer, metrics).into_server(section.server.max_message_bytes);
         let mut routes = tonic::service::Routes::new(service);

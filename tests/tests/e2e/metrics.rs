@@ -55,6 +55,26 @@ async fn each_sidecar_counts_what_it_decided() {
     .await
     .expect("answer");
     assert_eq!(forged_session.status(), 404);
+    // A rewrite changes this call (clamp-add: a ≥ 0), so it passes ext-proc.
+    let clamped = session
+        .call_tool("add", json!({"a": -5, "b": 2}))
+        .await
+        .expect("clamped");
+    assert_eq!(clamped.parse::<f64>().ok(), Some(2.0), "{clamped}");
+    let expired = stack
+        .token_with_claims("alice", "mcp:tools", &[("ttl", "-120")])
+        .await
+        .expect("token");
+    let refused = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &expired,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(refused.status(), 401);
 
     let authz = stack.metrics("ext-authz").await.expect("ext-authz metrics");
     let decisions = "mcp_gateway_authz_decisions_total";
@@ -78,11 +98,55 @@ async fn each_sidecar_counts_what_it_decided() {
         authz.contains("mcp_gateway_authz_check_seconds_bucket"),
         "{authz}"
     );
+    let failures = "mcp_gateway_authn_failures_total";
+    assert_eq!(
+        sample(&authz, failures, r#"reason="no bearer token""#),
+        1.0,
+        "{authz}"
+    );
+    assert_eq!(
+        sample(&authz, failures, r#"reason="invalid token: token expired""#),
+        1.0,
+        "{authz}"
+    );
+    let issuer = stack.issuer_url();
+    assert!(
+        sample(
+            &authz,
+            "mcp_gateway_jwks_fetches_total",
+            &format!(r#"issuer="{issuer}",outcome="ok""#)
+        ) >= 1.0,
+        "{authz}"
+    );
+    // One token, verified once, then found in the cache on every later request.
+    let lookups = "mcp_gateway_token_cache_lookups_total";
+    assert!(
+        sample(&authz, lookups, r#"result="miss""#) >= 1.0,
+        "{authz}"
+    );
+    assert!(sample(&authz, lookups, r#"result="hit""#) >= 4.0, "{authz}");
 
     let proc = stack.metrics("ext-proc").await.expect("ext-proc metrics");
     let sessions = "mcp_gateway_sessions_total";
     assert!(
         sample(&proc, sessions, r#"event="sealed""#) >= 1.0,
+        "{proc}"
+    );
+    assert_eq!(
+        sample(
+            &proc,
+            "mcp_gateway_rewritten_bodies_total",
+            r#"direction="request""#
+        ),
+        1.0,
+        "the clamped add: {proc}"
+    );
+    assert!(
+        sample(
+            &proc,
+            "mcp_gateway_proc_message_seconds_count",
+            r#"phase="request_body""#
+        ) >= 1.0,
         "{proc}"
     );
     // ext-authz opens sessions; ext-proc seals them.
