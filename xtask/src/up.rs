@@ -5,12 +5,21 @@
 //! Configs and logs: `.dev/stack/`.
 
 use e2e::paths;
+use e2e::process::Process;
 use e2e::stack::{Ports, Stack, StackOptions};
 
 use crate::setup::Setup;
 
 #[derive(Debug, clap::Args)]
-pub struct Up {}
+pub struct Up {
+    /// Also run Prometheus (Debian's `prometheus` package) on
+    /// http://127.0.0.1:9090, scraping both sidecars and Envoy every 5 s.
+    #[arg(long)]
+    pub with_metrics: bool,
+}
+
+/// Where `--with-metrics` serves Prometheus.
+const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
 
 impl Up {
     pub fn run(&self) -> anyhow::Result<()> {
@@ -36,6 +45,10 @@ impl Up {
                 stateless_args: Vec::new(),
             };
             let stack = Stack::start(options).await?;
+            let _prometheus = match self.with_metrics {
+                true => Some(prometheus(&stack).await?),
+                false => None,
+            };
             let token = stack.token("dev-user", "mcp:tools").await?;
             let ca = paths::certs_dir().join("ca.pem");
             eprintln!(
@@ -59,6 +72,65 @@ impl Up {
             anyhow::Ok(())
         })
     }
+}
+
+/// Prometheus scraping the stack's sidecars and Envoy's admin, its data under
+/// the stack's work directory; stopped when dropped.
+async fn prometheus(stack: &Stack) -> anyhow::Result<Process> {
+    let binary = which("prometheus").ok_or_else(|| {
+        anyhow::anyhow!("--with-metrics needs Prometheus: `apt-get install prometheus` (Debian)")
+    })?;
+    let ports = stack.ports();
+    let config = format!(
+        "# Written by `cargo xtask up --with-metrics`.\n\
+         global: {{scrape_interval: 5s, evaluation_interval: 5s}}\n\
+         scrape_configs:\n\
+         - job_name: ext-authz\n  static_configs: [{{targets: ['127.0.0.1:{authz}']}}]\n\
+         - job_name: ext-proc\n  static_configs: [{{targets: ['127.0.0.1:{proc}']}}]\n\
+         - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs: [{{targets: ['127.0.0.1:{admin}']}}]\n",
+        authz = ports.ext_authz_metrics,
+        proc = ports.ext_proc_metrics,
+        admin = ports.admin,
+    );
+    let dir = stack.work_dir().join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config)?;
+    let mut command = std::process::Command::new(binary);
+    command
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={PROMETHEUS_ADDR}"));
+    let mut process = Process::spawn(
+        "prometheus",
+        command,
+        &stack.work_dir().join("prometheus.log"),
+    )?;
+    let ready = format!("http://{PROMETHEUS_ADDR}/-/ready");
+    let deadline = std::time::Instant::now() + e2e::patience();
+    loop {
+        process.ensure_running()?;
+        if reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("Prometheus not ready at {ready}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!("Prometheus: http://{PROMETHEUS_ADDR}/graph (scrapes ext-authz, ext-proc, Envoy)");
+    Ok(process)
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 pub(crate) async fn shutdown_signal() {
