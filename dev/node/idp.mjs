@@ -19,12 +19,16 @@
 //   published). SIGHUP adds a new key and signs with it from then on (rotation);
 //   grants and sessions survive it. `cargo xtask token` signs with the same files.
 //
-// RFC 8414 metadata is served at /.well-known/oauth-authorization-server as well
-// as OIDC discovery, since MCP clients look there first. Trust the dev CA with
+// It serves RFC 8414 metadata (/.well-known/oauth-authorization-server, where MCP
+// clients look first) as well as OIDC discovery. Trust the dev CA with
 // NODE_EXTRA_CA_CERTS (client metadata documents are fetched over https).
+//
+// Development only: open registration, CORS for every client, a sign-in page that
+// believes anyone, and loopback fetches are what make it convenient here and
+// dangerous anywhere else. Never copy this configuration to a real provider.
 
 import { createHash, generateKeyPairSync, createPrivateKey, randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -35,7 +39,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 // this script: resolve it from there.
 const modules = process.env.MCP_NODE_TOOLS ?? join(here, "..", "..", ".dev", "node");
 const resolve = createRequire(join(modules, "package.json")).resolve;
-const { default: Provider, errors } = await import(pathToFileURL(resolve("oidc-provider")).href);
+const providerMain = resolve("oidc-provider");
+const { default: Provider, errors } = await import(pathToFileURL(providerMain).href);
+// The provider's in-memory store, made once and handed to every Provider this
+// process builds, so that a key rotation (a new Provider) keeps registered
+// clients, grants, sessions and sign-ins in progress.
+const { createMemoryAdapter } = await import(
+  pathToFileURL(join(dirname(providerMain), "adapters", "memory_adapter.js")).href
+);
 
 const SCOPES = ["mcp:tools"];
 const SERVICE_CLIENT = "mcp-dev-service";
@@ -46,17 +57,13 @@ function main() {
   const serviceSecret = secretFrom(args.clientSecretFile);
   // Cookie keys outlive a rotation, so a sign-in in progress survives it.
   const cookieKeys = [randomBytes(32).toString("base64url")];
-  const build = () => provider({ ...args, keys, serviceSecret, cookieKeys });
+  const adapter = createMemoryAdapter();
+  const build = () => provider({ ...args, keys, serviceSecret, cookieKeys, adapter });
 
   let handler = build().callback();
   const server = createServer(
     { cert: readFileSync(args.cert), key: readFileSync(args.key) },
-    (req, res) => {
-      if (req.url.startsWith("/.well-known/oauth-authorization-server")) {
-        req.url = "/.well-known/openid-configuration";
-      }
-      handler(req, res);
-    },
+    (req, res) => handler(req, res),
   );
   process.on("SIGHUP", () => {
     const kid = keys.rotate();
@@ -74,8 +81,9 @@ function main() {
   );
 }
 
-function provider({ issuer, resource, keys, serviceSecret, cookieKeys }) {
+function provider({ issuer, resource, keys, serviceSecret, cookieKeys, adapter }) {
   const provider = new Provider(issuer, {
+    adapter,
     jwks: { keys: keys.privateJwks() },
     cookies: { keys: cookieKeys },
     clients: [
@@ -129,11 +137,14 @@ function provider({ issuer, resource, keys, serviceSecret, cookieKeys }) {
       },
     },
     // The provider refuses to fetch from loopback and private addresses (SSRF). A
-    // dev client serves its metadata document on loopback, so this provider lets
-    // it fetch there, and nowhere else.
+    // dev client serves its metadata document over https on loopback, so this
+    // provider may fetch https URLs on loopback (any of its fetches: metadata
+    // documents, and a registered client's https jwks_uri), with time for a busy
+    // test machine; every other address stays refused.
     fetch: (url, options) => {
-      if (isLoopback(url)) {
+      if (isLoopbackHttps(url)) {
         delete options.dispatcher;
+        options.signal = AbortSignal.timeout(15_000);
       }
       return globalThis.fetch(url, options);
     },
@@ -145,9 +156,12 @@ function provider({ issuer, resource, keys, serviceSecret, cookieKeys }) {
   return provider;
 }
 
-function isLoopback(url) {
-  const { hostname } = new URL(url);
-  return hostname === "localhost" || hostname === "127.0.0.1" || hostname === "[::1]";
+function isLoopbackHttps(url) {
+  const { protocol, hostname } = new URL(url);
+  return (
+    protocol === "https:" &&
+    (hostname === "localhost" || hostname === "127.0.0.1" || hostname === "[::1]")
+  );
 }
 
 /** ES256 keys kept as PKCS#8 PEM files named by their RFC 7638 thumbprint. */
@@ -167,7 +181,8 @@ class KeyDir {
       .map((name) => join(this.directory, name))
       .sort((a, b) => {
         const byTime = statSync(a).mtimeMs - statSync(b).mtimeMs;
-        return byTime !== 0 ? byTime : a.localeCompare(b);
+        // Ties by name, byte-wise, as the Rust signer (tests/src/dev_idp.rs) does.
+        return byTime !== 0 ? byTime : a < b ? -1 : a > b ? 1 : 0;
       });
   }
 
@@ -175,8 +190,10 @@ class KeyDir {
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
     const kid = thumbprint(privateKey.export({ format: "jwk" }));
     const path = join(this.directory, `${kid}.pem`);
-    writeFileSync(path, privateKey.export({ format: "pem", type: "pkcs8" }));
-    chmodSync(path, 0o600);
+    // Private from the first byte, and whole when it appears under its name.
+    const partial = join(this.directory, `.${kid}.partial`);
+    writeFileSync(partial, privateKey.export({ format: "pem", type: "pkcs8" }), { mode: 0o600 });
+    renameSync(partial, path);
     return kid;
   }
 

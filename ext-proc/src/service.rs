@@ -173,13 +173,14 @@ impl ExternalProcessor for ProcService {
                         break;
                     }
                 };
+                // Timed from before a schema fetch: the slowest answers are those.
+                let started = std::time::Instant::now();
+                let phase = phase_name(&message);
                 if let Some(Phase::RequestBody(_)) = &message.request
                     && let Some(wanted) = exchange.schema_to_fetch()
                 {
                     fetcher.learn(&gateway.catalog, &wanted).await;
                 }
-                let started = std::time::Instant::now();
-                let phase = phase_name(&message);
                 let reply = answer(&mut exchange, message, &metrics);
                 metrics
                     .message_seconds

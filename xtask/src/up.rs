@@ -56,8 +56,8 @@ impl Up {
                  A token (1 h; more with `cargo xtask token`):\n\n{token}\n\n\
                  Try it with the official MCP Python SDK:\n\n  \
                  .dev/venv/bin/python dev/client.py --url {url} --ca {ca} --token \"$(cargo xtask token)\" --sessions 2 --calls 5\n\n\
-                 Or log in as an interactive client does, by URL alone (the provider at {issuer}\n\
-                 signs in any user name; its pages: {issuer}/auth):\n\n  \
+                 Or log in as an interactive client does, by URL alone (the dev provider at\n\
+                 {issuer} signs in any user name with any password):\n\n  \
                  .dev/venv/bin/python dev/oauth_login.py --url {url} --ca {ca} --call whoami '{{}}'\n\n\
                  Ctrl-C stops everything.",
                 url = stack.url(),
@@ -99,7 +99,10 @@ async fn prometheus(stack: &Stack) -> anyhow::Result<Process> {
     let mut command = std::process::Command::new(binary);
     command
         .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={PROMETHEUS_ADDR}"));
     let mut process = Process::spawn(
         "prometheus",

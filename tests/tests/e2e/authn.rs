@@ -211,8 +211,59 @@ async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
         200
     );
 
+    // A service registers itself with the provider before the rotation.
+    let registered: Value = stack
+        .http()
+        .post(format!("{}/reg", stack.issuer_url()))
+        .json(
+            &json!({"client_name": "rotation-test", "grant_types": ["client_credentials"],
+                      "response_types": [], "redirect_uris": [],
+                      "token_endpoint_auth_method": "client_secret_basic"}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .error_for_status()
+        .expect("registered")
+        .json()
+        .await
+        .expect("json");
+
     // The IdP rotates: the new kid is unknown to the gateway until it refetches.
     let kid = stack.rotate_issuer_key().await.expect("rotate");
+    // The provider itself signs with the new key, and still knows the client
+    // registered before (its state outlives the rotation).
+    let granted: Value = stack
+        .http()
+        .post(format!("{}/token", stack.issuer_url()))
+        .basic_auth(
+            registered["client_id"].as_str().expect("client_id"),
+            registered["client_secret"].as_str(),
+        )
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "mcp:tools"),
+            ("resource", stack.url().as_str()),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .error_for_status()
+        .expect("the client registered before the rotation gets a token")
+        .json()
+        .await
+        .expect("json");
+    let issued = granted["access_token"].as_str().expect("access_token");
+    let header: Value =
+        serde_json::from_slice(&base64_url_decode(issued.split('.').next().expect("jwt")))
+            .expect("header JSON");
+    assert_eq!(header["kid"], kid, "the provider signs with the new key");
+    assert_eq!(
+        post_initialize(&stack, Some(&format!("Bearer {issued}")))
+            .await
+            .status(),
+        200
+    );
     let after = stack.token("bob", "mcp:tools").await.expect("token");
     let header = after.split('.').next().expect("jwt");
     let header: Value = serde_json::from_slice(&base64_url_decode(header)).expect("header JSON");

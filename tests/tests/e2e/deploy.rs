@@ -869,7 +869,7 @@ fn keycloak_realm_lets_interactive_mcp_clients_register_and_sign_in() {
     assert_eq!(public["implicitFlowEnabled"], false);
     assert_eq!(public["directAccessGrantsEnabled"], false);
     assert_eq!(public["attributes"]["pkce.code.challenge.method"], "S256");
-    assert_eq!(public["defaultClientScopes"], json!(["mcp:tools"]));
+    assert_eq!(public["defaultClientScopes"], json!(["basic", "mcp:tools"]));
     for uri in public["redirectUris"].as_array().expect("redirect URIs") {
         let uri = uri.as_str().expect("string");
         assert!(
@@ -890,23 +890,51 @@ fn keycloak_realm_lets_interactive_mcp_clients_register_and_sign_in() {
             .find(|p| p["providerId"] == provider && p["subType"] == "anonymous")
             .unwrap_or_else(|| panic!("anonymous policy {provider}"))
     };
+    let trusted = &anonymous("trusted-hosts")["config"];
     assert_eq!(
-        anonymous("trusted-hosts")["config"]["host-sending-registration-request-must-match"],
+        trusted["host-sending-registration-request-must-match"],
         json!(["false"]),
         "any host may register"
     );
     assert_eq!(
+        trusted["client-uris-must-match"],
+        json!(["true"]),
+        "but only with redirect URIs on loopback"
+    );
+    assert_eq!(trusted["trusted-hosts"], json!(["localhost", "127.0.0.1"]));
+    assert_eq!(
         anonymous("allowed-client-templates")["config"]["allowed-client-scopes"],
-        json!(["mcp:tools"])
+        json!(["basic", "mcp:tools"])
     );
     anonymous("consent-required");
     anonymous("max-clients");
-    assert!(
-        realm["defaultDefaultClientScopes"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s == "mcp:tools")),
-        "registered clients get mcp:tools"
+    assert_eq!(
+        realm["defaultDefaultClientScopes"],
+        json!(["basic", "mcp:tools"]),
+        "registered clients get sub and mcp:tools"
     );
+    // Since Keycloak 25 `sub` is in access tokens only through the `basic` scope,
+    // and a realm that lists its own scopes must define it; the gateway refuses a
+    // token without `sub`. Every client must get it.
+    let basic = realm["clientScopes"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "basic"))
+        .expect("client scope basic");
+    assert!(
+        basic["protocolMappers"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["protocolMapper"] == "oidc-sub-mapper")),
+        "{basic}"
+    );
+    for client in realm["clients"].as_array().expect("clients") {
+        assert!(
+            client["defaultClientScopes"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s == "basic")),
+            "{} gets no sub: {client}",
+            client["clientId"]
+        );
+    }
 
     // A demo user whose password must be changed at first sign-in.
     let user = realm["users"]
@@ -933,7 +961,7 @@ async fn keycloak_realm_issues_tokens_the_compose_gateway_accepts() {
         client["serviceAccountsEnabled"], true,
         "client-credentials grant"
     );
-    assert_eq!(client["defaultClientScopes"], json!(["mcp:tools"]));
+    assert_eq!(client["defaultClientScopes"], json!(["basic", "mcp:tools"]));
     let scope = realm["clientScopes"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "mcp:tools"))

@@ -15,7 +15,10 @@ async fn stack() -> Stack {
 /// Runs a login script; returns its JSON report, failing with its output if the
 /// login did not complete.
 async fn login(mut command: tokio::process::Command) -> Value {
-    let output = command.output().await.expect("login script runs");
+    let output = tokio::time::timeout(e2e::patience(), command.kill_on_drop(true).output())
+        .await
+        .expect("the login finishes in time")
+        .expect("login script runs");
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
             "no JSON report ({err}):\n{}\n{}",
