@@ -3,7 +3,8 @@
 // log in by URL alone.
 //
 //   node dev/node/idp.mjs --key-dir D --issuer URL --resource URL --port N \
-//     --cert C --key K [--client-secret-file F]
+//     --cert C --key K [--client-secret-file F] [--gateway-secret-file F] \
+//     [--backend-audience URL ...]
 //
 // What it offers:
 // - authorization code with PKCE (S256, required) for every client; the sign-in and
@@ -13,6 +14,11 @@
 //   or by open dynamic client registration (RFC 7591, `/reg`);
 // - client credentials for the confidential client `mcp-dev-service`, whose secret
 //   is read from --client-secret-file (made on first start);
+// - RFC 8693 token exchange for the gateway's own client `mcp-gateway` (secret in
+//   --gateway-secret-file, made on first start): it trades a caller's access token
+//   for the gateway for one with the same subject and a backend's audience (one of
+//   --backend-audience), `act.sub` = the gateway, living no longer than the
+//   original. oidc-provider has no RFC 8693 grant of its own; this file adds it;
 // - RFC 8707 resource indicators: the one resource is the gateway (--resource); its
 //   access tokens are RFC 9068 JWTs (ES256) with `aud` = the gateway;
 // - signing keys are the PEM files in --key-dir (the newest signs; all are
@@ -27,7 +33,15 @@
 // believes anyone, and loopback fetches are what make it convenient here and
 // dangerous anywhere else. Never copy this configuration to a real provider.
 
-import { createHash, generateKeyPairSync, createPrivateKey, randomBytes } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  sign,
+  verify,
+} from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { createRequire } from "node:module";
@@ -50,15 +64,22 @@ const { createMemoryAdapter } = await import(
 
 const SCOPES = ["mcp:tools"];
 const SERVICE_CLIENT = "mcp-dev-service";
+const GATEWAY_CLIENT = "mcp-gateway";
+const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
+/** An exchanged token lives at most this long (and never past the original). */
+const EXCHANGED_TTL = 600;
 
 function main() {
   const args = parse(process.argv.slice(2));
   const keys = new KeyDir(args.keyDir);
   const serviceSecret = secretFrom(args.clientSecretFile);
+  const gatewaySecret = secretFrom(args.gatewaySecretFile);
   // Cookie keys outlive a rotation, so a sign-in in progress survives it.
   const cookieKeys = [randomBytes(32).toString("base64url")];
   const adapter = createMemoryAdapter();
-  const build = () => provider({ ...args, keys, serviceSecret, cookieKeys, adapter });
+  const build = () =>
+    provider({ ...args, keys, serviceSecret, gatewaySecret, cookieKeys, adapter });
 
   let handler = build().callback();
   const server = createServer(
@@ -70,18 +91,25 @@ function main() {
     handler = build().callback();
     log("rotated signing key", { kid });
   });
+  // Nothing to flush (its state is in memory by design): stop at once.
   for (const signal of ["SIGTERM", "SIGINT"]) {
-    process.on(signal, () => {
-      server.close(() => process.exit(0));
-      server.closeAllConnections();
-    });
+    process.on(signal, () => process.exit(0));
   }
   server.listen(args.port, args.host, () =>
     log("listening", { issuer: args.issuer, resource: args.resource, port: args.port }),
   );
 }
 
-function provider({ issuer, resource, keys, serviceSecret, cookieKeys, adapter }) {
+function provider({
+  issuer,
+  resource,
+  backendAudiences,
+  keys,
+  serviceSecret,
+  gatewaySecret,
+  cookieKeys,
+  adapter,
+}) {
   const provider = new Provider(issuer, {
     adapter,
     jwks: { keys: keys.privateJwks() },
@@ -91,6 +119,13 @@ function provider({ issuer, resource, keys, serviceSecret, cookieKeys, adapter }
         client_id: SERVICE_CLIENT,
         client_secret: serviceSecret,
         grant_types: ["client_credentials"],
+        redirect_uris: [],
+        response_types: [],
+      },
+      {
+        client_id: GATEWAY_CLIENT,
+        client_secret: gatewaySecret,
+        grant_types: [TOKEN_EXCHANGE],
         redirect_uris: [],
         response_types: [],
       },
@@ -149,11 +184,69 @@ function provider({ issuer, resource, keys, serviceSecret, cookieKeys, adapter }
       return globalThis.fetch(url, options);
     },
   });
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    (ctx) => exchange(ctx, { issuer, resource, backendAudiences, keys }),
+    ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope"],
+  );
   provider.on("server_error", (_ctx, error) => log("server error", { error: String(error) }));
   provider.on("grant.success", (ctx) =>
     log("token issued", { client_id: ctx.oidc.client?.clientId, grant_type: ctx.oidc.params?.grant_type }),
   );
   return provider;
+}
+
+/**
+ * RFC 8693 token exchange: the caller's access token for the gateway, traded for
+ * one with the same subject and a backend's audience. Only the gateway's client
+ * may ask (oidc-provider checks the client's grant types before this runs).
+ */
+async function exchange(ctx, { issuer, resource, backendAudiences, keys }) {
+  const params = ctx.oidc.params;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest("subject_token_type must be an access token");
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest("only access tokens are issued");
+  }
+  let subject;
+  try {
+    subject = keys.verify(params.subject_token);
+  } catch (error) {
+    throw new errors.InvalidGrant(`subject_token: ${error.message}`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (subject.iss !== issuer || subject.aud !== resource || !(subject.exp > now)) {
+    throw new errors.InvalidGrant("subject_token is not a live token of this provider for the gateway");
+  }
+  const audience = params.audience ?? params.resource;
+  if (!backendAudiences.includes(audience)) {
+    throw new errors.InvalidTarget("audience is not a backend this provider knows");
+  }
+  const granted = new Set(String(subject.scope ?? "").split(" ").filter(Boolean));
+  const asked = params.scope ? params.scope.split(" ") : [...granted];
+  const scope = asked.filter((s) => granted.has(s)).join(" ");
+  const exp = Math.min(subject.exp, now + EXCHANGED_TTL);
+  const claims = {
+    iss: issuer,
+    sub: subject.sub,
+    aud: audience,
+    client_id: subject.client_id,
+    scope,
+    act: { sub: ctx.oidc.client.clientId },
+    iat: now,
+    exp,
+    jti: randomBytes(16).toString("hex"),
+  };
+  const token = keys.sign(claims);
+  log("token exchanged", { sub: subject.sub, audience, actor: ctx.oidc.client.clientId });
+  ctx.body = {
+    access_token: token,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: "Bearer",
+    expires_in: exp - now,
+    scope,
+  };
 }
 
 function isLoopbackHttps(url) {
@@ -197,6 +290,32 @@ class KeyDir {
     return kid;
   }
 
+  /** A compact ES256 JWT (RFC 9068 `at+jwt`) signed with the newest key. */
+  sign(claims) {
+    const path = this.files().at(-1);
+    const key = createPrivateKey(readFileSync(path));
+    const kid = thumbprint(key.export({ format: "jwk" }));
+    const head = b64url({ alg: "ES256", typ: "at+jwt", kid });
+    const input = `${head}.${b64url(claims)}`;
+    const signature = sign("sha256", Buffer.from(input), { key, dsaEncoding: "ieee-p1363" });
+    return `${input}.${signature.toString("base64url")}`;
+  }
+
+  /** The claims of an ES256 JWT signed by one of these keys; throws otherwise. */
+  verify(token) {
+    const [head, body, signature, extra] = String(token).split(".");
+    if (!signature || extra !== undefined) throw new Error("not a compact JWS");
+    const header = JSON.parse(Buffer.from(head, "base64url"));
+    if (header.alg !== "ES256") throw new Error("not ES256");
+    const path = this.files().find((p) => p.endsWith(`${header.kid}.pem`));
+    if (!path) throw new Error("unknown kid");
+    const key = createPublicKey(createPrivateKey(readFileSync(path)));
+    const ok = verify("sha256", Buffer.from(`${head}.${body}`), { key, dsaEncoding: "ieee-p1363" },
+      Buffer.from(signature, "base64url"));
+    if (!ok) throw new Error("bad signature");
+    return JSON.parse(Buffer.from(body, "base64url"));
+  }
+
   /** Newest first: oidc-provider signs with the first key that fits. */
   privateJwks() {
     return this.files()
@@ -206,6 +325,10 @@ class KeyDir {
         return { ...jwk, kid: thumbprint(jwk), alg: "ES256", use: "sig" };
       });
   }
+}
+
+function b64url(json) {
+  return Buffer.from(JSON.stringify(json)).toString("base64url");
 }
 
 function thumbprint({ crv, kty, x, y }) {
@@ -235,8 +358,14 @@ function parse(argv) {
     "--cert": "cert",
     "--key": "key",
     "--client-secret-file": "clientSecretFile",
+    "--gateway-secret-file": "gatewaySecretFile",
   };
+  out.backendAudiences = [];
   for (let i = 0; i < argv.length; i += 2) {
+    if (argv[i] === "--backend-audience" && argv[i + 1] !== undefined) {
+      out.backendAudiences.push(argv[i + 1]);
+      continue;
+    }
     const name = names[argv[i]];
     if (!name || argv[i + 1] === undefined) {
       fail(`unknown or incomplete argument ${argv[i]}`);
@@ -250,6 +379,7 @@ function parse(argv) {
   }
   out.port = Number(out.port);
   out.clientSecretFile ??= join(out.keyDir, "..", "idp-client-secret");
+  out.gatewaySecretFile ??= join(out.keyDir, "..", "idp-gateway-secret");
   return out;
 }
 

@@ -38,12 +38,13 @@ use gateway_core::rules::{Decision, Effect, RequestFacts};
 use serde_json::{Value, json};
 
 use crate::arguments::{ArgumentChecker, Checked, FetchContext};
-use crate::authn::{Authenticator, AuthnError, Identity};
+use crate::authn::{Authenticator, AuthnError, Identity, bearer_token};
 use crate::session_gate::{PINNING_HEADERS, Session, SessionGate};
 use gateway_core::rewrite::Origin;
 use gateway_core::session::{SESSION_HEADER, subject_digest};
 
 use crate::streams::{CallerStreams, GRACE};
+use crate::upstream::UpstreamCredentials;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::protocol::{self, Era, MODERN_VERSIONS, Refusal};
 
@@ -177,6 +178,10 @@ pub const ARGUMENTS_RULE: &str = "builtin:arguments";
 /// The `rule` of a refusal for a caller at its cap of open streams (429).
 pub const STREAM_CAP_RULE: &str = "builtin:stream-cap";
 
+/// The built-in rule of a request refused because its backend's credential
+/// could not be obtained (503).
+pub const UPSTREAM_CREDENTIAL_RULE: &str = "builtin:upstream-credential";
+
 /// The `rule` of a refusal for a session that does not open (404).
 pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
 
@@ -253,6 +258,8 @@ pub struct Authorizer {
     streams: Option<Arc<CallerStreams>>,
     /// The eras the backends speak.
     protocol: ProtocolConfig,
+    /// What each pool of backends gets in place of the caller's token.
+    upstream: UpstreamCredentials,
 }
 
 impl Authorizer {
@@ -275,7 +282,15 @@ impl Authorizer {
             arguments: None,
             streams: None,
             protocol: ProtocolConfig::default(),
+            upstream: UpstreamCredentials::none(),
         }
+    }
+
+    /// Gives each pool of backends its credential (after the rules, which never
+    /// see it), in place of the caller's token.
+    pub fn with_upstream_credentials(mut self, upstream: UpstreamCredentials) -> Self {
+        self.upstream = upstream;
+        self
     }
 
     /// Serves the eras the gateway config lists (the session era only, unless told).
@@ -667,6 +682,9 @@ impl Authorizer {
     /// After the rules allowed a request: open its session, check its calls, and
     /// decide whether ext-proc is needed.
     async fn route(&self, mut allowed: Allowed, request: &HttpRequest<'_>, path: &str) -> Verdict {
+        if let Err(denied) = self.add_upstream_credential(&mut allowed, request).await {
+            return Verdict::Deny(*denied);
+        }
         if allowed.protocol.era == Era::Stateless {
             // No session to open, nothing to pin: any backend of the stateless
             // pool serves the call, and no session id goes upstream.
@@ -725,6 +743,47 @@ impl Authorizer {
             streams.close(ticket);
         }
         verdict
+    }
+
+    /// Sets the credential of the pool this request goes to, where the caller's
+    /// token would have been. Failing to get one fails the request (503): the
+    /// backend is never reached without it.
+    async fn add_upstream_credential(
+        &self,
+        allowed: &mut Allowed,
+        request: &HttpRequest<'_>,
+    ) -> Result<(), Box<Denied>> {
+        let token = bearer_token(request.authorization).unwrap_or_default();
+        let credential = self
+            .upstream
+            .for_request(allowed.protocol.era, token, allowed.identity.expires_at)
+            .await;
+        match credential {
+            Ok(None) => Ok(()),
+            Ok(Some((header, value))) => {
+                allowed
+                    .remove_headers
+                    .retain(|h| !h.eq_ignore_ascii_case(&header));
+                // With the identity headers: the backend gets it on schema fetches too.
+                allowed.set_headers.insert(0, (header, value));
+                allowed.identity_header_count += 1;
+                Ok(())
+            }
+            Err(error) => {
+                let id = match allowed.messages.as_slice() {
+                    [one] => one.id.as_ref(),
+                    _ => None,
+                };
+                let why = error.to_string();
+                let mut denied = invalid(503, jsonrpc::error_response(id, -32003, &why), why);
+                denied
+                    .headers
+                    .push(("retry-after".to_owned(), "5".to_owned()));
+                denied.rule = Some(UPSTREAM_CREDENTIAL_RULE.to_owned());
+                denied.call = std::mem::take(&mut allowed.call);
+                Err(Box::new(denied))
+            }
+        }
     }
 
     /// Checks the calls (with rewrites' checks and argument validation) and

@@ -11,6 +11,8 @@
 //! - [`session_gate`]: opening a client's sealed session and pinning its backend.
 //! - [`arguments`]: rewrites' checks and argument validation for calls that skip ext-proc.
 //! - [`streams`]: each caller's open streams, capped, released by Envoy's access log.
+//! - [`upstream`]: the credential each backend pool gets instead of the caller's
+//!   token (static, client credentials, RFC 8693 token exchange).
 //! - [`audit`]: one record per JSON-RPC message judged, on the `audit` log target.
 
 pub mod arguments;
@@ -22,6 +24,7 @@ pub mod jwks;
 pub mod service;
 pub mod session_gate;
 pub mod streams;
+pub mod upstream;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -11,6 +11,7 @@ use ext_authz::check::Authorizer;
 use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
 use ext_authz::session_gate::SessionGate;
 use ext_authz::streams::{AccessLogSink, CallerStreams, LEASE};
+use ext_authz::upstream::UpstreamCredentials;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::schema_fetch::SchemaFetcher;
@@ -62,7 +63,11 @@ async fn main() -> ExitCode {
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
             .with_edge(&config.edge)
-            .with_protocol(&config.protocol);
+            .with_protocol(&config.protocol)
+            .with_upstream_credentials(UpstreamCredentials::from_config(
+                &config.upstream_credentials,
+                config_dir,
+            )?);
         // With ext-proc in the gateway, ext-authz opens its sessions, checks call
         // arguments (so plain calls need no ext_proc stream) and caps each
         // caller's open streams, released by the gateway's Envoy access log. An

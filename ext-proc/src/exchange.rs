@@ -110,6 +110,10 @@ pub struct Gateway {
     /// Names of the identity headers ext-authz sets for backends: ext-proc's own
     /// requests to a backend carry them too.
     pub identity_headers: Vec<String>,
+    /// Names of the headers upstream credentials go in (ext-authz sets them after
+    /// its rules): ext-proc's own requests to a backend carry them, rewrites'
+    /// `request.headers` never shows them.
+    pub credential_headers: Vec<String>,
 }
 
 /// The caller, as ext-authz established it (Envoy dynamic metadata).
@@ -288,10 +292,12 @@ impl<'a> Exchange<'a> {
             .unwrap_or_default()
             .to_owned();
         if rewrites.reads("request") {
+            let credentials = &self.gateway.credential_headers;
             self.request.headers = Some(
                 headers
                     .all()
                     .into_iter()
+                    .filter(|(k, _)| !credentials.iter().any(|c| c.eq_ignore_ascii_case(k)))
                     .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
                     .collect(),
             );
@@ -473,6 +479,7 @@ impl<'a> Exchange<'a> {
             .gateway
             .identity_headers
             .iter()
+            .chain(&self.gateway.credential_headers)
             .filter_map(|name| {
                 let value = headers.get(name)?;
                 Some((name.clone(), String::from_utf8_lossy(value).into_owned()))

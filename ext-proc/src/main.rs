@@ -65,6 +65,7 @@ async fn main() -> ExitCode {
                         .collect()
                 })
                 .unwrap_or_default(),
+            credential_headers: config.upstream_credentials.headers(),
         });
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = ProcMetrics::register(&mut registry);

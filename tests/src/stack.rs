@@ -111,7 +111,16 @@ pub struct StackOptions {
     pub sidecar_env: Vec<(String, String)>,
     /// Extra arguments for every stateless-era backend (e.g. `--modern-only`).
     pub stateless_args: Vec<String>,
+    /// Keep dev/gateway.yaml's `upstream_credentials` (the session pool's token
+    /// exchanged at the provider, the stateless pool's static key). Off for most
+    /// tests, whose calls should not depend on the provider after login.
+    pub upstream_credentials: bool,
 }
+
+/// The audience of the session pool's exchanged tokens (dev/gateway.yaml's
+/// `upstream_credentials.session.token_exchange.audience`); the dev provider
+/// exchanges tokens for it.
+pub const BACKEND_AUDIENCE: &str = "https://backends.mcp.localhost/session";
 
 /// What a second gateway shares with the first: the token issuer and the backends.
 #[derive(Debug, Clone)]
@@ -152,6 +161,7 @@ impl StackOptions {
             gateway_cpus: None,
             sidecar_env: Vec::new(),
             stateless_args: Vec::new(),
+            upstream_credentials: false,
         })
     }
 
@@ -184,6 +194,7 @@ pub struct Stack {
     backend_args: Vec<String>,
     gateway_cpus: Option<String>,
     sidecar_env: Vec<(String, String)>,
+    upstream_credentials: bool,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -279,6 +290,7 @@ impl Stack {
             backend_args: options.backend_args.clone(),
             gateway_cpus: options.gateway_cpus.clone(),
             sidecar_env: options.sidecar_env.clone(),
+            upstream_credentials: options.upstream_credentials,
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -526,8 +538,7 @@ impl Stack {
     /// The secret of the provider's confidential client `mcp-dev-service` (client
     /// credentials), which the provider makes on its first start.
     pub fn idp_service_secret(&self) -> anyhow::Result<String> {
-        let dir = self.idp_keys.dir();
-        let path = dir.parent().unwrap_or(dir).join("idp-client-secret");
+        let path = self.idp_dir().join("idp-client-secret");
         let secret = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
         Ok(secret.trim().to_owned())
     }
@@ -853,9 +864,69 @@ impl Stack {
             }
         }
         config["ext_authz"]["rules_file"] = self.rules_path().display().to_string().into();
+        self.adjust_upstream_credentials(&mut config)?;
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
         Ok(())
+    }
+
+    /// Points dev/gateway.yaml's upstream credentials at this stack's provider
+    /// and secrets, or drops them.
+    fn adjust_upstream_credentials(&self, config: &mut Value) -> anyhow::Result<()> {
+        let Some(section) = config.as_mapping_mut() else {
+            bail!("dev/gateway.yaml is not a mapping");
+        };
+        if !self.upstream_credentials {
+            section.remove("upstream_credentials");
+            return Ok(());
+        }
+        let credentials = &mut config["upstream_credentials"];
+        let exchange = &mut credentials["session"]["token_exchange"];
+        exchange["token_endpoint"] = format!("{}/token", self.issuer_url()).into();
+        exchange["ca_file"] = paths::certs_dir()
+            .join("ca.pem")
+            .display()
+            .to_string()
+            .into();
+        exchange["client_secret_file"] = self
+            .idp_dir()
+            .join("idp-gateway-secret")
+            .display()
+            .to_string()
+            .into();
+        // The stateless pool's key: made once per work directory, like a secret
+        // an operator would provision.
+        let key_file = self.work.join("stateless-api-key");
+        if !key_file.exists() {
+            let key = random_session_key("k")?;
+            let key = key.trim().trim_start_matches("k:");
+            std::fs::write(&key_file, format!("{key}\n"))?;
+        }
+        credentials["stateless"]["static"]["value_file"] = key_file.display().to_string().into();
+        Ok(())
+    }
+
+    /// The stateless pool's static key (when upstream credentials are on).
+    pub fn stateless_api_key(&self) -> anyhow::Result<String> {
+        let path = self.work.join("stateless-api-key");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| path.display().to_string())?
+            .trim()
+            .to_owned())
+    }
+
+    /// Where the provider keeps its keys and secrets.
+    fn idp_dir(&self) -> PathBuf {
+        let keys = self.idp_keys.dir();
+        keys.parent().unwrap_or(keys).to_owned()
+    }
+
+    /// The provider's log so far (one JSON line per token issued or exchanged).
+    pub fn issuer_log(&self) -> String {
+        self.issuer
+            .as_ref()
+            .map(Process::log_text)
+            .unwrap_or_default()
     }
 
     /// The rules file ext-authz of this stack reads (a copy of dev/rules.yaml).
@@ -976,6 +1047,7 @@ impl Stack {
             .arg("--key-dir")
             .arg(self.idp_keys.dir())
             .args(["--issuer", &self.issuer_url(), "--resource", &self.url()])
+            .args(["--backend-audience", BACKEND_AUDIENCE])
             .args(["--port", &self.ports.issuer.to_string()])
             .arg("--cert")
             .arg(certs.join("server.pem"))

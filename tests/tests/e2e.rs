@@ -16,4 +16,5 @@ mod e2e {
     mod rewrite;
     mod sessions;
     mod sidecars;
+    mod upstream;
 }

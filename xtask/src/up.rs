@@ -43,6 +43,7 @@ impl Up {
                 gateway_cpus: None,
                 sidecar_env: Vec::new(),
                 stateless_args: Vec::new(),
+                upstream_credentials: true,
             };
             let stack = Stack::start(options).await?;
             let _prometheus = match self.with_metrics {

@@ -42,6 +42,7 @@ fn sessions() -> Gateway {
             ..Default::default()
         },
         identity_headers: vec!["x-mcp-subject".into()],
+        credential_headers: Vec::new(),
     }
 }
 

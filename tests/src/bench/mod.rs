@@ -190,6 +190,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         gateway_cpus: pinned.then(|| "0".to_owned()),
         sidecar_env: Vec::new(),
         stateless_args: Vec::new(),
+        upstream_credentials: false,
     })
     .await
     .context("starting the gateway (C)")?;

@@ -1,0 +1,201 @@
+//! What backends receive instead of the caller's token: the session pool an RFC
+//! 8693 token exchanged at the dev provider (same subject, the pool's audience),
+//! the stateless pool a static key; and what happens when the provider is gone.
+
+use e2e::mcp::{self, RawSession};
+use e2e::stack::{BACKEND_AUDIENCE, Stack, StackOptions};
+use serde_json::{Value, json};
+
+const MODERN: &str = "2026-07-28";
+
+async fn stack() -> Stack {
+    let mut options = StackOptions::with_stateless(1).expect("free ports");
+    options.upstream_credentials = true;
+    Stack::start(options).await.expect("stack starts")
+}
+
+fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// How many tokens the provider has exchanged so far.
+fn exchanges(stack: &Stack) -> usize {
+    stack
+        .issuer_log()
+        .lines()
+        .filter(|line| line.contains("\"token exchanged\""))
+        .count()
+}
+
+/// A 2026-07-28 `tools/call` to the stateless pool, as the SDK 2.x sends it.
+async fn stateless_call(
+    stack: &Stack,
+    token: &str,
+    tool: &str,
+    arguments: Value,
+) -> reqwest::Response {
+    stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": tool, "arguments": arguments,
+            "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}}),
+        )
+        .send()
+        .await
+        .expect("POST to the gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
+    let stack = stack().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("initialize");
+    let sum = session
+        .call_tool("add", json!({"a": 1, "b": 2}))
+        .await
+        .expect("call");
+    assert_eq!(sum.parse::<f64>().ok(), Some(3.0));
+    let requests = stack.all_backend_requests().await.expect("backends");
+    assert!(
+        requests.len() >= 2,
+        "initialize and the call: {requests:#?}"
+    );
+    for request in &requests {
+        let authorization = request["headers"]["authorization"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no credential: {request}"));
+        let exchanged = authorization
+            .strip_prefix("Bearer ")
+            .expect("a bearer token");
+        assert_ne!(exchanged, token, "the caller's token went upstream");
+        let claims = claims(exchanged);
+        assert_eq!(claims["sub"], "alice", "{claims}");
+        assert_eq!(claims["aud"], BACKEND_AUDIENCE, "{claims}");
+        assert_eq!(claims["act"]["sub"], "mcp-gateway", "{claims}");
+        assert_eq!(claims["iss"], stack.issuer_url(), "{claims}");
+        assert!(request["headers"].get("x-api-key").is_none(), "{request}");
+    }
+
+    // A client that sends the pool's key header itself does not choose the key.
+    let answer = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(&token)
+        .header("x-api-key", "forged-by-the-client")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "add")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "add", "arguments": {"a": 2, "b": 2},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}}),
+        )
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(answer.status(), 200);
+    let key = stack.stateless_api_key().expect("key");
+    let requests = stack.stateless_backend_requests(0).await.expect("backend");
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let headers = &requests[0]["headers"];
+    assert_eq!(headers["x-api-key"], key.as_str(), "{headers}");
+    assert!(
+        headers.get("authorization").is_none(),
+        "the caller's token went upstream: {headers}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_reused_for_its_caller_until_it_expires() {
+    let stack = stack().await;
+    let alice = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &alice)
+        .await
+        .expect("initialize");
+    assert_eq!(exchanges(&stack), 1, "{}", stack.issuer_log());
+    for b in 0..3 {
+        session
+            .call_tool("add", json!({"a": 1, "b": b}))
+            .await
+            .expect("call");
+    }
+    assert_eq!(
+        exchanges(&stack),
+        1,
+        "the cached token served: {}",
+        stack.issuer_log()
+    );
+
+    // Another caller token is another exchange.
+    let bob = stack.token("bob", "mcp:tools").await.expect("token");
+    RawSession::initialize(stack.http(), &stack.url(), &bob)
+        .await
+        .expect("initialize");
+    assert_eq!(exchanges(&stack), 2, "{}", stack.issuer_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_is_unaffected() {
+    let mut stack = stack().await;
+    // Keys fetched while the provider is up; tokens are signed with its key file.
+    let warm = stack.token("carol", "mcp:tools").await.expect("token");
+    RawSession::initialize(stack.http(), &stack.url(), &warm)
+        .await
+        .expect("initialize");
+    let before = stack.all_backend_requests().await.expect("backends").len();
+
+    stack.stop_issuer().expect("stop the provider");
+    let fresh = stack.token("dave", "mcp:tools").await.expect("token");
+    let refused = mcp::post(
+        stack.http(),
+        &stack.url(),
+        &fresh,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "initialize", "params": {
+            "protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("JSON-RPC error");
+    assert_eq!(body["id"], 5, "{body}");
+    assert_eq!(body["error"]["code"], -32003, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("upstream credential"), "{body}");
+    assert!(!message.contains(&fresh), "the token leaked into the error");
+    assert_eq!(
+        stack.all_backend_requests().await.expect("backends").len(),
+        before,
+        "nothing reached the session pool"
+    );
+    assert!(
+        !stack.ext_authz_log().contains(&fresh),
+        "the caller's token was logged"
+    );
+
+    // The stateless pool's static key needs no provider.
+    let answer = stateless_call(&stack, &fresh, "add", json!({"a": 1, "b": 1})).await;
+    assert_eq!(answer.status(), 200);
+}
