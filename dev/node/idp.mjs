@@ -45,7 +45,7 @@ import {
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -202,6 +202,11 @@ function provider({
  * may ask (oidc-provider checks the client's grant types before this runs).
  */
 async function exchange(ctx, { issuer, resource, backendAudiences, keys }) {
+  // Registration is open, and a registered client may name this grant: only the
+  // gateway's own client may use it.
+  if (ctx.oidc.client.clientId !== GATEWAY_CLIENT) {
+    throw new errors.UnauthorizedClient("only the gateway may exchange tokens");
+  }
   const params = ctx.oidc.params;
   if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
     throw new errors.InvalidRequest("subject_token_type must be an access token");
@@ -307,7 +312,7 @@ class KeyDir {
     if (!signature || extra !== undefined) throw new Error("not a compact JWS");
     const header = JSON.parse(Buffer.from(head, "base64url"));
     if (header.alg !== "ES256") throw new Error("not ES256");
-    const path = this.files().find((p) => p.endsWith(`${header.kid}.pem`));
+    const path = this.files().find((p) => basename(p) === `${header.kid}.pem`);
     if (!path) throw new Error("unknown kid");
     const key = createPublicKey(createPrivateKey(readFileSync(path)));
     const ok = verify("sha256", Buffer.from(`${head}.${body}`), { key, dsaEncoding: "ieee-p1363" },

@@ -30,8 +30,9 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// A token is used until this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
-/// How long a token endpoint may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a token endpoint may take: well inside Envoy's 2 s ext_authz
+/// timeout, so a hung IdP still gets the client the documented 503.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Every pool's credential, built once at load.
 pub struct UpstreamCredentials {
@@ -39,10 +40,12 @@ pub struct UpstreamCredentials {
     stateless: Option<Credential>,
 }
 
-/// Why a pool's credential could not be had for a request. Carries no secret.
+/// A pool's credential could not be had for a request. What went wrong is in
+/// the log (without secrets); the client learns only that it failed, not how
+/// the gateway's own credentials fared at the IdP.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("upstream credential could not be obtained: {0}")]
-pub struct CredentialError(Arc<str>);
+#[error("upstream credential could not be obtained")]
+pub struct CredentialError;
 
 /// A bad `upstream_credentials` section: which pool, which key, why.
 #[derive(Debug, thiserror::Error)]
@@ -279,9 +282,11 @@ impl TokenClient {
             .json()
             .await
             .map_err(|_| self.failed("token endpoint answered without an access_token".into()))?;
+        if !is_token68(&body.access_token) {
+            return Err(self.failed("token endpoint answered a malformed access_token".into()));
+        }
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60));
-        let keep = lifetime.saturating_sub(EXPIRY_MARGIN);
-        let keep = at_most.map_or(keep, |limit| keep.min(limit.saturating_sub(EXPIRY_MARGIN)));
+        let keep = keep_for(at_most.map_or(lifetime, |limit| lifetime.min(limit)));
         tracing::info!(
             token_endpoint = %self.token_endpoint,
             audience = self.audience.as_deref().unwrap_or_default(),
@@ -297,7 +302,7 @@ impl TokenClient {
 
     fn failed(&self, why: String) -> CredentialError {
         tracing::warn!(token_endpoint = %self.token_endpoint, reason = %why, "upstream credential not obtained");
-        CredentialError(why.into())
+        CredentialError
     }
 }
 
@@ -312,6 +317,17 @@ impl<K> moka::Expiry<K, Issued> for KeepFor {
         _: std::time::Instant,
     ) -> Option<Duration> {
         Some(issued.keep)
+    }
+}
+
+/// How long to keep a token valid for `left`: until EXPIRY_MARGIN before its end,
+/// or, for a short-lived one, half its life (never zero, which would make every
+/// request ask the IdP again).
+fn keep_for(left: Duration) -> Duration {
+    if left > EXPIRY_MARGIN * 2 {
+        left - EXPIRY_MARGIN
+    } else {
+        (left / 2).max(Duration::from_secs(1))
     }
 }
 
@@ -341,18 +357,50 @@ fn read_secret(path: &Path) -> Result<String, String> {
     Ok(secret.to_owned())
 }
 
+/// Headers the gateway itself sets or the protocol needs: a credential there
+/// would clash with them (and a later value would win).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "accept",
+    "origin",
+];
+
 fn header_name(name: &str) -> Result<String, String> {
     let lower = name.to_ascii_lowercase();
     let valid = !lower.is_empty()
         && lower
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !valid || lower.starts_with(':') || lower == "host" {
+    if !valid {
         return Err(format!(
             "header {name:?} is not a header a credential can go in"
         ));
     }
+    if RESERVED_HEADERS.contains(&lower.as_str())
+        || ["mcp-", "x-mcp-", "x-envoy-"]
+            .iter()
+            .any(|prefix| lower.starts_with(prefix))
+    {
+        return Err(format!(
+            "header {name:?} is the gateway's or the protocol's own; a credential cannot go in it"
+        ));
+    }
     Ok(lower)
+}
+
+/// RFC 6750's b64token: what may follow `Bearer ` in a header.
+fn is_token68(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 fn unix_now() -> i64 {
@@ -427,13 +475,23 @@ mod tests {
     }
 
     #[test]
-    fn the_config_shows_where_a_secret_is_never_the_secret() {
-        let parsed =
-            config("session: {static: {header: x-key, value_env: API_KEY, prefix: 'Key '}}");
-        let shown = format!("{parsed:?}");
-        assert!(
-            shown.contains("API_KEY") && !shown.contains("Key "),
-            "{shown}"
-        );
+    fn tokens_are_kept_until_shortly_before_they_expire_and_never_for_zero() {
+        assert_eq!(keep_for(Duration::from_secs(600)), Duration::from_secs(570));
+        assert_eq!(keep_for(Duration::from_secs(40)), Duration::from_secs(20));
+        assert_eq!(keep_for(Duration::ZERO), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_credential_cannot_go_in_a_header_the_gateway_sets() {
+        for name in [
+            "mcp-name",
+            "Mcp-Session-Id",
+            "x-mcp-subject",
+            "host",
+            "x-envoy-original-path",
+        ] {
+            assert!(header_name(name).is_err(), "{name}");
+        }
+        assert_eq!(header_name("X-Api-Key").as_deref(), Ok("x-api-key"));
     }
 }

@@ -5,8 +5,9 @@
 //! have.
 //!
 //! The fetch speaks plain HTTP to the backend address Envoy pinned the session
-//! to. Backends that need TLS or credentials of their own cannot be asked; then
-//! the call is judged by `unlisted_tools` as if the fetch had found nothing.
+//! to, with the headers the caller's own requests carry there (identity, and the
+//! pool's upstream credential). Backends that need TLS cannot be asked; then the
+//! call is judged by `unlisted_tools` as if the fetch had found nothing.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -54,6 +54,10 @@ pub struct E2e {
     /// touched by no rewrite; `add` is also clamped by a rewrite).
     #[arg(long, default_value = "subtract")]
     pub tool: String,
+    /// C gives its backend an upstream credential: the caller's token exchanged
+    /// at the dev provider (RFC 8693), from the cache after each token's first call.
+    #[arg(long)]
+    pub upstream_credentials: bool,
     /// Delay before each of the 5 events of the SSE workload, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub sse_delay_ms: u64,
@@ -127,6 +131,7 @@ impl E2e {
             bin_dir: paths::target_dir().join("release"),
             json_out: paths::target_dir().join("bench-e2e.json"),
             quiet_wait: std::time::Duration::from_secs(self.quiet_wait),
+            upstream_credentials: self.upstream_credentials,
         };
         if options.rounds == 0 || options.seconds <= 0.0 {
             anyhow::bail!("--rounds and --seconds must be positive");

@@ -50,6 +50,10 @@ pub struct Options {
     pub json_out: PathBuf,
     /// How long to wait before each measurement for other processes to quiet down.
     pub quiet_wait: Duration,
+    /// C gives its backend the caller's token exchanged at the dev provider
+    /// (dev/gateway.yaml's `upstream_credentials`; after the first call of a
+    /// token, from the cache).
+    pub upstream_credentials: bool,
 }
 
 /// One workload: what each request is, and how many are in flight.
@@ -190,7 +194,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         gateway_cpus: pinned.then(|| "0".to_owned()),
         sidecar_env: Vec::new(),
         stateless_args: Vec::new(),
-        upstream_credentials: false,
+        upstream_credentials: options.upstream_credentials,
     })
     .await
     .context("starting the gateway (C)")?;

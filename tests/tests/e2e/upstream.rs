@@ -123,6 +123,24 @@ async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
         headers.get("authorization").is_none(),
         "the caller's token went upstream: {headers}"
     );
+
+    // Neither the caller's token, nor what replaced it, is in a sidecar's log.
+    let exchanged = requests_exchanged_token(&stack).await;
+    for log in [stack.ext_authz_log(), stack.ext_proc_log()] {
+        for secret in [token.as_str(), exchanged.as_str(), key.as_str()] {
+            assert!(!log.contains(secret), "a secret was logged");
+        }
+    }
+}
+
+/// The exchanged token a session backend received.
+async fn requests_exchanged_token(stack: &Stack) -> String {
+    let requests = stack.all_backend_requests().await.expect("backends");
+    requests[0]["headers"]["authorization"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("an exchanged token")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +163,45 @@ async fn an_exchanged_token_is_reused_for_its_caller_until_it_expires() {
         "the cached token served: {}",
         stack.issuer_log()
     );
+
+    // Registration is open, but no registered client may exchange tokens: only
+    // the gateway's own client.
+    let exchange = "urn:ietf:params:oauth:grant-type:token-exchange";
+    let registered: Value = stack
+        .http()
+        .post(format!("{}/reg", stack.issuer_url()))
+        .json(
+            &json!({"grant_types": [exchange], "response_types": [], "redirect_uris": [],
+                      "token_endpoint_auth_method": "client_secret_basic"}),
+        )
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let client_id = registered["client_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registration refused: {registered}"));
+    let refused = stack
+        .http()
+        .post(format!("{}/token", stack.issuer_url()))
+        .basic_auth(client_id, registered["client_secret"].as_str())
+        .form(&[
+            ("grant_type", exchange),
+            ("subject_token", alice.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", BACKEND_AUDIENCE),
+        ])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "unauthorized_client", "{body}");
 
     // Another caller token is another exchange.
     let bob = stack.token("bob", "mcp:tools").await.expect("token");
