@@ -32,17 +32,20 @@ fn exchanges(stack: &Stack) -> usize {
         .count()
 }
 
-/// A 2026-07-28 `tools/call` to the stateless pool, as the SDK 2.x sends it.
+/// A 2026-07-28 `tools/call` to the stateless pool, as the SDK 2.x sends it, with
+/// `extra` headers the client adds.
 async fn stateless_call(
     stack: &Stack,
     token: &str,
     tool: &str,
     arguments: Value,
+    extra: &[(&str, &str)],
 ) -> reqwest::Response {
-    stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(token)
+    let mut request = stack.http().post(stack.url()).bearer_auth(token);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    request
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", MODERN)
         .header("mcp-method", "tools/call")
@@ -94,25 +97,14 @@ async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
     }
 
     // A client that sends the pool's key header itself does not choose the key.
-    let answer = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(&token)
-        .header("x-api-key", "forged-by-the-client")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", MODERN)
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "add")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "add", "arguments": {"a": 2, "b": 2},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
-                      "io.modelcontextprotocol/clientCapabilities": {},
-                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}}),
-        )
-        .send()
-        .await
-        .expect("POST");
+    let answer = stateless_call(
+        &stack,
+        &token,
+        "add",
+        json!({"a": 2, "b": 2}),
+        &[("x-api-key", "forged-by-the-client")],
+    )
+    .await;
     assert_eq!(answer.status(), 200);
     let key = stack.stateless_api_key().expect("key");
     let requests = stack.stateless_backend_requests(0).await.expect("backend");
@@ -253,6 +245,6 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
     );
 
     // The stateless pool's static key needs no provider.
-    let answer = stateless_call(&stack, &fresh, "add", json!({"a": 1, "b": 1})).await;
+    let answer = stateless_call(&stack, &fresh, "add", json!({"a": 1, "b": 1}), &[]).await;
     assert_eq!(answer.status(), 200);
 }
