@@ -248,3 +248,58 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
     let answer = stateless_call(&stack, &fresh, "add", json!({"a": 1, "b": 1}), &[]).await;
     assert_eq!(answer.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_token_is_fetched_once_and_shared_by_every_caller() {
+    let mut options = StackOptions::with_stateless(1).expect("free ports");
+    options.upstream_credentials = true;
+    options.gateway_config = Box::new(|config| {
+        // The stateless pool gets the gateway's own token instead of a static key.
+        let exchange = config["upstream_credentials"]["session"]["token_exchange"].clone();
+        let idp_dir = std::path::Path::new(exchange["client_secret_file"].as_str().expect("path"))
+            .parent()
+            .expect("dir")
+            .to_owned();
+        let token_endpoint = exchange["token_endpoint"].as_str().expect("endpoint");
+        let resource = config["ext_authz"]["resource"].as_str().expect("resource");
+        config["upstream_credentials"]["stateless"] = serde_yaml::from_str(&format!(
+            "{{client_credentials: {{token_endpoint: '{token_endpoint}', client_id: mcp-dev-service, \
+              client_secret_file: '{}', resource: '{resource}', scope: 'mcp:tools', ca_file: '{}'}}}}",
+            idp_dir.join("idp-client-secret").display(),
+            exchange["ca_file"].as_str().expect("ca"),
+        ))
+        .expect("yaml");
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
+    let issued = |stack: &Stack| {
+        stack
+            .issuer_log()
+            .lines()
+            .filter(|l| l.contains("\"client_credentials\""))
+            .count()
+    };
+
+    for caller in ["alice", "bob"] {
+        let token = stack.token(caller, "mcp:tools").await.expect("token");
+        let answer = stateless_call(&stack, &token, "add", json!({"a": 1, "b": 1}), &[]).await;
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!(
+        issued(&stack),
+        1,
+        "one token for both callers: {}",
+        stack.issuer_log()
+    );
+    let requests = stack.stateless_backend_requests(0).await.expect("backend");
+    assert_eq!(requests.len(), 2);
+    let first = requests[0]["headers"]["authorization"]
+        .as_str()
+        .expect("credential");
+    assert_eq!(
+        requests[1]["headers"]["authorization"].as_str(),
+        Some(first)
+    );
+    let claims = claims(first.strip_prefix("Bearer ").expect("bearer"));
+    assert_eq!(claims["sub"], "mcp-dev-service", "{claims}");
+    assert_eq!(claims["client_id"], "mcp-dev-service", "{claims}");
+}
