@@ -106,9 +106,11 @@ pub struct Allowed {
     pub rule: Option<String>,
     pub identity: Arc<Identity>,
     /// Headers to set on the upstream request, replacing any the client sent:
-    /// first the identity headers, then any others.
+    /// first the pool's upstream credential and the identity headers, then any
+    /// others.
     pub set_headers: Vec<(String, String)>,
-    /// How many of `set_headers` are identity headers.
+    /// How many of `set_headers` the backend gets as the caller's own (the
+    /// credential and identity headers), which a schema fetch carries too.
     pub identity_header_count: usize,
     /// Headers to remove from the upstream request.
     pub remove_headers: Vec<String>,
