@@ -19,13 +19,12 @@ import argparse
 import json
 from typing import Annotated
 
-import uvicorn
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import Field
-from recorder import Recorder
+from recorder import serve
 from starlette.responses import Response
 
 MODERN_VERSIONS = ["2026-07-28"]
@@ -139,14 +138,7 @@ def main() -> None:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     served = ModernOnly(app) if args.modern_only else app
-    uvicorn.run(
-        Recorder(served, args.name),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=2,
-    )
+    serve(served, args.name, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import argparse
 import asyncio
 import time
 
-import uvicorn
 from fastmcp import Context, FastMCP
-from recorder import Recorder
+from recorder import serve
 from starlette.middleware.gzip import GZipMiddleware
 
 def build(name: str) -> FastMCP:
@@ -131,14 +130,7 @@ def main() -> None:
     served = Dispatch(app, admin)
     if args.gzip:
         served = GZipMiddleware(served, minimum_size=1)
-    uvicorn.run(
-        Recorder(served, args.name),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=2,
-    )
+    serve(served, args.name, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import deque
 
+import uvicorn
 from starlette.responses import JSONResponse
 
 
@@ -57,3 +58,16 @@ class Recorder:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+def serve(app, name: str, host: str, port: int) -> None:
+    """Runs `app` behind a Recorder named `name` until stopped, as every demo
+    backend does."""
+    uvicorn.run(
+        Recorder(app, name),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )

@@ -42,6 +42,9 @@ pub struct Identity {
     /// The claims as JSON text, made once per verified token (ext-proc's rewrite
     /// rules read them from Envoy metadata).
     pub claims_json: String,
+    /// SHA-256 of the token it was verified from: the token cache's key, and
+    /// the key of the token exchanged for it (see `upstream`).
+    pub token_sha256: [u8; 32],
 }
 
 /// Why a request is not authenticated.
@@ -112,7 +115,7 @@ pub struct Authenticator {
 }
 
 /// What authentication counts, for Prometheus.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthnMetrics {
     /// Requests not authenticated, by reason (a short, fixed description).
     pub failures: Family<Labels, Counter>,
@@ -120,6 +123,27 @@ pub struct AuthnMetrics {
     pub jwks_fetches: Family<Labels, Counter>,
     /// Token cache lookups, by result: `hit` (no signature checked), `miss`.
     pub token_cache: Family<Labels, Counter>,
+    /// The two samples of `token_cache`, looked up once: every request counts one.
+    cache_hits: Counter,
+    cache_misses: Counter,
+}
+
+impl Default for AuthnMetrics {
+    fn default() -> Self {
+        let token_cache = Family::<Labels, Counter>::default();
+        let result = |value: &str| {
+            token_cache
+                .get_or_create(&vec![("result", value.to_owned())])
+                .clone()
+        };
+        Self {
+            cache_hits: result("hit"),
+            cache_misses: result("miss"),
+            failures: Family::default(),
+            jwks_fetches: Family::default(),
+            token_cache,
+        }
+    }
 }
 
 impl AuthnMetrics {
@@ -141,8 +165,10 @@ impl AuthnMetrics {
         );
     }
 
-    fn count(family: &Family<Labels, Counter>, name: &'static str, value: String) {
-        family.get_or_create(&vec![(name, value)]).inc();
+    fn count_failure(&self, error: &AuthnError) {
+        self.failures
+            .get_or_create(&vec![("reason", error.to_string())])
+            .inc();
     }
 }
 
@@ -216,7 +242,7 @@ impl Authenticator {
     ) -> Result<Arc<Identity>, AuthnError> {
         let result = self.authenticate_uncounted(authorization).await;
         if let Err(error) = &result {
-            AuthnMetrics::count(&self.metrics.failures, "reason", error.to_string());
+            self.metrics.count_failure(error);
         }
         result
     }
@@ -232,12 +258,12 @@ impl Authenticator {
         let digest = openssl::sha::sha256(token.as_bytes());
         let identity = match self.verified.get(&digest).await {
             Some(Verified { identity, .. }) if self.still_valid(&identity).await => {
-                AuthnMetrics::count(&self.metrics.token_cache, "result", "hit".into());
+                self.metrics.cache_hits.inc();
                 identity
             }
             _ => {
-                AuthnMetrics::count(&self.metrics.token_cache, "result", "miss".into());
-                let identity = Arc::new(self.verify(token).await?);
+                self.metrics.cache_misses.inc();
+                let identity = Arc::new(self.verify(token, digest).await?);
                 let weight = weight(token, &identity);
                 let verified = Verified {
                     identity: identity.clone(),
@@ -261,7 +287,7 @@ impl Authenticator {
             }
     }
 
-    async fn verify(&self, token: &str) -> Result<Identity, AuthnError> {
+    async fn verify(&self, token: &str, token_sha256: [u8; 32]) -> Result<Identity, AuthnError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         let issuer_name = unverified_issuer(token)?;
         let issuer = self
@@ -304,6 +330,7 @@ impl Authenticator {
                 .unwrap_or_default(),
             claims_json: Value::Object(claims.clone()).to_string(),
             claims,
+            token_sha256,
         })
     }
 

@@ -756,9 +756,15 @@ impl Authorizer {
         request: &HttpRequest<'_>,
     ) -> Result<(), Box<Denied>> {
         let token = bearer_token(request.authorization).unwrap_or_default();
+        let identity = &allowed.identity;
         let credential = self
             .upstream
-            .for_request(allowed.protocol.era, token, allowed.identity.expires_at)
+            .for_request(
+                allowed.protocol.era,
+                token,
+                identity.token_sha256,
+                identity.expires_at,
+            )
             .await;
         match credential {
             Ok(None) => Ok(()),

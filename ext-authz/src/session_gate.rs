@@ -102,6 +102,7 @@ mod tests {
             expires_at: 0,
             claims: serde_json::Map::new(),
             claims_json: "{}".to_owned(),
+            token_sha256: [0; 32],
         }
     }
 

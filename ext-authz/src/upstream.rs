@@ -126,12 +126,14 @@ impl UpstreamCredentials {
     }
 
     /// The header (lower case) and value the pool serving `era` gets for a caller
-    /// holding `caller_token`, valid until `caller_expires_at` (Unix seconds);
-    /// `None` when that pool gets no credential.
+    /// holding `caller_token` (whose SHA-256 is `caller_sha256`), valid until
+    /// `caller_expires_at` (Unix seconds); `None` when that pool gets no
+    /// credential.
     pub async fn for_request(
         &self,
         era: Era,
         caller_token: &str,
+        caller_sha256: [u8; 32],
         caller_expires_at: i64,
     ) -> Result<Option<(String, String)>, CredentialError> {
         let credential = match era {
@@ -154,7 +156,6 @@ impl UpstreamCredentials {
                 (&client.header, issued.value.to_string())
             }
             Credential::TokenExchange { client, cache } => {
-                let digest = openssl::sha::sha256(caller_token.as_bytes());
                 let left = Duration::from_secs(
                     u64::try_from(caller_expires_at - unix_now()).unwrap_or_default(),
                 );
@@ -165,7 +166,7 @@ impl UpstreamCredentials {
                     ("requested_token_type", ACCESS_TOKEN_TYPE),
                 ];
                 let issued = cache
-                    .try_get_with(digest, client.fetch(&form, Some(left)))
+                    .try_get_with(caller_sha256, client.fetch(&form, Some(left)))
                     .await
                     .map_err(|e| (*e).clone())?;
                 (&client.header, issued.value.to_string())
@@ -460,14 +461,14 @@ mod tests {
         .expect("built");
         assert_eq!(
             credentials
-                .for_request(Era::Stateless, "caller-token", i64::MAX)
+                .for_request(Era::Stateless, "caller-token", [0; 32], i64::MAX)
                 .await
                 .expect("static"),
             Some(("authorization".to_owned(), "Bearer s3cret".to_owned()))
         );
         assert_eq!(
             credentials
-                .for_request(Era::Session, "caller-token", i64::MAX)
+                .for_request(Era::Session, "caller-token", [0; 32], i64::MAX)
                 .await
                 .expect("none"),
             None

@@ -66,23 +66,40 @@ pub struct ProcMetrics {
     /// Requests ext-proc answered itself, by reason: `rewrite` (a rewrite or argument check refused the call),
     /// `backend_response` (a response a rule must read could not be read).
     refusals: Family<Labels, Counter>,
-    /// Buffered bodies a rewrite changed, by direction (`request`, `response`).
-    rewritten: Family<Labels, Counter>,
-    /// How long ext-proc took to answer each message of a stream, by phase.
-    message_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Buffered bodies a rewrite changed, by direction: `request`, `response`.
+    rewritten: [Counter; 2],
+    /// How long ext-proc took to answer each message of a stream, by phase
+    /// (in the order of [`PHASES`]).
+    message_seconds: [Histogram; PHASES.len()],
 }
+
+/// The phases of an ext_proc stream, as the latency histogram labels them.
+const PHASES: [&str; 7] = [
+    "request_headers",
+    "request_body",
+    "request_trailers",
+    "response_headers",
+    "response_body",
+    "response_trailers",
+    "none",
+];
 
 impl ProcMetrics {
     /// The families, registered in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let rewritten = Family::<Labels, Counter>::default();
+        // 10 µs to ~80 ms: most messages are headers, answered in tens of µs.
+        let message_seconds: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_01, 2.0, 14)));
+        // Each sample is looked up here, once: every message observes one.
+        let label = |name: &'static str, value: &str| vec![(name, value.to_owned())];
         let metrics = Self {
             sessions: Family::default(),
             refusals: Family::default(),
-            rewritten: Family::default(),
-            // 10 µs to ~80 ms: most messages are headers, answered in tens of µs.
-            message_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
-            }),
+            rewritten: ["request", "response"]
+                .map(|d| rewritten.get_or_create(&label("direction", d)).clone()),
+            message_seconds: PHASES
+                .map(|p| message_seconds.get_or_create(&label("phase", p)).clone()),
         };
         registry.register(
             "mcp_gateway_sessions",
@@ -97,12 +114,12 @@ impl ProcMetrics {
         registry.register(
             "mcp_gateway_rewritten_bodies",
             "Buffered bodies a rewrite changed, by direction (request, response)",
-            metrics.rewritten.clone(),
+            rewritten,
         );
         registry.register(
             "mcp_gateway_proc_message_seconds",
             "Time ext-proc took to answer one message of a stream, by phase",
-            metrics.message_seconds.clone(),
+            message_seconds,
         );
         Arc::new(metrics)
     }
@@ -113,10 +130,8 @@ impl ProcMetrics {
             .inc();
     }
 
-    fn rewritten(&self, direction: &'static str) {
-        self.rewritten
-            .get_or_create(&vec![("direction", direction.to_owned())])
-            .inc();
+    fn rewritten(&self, direction: Direction) {
+        self.rewritten[direction as usize].inc();
     }
 
     fn refusal(&self, reason: &'static str) {
@@ -175,17 +190,14 @@ impl ExternalProcessor for ProcService {
                 };
                 // Timed from before a schema fetch: the slowest answers are those.
                 let started = std::time::Instant::now();
-                let phase = phase_name(&message);
+                let phase = phase_index(&message);
                 if let Some(Phase::RequestBody(_)) = &message.request
                     && let Some(wanted) = exchange.schema_to_fetch()
                 {
                     fetcher.learn(&gateway.catalog, &wanted).await;
                 }
                 let reply = answer(&mut exchange, message, &metrics);
-                metrics
-                    .message_seconds
-                    .get_or_create(&vec![("phase", phase.to_owned())])
-                    .observe(started.elapsed().as_secs_f64());
+                metrics.message_seconds[phase].observe(started.elapsed().as_secs_f64());
                 if tx.send(reply).await.is_err() {
                     break;
                 }
@@ -196,15 +208,23 @@ impl ExternalProcessor for ProcService {
     }
 }
 
-fn phase_name(message: &ProcessingRequest) -> &'static str {
+/// Which way a rewritten body went.
+#[derive(Clone, Copy)]
+enum Direction {
+    Request = 0,
+    Response = 1,
+}
+
+/// The message's phase, as an index into [`PHASES`].
+fn phase_index(message: &ProcessingRequest) -> usize {
     match &message.request {
-        Some(Phase::RequestHeaders(_)) => "request_headers",
-        Some(Phase::RequestBody(_)) => "request_body",
-        Some(Phase::RequestTrailers(_)) => "request_trailers",
-        Some(Phase::ResponseHeaders(_)) => "response_headers",
-        Some(Phase::ResponseBody(_)) => "response_body",
-        Some(Phase::ResponseTrailers(_)) => "response_trailers",
-        None => "none",
+        Some(Phase::RequestHeaders(_)) => 0,
+        Some(Phase::RequestBody(_)) => 1,
+        Some(Phase::RequestTrailers(_)) => 2,
+        Some(Phase::ResponseHeaders(_)) => 3,
+        Some(Phase::ResponseBody(_)) => 4,
+        Some(Phase::ResponseTrailers(_)) => 5,
+        None => 6,
     }
 }
 
@@ -275,7 +295,7 @@ fn answer(
             }
             plan => {
                 if matches!(plan, BodyPlan::Replace(_)) {
-                    metrics.rewritten("request");
+                    metrics.rewritten(Direction::Request);
                 }
                 let mut response = body_response(plan, true);
                 let edits = exchange.take_body_header_edits();
@@ -304,7 +324,7 @@ fn answer(
                     // A streamed body is re-emitted event by event whether or
                     // not a rewrite changed it: only buffered ones count.
                     if !streamed && matches!(plan, BodyPlan::Replace(_)) {
-                        metrics.rewritten("response");
+                        metrics.rewritten(Direction::Response);
                     }
                     Reply::ResponseBody(body_response(plan, !streamed))
                 }

@@ -54,7 +54,7 @@ impl IdpKeys {
         header.kid = Some(kid);
         header.typ = Some("at+jwt".into());
         ext_authz::crypto::install();
-        Ok(jsonwebtoken::encode(&header, &claims.to_json(), &key)?)
+        Ok(jsonwebtoken::encode(&header, &claims.to_json()?, &key)?)
     }
 
     /// The `kid`s of every key, oldest first.
@@ -117,7 +117,7 @@ impl DevClaims {
         }
     }
 
-    fn to_json(&self) -> Value {
+    fn to_json(&self) -> anyhow::Result<Value> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -131,28 +131,26 @@ impl DevClaims {
             "iat": now,
             "nbf": now.min(now + self.ttl),
             "exp": now + self.ttl,
-            "jti": random_id(),
+            "jti": crate::random_hex(16)?,
         });
         if let Some(email) = &self.email {
             claims["email"] = email.clone().into();
         }
-        claims
+        Ok(claims)
     }
 }
 
-fn random_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    // A jti only needs to be unique; fall back to the clock if urandom is missing.
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_err()
-    {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// One part of a compact JWT (0: the header, 1: the claims) as JSON; `Null` when
+/// it is not one.
+pub fn jwt_part(jwt: &str, index: usize) -> Value {
+    use base64::Engine;
+    jwt.split('.')
+        .nth(index)
+        .and_then(|part| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
 }

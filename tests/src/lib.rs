@@ -21,6 +21,22 @@ pub mod paths;
 pub mod process;
 pub mod stack;
 
+/// `len` random bytes, for keys, secrets and ids the tests make.
+pub fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `len` random bytes as lower-case hex.
+pub fn random_hex(len: usize) -> anyhow::Result<String> {
+    Ok(random_bytes(len)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// How long to wait for anything to become ready, in seconds (env `E2E_PATIENCE_SECS`).
 pub fn patience() -> std::time::Duration {
     let secs = std::env::var("E2E_PATIENCE_SECS")

@@ -135,12 +135,9 @@ pub struct Shared {
 /// A session keys file with one fresh random key called `id`.
 pub fn random_session_key(id: &str) -> anyhow::Result<String> {
     use base64::Engine;
-    use std::io::Read;
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
     Ok(format!(
         "{id}:{}\n",
-        base64::engine::general_purpose::STANDARD.encode(key)
+        base64::engine::general_purpose::STANDARD.encode(crate::random_bytes(32)?)
     ))
 }
 
@@ -898,9 +895,7 @@ impl Stack {
         // an operator would provision.
         let key_file = self.work.join("stateless-api-key");
         if !key_file.exists() {
-            let key = random_session_key("k")?;
-            let key = key.trim().trim_start_matches("k:");
-            std::fs::write(&key_file, format!("{key}\n"))?;
+            std::fs::write(&key_file, format!("{}\n", crate::random_hex(24)?))?;
         }
         credentials["stateless"]["static"]["value_file"] = key_file.display().to_string().into();
         Ok(())

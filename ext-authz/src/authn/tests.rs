@@ -460,6 +460,7 @@ fn a_token_weighs_its_length_and_its_claims() {
         expires_at: 0,
         claims_json: claims.to_string(),
         claims: claims.as_object().cloned().unwrap_or_default(),
+        token_sha256: [0; 32],
     };
     let token = "t".repeat(1500);
     let weight = weight(&token, &identity) as usize;

@@ -2,6 +2,7 @@
 //! client sees without a token, with a bad one, with too few scopes; what the
 //! backend sees with a good one.
 
+use e2e::dev_idp::jwt_part;
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
@@ -254,9 +255,7 @@ async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
         .await
         .expect("json");
     let issued = granted["access_token"].as_str().expect("access_token");
-    let header: Value =
-        serde_json::from_slice(&base64_url_decode(issued.split('.').next().expect("jwt")))
-            .expect("header JSON");
+    let header = jwt_part(issued, 0);
     assert_eq!(header["kid"], kid, "the provider signs with the new key");
     assert_eq!(
         post_initialize(&stack, Some(&format!("Bearer {issued}")))
@@ -265,8 +264,7 @@ async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
         200
     );
     let after = stack.token("bob", "mcp:tools").await.expect("token");
-    let header = after.split('.').next().expect("jwt");
-    let header: Value = serde_json::from_slice(&base64_url_decode(header)).expect("header JSON");
+    let header = jwt_part(&after, 0);
     assert_eq!(header["kid"], kid);
     assert_eq!(
         post_initialize(&stack, Some(&format!("Bearer {after}")))
@@ -284,23 +282,4 @@ async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
             .status(),
         200
     );
-}
-
-fn base64_url_decode(text: &str) -> Vec<u8> {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = 0u32;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for c in text.bytes() {
-        let Some(v) = alphabet.iter().position(|a| *a == c) else {
-            continue;
-        };
-        bits = (bits << 6) | v as u32;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    out
 }

@@ -2,6 +2,7 @@
 //! 8693 token exchanged at the dev provider (same subject, the pool's audience),
 //! the stateless pool a static key; and what happens when the provider is gone.
 
+use e2e::dev_idp::jwt_part;
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{BACKEND_AUDIENCE, Stack, StackOptions};
 use serde_json::{Value, json};
@@ -15,12 +16,7 @@ async fn stack() -> Stack {
 }
 
 fn claims(jwt: &str) -> Value {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    serde_json::from_slice(&bytes).expect("JSON claims")
+    jwt_part(jwt, 1)
 }
 
 /// How many tokens the provider has exchanged so far.
@@ -75,10 +71,21 @@ async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
         .await
         .expect("call");
     assert_eq!(sum.parse::<f64>().ok(), Some(3.0));
+    // A bodiless request carries it too.
+    let ended = stack
+        .http()
+        .delete(stack.url())
+        .bearer_auth(&token)
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(ended.status().is_success(), "{}", ended.status());
     let requests = stack.all_backend_requests().await.expect("backends");
     assert!(
-        requests.len() >= 2,
-        "initialize and the call: {requests:#?}"
+        requests.iter().any(|r| r["method"] == "DELETE"),
+        "initialize, the call and the DELETE: {requests:#?}"
     );
     for request in &requests {
         let authorization = request["headers"]["authorization"]
