@@ -1,7 +1,7 @@
 """Demo MCP server for the dev stack and the end-to-end tests.
 
 A FastMCP server over streamable HTTP with the tools the gateway's demo policy is
-written against (`add`, `subtract`, `whoami`) plus `ticks`, which streams progress
+written against (`add`, `subtract`, `divide`, `whoami`) plus `ticks`, which streams progress
 notifications so tests can watch SSE pass through the gateway event by event.
 
 A second, smaller MCP app is mounted at `/mcp/admin` (tool `whoami` answers
@@ -19,6 +19,7 @@ import asyncio
 import time
 
 from fastmcp import Context, FastMCP
+from fastmcp.exceptions import ToolError
 from recorder import serve
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -34,6 +35,13 @@ def build(name: str) -> FastMCP:
     def subtract(a: float, b: float) -> float:
         """Subtract b from a."""
         return a - b
+
+    @mcp.tool
+    def divide(a: float, b: float) -> float:
+        """Divide a by b. Dividing by 0 is a tool error (a result with isError)."""
+        if b == 0:
+            raise ToolError("division by zero")
+        return a / b
 
     @mcp.tool
     def whoami() -> str:

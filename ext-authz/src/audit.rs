@@ -10,38 +10,68 @@ use serde_json::Value;
 
 use crate::authn::Identity;
 
+/// What every record of one request shares.
+pub struct Request<'a> {
+    /// Envoy's `x-request-id`, as in the access log.
+    pub request_id: Option<&'a str>,
+    /// The trace the request belongs to (see [`trace_id`]).
+    pub trace_id: Option<&'a str>,
+    pub identity: &'a Identity,
+    /// Whether records carry the arguments themselves (`audit.arguments`).
+    pub with_arguments: bool,
+}
+
+/// Whether anyone reads the trail: when nobody does, nothing is computed for it.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "audit", tracing::Level::INFO)
+}
+
 /// Logs one record for `message`, judged `decision`; `outcome` is what happened
 /// to it: `allow` when its request went on, `deny` when the request was refused
-/// (a batch is refused whole when any of its messages is).
+/// (a batch is refused whole when any of its messages is). `arguments_sha256`
+/// is [`arguments_digest`] of its arguments.
 pub fn judged(
-    request_id: Option<&str>,
-    identity: &Identity,
+    request: &Request<'_>,
     message: &Message,
     decision: &Decision,
     outcome: &'static str,
+    arguments_sha256: Option<&str>,
 ) {
-    if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
-        return;
-    }
-    let arguments = message
-        .params
-        .as_ref()
-        .and_then(|p| p.get("arguments"))
-        .map(arguments_digest);
+    let arguments = request
+        .with_arguments
+        .then(|| message.params.as_ref()?.get("arguments"))
+        .flatten()
+        .map(Value::to_string);
+    let identity = request.identity;
     tracing::info!(
         target: "audit",
-        request_id,
+        request_id = request.request_id,
+        trace_id = request.trace_id,
         subject = %identity.subject,
         client_id = identity.client_id.as_deref(),
         issuer = %identity.issuer,
         method = message.method.as_deref(),
         tool = message.tool.as_deref(),
         id = message.id.as_ref().map(|id| id.to_string()),
-        arguments_sha256 = arguments.as_deref(),
+        arguments_sha256,
+        arguments,
         decision = outcome,
         rule = %decision.rule,
         "judged"
     );
+}
+
+/// The W3C trace id (32 hex digits) of a `traceparent` value; `None` unless it
+/// is one (version 00 layout, a non-zero id).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0');
+    valid.then_some(id)
 }
 
 /// SHA-256, in hex, of the arguments as canonical JSON (object keys sorted, no
@@ -87,8 +117,22 @@ fn canonical(value: &Value, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::arguments_digest;
+    use super::{arguments_digest, trace_id};
     use serde_json::json;
+
+    #[test]
+    fn a_trace_id_is_read_from_a_valid_traceparent_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f35-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_digest_does_not_depend_on_key_order_or_spacing() {

@@ -30,7 +30,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_core::config::{EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig};
+use gateway_core::config::{
+    AuditConfig, EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig,
+};
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
@@ -124,6 +126,15 @@ pub struct Allowed {
     pub stream: Option<u64>,
     /// The era and version the request speaks.
     pub protocol: Protocol,
+    /// Set when the backend's answer is to be audited (see [`AUDIT_HEADER`]).
+    pub audit: Option<AuditAnswer>,
+}
+
+/// What the record of an audited answer needs that only ext-authz knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditAnswer {
+    /// The request's trace (see [`crate::audit::trace_id`]).
+    pub trace_id: Option<String>,
 }
 
 /// The MCP era and protocol version of a request.
@@ -190,6 +201,11 @@ pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
 /// The request header ext-authz always sets to [`Hop::as_str`]; Envoy re-picks the
 /// route on it after ext_authz (and never forwards it).
 pub const HOP_HEADER: &str = "x-mcp-hop";
+
+/// The request header ext-authz sets to `1` on a request whose answer the audit
+/// trail records: Envoy copies that answer to ext-proc (and never forwards the
+/// header).
+pub const AUDIT_HEADER: &str = "x-mcp-audit";
 
 /// A request answered by the gateway itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -260,6 +276,8 @@ pub struct Authorizer {
     streams: Option<Arc<CallerStreams>>,
     /// The eras the backends speak.
     protocol: ProtocolConfig,
+    /// What the audit trail records.
+    audit: AuditConfig,
     /// What each pool of backends gets in place of the caller's token.
     upstream: UpstreamCredentials,
 }
@@ -284,6 +302,7 @@ impl Authorizer {
             arguments: None,
             streams: None,
             protocol: ProtocolConfig::default(),
+            audit: AuditConfig::default(),
             upstream: UpstreamCredentials::none(),
         }
     }
@@ -292,6 +311,12 @@ impl Authorizer {
     /// see it), in place of the caller's token.
     pub fn with_upstream_credentials(mut self, upstream: UpstreamCredentials) -> Self {
         self.upstream = upstream;
+        self
+    }
+
+    /// Records in the audit trail what `audit` asks for.
+    pub fn with_audit(mut self, audit: AuditConfig) -> Self {
+        self.audit = audit;
         self
     }
 
@@ -475,18 +500,48 @@ impl Authorizer {
         }
         let decisions = self.judge(&body.messages, &identity, request, path, protocol);
         let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
-        let request_id = request
-            .headers
-            .and_then(|h| h.get("x-request-id"))
-            .map(String::as_str);
-        for (message, decision) in body.messages.iter().zip(&decisions) {
-            crate::audit::judged(
-                request_id,
-                &identity,
-                message,
-                decision,
-                if allowed { "allow" } else { "deny" },
-            );
+        // The answer to an allowed call is audited too, by ext-proc (Envoy copies
+        // the answer to it; only a gateway with ext-proc has one to copy to): its
+        // record needs what this one says.
+        let audit_answer = allowed
+            && self.audit.results
+            && self.sessions.is_some()
+            && body
+                .messages
+                .iter()
+                .any(|m| m.kind == Kind::Request && m.method.as_deref() == Some("tools/call"));
+        let mut call = call;
+        let mut trace_id = None;
+        if audit_answer || crate::audit::enabled() {
+            trace_id = trace_id_of(request, &body.messages);
+            let audit = crate::audit::Request {
+                request_id: request
+                    .headers
+                    .and_then(|h| h.get("x-request-id"))
+                    .map(String::as_str),
+                trace_id: trace_id.as_deref(),
+                identity: &identity,
+                with_arguments: self.audit.arguments,
+            };
+            for ((message, decision), call) in
+                body.messages.iter().zip(&decisions).zip(&mut call.calls)
+            {
+                let digest = message
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.get("arguments"))
+                    .map(crate::audit::arguments_digest);
+                crate::audit::judged(
+                    &audit,
+                    message,
+                    decision,
+                    if allowed { "allow" } else { "deny" },
+                    digest.as_deref(),
+                );
+                if audit_answer {
+                    call.arguments_sha256 = digest;
+                }
+            }
         }
         if allowed {
             let rules = decisions
@@ -496,6 +551,9 @@ impl Authorizer {
                 .join(",");
             let mut allowed = self.allow(call, Some(rules), identity, request);
             allowed.protocol = protocol;
+            if audit_answer {
+                allowed.audit = Some(AuditAnswer { trace_id });
+            }
             if protocol.era == Era::Stateless {
                 // What goes upstream mirrors the body the rules judged, whatever
                 // the client sent (repeated headers included).
@@ -929,6 +987,7 @@ impl Authorizer {
             hop: Hop::Proc,
             stream: None,
             protocol: Protocol::session(jsonrpc::DEFAULT_VERSION),
+            audit: None,
         }
     }
 }
@@ -1225,6 +1284,27 @@ fn invalid(status: u16, body: Value, reason: String) -> Denied {
     )
 }
 
+/// The request's trace id for the audit trail: the check span's when spans are
+/// exported (it continued the client's trace), else the client's own, from the
+/// first message's `_meta.traceparent` or the `traceparent` header.
+fn trace_id_of(request: &HttpRequest<'_>, messages: &[Message]) -> Option<String> {
+    if let Some(id) = gateway_core::telemetry::trace_id(&tracing::Span::current()) {
+        return Some(id);
+    }
+    let from_meta = messages.first().and_then(|m| {
+        m.params
+            .as_ref()?
+            .get("_meta")?
+            .get("traceparent")?
+            .as_str()
+    });
+    let from_header = || request.headers?.get("traceparent").map(String::as_str);
+    from_meta
+        .or_else(from_header)
+        .and_then(crate::audit::trace_id)
+        .map(str::to_owned)
+}
+
 fn call_info(messages: &[Message]) -> CallInfo {
     let join = |items: Vec<&str>| (!items.is_empty()).then(|| items.join(","));
     CallInfo {
@@ -1241,6 +1321,7 @@ fn call_info(messages: &[Message]) -> CallInfo {
                 id: m.id.as_ref().map(ToString::to_string),
                 method: m.method.clone(),
                 tool: m.tool.clone(),
+                arguments_sha256: None,
             })
             .collect(),
     }

@@ -64,6 +64,7 @@ async fn main() -> ExitCode {
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
             .with_edge(&config.edge)
             .with_protocol(&config.protocol)
+            .with_audit(config.audit)
             .with_upstream_credentials(UpstreamCredentials::from_config(
                 &config.upstream_credentials,
                 config_dir,

@@ -23,7 +23,8 @@ use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
 use crate::check::{
-    Authorizer, BodyState, CallInfo, HOP_HEADER, Hop, HttpRequest, UNKNOWN_SESSION_RULE, Verdict,
+    AUDIT_HEADER, Authorizer, BodyState, CallInfo, HOP_HEADER, Hop, HttpRequest,
+    UNKNOWN_SESSION_RULE, Verdict,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -299,6 +300,17 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 // ext-proc's rewrite rules may read claims (`jwt.email`).
                 metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
             }
+            // ext-proc records what the backend answers (Envoy copies the
+            // answer to it): the record says who asked what.
+            if let Some(audit) = &allowed.audit {
+                if allowed.hop != Hop::Proc {
+                    metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
+                    metadata.insert(key::ISSUER.into(), string(&identity.issuer));
+                }
+                if let Some(trace_id) = &audit.trace_id {
+                    metadata.insert(key::TRACE_ID.into(), string(trace_id));
+                }
+            }
             if let Some(session) = allowed
                 .session
                 .as_ref()
@@ -313,6 +325,9 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 HOP_HEADER.to_owned(),
                 allowed.hop.header_value(allowed.protocol.era).to_owned(),
             ));
+            if allowed.audit.is_some() {
+                headers.push((AUDIT_HEADER.to_owned(), "1".to_owned()));
+            }
             CheckResponse {
                 status: Some(status(Code::Ok)),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {

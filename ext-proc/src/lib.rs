@@ -8,5 +8,6 @@
 //!   onto the core; it answers every message Envoy sends with the matching response,
 //!   and does the core's one piece of I/O (asking a backend for its tools).
 
+pub mod audit;
 pub mod exchange;
 pub mod service;

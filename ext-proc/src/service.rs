@@ -40,6 +40,7 @@ use prometheus_client::registry::Registry;
 use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::session::SESSION_HEADER;
 
+use crate::audit::{AnswerAudit, AuditedRequest};
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, OpenedSession,
     RequestPlan,
@@ -178,15 +179,29 @@ impl ExternalProcessor for ProcService {
         let span =
             tracing::info_span!(target: gateway_core::telemetry::SPAN_TARGET, "ext_proc.stream");
         let stream = async move {
+            let mut next = match inbound.message().await {
+                Ok(Some(message)) => Some(message),
+                _ => return,
+            };
+            // Envoy copies an answer the audit trail records without waiting
+            // for replies (observability mode): that stream only reads.
+            if next.as_ref().is_some_and(|m| m.observability_mode) {
+                let first = next.take().unwrap_or_default();
+                follow_answer(first, inbound, gateway.max_sse_event_bytes).await;
+                return;
+            }
             let mut exchange = Exchange::new(&gateway);
             loop {
-                let message = match inbound.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
-                        break;
-                    }
+                let message = match next.take() {
+                    Some(message) => message,
+                    None => match inbound.message().await {
+                        Ok(Some(message)) => message,
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                            break;
+                        }
+                    },
                 };
                 // Timed from before a schema fetch: the slowest answers are those.
                 let started = std::time::Instant::now();
@@ -205,6 +220,79 @@ impl ExternalProcessor for ProcService {
         };
         tokio::spawn(tracing::Instrument::instrument(stream, span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Reads an answer Envoy copies for the audit trail (see [`crate::audit`]) and
+/// writes its records; Envoy expects no reply.
+async fn follow_answer(
+    first: ProcessingRequest,
+    mut inbound: Streaming<ProcessingRequest>,
+    max_body_bytes: usize,
+) {
+    let Some(Phase::ResponseHeaders(headers)) = &first.request else {
+        tracing::warn!("an audited answer did not start with its headers; not recorded");
+        return;
+    };
+    let view = HeaderView(headers);
+    let content_type = view
+        .get("content-type")
+        .and_then(|v| std::str::from_utf8(v).ok());
+    let mut audit = AnswerAudit::new(audited_request(&first, &view), content_type, max_body_bytes);
+    let request = audit.request().clone();
+    let mut answered = Vec::new();
+    if headers.end_of_stream {
+        answered = audit.finish();
+    }
+    loop {
+        for one in answered.drain(..) {
+            one.log(&request);
+        }
+        match inbound.message().await {
+            Ok(Some(ProcessingRequest {
+                request: Some(Phase::ResponseBody(body)),
+                ..
+            })) => answered = audit.on_body(&body.body, body.end_of_stream),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    for one in audit.finish() {
+        one.log(&request);
+    }
+}
+
+/// What ext-authz (its dynamic metadata) and Envoy (the attributes it attaches
+/// to the response headers) say about an audited request.
+fn audited_request(message: &ProcessingRequest, headers: &HeaderView<'_>) -> AuditedRequest {
+    let fields = message
+        .metadata_context
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(handoff::NAMESPACE))
+        .map(|s| &s.fields);
+    let text = |key: &str| match fields?.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    };
+    let status = headers
+        .get(":status")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    AuditedRequest {
+        request_id: attribute(message, "request.id").map(str::to_owned),
+        trace_id: text(key::TRACE_ID),
+        subject: text(key::SUBJECT),
+        client_id: text(key::CLIENT_ID),
+        issuer: text(key::ISSUER),
+        decision: text(key::DECISION),
+        rule: text(key::RULE),
+        calls: fields
+            .and_then(|f| f.get(key::CALLS))
+            .map(handoff::calls_of)
+            .unwrap_or_default(),
+        started: attribute(message, "request.time")
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+        backend: attribute(message, "upstream.address").map(str::to_owned),
+        status,
     }
 }
 

@@ -39,6 +39,38 @@ pub struct GatewayConfig {
     /// What each pool of backends receives in place of the caller's token.
     #[serde(default)]
     pub upstream_credentials: UpstreamCredentialsConfig,
+    /// What the audit trail (the `audit` log target) records.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// What the audit trail records beyond the decision on each JSON-RPC message.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Whether ext-proc records what the backend answered to each allowed
+    /// `tools/call` (`isError`, a JSON-RPC error, status, backend, duration):
+    /// Envoy copies the answer to ext-proc without waiting for it, which costs
+    /// Envoy some CPU per call but the call no latency.
+    #[serde(default = "default_true")]
+    pub results: bool,
+    /// Whether a record carries the call's arguments as well as their digest.
+    /// Off by default: arguments may hold what an audit log should not.
+    #[serde(default)]
+    pub arguments: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            results: true,
+            arguments: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The credential each backend pool gets on every request, set by ext-authz

@@ -42,6 +42,8 @@ pub mod key {
     pub const DECISION: &str = "decision";
     pub const RULE: &str = "rule";
     pub const REASON: &str = "reason";
+    /// The W3C trace id of the request's trace (hex), when it has one.
+    pub const TRACE_ID: &str = "trace_id";
 }
 
 /// One JSON-RPC message of a request body, as ext-authz judged it.
@@ -52,6 +54,9 @@ pub struct Call {
     pub method: Option<String>,
     /// The tool of a `tools/call`, alias resolved: the backend's name.
     pub tool: Option<String>,
+    /// SHA-256 (hex) of the call's arguments as canonical JSON, for the audit
+    /// trail; only on calls whose answer is audited.
+    pub arguments_sha256: Option<String>,
 }
 
 impl Call {
@@ -69,6 +74,7 @@ pub fn calls_value(calls: &[Call]) -> Value {
             ("id", &call.id),
             ("method", &call.method),
             ("tool", &call.tool),
+            ("arguments_sha256", &call.arguments_sha256),
         ] {
             if let Some(value) = value {
                 fields.insert(name.to_owned(), string(value));
@@ -95,6 +101,7 @@ pub fn calls_of(value: &Value) -> Vec<Call> {
                 id: text(s, "id"),
                 method: text(s, "method"),
                 tool: text(s, "tool"),
+                arguments_sha256: text(s, "arguments_sha256"),
             }),
             _ => None,
         })
@@ -153,11 +160,13 @@ mod tests {
                 id: Some(json!(1).to_string()),
                 method: Some("tools/call".into()),
                 tool: Some("a,b".into()),
+                arguments_sha256: Some("00ff".into()),
             },
             Call {
                 id: None,
                 method: Some("notifications/initialized".into()),
                 tool: None,
+                arguments_sha256: None,
             },
         ];
         let back = calls_of(&calls_value(&calls));

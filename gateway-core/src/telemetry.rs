@@ -127,3 +127,19 @@ pub fn continue_client_trace(span: &tracing::Span, traceparent: &str, tracestate
         let _ = span.set_parent(context);
     }
 }
+
+/// The trace id (32 hex digits) of `span`, when it is exported: the client's
+/// trace if [`continue_client_trace`] joined it, else the gateway's own.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}

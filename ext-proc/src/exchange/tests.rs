@@ -234,6 +234,7 @@ fn tools_call(gateway: &Gateway) -> Exchange<'_> {
         id: Some("1".into()),
         method: Some("tools/call".into()),
         tool: Some("x".into()),
+        arguments_sha256: None,
     }];
     let mut exchange = Exchange::new(gateway);
     exchange.on_request_headers(&map(&[(":method", "POST")]), Some(who));
@@ -435,6 +436,7 @@ fn call(id: &str, method: &str, tool: Option<&str>) -> gateway_core::handoff::Ca
         id: Some(id.into()),
         method: Some(method.into()),
         tool: tool.map(str::to_owned),
+        arguments_sha256: None,
     }
 }
 

@@ -684,7 +684,11 @@ async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
         // "Pin me to this backend" (base64 of 127.0.0.1:1), and a hash of my choice.
         ("x-mcp-upstream", "MTI3LjAuMC4xOjE="),
         ("x-mcp-session-hash", "attacker-chosen"),
+        // "Copy this answer to the audit trail": only calls ext-authz marks are.
+        ("x-mcp-audit", "1"),
     ];
+    let audited = || stack.envoy_stat("http.mcp.ext_proc.audit.streams_started");
+    let audited_before = audited().await.expect("stat");
     let before = streams().await.expect("stat");
     let response = post_initialize(stack.http(), &stack.url(), Some(&token), &steering)
         .send()
@@ -705,6 +709,11 @@ async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
     assert!(
         sealed.len() > 60,
         "a sealed token, not a backend's id: {sealed}"
+    );
+    assert_eq!(
+        audited().await.expect("stat"),
+        audited_before,
+        "an initialize's answer is not audited, whatever the client says"
     );
 
     // "Go through ext-proc" on a plain call changes nothing either.
@@ -730,11 +739,17 @@ async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
         .expect("answer");
     assert_eq!(forced.status(), 200);
     assert_eq!(streams().await.expect("stat"), before, "no ext_proc stream");
+    assert_eq!(
+        audited().await.expect("stat") - audited_before,
+        2,
+        "the two calls' answers were copied to the audit trail"
+    );
 
     // No backend ever saw the client's values (or the hop header at all).
     for request in stack.all_backend_requests().await.expect("backends") {
         let headers = &request["headers"];
         assert!(headers.get("x-mcp-hop").is_none(), "{headers}");
+        assert!(headers.get("x-mcp-audit").is_none(), "{headers}");
         assert_ne!(
             headers["x-mcp-session-hash"], "attacker-chosen",
             "{headers}"

@@ -260,19 +260,44 @@ fn sha256_hex(text: &str) -> String {
         .to_owned()
 }
 
+/// The audit records (`target: audit`) of one sidecar's JSON log with `message`.
+fn audit_records(log: &str, message: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|r| r["target"] == "audit" && r["message"] == message)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_judged_message_leaves_one_audit_record_with_its_arguments_digest() {
-    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts");
+async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options
+        .sidecar_env
+        .push(("MCP_GATEWAY_LOG_FORMAT".into(), "json".into()));
+    let backend_ports = options.ports.backends.clone();
+    let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    session
-        .call_tool("add", json!({"b": 2, "a": 1}))
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let added = session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": {"b": 2, "a": 1},
+                   "_meta": {"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}}),
+        )
         .await
         .expect("allowed");
+    assert_eq!(added["result"]["isError"], false, "{added}");
+    let failed = session
+        .request(
+            "tools/call",
+            json!({"name": "divide", "arguments": {"a": 1, "b": 0}}),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(failed["result"]["isError"], true, "a tool error: {failed}");
     let denied = session
         .request(
             "tools/call",
@@ -282,40 +307,100 @@ async fn each_judged_message_leaves_one_audit_record_with_its_arguments_digest()
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001);
 
-    let records: Vec<String> = stack
-        .ext_authz_log()
-        .lines()
-        .filter(|l| l.contains("audit") && l.contains("judged") && l.contains("tools/call"))
-        .map(str::to_owned)
-        .collect();
-    let allowed_digest = sha256_hex(r#"{"a":1,"b":2}"#);
+    let added_digest = sha256_hex(r#"{"a":1,"b":2}"#);
+    let failed_digest = sha256_hex(r#"{"a":1,"b":0}"#);
     let denied_digest = sha256_hex(r#"{"a":5000,"b":2}"#);
-    let allowed: Vec<&String> = records
-        .iter()
-        .filter(|l| l.contains(&allowed_digest))
+    // ext-proc writes an answer's record as the answer passes, concurrently
+    // with the client reading it: wait for both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answered = loop {
+        let records = audit_records(&stack.ext_proc_log(), "answered");
+        if records.len() >= 2 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let judged: Vec<_> = audit_records(&stack.ext_authz_log(), "judged")
+        .into_iter()
+        .filter(|r| r["method"] == "tools/call")
         .collect();
-    assert_eq!(allowed.len(), 1, "{records:#?}");
-    for field in [
-        "subject=alice",
-        "decision=\"allow\"",
-        "rule=small-arithmetic",
-        "\"add\"",
+    let one = |records: &[serde_json::Value], digest: &str| {
+        let found: Vec<_> = records
+            .iter()
+            .filter(|r| r["arguments_sha256"] == digest)
+            .cloned()
+            .collect();
+        assert_eq!(found.len(), 1, "one record with {digest}: {records:#?}");
+        found[0].clone()
+    };
+
+    // Allowed and answered: the decision, then the result, one request id.
+    let decision = one(&judged, &added_digest);
+    for (field, value) in [
+        ("subject", json!("alice")),
+        ("issuer", json!(stack.issuer_url())),
+        ("tool", json!("add")),
+        ("decision", json!("allow")),
+        ("rule", json!("small-arithmetic")),
+        ("trace_id", json!(trace)),
     ] {
-        assert!(
-            allowed[0].contains(field),
-            "{field} missing: {}",
-            allowed[0]
-        );
+        assert_eq!(decision[field], value, "{field}: {decision:#}");
     }
-    let refused: Vec<&String> = records
-        .iter()
-        .filter(|l| l.contains(&denied_digest))
-        .collect();
-    assert_eq!(refused.len(), 1, "{records:#?}");
-    assert!(refused[0].contains("decision=\"deny\""), "{}", refused[0]);
-    assert!(refused[0].contains("rule=default"), "{}", refused[0]);
+    let result = one(&answered, &added_digest);
+    assert_eq!(result["request_id"], decision["request_id"], "{result:#}");
     assert!(
-        !stack.ext_authz_log().contains("5000"),
+        decision["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{decision:#}"
+    );
+    for (field, value) in [
+        ("subject", json!("alice")),
+        ("tool", json!("add")),
+        ("id", json!(added["id"].to_string())),
+        ("decision", json!("allow")),
+        ("rule", json!("small-arithmetic")),
+        ("trace_id", json!(trace)),
+        ("status", json!(200)),
+        ("answered", json!(true)),
+        ("is_error", json!(false)),
+    ] {
+        assert_eq!(result[field], value, "{field}: {result:#}");
+    }
+    assert!(result.get("error_code").is_none(), "{result:#}");
+    let backend = result["backend"].as_str().expect("backend");
+    assert!(
+        backend_ports
+            .iter()
+            .any(|port| backend == format!("127.0.0.1:{port}")),
+        "{backend} is one of the demo backends {backend_ports:?}"
+    );
+    assert!(
+        result["duration_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0 && ms < 10_000.0),
+        "{result:#}"
+    );
+
+    // Allowed, and the tool failed: HTTP 200 with isError, in the trail.
+    assert_eq!(one(&judged, &failed_digest)["decision"], "allow");
+    let result = one(&answered, &failed_digest);
+    assert_eq!(result["tool"], "divide", "{result:#}");
+    assert_eq!(result["is_error"], true, "{result:#}");
+    assert_eq!(result["status"], 200, "{result:#}");
+
+    // Denied: the decision only (no backend answered it).
+    let refused = one(&judged, &denied_digest);
+    assert_eq!(refused["decision"], "deny", "{refused:#}");
+    assert_eq!(refused["rule"], "default", "{refused:#}");
+    assert!(
+        !answered
+            .iter()
+            .any(|r| r["arguments_sha256"] == denied_digest),
+        "{answered:#?}"
+    );
+    assert!(
+        !stack.ext_authz_log().contains("5000") && !stack.ext_proc_log().contains("5000"),
         "arguments themselves are not logged"
     );
 }
