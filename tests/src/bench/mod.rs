@@ -54,6 +54,8 @@ pub struct Options {
     /// (dev/gateway.yaml's `upstream_credentials`; after the first call of a
     /// token, from the cache).
     pub upstream_credentials: bool,
+    /// C records what backends answer in the audit trail (`audit.results`).
+    pub audit_results: bool,
 }
 
 /// One workload: what each request is, and how many are in flight.
@@ -185,7 +187,10 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         bin_dir: options.bin_dir.clone(),
         work_dir: None,
         envoy_concurrency: Some(1),
-        gateway_config: Box::new(|_| {}),
+        gateway_config: {
+            let audit_results = options.audit_results;
+            Box::new(move |config| config["audit"]["results"] = audit_results.into())
+        },
         session_keys: stack::random_session_key("bench")?,
         shared: None,
         rules: None,
