@@ -149,6 +149,15 @@ impl AnswerAudit {
             .collect()
     }
 
+    /// Whether every call has its record: nothing more to read.
+    pub fn done(&self) -> bool {
+        self.request
+            .calls
+            .iter()
+            .zip(&self.recorded)
+            .all(|(call, recorded)| *recorded || call.id.is_none())
+    }
+
     /// The request the answer is to.
     pub fn request(&self) -> &AuditedRequest {
         &self.request
@@ -298,7 +307,9 @@ mod tests {
         let text = body.to_string();
         let (head, tail) = text.as_bytes().split_at(10);
         assert!(audit.on_body(head, false).is_empty());
+        assert!(!audit.done());
         let answered = audit.on_body(tail, true);
+        assert!(audit.done());
         assert_eq!(outcomes(&answered), vec![(Some("7".into()), Some(FAILED))]);
         assert!(
             answered[0]

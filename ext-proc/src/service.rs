@@ -248,6 +248,11 @@ async fn follow_answer(
         for one in answered.drain(..) {
             one.log(&request);
         }
+        if audit.done() {
+            // Ends the stream now rather than when Envoy closes it: an audited
+            // call holds one of Envoy's streams to ext-proc until then.
+            return;
+        }
         match inbound.message().await {
             Ok(Some(ProcessingRequest {
                 request: Some(Phase::ResponseBody(body)),
