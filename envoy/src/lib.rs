@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use gateway_core::config::EdgeConfig;
+use gateway_core::config::{EdgeConfig, RateLimitsConfig};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
@@ -315,6 +315,51 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
         named(filters, "envoy.filters.http.ext_authz")?,
         &["typed_config", "with_request_body", "max_request_bytes"],
     )? = u64::from(edge.max_request_bytes).into();
+    overlay_rate_limits(filters, &edge.rate_limits)
+}
+
+const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+const GLOBAL_RATE_LIMIT: &str = "envoy.filters.http.ratelimit";
+
+/// Keeps the rate-limit filter that counts `limits` (none without limits): the
+/// local one with a token bucket per limit (and caller), or the global one when
+/// a shared Redis counts.
+fn overlay_rate_limits(
+    filters: &mut Value,
+    limits: &RateLimitsConfig,
+) -> Result<(), BootstrapError> {
+    let keep = match (limits.limits.is_empty(), &limits.redis_url) {
+        (true, _) => None,
+        (false, None) => Some(LOCAL_RATE_LIMIT),
+        (false, Some(_)) => Some(GLOBAL_RATE_LIMIT),
+    };
+    if keep == Some(LOCAL_RATE_LIMIT) {
+        let descriptors: Vec<Value> = limits
+            .limits
+            .iter()
+            .map(|limit| {
+                serde_yaml::from_str(&format!(
+                    "entries: [ {{ key: limit, value: {:?} }}, {{ key: caller }} ]\n\
+                     token_bucket: {{ max_tokens: {n}, tokens_per_fill: {n}, fill_interval: {}s }}",
+                    limit.name,
+                    limit.period.as_secs(),
+                    n = limit.requests,
+                ))
+                .map_err(|e| BootstrapError::Profile(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        *at(
+            named(filters, LOCAL_RATE_LIMIT)?,
+            &["typed_config", "descriptors"],
+        )? = Value::Sequence(descriptors);
+    }
+    let list = filters
+        .as_sequence_mut()
+        .ok_or_else(|| missing("http_filters is not a list"))?;
+    list.retain(|filter| {
+        let name = filter.get("name").and_then(Value::as_str);
+        !matches!(name, Some(LOCAL_RATE_LIMIT | GLOBAL_RATE_LIMIT)) || name == keep
+    });
     Ok(())
 }
 

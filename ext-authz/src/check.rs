@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gateway_core::config::{
-    AuditConfig, EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig,
+    AuditConfig, EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig, RateLimitKey,
 };
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
@@ -43,7 +43,7 @@ use crate::arguments::{ArgumentChecker, Checked, FetchContext};
 use crate::authn::{Authenticator, AuthnError, Identity, bearer_token};
 use crate::session_gate::{PINNING_HEADERS, Session, SessionGate};
 use gateway_core::rewrite::Origin;
-use gateway_core::session::{SESSION_HEADER, subject_digest};
+use gateway_core::session::{SESSION_HEADER, client_digest, short_hex, subject_digest};
 
 use crate::streams::{CallerStreams, GRACE};
 use crate::upstream::UpstreamCredentials;
@@ -128,6 +128,23 @@ pub struct Allowed {
     pub protocol: Protocol,
     /// Set when the backend's answer is to be audited (see [`AUDIT_HEADER`]).
     pub audit: Option<AuditAnswer>,
+    /// The rate limit the request counts against, if any.
+    pub rate_limit: Option<RateLimited>,
+}
+
+/// A rate limit a request counts against, as Envoy's rate-limit filters read it
+/// from ext-authz's dynamic metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// The limit's name (`edge.rate_limits.limits[].name`).
+    pub name: String,
+    /// Whose count it is: a digest of the subject or client (hex), or `gateway`.
+    pub key: String,
+    /// The limit's period, for `Retry-After` when Envoy counts alone.
+    pub period_secs: u64,
+    /// The first request's JSON-RPC id as JSON text (`null` without one), for
+    /// the error a refused request gets.
+    pub rpc_id: String,
 }
 
 /// What the record of an audited answer needs that only ext-authz knows.
@@ -948,6 +965,39 @@ impl Authorizer {
         }
     }
 
+    /// The first rate limit the request falls under: one that counts every
+    /// request, or one matching any of its messages.
+    fn rate_limit_of(&self, call: &CallInfo, identity: &Identity) -> Option<RateLimited> {
+        let limit = self.edge.rate_limits.limits.iter().find(|limit| {
+            let m = &limit.matches;
+            (m.methods.is_empty() && m.tools.is_empty())
+                || call
+                    .calls
+                    .iter()
+                    .any(|c| m.matches(c.method.as_deref(), c.tool.as_deref()))
+        })?;
+        let key = match (limit.per, &identity.client_id) {
+            (RateLimitKey::Gateway, _) => "gateway".to_owned(),
+            (RateLimitKey::ClientId, Some(client)) => {
+                short_hex(&client_digest(&identity.issuer, client))
+            }
+            // A token naming no client is counted as its subject.
+            (RateLimitKey::Subject | RateLimitKey::ClientId, _) => {
+                short_hex(&subject_digest(&identity.issuer, &identity.subject))
+            }
+        };
+        Some(RateLimited {
+            name: limit.name.clone(),
+            key,
+            period_secs: limit.period.as_secs(),
+            rpc_id: call
+                .calls
+                .iter()
+                .find_map(|c| c.id.clone())
+                .unwrap_or_else(|| "null".to_owned()),
+        })
+    }
+
     fn allow(
         &self,
         call: CallInfo,
@@ -975,7 +1025,9 @@ impl Authorizer {
                 None => remove_headers.push(name.clone()),
             }
         }
+        let rate_limit = self.rate_limit_of(&call, &identity);
         Allowed {
+            rate_limit,
             call,
             rule,
             identity,

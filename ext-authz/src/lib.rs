@@ -14,6 +14,8 @@
 //! - [`upstream`]: the credential each backend pool gets instead of the caller's
 //!   token (static, client credentials, RFC 8693 token exchange).
 //! - [`audit`]: one record per JSON-RPC message judged, on the `audit` log target.
+//! - [`rate_limit`]: the rate-limit service (Envoy RLS) that counts limits across
+//!   replicas in a shared Redis.
 
 pub mod arguments;
 pub mod audit;
@@ -21,6 +23,7 @@ pub mod authn;
 pub mod check;
 pub mod crypto;
 pub mod jwks;
+pub mod rate_limit;
 pub mod service;
 pub mod session_gate;
 pub mod streams;

@@ -8,6 +8,7 @@ use clap::Parser;
 use ext_authz::arguments::ArgumentChecker;
 use ext_authz::authn::Authenticator;
 use ext_authz::check::Authorizer;
+use ext_authz::rate_limit::SharedRateLimits;
 use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
 use ext_authz::session_gate::SessionGate;
 use ext_authz::streams::{AccessLogSink, CallerStreams, LEASE};
@@ -101,6 +102,12 @@ async fn main() -> ExitCode {
         let mut routes = tonic::service::Routes::new(service);
         if let Some(access_log) = access_log {
             routes = routes.add_service(access_log);
+        }
+        // Limits counted across replicas: Envoy's `ratelimit` filter asks here.
+        if let Some(shared) =
+            SharedRateLimits::from_config(&config.edge.rate_limits, &mut registry)?
+        {
+            routes = routes.add_service(shared.into_server());
         }
         let routes = routes.into_axum_router().merge(keys);
         Ok(Sidecar {

@@ -291,6 +291,17 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             if let Some(ticket) = allowed.stream {
                 metadata.insert(key::STREAM.into(), string(&ticket.to_string()));
             }
+            // Envoy's rate-limit filters count the request from these (its
+            // descriptor), and its 429 says them (Retry-After, the id).
+            if let Some(limit) = &allowed.rate_limit {
+                metadata.insert(key::RATE_LIMIT.into(), string(&limit.name));
+                metadata.insert(key::RATE_LIMIT_KEY.into(), string(&limit.key));
+                metadata.insert(
+                    key::RATE_LIMIT_PERIOD.into(),
+                    string(&limit.period_secs.to_string()),
+                );
+                metadata.insert(key::RPC_ID.into(), string(&limit.rpc_id));
+            }
             // The rest is for ext-proc alone: Envoy keeps no more than it needs
             // on a request that does not reach it.
             if allowed.hop == Hop::Proc {

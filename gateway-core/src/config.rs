@@ -252,6 +252,10 @@ pub struct EdgeConfig {
     /// 413. MCP messages are small; raise it for tools that take large inputs.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: u32,
+    /// Requests per caller and tool: ext-authz picks the limit a request falls
+    /// under, Envoy counts (see [`RateLimitsConfig`]).
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for EdgeConfig {
@@ -259,8 +263,111 @@ impl Default for EdgeConfig {
         Self {
             allowed_origins: Vec::new(),
             max_request_bytes: default_max_request_bytes(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
+}
+
+/// Rate limits. Each allowed request falls under the first limit that matches
+/// one of its messages (or none); ext-authz names that limit and the caller's key
+/// in its dynamic metadata, and Envoy counts: per replica with its
+/// `local_ratelimit` filter, or across replicas with its `ratelimit` filter and
+/// the rate-limit service ext-authz serves on a shared Redis when `redis_url` is
+/// set. Over the limit: 429 with `Retry-After` and a JSON-RPC error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Count across replicas in this Redis (`redis://host:port[/db]`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default, deserialize_with = "rate_limits")]
+    pub limits: Vec<RateLimit>,
+}
+
+/// One limit: `requests` per `period` for each caller (`per`), on the messages
+/// it matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Letters, digits, `-`, `_`, `.`; unique. Names the limit in errors and logs.
+    pub name: String,
+    /// Which messages count; an empty match counts every request.
+    #[serde(default, rename = "match")]
+    pub matches: RateLimitMatch,
+    #[serde(default)]
+    pub per: RateLimitKey,
+    pub requests: std::num::NonZeroU32,
+    /// Whole seconds, from 1 s to 1 day (`30s`, `1m`, `1h`).
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+/// The messages a limit counts: any of `methods` (all when empty) and any of
+/// `tools` (all when empty; a tool is a `tools/call`'s, alias resolved).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitMatch {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+/// Whose requests share one count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// Each subject (per issuer).
+    #[default]
+    Subject,
+    /// Each OAuth client (`azp` / `client_id`), whoever it acts for.
+    ClientId,
+    /// Everyone: one count for the whole gateway (or replica).
+    Gateway,
+}
+
+impl RateLimitMatch {
+    /// Whether a message with `method` (and `tool`, for a `tools/call`) counts.
+    pub fn matches(&self, method: Option<&str>, tool: Option<&str>) -> bool {
+        let method_ok =
+            self.methods.is_empty() || method.is_some_and(|m| self.methods.iter().any(|x| x == m));
+        let tool_ok =
+            self.tools.is_empty() || tool.is_some_and(|t| self.tools.iter().any(|x| x == t));
+        method_ok && tool_ok
+    }
+}
+
+/// Limits whose names are usable as Envoy descriptor values and Redis keys, and
+/// whose periods Envoy's token buckets and `Retry-After` can express.
+fn rate_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RateLimit>, D::Error> {
+    let limits = Vec::<RateLimit>::deserialize(d)?;
+    let mut seen = std::collections::HashSet::new();
+    for limit in &limits {
+        let name = &limit.name;
+        let fail = |why: String| {
+            Err(serde::de::Error::custom(format!(
+                "rate limit `{name}`: {why}"
+            )))
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return fail("a name is letters, digits, `-`, `_` and `.` only".into());
+        }
+        if !seen.insert(name.as_str()) {
+            return fail("two limits have this name".into());
+        }
+        let period = limit.period;
+        if period.subsec_nanos() != 0 || period.as_secs() == 0 || period.as_secs() > 86_400 {
+            return fail(format!(
+                "period {} is not a whole number of seconds from 1s to 1 day",
+                humantime::format_duration(period)
+            ));
+        }
+    }
+    Ok(limits)
 }
 
 impl EdgeConfig {

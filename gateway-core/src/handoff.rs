@@ -44,6 +44,14 @@ pub mod key {
     pub const REASON: &str = "reason";
     /// The W3C trace id of the request's trace (hex), when it has one.
     pub const TRACE_ID: &str = "trace_id";
+    /// For Envoy's rate-limit filters: the limit the request counts against
+    /// (`edge.rate_limits.limits[].name`), whose count (a caller digest, or
+    /// `gateway`), the limit's period in seconds (Retry-After), and the first
+    /// request's JSON-RPC id as JSON text (the 429's body echoes it).
+    pub const RATE_LIMIT: &str = "rate_limit";
+    pub const RATE_LIMIT_KEY: &str = "rate_limit_key";
+    pub const RATE_LIMIT_PERIOD: &str = "rate_limit_period";
+    pub const RPC_ID: &str = "rpc_id";
 }
 
 /// One JSON-RPC message of a request body, as ext-authz judged it.

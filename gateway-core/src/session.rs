@@ -307,6 +307,17 @@ pub fn session_binding(issuer: &str, subject: &str, client: Option<&str>) -> Sub
     digest_of(&[b"session", issuer.as_bytes(), subject.as_bytes(), client])
 }
 
+/// The digest of an OAuth client (`azp`, else `client_id`) of an issuer.
+pub fn client_digest(issuer: &str, client: &str) -> SubjectDigest {
+    digest_of(&[b"client", issuer.as_bytes(), client.as_bytes()])
+}
+
+/// The first half of a digest in hex: a key that names a caller in logs and
+/// counters without saying who it is.
+pub fn short_hex(digest: &SubjectDigest) -> String {
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Length-prefixed parts: no choice of issuer, subject or client can make two
 /// different identities hash alike.
 fn digest_of(parts: &[&[u8]]) -> SubjectDigest {

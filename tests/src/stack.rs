@@ -115,6 +115,9 @@ pub struct StackOptions {
     /// exchanged at the provider, the stateless pool's static key). Off for most
     /// tests, whose calls should not depend on the provider after login.
     pub upstream_credentials: bool,
+    /// Keep dev/gateway.yaml's `edge.rate_limits` (the demo limit on `subtract`).
+    /// Off for most tests, which call as often as they need.
+    pub rate_limits: bool,
 }
 
 /// The audience of the session pool's exchanged tokens (dev/gateway.yaml's
@@ -159,6 +162,7 @@ impl StackOptions {
             sidecar_env: Vec::new(),
             stateless_args: Vec::new(),
             upstream_credentials: false,
+            rate_limits: false,
         })
     }
 
@@ -192,6 +196,7 @@ pub struct Stack {
     gateway_cpus: Option<String>,
     sidecar_env: Vec<(String, String)>,
     upstream_credentials: bool,
+    rate_limits: bool,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -288,6 +293,7 @@ impl Stack {
             gateway_cpus: options.gateway_cpus.clone(),
             sidecar_env: options.sidecar_env.clone(),
             upstream_credentials: options.upstream_credentials,
+            rate_limits: options.rate_limits,
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -862,6 +868,11 @@ impl Stack {
         }
         config["ext_authz"]["rules_file"] = self.rules_path().display().to_string().into();
         self.adjust_upstream_credentials(&mut config)?;
+        if !self.rate_limits
+            && let Some(edge) = config.get_mut("edge").and_then(Value::as_mapping_mut)
+        {
+            edge.remove("rate_limits");
+        }
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
         Ok(())

@@ -13,6 +13,7 @@ mod e2e {
     mod login;
     mod metrics;
     mod policy;
+    mod rate_limits;
     mod rewrite;
     mod sessions;
     mod sidecars;

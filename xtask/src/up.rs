@@ -44,6 +44,7 @@ impl Up {
                 sidecar_env: Vec::new(),
                 stateless_args: Vec::new(),
                 upstream_credentials: true,
+                rate_limits: true,
             };
             let stack = Stack::start(options).await?;
             let _prometheus = match self.with_metrics {

@@ -200,6 +200,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         sidecar_env: Vec::new(),
         stateless_args: Vec::new(),
         upstream_credentials: options.upstream_credentials,
+        rate_limits: false,
     })
     .await
     .context("starting the gateway (C)")?;
