@@ -319,47 +319,69 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
 }
 
 const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
-const GLOBAL_RATE_LIMIT: &str = "envoy.filters.http.ratelimit";
 
-/// Keeps the rate-limit filter that counts `limits` (none without limits): the
-/// local one with a token bucket per limit (and caller), or the global one when
-/// a shared Redis counts.
+/// Envoy's global rate-limit filter, for limits counted across replicas: it asks
+/// the rate-limit service ext-authz serves (Redis-backed) about each request
+/// under a limit, and refuses with 503 when the service does not answer (fail
+/// closed). Its descriptors are the local filter's.
+const GLOBAL_RATE_LIMIT_FILTER: &str = r#"
+name: envoy.filters.http.ratelimit
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+  domain: mcp-gateway
+  failure_mode_deny: true
+  status_on_error: { code: ServiceUnavailable }
+  timeout: 0.5s
+  rate_limit_service:
+    grpc_service: { envoy_grpc: { cluster_name: ext_authz } }
+    transport_api_version: V3
+"#;
+
+/// The rate-limit filter that counts `limits`, in place of the source's local
+/// one: that one with a token bucket per limit (and caller), the global one when
+/// a shared Redis counts, none without limits.
 fn overlay_rate_limits(
     filters: &mut Value,
     limits: &RateLimitsConfig,
 ) -> Result<(), BootstrapError> {
-    let keep = match (limits.limits.is_empty(), &limits.redis_url) {
-        (true, _) => None,
-        (false, None) => Some(LOCAL_RATE_LIMIT),
-        (false, Some(_)) => Some(GLOBAL_RATE_LIMIT),
-    };
-    if keep == Some(LOCAL_RATE_LIMIT) {
-        let descriptors: Vec<Value> = limits
-            .limits
-            .iter()
-            .map(|limit| {
-                serde_yaml::from_str(&format!(
-                    "entries: [ {{ key: limit, value: {:?} }}, {{ key: caller }} ]\n\
-                     token_bucket: {{ max_tokens: {n}, tokens_per_fill: {n}, fill_interval: {}s }}",
-                    limit.name,
-                    limit.period.as_secs(),
-                    n = limit.requests,
-                ))
-                .map_err(|e| BootstrapError::Profile(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        *at(
-            named(filters, LOCAL_RATE_LIMIT)?,
-            &["typed_config", "descriptors"],
-        )? = Value::Sequence(descriptors);
-    }
     let list = filters
         .as_sequence_mut()
         .ok_or_else(|| missing("http_filters is not a list"))?;
-    list.retain(|filter| {
-        let name = filter.get("name").and_then(Value::as_str);
-        !matches!(name, Some(LOCAL_RATE_LIMIT | GLOBAL_RATE_LIMIT)) || name == keep
-    });
+    let index = list
+        .iter()
+        .position(|f| f.get("name").and_then(Value::as_str) == Some(LOCAL_RATE_LIMIT))
+        .ok_or_else(|| missing("no local_ratelimit filter"))?;
+    if limits.limits.is_empty() {
+        list.remove(index);
+        return Ok(());
+    }
+    let local = &mut list[index];
+    if limits.redis_url.is_some() {
+        let actions = at(local, &["typed_config", "rate_limits"])?.clone();
+        let mut global: Value = serde_yaml::from_str(GLOBAL_RATE_LIMIT_FILTER)
+            .map_err(|e| BootstrapError::Source(e.to_string()))?;
+        let config = at(&mut global, &["typed_config"])?
+            .as_mapping_mut()
+            .ok_or_else(|| missing("ratelimit typed_config is not a mapping"))?;
+        config.insert("rate_limits".into(), actions);
+        *local = global;
+        return Ok(());
+    }
+    let descriptors: Vec<Value> = limits
+        .limits
+        .iter()
+        .map(|limit| {
+            serde_yaml::from_str(&format!(
+                "entries: [ {{ key: limit, value: {:?} }}, {{ key: caller }} ]\n\
+                 token_bucket: {{ max_tokens: {n}, tokens_per_fill: {n}, fill_interval: {}s }}",
+                limit.name,
+                limit.period.as_secs(),
+                n = limit.requests,
+            ))
+            .map_err(|e| BootstrapError::Profile(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    *at(local, &["typed_config", "descriptors"])? = Value::Sequence(descriptors);
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub mod dev_idp;
 pub mod mcp;
 pub mod paths;
 pub mod process;
+pub mod redis;
 pub mod stack;
 
 /// `len` random bytes, for keys, secrets and ids the tests make.

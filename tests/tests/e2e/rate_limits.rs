@@ -3,7 +3,8 @@
 //! reaches a backend; other callers and other tools are not affected.
 
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{Stack, StackOptions};
+use e2e::redis::RedisServer;
+use e2e::stack::{Ports, Stack, StackOptions};
 use serde_json::{Value, json};
 
 /// How many `tools/call`s of `tool` by `subject` the backends received.
@@ -122,4 +123,68 @@ async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
                         "params": {"requestId": 99}});
     assert_eq!(alice.post(&cancel).await.expect("answer").status(), 202);
     assert_limited(alice.post(&cancel).await.expect("answer"), Value::Null, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_gone() {
+    let redis_dir = tempfile::tempdir().expect("dir");
+    let mut redis = RedisServer::start(redis_dir.path())
+        .await
+        .expect("redis starts");
+    let replica_options = |redis_url: String, resource: Option<String>| {
+        let mut options = StackOptions::for_test().expect("free ports");
+        options.rate_limits = true;
+        options.gateway_config = Box::new(move |config| {
+            config["edge"]["rate_limits"]["redis_url"] = redis_url.clone().into();
+            if let Some(resource) = &resource {
+                config["ext_authz"]["resource"] = resource.clone().into();
+            }
+        });
+        options
+    };
+    let first = Stack::start(replica_options(redis.url(), None))
+        .await
+        .expect("first replica starts");
+    let mut options = replica_options(redis.url(), Some(first.url()));
+    options.ports = Ports::free(0).expect("ports");
+    options.session_keys = first.session_keys().expect("keys");
+    options.shared = Some(first.shared());
+    let second = Stack::start(options).await.expect("second replica starts");
+
+    let token = first.token("alice", "mcp:tools").await.expect("token");
+    let via_first = RawSession::initialize(first.http(), &first.url(), &token)
+        .await
+        .expect("initialize");
+    let via_second = RawSession::initialize(second.http(), &second.url(), &token)
+        .await
+        .expect("initialize");
+    // Ten calls of one caller, alternating replicas: the limit's ten.
+    for id in 1..=10 {
+        let session = if id % 2 == 0 { &via_first } else { &via_second };
+        assert_eq!(
+            call(session, id, "subtract").await.status(),
+            200,
+            "call {id}"
+        );
+    }
+    assert_limited(call(&via_first, 11, "subtract").await, json!(11), 60).await;
+    assert_limited(call(&via_second, 12, "subtract").await, json!(12), 60).await;
+    assert_eq!(
+        calls_received(&first, "alice", "subtract").await,
+        10,
+        "the backends (shared by both replicas) got ten"
+    );
+    let bob = first.token("bob", "mcp:tools").await.expect("token");
+    let bob = RawSession::initialize(second.http(), &second.url(), &bob)
+        .await
+        .expect("initialize");
+    assert_eq!(call(&bob, 1, "subtract").await.status(), 200);
+    assert_eq!(call(&via_second, 13, "add").await.status(), 200);
+
+    // Without the shared count, a limited call is refused (503), not let
+    // through uncounted; a call under no limit does not need it.
+    redis.kill().expect("redis stops");
+    assert_eq!(call(&bob, 2, "subtract").await.status(), 503);
+    assert_eq!(call(&bob, 3, "add").await.status(), 200);
+    assert_eq!(calls_received(&first, "bob", "subtract").await, 1);
 }
