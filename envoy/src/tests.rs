@@ -214,3 +214,120 @@ fn the_gateway_configs_edge_is_what_envoy_enforces() {
         "{err}"
     );
 }
+
+/// The names of the HTTP filters of a rendered bootstrap, in order.
+fn http_filters(doc: &Value) -> Vec<String> {
+    doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+        .as_sequence()
+        .expect("http_filters")
+        .iter()
+        .filter_map(|f| f["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn rate_limits_render_as_local_buckets_the_global_filter_or_nothing() {
+    let p = profile("envoy/profiles/local.yaml");
+    let gateway = |rate_limits: &str| {
+        edge_of_gateway_config("g.yaml", &format!("edge:\n  rate_limits:\n{rate_limits}"))
+            .expect("valid edge")
+    };
+    let limits = "    limits:\n    - {name: calls, match: {tools: [a]}, per: client_id, requests: 5, period: 2m}\n";
+
+    let local = yaml(&render(&p, &gateway(limits)).expect("renders"));
+    let filters = http_filters(&local);
+    assert!(
+        filters
+            .iter()
+            .any(|f| f == "envoy.filters.http.local_ratelimit"),
+        "{filters:?}"
+    );
+    assert!(
+        !filters.iter().any(|f| f == "envoy.filters.http.ratelimit"),
+        "{filters:?}"
+    );
+    let chain = &local["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"];
+    let descriptors = chain
+        .as_sequence()
+        .and_then(|s| {
+            s.iter()
+                .find(|f| f["name"] == "envoy.filters.http.local_ratelimit")
+        })
+        .map(|f| f["typed_config"]["descriptors"].clone())
+        .expect("local filter");
+    assert_eq!(
+        descriptors,
+        yaml(
+            "[{entries: [{key: limit, value: calls}, {key: caller}], \
+               token_bucket: {max_tokens: 5, tokens_per_fill: 5, fill_interval: 120s}}]"
+        )
+    );
+
+    let global = yaml(
+        &render(
+            &p,
+            &gateway(&format!("    redis_url: redis://r:6379\n{limits}")),
+        )
+        .expect("renders"),
+    );
+    let filters = http_filters(&global);
+    let at = filters
+        .iter()
+        .position(|f| f == "envoy.filters.http.ratelimit")
+        .expect("the global filter");
+    assert!(
+        !filters
+            .iter()
+            .any(|f| f == "envoy.filters.http.local_ratelimit"),
+        "{filters:?}"
+    );
+    assert!(
+        filters
+            .iter()
+            .position(|f| f == "envoy.filters.http.ext_authz")
+            < Some(at),
+        "after ext_authz, whose metadata names the limit: {filters:?}"
+    );
+
+    let none = yaml(&render(&p, &EdgeConfig::default()).expect("renders"));
+    let filters = http_filters(&none);
+    assert!(
+        !filters.iter().any(|f| f.contains("ratelimit")),
+        "{filters:?}"
+    );
+}
+
+#[test]
+fn bad_rate_limits_are_refused_with_the_reason() {
+    for (limit, why) in [
+        ("{name: 'a b', requests: 1, period: 1s}", "letters, digits"),
+        (
+            "{name: a, requests: 1, period: 1500ms}",
+            "whole number of seconds",
+        ),
+        ("{name: a, requests: 0, period: 1s}", "nonzero"),
+        ("{name: a, requests: 1, period: 2d}", "1 day"),
+        (
+            "{name: a, per: team, requests: 1, period: 1s}",
+            "unknown variant",
+        ),
+    ] {
+        let err = edge_of_gateway_config(
+            "g.yaml",
+            &format!("edge:\n  rate_limits:\n    limits: [{limit}]\n"),
+        )
+        .expect_err(limit);
+        assert!(err.to_string().contains(why), "{limit}: {err}");
+    }
+    let err = edge_of_gateway_config(
+        "g.yaml",
+        "edge:\n  rate_limits:\n    limits:\n    - {name: a, requests: 1, period: 1s}\n    - {name: a, requests: 2, period: 1s}\n",
+    )
+    .expect_err("duplicate");
+    assert!(
+        err.to_string().contains("two limits have this name"),
+        "{err}"
+    );
+}

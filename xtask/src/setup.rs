@@ -8,6 +8,8 @@
 //! - `.dev/session-keys.txt`: the key that seals MCP session ids;
 //! - `.dev/node`: the Node tools of `dev/node/package.json` (the MCP Inspector),
 //!   installed from its lock file, again only when that changes;
+//! - Debian's `redis-server`, the store replicas count shared rate limits in
+//!   (installed with apt-get when missing);
 //! - release builds of both sidecars (skipped with `--no-build`).
 
 use std::process::Command;
@@ -29,6 +31,7 @@ impl Setup {
         virtualenv("venv", "requirements.txt")?;
         virtualenv("venv-mcp2", "requirements-mcp2.txt")?;
         node_tools()?;
+        redis_server();
         certificates()?;
         session_keys()?;
         if !self.no_build {
@@ -37,6 +40,35 @@ impl Setup {
             run(build)?;
         }
         Ok(())
+    }
+}
+
+/// Debian's `redis-server`, when missing. A machine without apt (or without the
+/// right to use it) is told how to get it; only the tests of shared rate limits
+/// need it, and they fail saying so.
+fn redis_server() {
+    if std::path::Path::new("/usr/bin/redis-server").exists() {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut install = if root {
+        Command::new("apt-get")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.args(["-n", "apt-get"]);
+        sudo
+    };
+    install
+        .args(["install", "-y", "--no-install-recommends", "redis-server"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    if let Err(err) = run(install) {
+        eprintln!(
+            "warning: could not install redis-server ({err:#}); install it \
+             (`apt-get install redis-server`) for the shared rate-limit tests"
+        );
     }
 }
 
