@@ -36,6 +36,7 @@ async fn python_sdk_sessions_stay_on_their_backend() {
                 "add",
                 "another-add",
                 "blob",
+                "divide",
                 "echo",
                 "notify",
                 "say",

@@ -306,6 +306,26 @@ async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
         .await
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001);
+    let anonymous = stack
+        .http()
+        .post(stack.url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(anonymous.status(), 401);
+    // Only the two allowed calls' answers were copied to ext-proc: not the
+    // initialize's, the denied call's or the anonymous one's (replies Envoy
+    // makes itself), which would let anyone open ext-proc streams at will.
+    assert_eq!(
+        stack
+            .envoy_stat("http.mcp.ext_proc.audit.streams_started")
+            .await
+            .expect("stat"),
+        2
+    );
 
     let added_digest = sha256_hex(r#"{"a":1,"b":2}"#);
     let failed_digest = sha256_hex(r#"{"a":1,"b":0}"#);
