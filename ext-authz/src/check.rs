@@ -140,6 +140,8 @@ pub struct RateLimited {
     pub name: String,
     /// Whose count it is: a digest of the subject or client (hex), or `gateway`.
     pub key: String,
+    /// How many times the request counts: its messages under the limit.
+    pub hits: u32,
     /// The limit's period, for `Retry-After` when Envoy counts alone.
     pub period_secs: u64,
     /// The first request's JSON-RPC id as JSON text (`null` without one), for
@@ -211,6 +213,9 @@ pub const STREAM_CAP_RULE: &str = "builtin:stream-cap";
 /// The built-in rule of a request refused because its backend's credential
 /// could not be obtained (503).
 pub const UPSTREAM_CREDENTIAL_RULE: &str = "builtin:upstream-credential";
+
+/// The rule named when a batch's messages fall under different rate limits.
+pub const RATE_LIMIT_BATCH_RULE: &str = "builtin:rate-limit-batch";
 
 /// The `rule` of a refusal for a session that does not open (404).
 pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
@@ -523,6 +528,7 @@ impl Authorizer {
         let audit_answer = allowed
             && self.audit.results
             && self.sessions.is_some()
+            && crate::audit::enabled()
             && body
                 .messages
                 .iter()
@@ -566,6 +572,12 @@ impl Authorizer {
                 .map(|d| &*d.rule)
                 .collect::<Vec<_>>()
                 .join(",");
+            if let Err(why) = self.rate_limit_of(&call, &identity) {
+                let mut denied = invalid(400, jsonrpc::error_response(None, -32600, &why), why);
+                denied.rule = Some(RATE_LIMIT_BATCH_RULE.to_owned());
+                denied.call = call;
+                return Verdict::Deny(denied);
+            }
             let mut allowed = self.allow(call, Some(rules), identity, request);
             allowed.protocol = protocol;
             if audit_answer {
@@ -965,17 +977,52 @@ impl Authorizer {
         }
     }
 
-    /// The first rate limit the request falls under: one that counts every
-    /// request, or one matching any of its messages.
-    fn rate_limit_of(&self, call: &CallInfo, identity: &Identity) -> Option<RateLimited> {
-        let limit = self.edge.rate_limits.limits.iter().find(|limit| {
-            let m = &limit.matches;
-            (m.methods.is_empty() && m.tools.is_empty())
-                || call
-                    .calls
-                    .iter()
-                    .any(|c| m.matches(c.method.as_deref(), c.tool.as_deref()))
-        })?;
+    /// The rate limit the request counts against, and how many times: each
+    /// message counts against the first limit that matches it (a request
+    /// without messages, against the first that counts every request). A batch
+    /// whose messages fall under different limits is refused (`Err`, why): it
+    /// would have to be counted twice at once.
+    fn rate_limit_of(
+        &self,
+        call: &CallInfo,
+        identity: &Identity,
+    ) -> Result<Option<RateLimited>, String> {
+        let limits = &self.edge.rate_limits.limits;
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let counts_all =
+            |m: &gateway_core::config::RateLimitMatch| m.methods.is_empty() && m.tools.is_empty();
+        let mut under: Option<(usize, u32)> = None;
+        if call.calls.is_empty() {
+            under = limits
+                .iter()
+                .position(|l| counts_all(&l.matches))
+                .map(|i| (i, 1));
+        }
+        for message in &call.calls {
+            let Some(index) = limits.iter().position(|l| {
+                counts_all(&l.matches)
+                    || l.matches
+                        .matches(message.method.as_deref(), message.tool.as_deref())
+            }) else {
+                continue;
+            };
+            under = match under {
+                None => Some((index, 1)),
+                Some((same, hits)) if same == index => Some((same, hits.saturating_add(1))),
+                Some((other, _)) => {
+                    return Err(format!(
+                        "this batch has messages under two rate limits ({} and {}); send them in separate requests",
+                        limits[other].name, limits[index].name
+                    ));
+                }
+            };
+        }
+        let Some((index, hits)) = under else {
+            return Ok(None);
+        };
+        let limit = &limits[index];
         let key = match (limit.per, &identity.client_id) {
             (RateLimitKey::Gateway, _) => "gateway".to_owned(),
             (RateLimitKey::ClientId, Some(client)) => {
@@ -986,16 +1033,19 @@ impl Authorizer {
                 short_hex(&subject_digest(&identity.issuer, &identity.subject))
             }
         };
-        Some(RateLimited {
+        Ok(Some(RateLimited {
             name: limit.name.clone(),
             key,
+            hits,
             period_secs: limit.period.as_secs(),
+            // The id of the first request (not of a response the body carries).
             rpc_id: call
                 .calls
                 .iter()
-                .find_map(|c| c.id.clone())
+                .find(|c| c.method.is_some())
+                .and_then(|c| c.id.clone())
                 .unwrap_or_else(|| "null".to_owned()),
-        })
+        }))
     }
 
     fn allow(
@@ -1025,7 +1075,8 @@ impl Authorizer {
                 None => remove_headers.push(name.clone()),
             }
         }
-        let rate_limit = self.rate_limit_of(&call, &identity);
+        // A body's mixed limits are refused where bodies are judged.
+        let rate_limit = self.rate_limit_of(&call, &identity).ok().flatten();
         Allowed {
             rate_limit,
             call,

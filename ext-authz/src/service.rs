@@ -296,6 +296,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             if let Some(limit) = &allowed.rate_limit {
                 metadata.insert(key::RATE_LIMIT.into(), string(&limit.name));
                 metadata.insert(key::RATE_LIMIT_KEY.into(), string(&limit.key));
+                metadata.insert(key::RATE_LIMIT_HITS.into(), string(&limit.hits.to_string()));
                 metadata.insert(
                     key::RATE_LIMIT_PERIOD.into(),
                     string(&limit.period_secs.to_string()),

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use gateway_core::handoff::Call;
 use gateway_core::sse::{EventSplitter, Framed};
-use serde::Deserialize;
 use serde_json::Value;
 
 /// What ext-authz and Envoy said about the request whose answer is audited.
@@ -105,9 +104,11 @@ impl AnswerAudit {
                 for frame in framed {
                     if let Framed::Event(event) = frame
                         && let Some(data) = event.data()
-                        && let Ok(reply) = serde_json::from_str::<Reply>(&data)
+                        && let Ok(value) = serde_json::from_str::<Value>(&data)
                     {
-                        answered.extend(self.replied(reply));
+                        for reply in replies(&value) {
+                            answered.extend(self.replied(reply));
+                        }
                     }
                 }
             }
@@ -118,13 +119,9 @@ impl AnswerAudit {
                 } else {
                     bytes.extend_from_slice(chunk);
                     if end_of_stream {
-                        let replies = match serde_json::from_slice::<Replies>(bytes) {
-                            Ok(Replies::One(reply)) => vec![reply],
-                            Ok(Replies::Batch(replies)) => replies,
-                            Err(_) => Vec::new(),
-                        };
+                        let value = serde_json::from_slice::<Value>(bytes).unwrap_or_default();
                         self.body = Body::Ignored;
-                        for reply in replies {
+                        for reply in replies(&value) {
                             answered.extend(self.replied(reply));
                         }
                     }
@@ -163,25 +160,13 @@ impl AnswerAudit {
         &self.request
     }
 
-    fn replied(&mut self, reply: Reply) -> Option<Answered> {
-        let id = reply.id.as_ref()?;
+    fn replied(&mut self, (id, outcome): (&Value, Outcome)) -> Option<Answered> {
         let index = self
             .request
             .calls
             .iter()
             .enumerate()
             .position(|(i, call)| !self.recorded[i] && call.answered_by(id))?;
-        let outcome = match (&reply.result, &reply.error) {
-            (Some(result), _) => Outcome {
-                is_error: Some(result.is_error),
-                error_code: None,
-            },
-            (None, Some(error)) => Outcome {
-                is_error: None,
-                error_code: Some(error.code),
-            },
-            (None, None) => return None,
-        };
         Some(self.answered(index, Some(outcome)))
     }
 
@@ -237,30 +222,36 @@ impl Answered {
     }
 }
 
-/// The parts of a JSON-RPC reply the record needs; the rest is skipped unread.
-#[derive(Deserialize)]
-struct Reply {
-    id: Option<Value>,
-    result: Option<ResultHead>,
-    error: Option<ErrorHead>,
-}
-
-#[derive(Deserialize)]
-struct ResultHead {
-    #[serde(rename = "isError", default)]
-    is_error: bool,
-}
-
-#[derive(Deserialize)]
-struct ErrorHead {
-    code: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Replies {
-    One(Reply),
-    Batch(Vec<Reply>),
+/// The replies (id and outcome) in a message or a batch of them: a result
+/// (whose `isError` is read leniently: anything but `true` is not an error) or
+/// an error (its code, when it is an integer). Requests and notifications of the
+/// server, and malformed messages, are none.
+fn replies(value: &Value) -> Vec<(&Value, Outcome)> {
+    fn reply(message: &Value) -> Option<(&Value, Outcome)> {
+        let id = message.get("id").filter(|id| !id.is_null())?;
+        if let Some(result) = message.get("result") {
+            let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
+            return Some((
+                id,
+                Outcome {
+                    is_error: Some(is_error),
+                    error_code: None,
+                },
+            ));
+        }
+        let error = message.get("error")?;
+        Some((
+            id,
+            Outcome {
+                is_error: None,
+                error_code: error.get("code").and_then(Value::as_i64),
+            },
+        ))
+    }
+    match value {
+        Value::Array(batch) => batch.iter().filter_map(reply).collect(),
+        message => reply(message).into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +363,41 @@ mod tests {
             vec![
                 (Some("2".into()), Some(FAILED)),
                 (Some("1".into()), Some(ok))
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_replies_spoil_only_themselves_and_an_event_may_carry_a_batch() {
+        let mut audit = AnswerAudit::new(
+            request(&[
+                (Some(json!(1)), "tools/call"),
+                (Some(json!(2)), "tools/call"),
+                (Some(json!(3)), "tools/call"),
+            ]),
+            Some("text/event-stream"),
+            1024,
+        );
+        let batch = json!([
+            {"jsonrpc": "2.0", "id": 1, "result": []},
+            {"jsonrpc": "2.0", "id": 2, "result": {"isError": null}},
+            {"jsonrpc": "2.0", "id": 3, "error": {"code": "x"}},
+        ]);
+        let answered = audit.on_body(format!("data: {batch}\n\n").as_bytes(), true);
+        let ok = Outcome {
+            is_error: Some(false),
+            error_code: None,
+        };
+        let error = Outcome {
+            is_error: None,
+            error_code: None,
+        };
+        assert_eq!(
+            outcomes(&answered),
+            vec![
+                (Some("1".into()), Some(ok)),
+                (Some("2".into()), Some(ok)),
+                (Some("3".into()), Some(error)),
             ]
         );
     }

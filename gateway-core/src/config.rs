@@ -752,10 +752,31 @@ impl GatewayConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         // serde_yaml's message already starts with the dotted key and ends with the
         // line and column, so it is passed on whole.
-        serde_yaml::from_str(text).map_err(|err| ConfigError::Invalid {
+        let config: Self = serde_yaml::from_str(text).map_err(|err| ConfigError::Invalid {
             path: path.to_owned(),
             reason: err.to_string(),
-        })
+        })?;
+        // Limits match the backend's tool name (aliases resolved before any
+        // check): a limit on an alias would never count anything.
+        for limit in &config.edge.rate_limits.limits {
+            for tool in &limit.matches.tools {
+                if let Some(alias) = config
+                    .rewrites
+                    .iter()
+                    .filter_map(|r| r.alias.as_ref())
+                    .find(|a| &a.from == tool)
+                {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "edge.rate_limits: limit `{}` names `{tool}`, an alias of `{}`; limits match the backend's tool name: name `{}`",
+                            limit.name, alias.to, alias.to
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// The ext-authz section, or an error naming the missing key.

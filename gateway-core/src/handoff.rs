@@ -50,6 +50,8 @@ pub mod key {
     /// request's JSON-RPC id as JSON text (the 429's body echoes it).
     pub const RATE_LIMIT: &str = "rate_limit";
     pub const RATE_LIMIT_KEY: &str = "rate_limit_key";
+    /// How many times the request counts (a batch: its messages under the limit).
+    pub const RATE_LIMIT_HITS: &str = "rate_limit_hits";
     pub const RATE_LIMIT_PERIOD: &str = "rate_limit_period";
     pub const RPC_ID: &str = "rpc_id";
 }

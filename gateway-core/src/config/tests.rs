@@ -161,3 +161,32 @@ fn sidecar_buffers_and_caches_have_byte_budgets_by_default() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rate_limit_on_an_alias_is_refused_naming_the_backends_tool() {
+    let err = parse(
+        "rewrites:\n- name: nick\n  alias: {from: sum, to: add}\n\
+         edge:\n  rate_limits:\n    limits:\n    - {name: sums, match: {tools: [sum]}, requests: 1, period: 1s}\n",
+    )
+    .expect_err("a limit that could never count");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("limit `sums` names `sum`, an alias of `add`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_message_matches_a_limit_by_any_of_its_methods_and_tools() {
+    let m = RateLimitMatch {
+        methods: vec!["tools/call".into()],
+        tools: vec!["a".into(), "b".into()],
+    };
+    assert!(m.matches(Some("tools/call"), Some("b")));
+    assert!(!m.matches(Some("tools/call"), Some("c")));
+    assert!(!m.matches(Some("tools/list"), None));
+    assert!(
+        RateLimitMatch::default().matches(None, None),
+        "an empty match counts all"
+    );
+}

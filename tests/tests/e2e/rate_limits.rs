@@ -7,6 +7,16 @@ use e2e::redis::RedisServer;
 use e2e::stack::{Ports, Stack, StackOptions};
 use serde_json::{Value, json};
 
+/// A day in seconds: the tests' limits count per day, so that no window or
+/// bucket refill falls inside a test.
+const DAY: u64 = 86_400;
+
+/// The demo limit (dev/gateway.yaml: 10 `subtract` calls per caller) counted
+/// per day.
+fn once_a_day(config: &mut serde_yaml::Value) {
+    config["edge"]["rate_limits"]["limits"][0]["period"] = "1d".into();
+}
+
 /// How many `tools/call`s of `tool` by `subject` the backends received.
 async fn calls_received(stack: &Stack, subject: &str, tool: &str) -> usize {
     stack
@@ -15,13 +25,18 @@ async fn calls_received(stack: &Stack, subject: &str, tool: &str) -> usize {
         .expect("backends")
         .iter()
         .filter(|r| r["headers"]["x-mcp-subject"] == subject)
-        .filter(|r| {
-            let body: Value = r["body"]
+        .flat_map(|r| {
+            // One message, or a batch of them.
+            match r["body"]
                 .as_str()
                 .and_then(|b| serde_json::from_str(b).ok())
-                .unwrap_or_default();
-            body["method"] == "tools/call" && body["params"]["name"] == tool
+                .unwrap_or_default()
+            {
+                Value::Array(messages) => messages,
+                message => vec![message],
+            }
         })
+        .filter(|m| m["method"] == "tools/call" && m["params"]["name"] == tool)
         .count()
 }
 
@@ -63,17 +78,18 @@ async fn assert_limited(answer: reqwest::Response, id: Value, period_secs: u64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
     let mut options = StackOptions::for_test().expect("free ports");
-    // The demo limit (subtract: 10 a minute per subject), and one on a
-    // notification, which has no id to echo.
+    // The demo limit (subtract: 10 per subject), and one on a notification,
+    // which has no id to echo.
     options.rate_limits = true;
     options.gateway_config = Box::new(|config| {
+        once_a_day(config);
         let limits = config["edge"]["rate_limits"]["limits"]
             .as_sequence_mut()
             .expect("dev/gateway.yaml has the demo limit");
         limits.push(
             serde_yaml::from_str(
                 "{name: cancellations, match: {methods: [notifications/cancelled]}, \
-                 per: subject, requests: 1, period: 30s}",
+                 per: subject, requests: 1, period: 1d}",
             )
             .expect("limit"),
         );
@@ -93,7 +109,7 @@ async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
             "{text}"
         );
     }
-    assert_limited(call(&alice, 11, "subtract").await, json!(11), 60).await;
+    assert_limited(call(&alice, 11, "subtract").await, json!(11), DAY).await;
     // A string id comes back as the same string.
     let answer = alice
         .post(
@@ -102,7 +118,7 @@ async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
         )
         .await
         .expect("answer");
-    assert_limited(answer, json!("call-\"12\""), 60).await;
+    assert_limited(answer, json!("call-\"12\""), DAY).await;
     assert_eq!(
         calls_received(&stack, "alice", "subtract").await,
         10,
@@ -122,7 +138,7 @@ async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
     let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                         "params": {"requestId": 99}});
     assert_eq!(alice.post(&cancel).await.expect("answer").status(), 202);
-    assert_limited(alice.post(&cancel).await.expect("answer"), Value::Null, 30).await;
+    assert_limited(alice.post(&cancel).await.expect("answer"), Value::Null, DAY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,6 +151,7 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
         let mut options = StackOptions::for_test().expect("free ports");
         options.rate_limits = true;
         options.gateway_config = Box::new(move |config| {
+            once_a_day(config);
             config["edge"]["rate_limits"]["redis_url"] = redis_url.clone().into();
             if let Some(resource) = &resource {
                 config["ext_authz"]["resource"] = resource.clone().into();
@@ -167,8 +184,8 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
             "call {id}"
         );
     }
-    assert_limited(call(&via_first, 11, "subtract").await, json!(11), 60).await;
-    assert_limited(call(&via_second, 12, "subtract").await, json!(12), 60).await;
+    assert_limited(call(&via_first, 11, "subtract").await, json!(11), DAY).await;
+    assert_limited(call(&via_second, 12, "subtract").await, json!(12), DAY).await;
     assert_eq!(
         calls_received(&first, "alice", "subtract").await,
         10,
@@ -187,4 +204,64 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
     assert_eq!(call(&bob, 2, "subtract").await.status(), 503);
     assert_eq!(call(&bob, 3, "add").await.status(), 200);
     assert_eq!(calls_received(&first, "bob", "subtract").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_counts_each_of_its_calls_and_may_not_mix_limits() {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.rate_limits = true;
+    options.gateway_config = Box::new(|config| {
+        once_a_day(config);
+        let limits = config["edge"]["rate_limits"]["limits"]
+            .as_sequence_mut()
+            .expect("the demo limit");
+        limits.push(
+            serde_yaml::from_str("{name: adds, match: {tools: [add]}, requests: 100, period: 1d}")
+                .expect("limit"),
+        );
+    });
+    let stack = Stack::start(options).await.expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize_at(stack.http(), &stack.url(), &token, "2025-03-26")
+        .await
+        .expect("a 2025-03-26 session, which has batches");
+    let batch = |tools: &[&str]| {
+        Value::Array(
+            tools
+                .iter()
+                .enumerate()
+                .map(|(i, tool)| {
+                    json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+                           "params": {"name": tool, "arguments": {"a": 5, "b": 3}}})
+                })
+                .collect(),
+        )
+    };
+    let post = |body: Value| {
+        stack
+            .http()
+            .post(stack.url())
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-03-26")
+            .header("mcp-session-id", &session.session_id)
+            .json(&body)
+            .send()
+    };
+    // Eleven subtract calls in one request are eleven, over the ten.
+    let eleven = post(batch(&["subtract"; 11])).await.expect("answer");
+    assert_limited(eleven, json!(1), DAY).await;
+    assert_eq!(calls_received(&stack, "alice", "subtract").await, 0);
+    // Calls under two limits in one request: refused, neither counted.
+    let mixed = post(batch(&["subtract", "add"])).await.expect("answer");
+    assert_eq!(mixed.status(), 400);
+    let body: Value = mixed.json().await.expect("JSON");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("two rate limits"), "{body}");
+    // Ten fit: the batch reaches the backend (FastMCP itself answers a batch
+    // with 400, which is the backend's business), and spends the ten.
+    let ten = post(batch(&["subtract"; 10])).await.expect("answer");
+    assert_ne!(ten.status(), 429);
+    assert_eq!(calls_received(&stack, "alice", "subtract").await, 10);
+    assert_limited(call(&session, 99, "subtract").await, json!(99), DAY).await;
 }
