@@ -13,7 +13,10 @@ if [ ! -f "$out/session-keys.txt" ]; then
 fi
 # Envoy, Keycloak and the sidecars run as other unprivileged users. This volume is
 # for a laptop demo; production gets its keys from a secret store.
-chmod 0444 "$out"/server.pem "$out"/server.key "$out"/ca.pem "$out"/session-keys.txt
+# The gateway's Keycloak client (token exchange): the realm's dev secret, which
+# the realm import sets; a real deployment generates both.
+printf '%s\n' mcp-gateway-dev-secret > "$out/keycloak-gateway-secret"
+chmod 0444 "$out"/server.pem "$out"/server.key "$out"/ca.pem "$out"/session-keys.txt "$out"/keycloak-gateway-secret
 rm -f "$out/ca.key"
 admin_password=/keycloak-admin/password
 if [ ! -f "$admin_password" ]; then

@@ -1179,3 +1179,82 @@ fn each_sidecar_mounts_every_file_its_config_names() {
         }
     }
 }
+
+#[test]
+fn keycloak_exchanges_the_callers_token_for_the_backends_audience() {
+    let realm: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/keycloak/realm-mcp.json"))
+            .expect("realm"),
+    )
+    .expect("JSON");
+    let config =
+        gateway_core::config::GatewayConfig::load(&root().join("deploy/compose/gateway.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let exchange = config
+        .upstream_credentials
+        .session
+        .as_ref()
+        .and_then(|c| c.token_exchange.as_ref())
+        .expect("the session pool's token exchange");
+    let client = |id: &str| {
+        realm["clients"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["clientId"] == id))
+            .unwrap_or_else(|| panic!("client {id}"))
+            .clone()
+    };
+    let scope = |name: &str| {
+        realm["clientScopes"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .unwrap_or_else(|| panic!("client scope {name}"))
+            .clone()
+    };
+    let audiences = |scope: &Value| -> Vec<String> {
+        scope["protocolMappers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["protocolMapper"] == "oidc-audience-mapper")
+            .filter_map(|m| m["config"]["included.client.audience"].as_str())
+            .map(str::to_owned)
+            .collect()
+    };
+    // The gateway's client may exchange (Keycloak's standard token exchange)...
+    let gateway = client(&exchange.client_id);
+    assert_eq!(gateway["publicClient"], false);
+    assert_eq!(
+        gateway["attributes"]["standard.token.exchange.enabled"],
+        "true"
+    );
+    // ...tokens issued for it: callers' tokens (scope mcp:tools) name it...
+    assert!(
+        audiences(&scope("mcp:tools")).contains(&exchange.client_id),
+        "subject tokens must carry the gateway client in aud"
+    );
+    // ...for the backends' audience, a scope it may ask for.
+    let audience = exchange.audience.as_deref().expect("audience");
+    client(audience);
+    let requested = exchange.scope.as_deref().expect("scope");
+    assert!(audiences(&scope(requested)).iter().any(|a| a == audience));
+    assert!(
+        gateway["optionalClientScopes"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == requested)),
+        "{gateway}"
+    );
+    // The secret file init-secrets.sh writes holds the realm's secret.
+    let init =
+        std::fs::read_to_string(root().join("deploy/compose/init-secrets.sh")).expect("script");
+    let secret = gateway["secret"].as_str().expect("secret");
+    assert!(
+        init.contains(&format!(
+            "printf '%s\\n' {secret} > \"$out/keycloak-gateway-secret\""
+        )),
+        "init-secrets.sh writes the gateway client's secret"
+    );
+    assert_eq!(
+        exchange.client_secret_file,
+        std::path::Path::new("/secrets/keycloak-gateway-secret")
+    );
+}
