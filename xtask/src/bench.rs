@@ -58,10 +58,11 @@ pub struct E2e {
     /// at the dev provider (RFC 8693), from the cache after each token's first call.
     #[arg(long)]
     pub upstream_credentials: bool,
-    /// C records no answers in the audit trail (`audit.results: false`): what
-    /// Envoy's copy of each call's answer to ext-proc costs.
+    /// C records what backends answer in the audit trail (`audit.results: true`,
+    /// the dev stack's setting; off by default): what Envoy's copy of each
+    /// call's answer to ext-proc costs.
     #[arg(long)]
-    pub no_audit_results: bool,
+    pub audit_results: bool,
     /// Delay before each of the 5 events of the SSE workload, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub sse_delay_ms: u64,
@@ -136,7 +137,7 @@ impl E2e {
             json_out: paths::target_dir().join("bench-e2e.json"),
             quiet_wait: std::time::Duration::from_secs(self.quiet_wait),
             upstream_credentials: self.upstream_credentials,
-            audit_results: !self.no_audit_results,
+            audit_results: self.audit_results,
         };
         if options.rounds == 0 || options.seconds <= 0.0 {
             anyhow::bail!("--rounds and --seconds must be positive");

@@ -17,6 +17,20 @@ fn once_a_day(config: &mut serde_yaml::Value) {
     config["edge"]["rate_limits"]["limits"][0]["period"] = "1d".into();
 }
 
+/// A test stack with the demo limit (per day) and `extra`, another limit.
+fn limited(extra: &'static str) -> StackOptions {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.rate_limits = true;
+    options.gateway_config = Box::new(move |config| {
+        once_a_day(config);
+        config["edge"]["rate_limits"]["limits"]
+            .as_sequence_mut()
+            .expect("dev/gateway.yaml has the demo limit")
+            .push(serde_yaml::from_str(extra).expect("limit"));
+    });
+    options
+}
+
 /// How many `tools/call`s of `tool` by `subject` the backends received.
 async fn calls_received(stack: &Stack, subject: &str, tool: &str) -> usize {
     stack
@@ -77,23 +91,11 @@ async fn assert_limited(answer: reqwest::Response, id: Value, period_secs: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
-    let mut options = StackOptions::for_test().expect("free ports");
-    // The demo limit (subtract: 10 per subject), and one on a notification,
-    // which has no id to echo.
-    options.rate_limits = true;
-    options.gateway_config = Box::new(|config| {
-        once_a_day(config);
-        let limits = config["edge"]["rate_limits"]["limits"]
-            .as_sequence_mut()
-            .expect("dev/gateway.yaml has the demo limit");
-        limits.push(
-            serde_yaml::from_str(
-                "{name: cancellations, match: {methods: [notifications/cancelled]}, \
-                 per: subject, requests: 1, period: 1d}",
-            )
-            .expect("limit"),
-        );
-    });
+    // The demo limit, and one on a notification, which has no id to echo.
+    let options = limited(
+        "{name: cancellations, match: {methods: [notifications/cancelled]}, \
+         per: subject, requests: 1, period: 1d}",
+    );
     let stack = Stack::start(options).await.expect("stack starts");
     let alice_token = stack.token("alice", "mcp:tools").await.expect("token");
     let alice = RawSession::initialize(stack.http(), &stack.url(), &alice_token)
@@ -208,18 +210,7 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_counts_each_of_its_calls_and_may_not_mix_limits() {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.rate_limits = true;
-    options.gateway_config = Box::new(|config| {
-        once_a_day(config);
-        let limits = config["edge"]["rate_limits"]["limits"]
-            .as_sequence_mut()
-            .expect("the demo limit");
-        limits.push(
-            serde_yaml::from_str("{name: adds, match: {tools: [add]}, requests: 100, period: 1d}")
-                .expect("limit"),
-        );
-    });
+    let options = limited("{name: adds, match: {tools: [add]}, requests: 100, period: 1d}");
     let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize_at(stack.http(), &stack.url(), &token, "2025-03-26")
