@@ -572,13 +572,17 @@ impl Authorizer {
                 .map(|d| &*d.rule)
                 .collect::<Vec<_>>()
                 .join(",");
-            if let Err(why) = self.rate_limit_of(&call, &identity) {
-                let mut denied = invalid(400, jsonrpc::error_response(None, -32600, &why), why);
-                denied.rule = Some(RATE_LIMIT_BATCH_RULE.to_owned());
-                denied.call = call;
-                return Verdict::Deny(denied);
-            }
+            let rate_limit = match self.rate_limit_of(&call, &identity) {
+                Ok(rate_limit) => rate_limit,
+                Err(why) => {
+                    let mut denied = invalid(400, jsonrpc::error_response(None, -32600, &why), why);
+                    denied.rule = Some(RATE_LIMIT_BATCH_RULE.to_owned());
+                    denied.call = call;
+                    return Verdict::Deny(denied);
+                }
+            };
             let mut allowed = self.allow(call, Some(rules), identity, request);
+            allowed.rate_limit = rate_limit;
             allowed.protocol = protocol;
             if audit_answer {
                 allowed.audit = Some(AuditAnswer { trace_id });
@@ -691,6 +695,8 @@ impl Authorizer {
             identity.clone(),
             request,
         );
+        // Without messages there are no limits to mix: never an error.
+        allowed.rate_limit = self.rate_limit_of(&allowed.call, identity).ok().flatten();
         allowed.protocol = Protocol::session(version);
         Verdict::Allow(allowed)
     }
@@ -1075,10 +1081,8 @@ impl Authorizer {
                 None => remove_headers.push(name.clone()),
             }
         }
-        // A body's mixed limits are refused where bodies are judged.
-        let rate_limit = self.rate_limit_of(&call, &identity).ok().flatten();
         Allowed {
-            rate_limit,
+            rate_limit: None,
             call,
             rule,
             identity,

@@ -40,9 +40,17 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
 /// The RLS gRPC service over [`SharedWindows`].
 pub struct SharedRateLimits {
     windows: SharedWindows,
-    /// Each limit by name: requests per period (seconds).
-    limits: HashMap<String, (u64, u64)>,
-    checks: Family<Labels, Counter>,
+    /// Each limit by name.
+    limits: HashMap<String, Limit>,
+}
+
+/// One limit, with its checks' counters looked up once.
+struct Limit {
+    requests: u64,
+    period_secs: u64,
+    ok: Counter,
+    over: Counter,
+    error: Counter,
 }
 
 impl SharedRateLimits {
@@ -63,37 +71,40 @@ impl SharedRateLimits {
             "Checks of the shared rate-limit service, by limit and outcome (ok, over, error)",
             checks.clone(),
         );
+        let counter = |limit: &str, outcome: &str| {
+            checks
+                .get_or_create(&vec![
+                    ("limit", limit.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .clone()
+        };
+        let limits = config
+            .limits
+            .iter()
+            .map(|l| {
+                let limit = Limit {
+                    requests: u64::from(l.requests.get()),
+                    period_secs: l.period.as_secs(),
+                    ok: counter(&l.name, "ok"),
+                    over: counter(&l.name, "over"),
+                    error: counter(&l.name, "error"),
+                };
+                (l.name.clone(), limit)
+            })
+            .collect();
         Ok(Some(Self {
             windows: SharedWindows {
                 client,
                 connection: OnceCell::new(),
             },
-            limits: config
-                .limits
-                .iter()
-                .map(|l| {
-                    (
-                        l.name.clone(),
-                        (u64::from(l.requests.get()), l.period.as_secs()),
-                    )
-                })
-                .collect(),
-            checks,
+            limits,
         }))
     }
 
     /// The tonic server for this service.
     pub fn into_server(self) -> RateLimitServiceServer<Self> {
         RateLimitServiceServer::new(self)
-    }
-
-    fn count(&self, limit: &str, outcome: &'static str) {
-        self.checks
-            .get_or_create(&vec![
-                ("limit", limit.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
     }
 }
 
@@ -126,10 +137,9 @@ impl RateLimitService for SharedRateLimits {
                     "a descriptor without `limit` and `caller`",
                 ));
             };
-            let Some(&(requests, period)) = self.limits.get(name) else {
+            let Some(limit) = self.limits.get(name) else {
                 // A replica with other limits than this one: refuse rather
                 // than let the request through uncounted.
-                self.count(name, "error");
                 return Err(Status::invalid_argument(format!(
                     "unknown rate limit {name:?}"
                 )));
@@ -140,16 +150,21 @@ impl RateLimitService for SharedRateLimits {
             {
                 return Err(Status::invalid_argument("a malformed caller key"));
             }
-            let window = match self.windows.hit(name, caller, hits, period).await {
+            let window = match self
+                .windows
+                .hit(name, caller, hits, limit.period_secs)
+                .await
+            {
                 Ok(window) => window,
                 Err(err) => {
-                    self.count(name, "error");
+                    limit.error.inc();
                     tracing::warn!(limit = name, error = %err, "rate-limit store unavailable; refused");
                     return Err(Status::unavailable("the rate-limit store is unavailable"));
                 }
             };
+            let requests = limit.requests;
             let over = window.count > requests;
-            self.count(name, if over { "over" } else { "ok" });
+            if over { &limit.over } else { &limit.ok }.inc();
             if over {
                 retry_after = retry_after.max(Some(window.resets_in));
             }

@@ -239,14 +239,13 @@ async fn follow_answer(
         .get("content-type")
         .and_then(|v| std::str::from_utf8(v).ok());
     let mut audit = AnswerAudit::new(audited_request(&first, &view), content_type, max_body_bytes);
-    let request = audit.request().clone();
     let mut answered = Vec::new();
     if headers.end_of_stream {
         answered = audit.finish();
     }
     loop {
         for one in answered.drain(..) {
-            one.log(&request);
+            one.log(audit.request());
         }
         if audit.done() {
             // Ends the stream now rather than when Envoy closes it: an audited
@@ -263,7 +262,7 @@ async fn follow_answer(
         }
     }
     for one in audit.finish() {
-        one.log(&request);
+        one.log(audit.request());
     }
 }
 

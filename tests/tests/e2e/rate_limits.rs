@@ -228,30 +228,28 @@ async fn a_batch_counts_each_of_its_calls_and_may_not_mix_limits() {
                 .collect(),
         )
     };
-    let post = |body: Value| {
-        stack
-            .http()
-            .post(stack.url())
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-03-26")
-            .header("mcp-session-id", &session.session_id)
-            .json(&body)
-            .send()
-    };
     // Eleven subtract calls in one request are eleven, over the ten.
-    let eleven = post(batch(&["subtract"; 11])).await.expect("answer");
+    let eleven = session
+        .post(&batch(&["subtract"; 11]))
+        .await
+        .expect("answer");
     assert_limited(eleven, json!(1), DAY).await;
     assert_eq!(calls_received(&stack, "alice", "subtract").await, 0);
     // Calls under two limits in one request: refused, neither counted.
-    let mixed = post(batch(&["subtract", "add"])).await.expect("answer");
+    let mixed = session
+        .post(&batch(&["subtract", "add"]))
+        .await
+        .expect("answer");
     assert_eq!(mixed.status(), 400);
     let body: Value = mixed.json().await.expect("JSON");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("two rate limits"), "{body}");
     // Ten fit: the batch reaches the backend (FastMCP itself answers a batch
     // with 400, which is the backend's business), and spends the ten.
-    let ten = post(batch(&["subtract"; 10])).await.expect("answer");
+    let ten = session
+        .post(&batch(&["subtract"; 10]))
+        .await
+        .expect("answer");
     assert_ne!(ten.status(), 429);
     assert_eq!(calls_received(&stack, "alice", "subtract").await, 10);
     assert_limited(call(&session, 99, "subtract").await, json!(99), DAY).await;
