@@ -13,7 +13,11 @@ Run with `.dev/venv/bin/python` it is the SDK 1.x client (the session era). Run 
 `.dev/venv-mcp2/bin/python` it is the SDK 2.x `Client`, and `--mode` picks the era
 as that SDK does: `auto` (probe `server/discover`, fall back to `initialize`),
 `legacy` (`initialize` and a session) or `2026-07-28` (stateless). The report then
-says which version was negotiated (`protocol_version`).
+says which version was negotiated (`protocol_version`). With `--tasks` the SDK 2.x
+client declares the tasks extension (`io.modelcontextprotocol/tasks`): a call the
+server answers with a task handle is polled with `tasks/get` until it ends, through
+`--poll-url` (another gateway replica) when given, and the report lists each task
+(`tasks`: its handle, the statuses seen, the URL polled).
 """
 
 from __future__ import annotations
@@ -44,6 +48,71 @@ except ImportError:  # The SDK 1.x.
 
 MODE = "legacy"
 LISTEN = None
+TASKS = False
+POLL_URL = None
+TASKS_SEEN: list[dict] = []
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+
+
+def tasks_extension():
+    """The tasks extension as a `ClientExtension` of the SDK 2.x: it claims results
+    with `resultType: "task"` and polls `tasks/get` until the task ends."""
+    from typing import Any, Literal
+
+    from mcp.client.extension import ClientExtension, ResultClaim
+    from mcp_types import CallToolResult, Request, RequestParams, Result
+    from pydantic import ConfigDict
+
+    class CreateTaskResult(Result):
+        model_config = ConfigDict(extra="allow")
+        result_type: Literal["task"]
+        task_id: str
+        status: str
+        poll_interval_ms: int | None = None
+
+    class TaskParams(RequestParams):
+        task_id: str
+
+    class GetTaskRequest(Request[TaskParams, Literal["tasks/get"]]):
+        method: Literal["tasks/get"] = "tasks/get"
+        params: TaskParams
+        name_param = "taskId"
+
+    class DetailedTask(Result):
+        model_config = ConfigDict(extra="allow")
+        task_id: str
+        status: str
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+
+    async def resolve(created: CreateTaskResult, ctx) -> CallToolResult:
+        seen = {"task_id": created.task_id, "tool": ctx.tool_name, "statuses": [created.status], "polled_via": POLL_URL}
+        TASKS_SEEN.append(seen)
+        session = POLL_SESSION.client.session if POLL_SESSION is not None else ctx.session
+        task = created
+        with anyio.fail_after(30):
+            while task.status in ("working", "input_required"):
+                await anyio.sleep((created.poll_interval_ms or 100) / 1000)
+                task = await session.send_request(
+                    GetTaskRequest(params=TaskParams(task_id=created.task_id)), DetailedTask
+                )
+                seen["statuses"].append(task.status)
+                seen["returned_task_id"] = task.task_id
+        if task.status == "completed" and task.result is not None:
+            return CallToolResult.model_validate(task.result)
+        message = (task.error or {}).get("message", task.status)
+        return CallToolResult(content=[{"type": "text", "text": f"task {task.status}: {message}"}], is_error=True)
+
+    class Tasks(ClientExtension):
+        identifier = TASKS_EXTENSION
+
+        def claims(self):
+            return [ResultClaim(result_type="task", model=CreateTaskResult, resolve=resolve)]
+
+    return Tasks()
+
+
+POLL_SESSION = None
 
 
 async def accept_elicitation(context, params):
@@ -97,8 +166,9 @@ class connect:
         )
         transport = streamable_http_client(self.url, http_client=http)
         if SDK2:
+            extensions = [tasks_extension()] if TASKS else None
             client = await self.stack.enter_async_context(
-                Client(transport, mode=MODE, elicitation_callback=accept_elicitation)
+                Client(transport, mode=MODE, elicitation_callback=accept_elicitation, extensions=extensions)
             )
             version = client.session.protocol_version
             return Sdk2Session(client), (lambda: None), version
@@ -141,6 +211,18 @@ async def run_session(url: str, token: str, ctx: ssl.SSLContext, calls: int) -> 
 async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple[str, str]]) -> dict:
     """One session, the given calls in order; every outcome is reported, errors included."""
     outcomes = []
+    global POLL_SESSION
+    if POLL_URL:
+        from contextlib import AsyncExitStack
+
+        async with AsyncExitStack() as stack:
+            POLL_SESSION, _, _ = await stack.enter_async_context(connect(POLL_URL, token, ctx))
+            return await run_calls_in_session(url, token, ctx, calls)
+    return await run_calls_in_session(url, token, ctx, calls)
+
+
+async def run_calls_in_session(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple[str, str]]) -> dict:
+    outcomes = []
     async with connect(url, token, ctx) as (session, _, version):
         # As an agent does: list the tools, then call them.
         tools = await session.list_tools()
@@ -158,6 +240,8 @@ async def run_calls(url: str, token: str, ctx: ssl.SSLContext, calls: list[tuple
             outcomes.append(outcome)
         if LISTEN:
             listed["listen_events"] = await session.listen_once(LISTEN)
+        if TASKS:
+            listed["tasks"] = TASKS_SEEN
     return {"calls": outcomes, "protocol_version": version, **listed}
 
 
@@ -186,12 +270,24 @@ async def main() -> int:
         metavar="TOOL",
         help="after the calls, open a subscriptions/listen stream, call TOOL and report the first event (SDK 2.x)",
     )
+    parser.add_argument(
+        "--tasks",
+        action="store_true",
+        help="declare the tasks extension and poll the tasks servers answer with (SDK 2.x)",
+    )
+    parser.add_argument("--poll-url", help="poll tasks through this URL (another gateway replica)")
     args = parser.parse_args()
     if args.mode != "legacy" and not SDK2:
         parser.error("--mode auto and 2026-07-28 need the SDK 2.x: run with .dev/venv-mcp2/bin/python")
-    global MODE, LISTEN
+    if (args.tasks or args.poll_url) and not SDK2:
+        parser.error("--tasks needs the SDK 2.x: run with .dev/venv-mcp2/bin/python")
+    if args.poll_url and not args.tasks:
+        parser.error("--poll-url polls tasks: add --tasks")
+    global MODE, LISTEN, TASKS, POLL_URL
     MODE = args.mode
     LISTEN = args.listen
+    TASKS = args.tasks
+    POLL_URL = args.poll_url
 
     ctx = ssl.create_default_context(cafile=args.ca)
     if args.call:

@@ -6,7 +6,11 @@ mirrored headers on every POST). The tools are the demo policy's (`add`, `subtra
 `whoami`, `echo`, `say`) plus `forecast`, whose `region` and `days` arguments are
 mirrored in `Mcp-Param-*` headers (`x-mcp-header`), `announce`, which notifies
 `subscriptions/listen` streams, and `confirm`, which asks the client for input (an
-MRTR round trip in 2026-07-28). With `--modern-only` it refuses every
+MRTR round trip in 2026-07-28), and `report`, which answers a 2026-07-28 client
+that declares the tasks extension (`io.modelcontextprotocol/tasks`) with a task
+handle instead of a result: the task completes on the second `tasks/get`, in
+the memory of this process alone (so every poll must reach the backend that
+made it). With `--modern-only` it refuses every
 session-era request (HTTP 400, -32022 naming the versions it serves), as a
 2026-only deployment does.
 
@@ -17,23 +21,112 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Annotated
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any
 
 from mcp.server.caching import CacheHint
+from mcp.server.extension import Extension, MethodBinding
+from mcp.shared.exceptions import MCPError
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
+from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult, RequestParams
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import Field
 from recorder import serve
 from starlette.responses import Response
 
 MODERN_VERSIONS = ["2026-07-28"]
+TASKS = "io.modelcontextprotocol/tasks"
+CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+INVALID_PARAMS = -32602
+
+
+class TaskParams(RequestParams):
+    task_id: str
+
+
+class TaskUpdateParams(TaskParams):
+    input_responses: dict[str, Any] | None = None
+
+
+class Tasks(Extension):
+    """The tasks extension (`io.modelcontextprotocol/tasks`, 2026-07-28): `report`
+    becomes a task for a client that declares the extension. A task holds its
+    result from the start and reports `working` to the first `tasks/get`, so a
+    client polls at least twice, each time to this process."""
+
+    identifier = TASKS
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tasks: dict[str, dict[str, Any]] = {}
+
+    def methods(self):
+        return [
+            MethodBinding("tasks/get", TaskParams, self.get),
+            MethodBinding("tasks/update", TaskUpdateParams, self.update),
+            MethodBinding("tasks/cancel", TaskParams, self.cancel),
+        ]
+
+    async def intercept_tool_call(self, params, ctx, call_next):
+        meta = (ctx.params or {}).get("_meta") or {}
+        declared = TASKS in ((meta.get(CLIENT_CAPABILITIES) or {}).get("extensions") or {})
+        if params.name != "report" or not declared:
+            return await call_next(ctx)
+        result = await call_next(ctx)
+        now = datetime.now(timezone.utc).isoformat()
+        task = {
+            "taskId": str(uuid.uuid4()),
+            "status": "working",
+            "createdAt": now,
+            "lastUpdatedAt": now,
+            "ttlMs": 600_000,
+            "pollIntervalMs": 10,
+        }
+        self.tasks[task["taskId"]] = {
+            "task": task,
+            "polls": 0,
+            "result": result.model_dump(by_alias=True, mode="json", exclude_none=True),
+        }
+        return {"resultType": "task", **task}
+
+    def _task(self, task_id: str) -> dict[str, Any]:
+        held = self.tasks.get(task_id)
+        if held is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: no task {task_id} on {self.name}")
+        return held
+
+    async def get(self, ctx, params: TaskParams):
+        held = self._task(params.task_id)
+        held["polls"] += 1
+        task = dict(held["task"])
+        if held["polls"] >= 2 and task["status"] == "working":
+            task["status"] = "completed"
+            task["lastUpdatedAt"] = datetime.now(timezone.utc).isoformat()
+            held["task"] = task
+        if task["status"] == "completed":
+            return {**task, "result": held["result"]}
+        return task
+
+    async def update(self, ctx, params: TaskUpdateParams):
+        self._task(params.task_id)
+        return {}
+
+    async def cancel(self, ctx, params: TaskParams):
+        held = self._task(params.task_id)
+        if held["task"]["status"] == "working":
+            held["task"] = {**held["task"], "status": "cancelled"}
+        return {}
 
 
 def build(name: str) -> MCPServer:
     # Its tool list is the same for everyone, so any cache may share it; the
     # gateway, which filters it per caller, marks what it forwards private.
-    mcp = MCPServer(name, cache_hints={"tools/list": CacheHint(ttl_ms=60_000, scope="public")})
+    mcp = MCPServer(
+        name,
+        cache_hints={"tools/list": CacheHint(ttl_ms=60_000, scope="public")},
+        extensions=[Tasks(name)],
+    )
 
     @mcp.tool()
     def add(a: float, b: float) -> float:
@@ -85,6 +178,12 @@ def build(name: str) -> MCPServer:
             return "refused: the request state does not match this action"
         accepted = getattr(answer, "action", None) == "accept" and (getattr(answer, "content", None) or {}).get("ok")
         return f"{action}: done" if accepted else f"{action}: not confirmed"
+
+    @mcp.tool()
+    def report(topic: str) -> str:
+        """A report on `topic`, naming the backend that wrote it; a task for a
+        2026-07-28 client that declares the tasks extension."""
+        return f"report on {topic} by {name}"
 
     @mcp.tool()
     def forecast(

@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 
 use crate::arguments::{ArgumentChecker, Checked, FetchContext};
 use crate::authn::{Authenticator, AuthnError, Identity, bearer_token};
-use crate::session_gate::{PINNING_HEADERS, Session, SessionGate};
+use crate::session_gate::{PINNING_HEADERS, Session, SessionGate, Task};
 use gateway_core::rewrite::Origin;
 use gateway_core::session::{SESSION_HEADER, client_digest, short_hex, subject_digest};
 
@@ -120,6 +120,11 @@ pub struct Allowed {
     pub messages: Vec<Message>,
     /// The session the request presented, opened.
     pub session: Option<Session>,
+    /// The task handle a stateless `tasks/*` request presented, opened.
+    pub task: Option<Task>,
+    /// A stateless `tools/call` whose client declared the tasks extension: its
+    /// answer may be a task handle for ext-proc to seal.
+    pub tasks_declared: bool,
     /// Whether ext-proc takes part in this request.
     pub hop: Hop,
     /// The ticket this request is counted under as one of its caller's streams.
@@ -183,23 +188,28 @@ pub enum Hop {
     /// ext-proc is needed: an `initialize` answer to seal, a body a rewrite
     /// changes, or a response a rewrite may read.
     Proc,
+    /// A stateless request for a task: ext-proc swaps the client's handle for
+    /// the backend's `taskId` (and back in the answer), and Envoy pins the
+    /// request to the backend that holds the task.
+    Task,
 }
 
 impl Hop {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Hop::Direct => "direct",
-            Hop::Proc => "proc",
-        }
+    /// Whether ext-proc takes part.
+    pub fn uses_proc(self) -> bool {
+        self != Hop::Direct
     }
 
     /// The [`HOP_HEADER`] value: the hop, and for the stateless era the pool of
-    /// backends that speak it (`stateless`, `stateless-proc`).
+    /// backends that speak it (`stateless`, `stateless-proc`, `stateless-task`).
     pub fn header_value(self, era: Era) -> &'static str {
         match (era, self) {
-            (Era::Session, hop) => hop.as_str(),
+            (Era::Session, Hop::Direct) => "direct",
+            // A task of the session era lives in its session, pinned already.
+            (Era::Session, Hop::Proc | Hop::Task) => "proc",
             (Era::Stateless, Hop::Direct) => "stateless",
             (Era::Stateless, Hop::Proc) => "stateless-proc",
+            (Era::Stateless, Hop::Task) => "stateless-task",
         }
     }
 }
@@ -217,10 +227,17 @@ pub const UPSTREAM_CREDENTIAL_RULE: &str = "builtin:upstream-credential";
 /// The rule named when a batch's messages fall under different rate limits.
 pub const RATE_LIMIT_BATCH_RULE: &str = "builtin:rate-limit-batch";
 
+/// The `rule` of a refusal for a task handle that does not open.
+pub const UNKNOWN_TASK_RULE: &str = "builtin:unknown-task";
+
+/// The `rule` of a refusal for a subscription to task notifications, which the
+/// gateway does not carry (each handle would need its own backend).
+pub const TASK_SUBSCRIPTION_RULE: &str = "builtin:task-subscription";
+
 /// The `rule` of a refusal for a session that does not open (404).
 pub const UNKNOWN_SESSION_RULE: &str = "builtin:unknown-session";
 
-/// The request header ext-authz always sets to [`Hop::as_str`]; Envoy re-picks the
+/// The request header ext-authz always sets to [`Hop::header_value`]; Envoy re-picks the
 /// route on it after ext_authz (and never forwards it).
 pub const HOP_HEADER: &str = "x-mcp-hop";
 
@@ -782,11 +799,17 @@ impl Authorizer {
         }
         if allowed.protocol.era == Era::Stateless {
             // No session to open, nothing to pin: any backend of the stateless
-            // pool serves the call, and no session id goes upstream.
+            // pool serves the call, and no session id goes upstream. A task
+            // lives on one backend: its handle names it.
             allowed.remove_headers.push(SESSION_HEADER.to_owned());
             allowed
                 .remove_headers
                 .extend(PINNING_HEADERS.map(str::to_owned));
+            if let Some(sessions) = &self.sessions
+                && let Err(denied) = open_task(sessions, &mut allowed)
+            {
+                return Verdict::Deny(*denied);
+            }
         } else if let Some(sessions) = &self.sessions {
             let presented = request.headers.and_then(|h| h.get(SESSION_HEADER));
             match presented.map(|token| sessions.open(token, &allowed.identity)) {
@@ -938,6 +961,9 @@ impl Authorizer {
                 }
             }
         }
+        if allowed.task.is_some() {
+            hop = Hop::Task;
+        }
         allowed.hop = hop;
         Verdict::Allow(allowed)
     }
@@ -946,6 +972,9 @@ impl Authorizer {
     /// arguments: an `initialize` answer carries a session id to seal, and a
     /// response a rewrite may read must pass through it.
     fn needs_proc(&self, allowed: &Allowed, method: &str) -> bool {
+        if allowed.tasks_declared {
+            return true;
+        }
         let calls = &allowed.call.calls;
         if calls
             .iter()
@@ -1091,6 +1120,8 @@ impl Authorizer {
             remove_headers,
             messages: Vec::new(),
             session: None,
+            task: None,
+            tasks_declared: false,
             hop: Hop::Proc,
             stream: None,
             protocol: Protocol::session(jsonrpc::DEFAULT_VERSION),
@@ -1368,6 +1399,64 @@ fn normalized(path: &str) -> Result<(), &'static str> {
 /// The reply to an authenticated POST whose body Envoy did not send whole: its
 /// token's signing key is newer than the header-time gate knows. Envoy learns it
 /// within seconds; the client retries.
+/// A stateless request for a task presents the handle ext-proc sealed when the
+/// task was created: it opens for its caller only and pins the request to the
+/// backend that holds the task. A `tools/call` whose client declared the tasks
+/// extension is marked: its answer may be a task handle to seal.
+fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<Denied>> {
+    let Some(message) = allowed.messages.first() else {
+        return Ok(());
+    };
+    let method = message.method.as_deref();
+    let params = message.params.as_ref();
+    let subscribes_to_tasks = method == Some("subscriptions/listen")
+        && params
+            .and_then(|p| p.pointer("/notifications/taskIds"))
+            .and_then(Value::as_array)
+            .is_some_and(|ids| !ids.is_empty());
+    if subscribes_to_tasks {
+        let why = "the gateway does not carry task notifications; poll tasks/get instead";
+        let mut denied = invalid(
+            400,
+            jsonrpc::error_response(message.id.as_ref(), -32602, why),
+            why.to_owned(),
+        );
+        denied.rule = Some(TASK_SUBSCRIPTION_RULE.to_owned());
+        denied.call = std::mem::take(&mut allowed.call);
+        return Err(Box::new(denied));
+    }
+    let Some(handle) = protocol::task_id_of(method, params) else {
+        allowed.tasks_declared = method == Some("tools/call") && protocol::declares_tasks(params);
+        return Ok(());
+    };
+    match sessions.open_task(handle, &allowed.identity) {
+        Ok(task) => {
+            let (name, value) = task.pin_header();
+            allowed.remove_headers.retain(|h| *h != name);
+            allowed.set_headers.push((name, value));
+            allowed.task = Some(task);
+            Ok(())
+        }
+        Err(reason) => {
+            tracing::warn!(target: "security", reason, subject = %allowed.identity.subject, "unknown task handle presented; refused");
+            // The tasks extension's answer for a task that does not exist, with
+            // the status the official SDK's server gives it.
+            let mut denied = invalid(
+                400,
+                jsonrpc::error_response(
+                    message.id.as_ref(),
+                    -32602,
+                    "Failed to retrieve task: Task not found",
+                ),
+                reason.to_owned(),
+            );
+            denied.rule = Some(UNKNOWN_TASK_RULE.to_owned());
+            denied.call = std::mem::take(&mut allowed.call);
+            Err(Box::new(denied))
+        }
+    }
+}
+
 fn body_not_received() -> Denied {
     let why = "the gateway is loading this token's signing key; retry in a second";
     let mut denied = invalid(

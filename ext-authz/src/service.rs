@@ -23,8 +23,8 @@ use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
 use crate::check::{
-    AUDIT_HEADER, Authorizer, BodyState, CallInfo, HOP_HEADER, Hop, HttpRequest,
-    UNKNOWN_SESSION_RULE, Verdict,
+    AUDIT_HEADER, Authorizer, BodyState, CallInfo, HOP_HEADER, HttpRequest, UNKNOWN_SESSION_RULE,
+    Verdict,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -305,7 +305,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             }
             // The rest is for ext-proc alone: Envoy keeps no more than it needs
             // on a request that does not reach it.
-            if allowed.hop == Hop::Proc {
+            if allowed.hop.uses_proc() {
                 metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
                 metadata.insert(key::ISSUER.into(), string(&identity.issuer));
                 metadata.insert(key::SCOPES.into(), handoff::strings_value(&identity.scopes));
@@ -315,7 +315,7 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
             // ext-proc records what the backend answers (Envoy copies the
             // answer to it): the record says who asked what.
             if let Some(audit) = &allowed.audit {
-                if allowed.hop != Hop::Proc {
+                if !allowed.hop.uses_proc() {
                     metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
                     metadata.insert(key::ISSUER.into(), string(&identity.issuer));
                 }
@@ -323,14 +323,23 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                     metadata.insert(key::TRACE_ID.into(), string(trace_id));
                 }
             }
-            if let Some(session) = allowed
-                .session
-                .as_ref()
-                .filter(|_| allowed.hop == Hop::Proc)
-            {
+            if let Some(session) = allowed.session.as_ref().filter(|_| allowed.hop.uses_proc()) {
                 metadata.insert(key::SESSION_TOKEN.into(), string(&session.token));
                 metadata.insert(key::SESSION_BACKEND_ID.into(), string(&session.backend_id));
                 metadata.insert(key::SESSION_UPSTREAM.into(), string(&session.upstream));
+            }
+            if let Some(task) = &allowed.task {
+                // Envoy's own answer when the task's backend is gone echoes the id.
+                let id = allowed.messages.first().and_then(|m| m.id.as_ref());
+                metadata
+                    .entry(key::RPC_ID.to_owned())
+                    .or_insert_with(|| string(&id.unwrap_or(&serde_json::Value::Null).to_string()));
+                metadata.insert(key::TASK_HANDLE.into(), string(&task.handle));
+                metadata.insert(key::TASK_ID.into(), string(&task.task_id));
+                metadata.insert(key::TASK_UPSTREAM.into(), string(&task.upstream));
+            }
+            if allowed.tasks_declared {
+                metadata.insert(key::TASKS_DECLARED.into(), string("1"));
             }
             let mut headers = allowed.set_headers;
             headers.push((

@@ -2,6 +2,10 @@
 //! one, so that a plain call needs no second sidecar: ext-authz hands Envoy the
 //! backend's own session id and the backend to pin to, and ext-proc is asked
 //! only where it has something to do (see [`crate::check::Hop`]).
+//!
+//! The same sealed form carries the task handles of the 2026-07-28 tasks
+//! extension (the backend's `taskId` and the backend holding the task), each
+//! token marked with its kind: neither opens as the other.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use gateway_core::session::{
     OpenError, SESSION_HASH_HEADER, SESSION_HEADER, SessionSealer, UPSTREAM_HEADER, session_binding,
 };
+use gateway_proto::session::{Kind, SessionPayload};
 
 use crate::authn::Identity;
 
@@ -44,6 +49,25 @@ impl Session {
     }
 }
 
+/// A task handle a request presented (a 2026-07-28 `taskId`), opened and bound
+/// to its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The client's sealed handle, as presented.
+    pub handle: String,
+    /// The backend's own `taskId`.
+    pub task_id: String,
+    /// The backend (`ip:port`) that holds the task.
+    pub upstream: String,
+}
+
+impl Task {
+    /// Pins the request to the task's backend (stateful_session, strict).
+    pub fn pin_header(&self) -> (String, String) {
+        (UPSTREAM_HEADER.to_owned(), STANDARD.encode(&self.upstream))
+    }
+}
+
 /// Headers only the gateway may set: whatever a client sent under these names is
 /// dropped when it presents no session.
 pub const PINNING_HEADERS: [&str; 2] = [UPSTREAM_HEADER, SESSION_HASH_HEADER];
@@ -56,11 +80,42 @@ impl SessionGate {
     /// Opens `token` for `identity`. Every error means the spec's "unknown
     /// session" to the client (404); the reason is for the security log.
     pub fn open(&self, token: &str, identity: &Identity) -> Result<Session, &'static str> {
+        let payload = self.open_kind(token, identity, Kind::Session)?;
+        Ok(Session {
+            token: token.to_owned(),
+            backend_id: payload.backend_session_id,
+            upstream: payload.upstream_host,
+        })
+    }
+
+    /// Opens a task handle for `identity`. Every error means "no such task" to
+    /// the client; the reason is for the security log.
+    pub fn open_task(&self, handle: &str, identity: &Identity) -> Result<Task, &'static str> {
+        let payload = self.open_kind(handle, identity, Kind::Task)?;
+        Ok(Task {
+            handle: handle.to_owned(),
+            task_id: payload.backend_session_id,
+            upstream: payload.upstream_host,
+        })
+    }
+
+    fn open_kind(
+        &self,
+        token: &str,
+        identity: &Identity,
+        kind: Kind,
+    ) -> Result<SessionPayload, &'static str> {
         let payload = self.sealer.open(token).map_err(|e| match e {
-            OpenError::Malformed => "malformed session token",
-            OpenError::UnknownKey => "session token sealed with an unknown or retired key",
-            OpenError::Forged => "session token failed authentication (tampered or forged)",
+            OpenError::Malformed => "malformed session token or task handle",
+            OpenError::UnknownKey => "token sealed with an unknown or retired key",
+            OpenError::Forged => "token failed authentication (tampered or forged)",
         })?;
+        if payload.kind() != kind {
+            return Err(match kind {
+                Kind::Session => "a task handle presented as a session",
+                Kind::Task => "a session token presented as a task handle",
+            });
+        }
         let caller = session_binding(
             &identity.issuer,
             &identity.subject,
@@ -69,7 +124,7 @@ impl SessionGate {
         if payload.subject_digest.len() != caller.len()
             || !openssl::memcmp::eq(&payload.subject_digest, &caller)
         {
-            return Err("session token presented by another subject or client");
+            return Err("token presented by another subject or client");
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -77,13 +132,9 @@ impl SessionGate {
         if now.saturating_sub(payload.issued_at)
             > i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX)
         {
-            return Err("session older than max_age");
+            return Err("token older than max_age");
         }
-        Ok(Session {
-            token: token.to_owned(),
-            backend_id: payload.backend_session_id,
-            upstream: payload.upstream_host,
-        })
+        Ok(payload)
     }
 }
 
@@ -91,7 +142,6 @@ impl SessionGate {
 mod tests {
     use super::*;
     use gateway_core::session::SessionKey;
-    use gateway_proto::session::SessionPayload;
 
     fn identity(subject: &str, client: Option<&str>) -> Identity {
         Identity {
@@ -113,6 +163,10 @@ mod tests {
 
     /// A token as ext-proc seals it for `who`, issued `age_secs` ago.
     fn sealed(gate: &SessionGate, who: &Identity, age_secs: i64) -> String {
+        sealed_kind(gate, who, age_secs, Kind::Session)
+    }
+
+    fn sealed_kind(gate: &SessionGate, who: &Identity, age_secs: i64, kind: Kind) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
@@ -127,6 +181,7 @@ mod tests {
                 )
                 .to_vec(),
                 issued_at: now - age_secs,
+                kind: kind.into(),
             })
             .expect("seal")
     }
@@ -171,7 +226,7 @@ mod tests {
         ] {
             assert_eq!(
                 gate.open(&token, &who),
-                Err("session token presented by another subject or client"),
+                Err("token presented by another subject or client"),
                 "{}/{:?}",
                 who.subject,
                 who.client_id
@@ -199,7 +254,39 @@ mod tests {
         assert!(gate.open(&sealed(&gate, &alice, 30), &alice).is_ok());
         assert_eq!(
             gate.open(&sealed(&gate, &alice, 120), &alice),
-            Err("session older than max_age")
+            Err("token older than max_age")
+        );
+    }
+
+    #[test]
+    fn a_task_handle_opens_as_a_task_only_and_a_session_token_never_does() {
+        let gate = gate(Duration::from_secs(3600));
+        let alice = identity("alice", Some("agent"));
+        let handle = sealed_kind(&gate, &alice, 0, Kind::Task);
+        let task = gate.open_task(&handle, &alice).expect("opens");
+        assert_eq!(
+            (task.task_id.as_str(), task.upstream.as_str()),
+            ("backend-1", "127.0.0.1:9002")
+        );
+        assert_eq!(
+            task.pin_header(),
+            (
+                UPSTREAM_HEADER.to_owned(),
+                STANDARD.encode("127.0.0.1:9002")
+            )
+        );
+        assert_eq!(
+            gate.open(&handle, &alice),
+            Err("a task handle presented as a session")
+        );
+        let session = sealed(&gate, &alice, 0);
+        assert_eq!(
+            gate.open_task(&session, &alice),
+            Err("a session token presented as a task handle")
+        );
+        assert_eq!(
+            gate.open_task(&handle, &identity("bob", Some("agent"))),
+            Err("token presented by another subject or client")
         );
     }
 }

@@ -13,6 +13,12 @@
 //! Response: a backend session id is sealed (with the backend Envoy chose, from
 //! the `upstream.address` attribute) or, for an existing session, swapped back to
 //! the client's token. The backend's id never reaches the client.
+//!
+//! Tasks (2026-07-28's tasks extension) go the same way in the body: the
+//! `taskId` of a task a backend creates is sealed into a handle bound to the
+//! caller and naming the backend; a `tasks/*` request's handle, which ext-authz
+//! opened, is swapped for the backend's `taskId` on the way in and back on the
+//! way out.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,7 +33,7 @@ use gateway_core::protocol::{self, Era, Refusal};
 use gateway_core::rewrite::{Origin, RewriteSet};
 use gateway_core::rules::RequestFacts;
 use gateway_core::sse::{EventSplitter, Framed, RawEvent};
-use gateway_proto::session::SessionPayload;
+use gateway_proto::session::{Kind as TokenKind, SessionPayload};
 use serde_json::Value;
 
 use gateway_core::schema_fetch::SchemaRequest;
@@ -130,6 +136,24 @@ pub struct Caller {
     pub calls: Vec<Call>,
     /// The session the request presented, as ext-authz opened it.
     pub session: Option<OpenedSession>,
+    /// The task handle a stateless `tasks/*` request presented, as ext-authz
+    /// opened it.
+    pub task: Option<OpenedTask>,
+    /// A stateless `tools/call` whose client declared the tasks extension: the
+    /// answer may be a task, whose `taskId` is sealed.
+    pub tasks_declared: bool,
+}
+
+/// A task handle ext-authz opened (it has already pinned the request to the
+/// task's backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenedTask {
+    /// The client's sealed handle.
+    pub handle: String,
+    /// The backend's own `taskId`.
+    pub task_id: String,
+    /// The backend (`ip:port`) that holds the task.
+    pub upstream: String,
 }
 
 /// A session ext-authz opened (it has already replaced the client's token with
@@ -323,9 +347,13 @@ impl<'a> Exchange<'a> {
             self.restored = Some(session);
         }
         let is_post = self.request.method == "POST";
+        let opened_task = self.caller.as_ref().is_some_and(|c| c.task.is_some());
         RequestPlan::Forward {
             edits,
-            body: if is_post && (self.gateway.rewrites.rewrites_requests() || self.checks_a_call())
+            body: if is_post
+                && (self.gateway.rewrites.rewrites_requests()
+                    || self.checks_a_call()
+                    || opened_task)
             {
                 BodyMode::Buffered
             } else {
@@ -368,6 +396,11 @@ impl<'a> Exchange<'a> {
         let mut header_edits = HeaderEdits::default();
         for message in messages {
             let id = message.get("id").cloned();
+            let swapped = match swap_task_handle(caller.task.as_ref(), message) {
+                Ok(swapped) => swapped,
+                Err(reply) => return BodyPlan::Reply(reply),
+            };
+            changed |= swapped;
             if stateless && let Err(refusal) = self.check_param_headers(message, &tools) {
                 return BodyPlan::Reply(LocalReply {
                     status: refusal.status,
@@ -385,7 +418,7 @@ impl<'a> Exchange<'a> {
                     )?;
                     Ok(c)
                 });
-            if stateless && matches!(checked, Ok(true)) {
+            if stateless && (swapped || matches!(checked, Ok(true))) {
                 header_edits = self.mirrored_header_edits(message, &tools);
             }
             match checked {
@@ -568,6 +601,7 @@ impl<'a> Exchange<'a> {
         let wants_body = ok
             && self.saw_request
             && (self.lists_tools()
+                || self.answers_with_tasks()
                 || self
                     .response_origins()
                     .into_iter()
@@ -617,6 +651,14 @@ impl<'a> Exchange<'a> {
             })
     }
 
+    /// Whether the answer may carry a task's `taskId`: a call whose client
+    /// declared the tasks extension, or a request for a task.
+    fn answers_with_tasks(&self) -> bool {
+        self.caller
+            .as_ref()
+            .is_some_and(|c| c.tasks_declared || c.task.is_some())
+    }
+
     /// Whether the response lists tools, whose schemas argument checks need.
     fn lists_tools(&self) -> bool {
         self.gateway.arguments.enabled
@@ -659,7 +701,10 @@ impl<'a> Exchange<'a> {
         let tools = tools_for(self.gateway, key, &self.request.path, &facts);
         let get_stream = self.request.method != "POST";
         let stateless = self.request.era == Era::Stateless;
+        let upstream = self.upstream.as_deref();
+        let gateway = self.gateway;
         let rewrite = |message: &mut Value| {
+            let tasks = seal_task_ids(gateway, caller, upstream, message);
             let origin = origin_of(&caller.calls, get_stream, message);
             let changed = self
                 .gateway
@@ -670,7 +715,7 @@ impl<'a> Exchange<'a> {
             let private = stateless
                 && self.gateway.rewrites.rewrites_response(origin)
                 && mark_private(origin, message);
-            changed | private
+            tasks | changed | private
         };
         let Some(splitter) = self.events.as_mut() else {
             // A buffered JSON body. A backend that sent something unparsable gets
@@ -750,26 +795,126 @@ impl<'a> Exchange<'a> {
     }
 
     fn seal(&self, backend_id: &[u8], upstream: Option<&str>) -> Result<String, &'static str> {
-        let backend_id =
-            std::str::from_utf8(backend_id).map_err(|_| "backend session id is not text")?;
-        let upstream =
-            upstream.ok_or("Envoy did not say which backend answered (upstream.address)")?;
-        let caller = self
-            .caller
-            .as_ref()
-            .ok_or("no authenticated caller")?
-            .session_binding();
-        self.gateway
-            .sessions
-            .sealer
-            .seal(&SessionPayload {
-                backend_session_id: backend_id.to_owned(),
-                upstream_host: upstream.to_owned(),
-                subject_digest: caller.to_vec(),
-                issued_at: now(),
-            })
-            .map_err(|_| "sealing failed")
+        seal_payload(
+            self.gateway,
+            self.caller.as_ref(),
+            backend_id,
+            upstream,
+            TokenKind::Session,
+        )
     }
+}
+
+/// The `taskId`s of an answer, as the client may see them: a new task's
+/// sealed into a handle (bound to the caller, naming the backend that
+/// answered), the polled task's swapped back to the client's handle.
+/// Whether the message changed. A `taskId` that cannot be sealed never goes
+/// out: the message becomes an error.
+fn seal_task_ids(
+    gateway: &Gateway,
+    caller: &Caller,
+    upstream: Option<&str>,
+    message: &mut Value,
+) -> bool {
+    let Some(result) = message.get_mut("result") else {
+        return false;
+    };
+    let Some(task_id) = result.get("taskId").and_then(Value::as_str) else {
+        return false;
+    };
+    if let Some(task) = &caller.task {
+        if task_id != task.task_id {
+            // An answer about another task than the one asked for: not the
+            // caller's to see.
+            tracing::warn!(
+                upstream,
+                "a backend answered a task request about another task; replaced it with an error"
+            );
+            *message = jsonrpc::error_response(
+                message.get("id"),
+                -32603,
+                "the backend answered about another task",
+            );
+        } else {
+            result["taskId"] = Value::String(task.handle.clone());
+        }
+        return true;
+    }
+    if !caller.tasks_declared || result.get("resultType").and_then(Value::as_str) != Some("task") {
+        return false;
+    }
+    match seal_payload(
+        gateway,
+        Some(caller),
+        task_id.as_bytes(),
+        upstream,
+        TokenKind::Task,
+    ) {
+        Ok(handle) => result["taskId"] = Value::String(handle),
+        Err(reason) => {
+            tracing::error!(
+                reason,
+                "cannot seal a task handle; answered an error instead"
+            );
+            *message = jsonrpc::error_response(
+                message.get("id"),
+                -32603,
+                "the gateway could not seal the backend's task handle",
+            );
+        }
+    }
+    true
+}
+
+/// Seals a backend's session id or task id for `caller`, naming `upstream`.
+fn seal_payload(
+    gateway: &Gateway,
+    caller: Option<&Caller>,
+    backend_id: &[u8],
+    upstream: Option<&str>,
+    kind: TokenKind,
+) -> Result<String, &'static str> {
+    let backend_id =
+        std::str::from_utf8(backend_id).map_err(|_| "backend session id is not text")?;
+    let upstream = upstream.ok_or("Envoy did not say which backend answered (upstream.address)")?;
+    let caller = caller.ok_or("no authenticated caller")?.session_binding();
+    gateway
+        .sessions
+        .sealer
+        .seal(&SessionPayload {
+            backend_session_id: backend_id.to_owned(),
+            upstream_host: upstream.to_owned(),
+            subject_digest: caller.to_vec(),
+            issued_at: now(),
+            kind: kind.into(),
+        })
+        .map_err(|_| "sealing failed")
+}
+
+/// A `tasks/*` request's handle swapped for the backend's `taskId` (which
+/// ext-authz opened from it); whether the message changed. A request whose
+/// `taskId` is not the handle ext-authz opened is not forwarded.
+fn swap_task_handle(task: Option<&OpenedTask>, message: &mut Value) -> Result<bool, LocalReply> {
+    let Some(task) = task else {
+        return Ok(false);
+    };
+    let Some(task_id) = message.pointer_mut("/params/taskId") else {
+        return Ok(false);
+    };
+    if task_id.as_str() != Some(task.handle.as_str()) {
+        tracing::warn!(target: "security", "a task request's taskId is not the handle ext-authz opened; refused");
+        return Err(LocalReply {
+            status: 400,
+            body: jsonrpc::error_response(
+                message.get("id"),
+                -32602,
+                "Failed to retrieve task: Task not found",
+            )
+            .to_string(),
+        });
+    }
+    *task_id = Value::String(task.task_id.clone());
+    Ok(true)
 }
 
 /// Marks a cacheable 2026-07-28 result (`tools/list`, `prompts/list`,

@@ -43,7 +43,7 @@ use gateway_core::session::SESSION_HEADER;
 use crate::audit::{AnswerAudit, AuditedRequest};
 use crate::exchange::{
     BodyMode, BodyPlan, Caller, Exchange, Gateway, HeaderEdits, Headers, LocalReply, OpenedSession,
-    RequestPlan,
+    OpenedTask, RequestPlan,
 };
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
@@ -468,6 +468,19 @@ fn caller(message: &ProcessingRequest) -> Option<Caller> {
             }),
             _ => None,
         },
+        task: match (
+            text(key::TASK_HANDLE),
+            text(key::TASK_ID),
+            text(key::TASK_UPSTREAM),
+        ) {
+            (Some(handle), Some(task_id), Some(upstream)) => Some(OpenedTask {
+                handle: handle.to_owned(),
+                task_id: task_id.to_owned(),
+                upstream: upstream.to_owned(),
+            }),
+            _ => None,
+        },
+        tasks_declared: text(key::TASKS_DECLARED) == Some("1"),
     })
 }
 

@@ -29,6 +29,16 @@ pub mod key {
     pub const SESSION_TOKEN: &str = "session_token";
     pub const SESSION_BACKEND_ID: &str = "session_backend_id";
     pub const SESSION_UPSTREAM: &str = "session_upstream";
+    /// The task handle a 2026-07-28 `tasks/get`, `tasks/update` or
+    /// `tasks/cancel` presented, as ext-authz opened it: the client's handle
+    /// (handed back in the answer), the backend's `taskId` and the backend
+    /// (`ip:port`) that holds the task. Absent otherwise.
+    pub const TASK_HANDLE: &str = "task_handle";
+    pub const TASK_ID: &str = "task_id";
+    pub const TASK_UPSTREAM: &str = "task_upstream";
+    /// `1` on a 2026-07-28 `tools/call` whose client declared the tasks
+    /// extension: its answer may be a task, whose `taskId` ext-proc seals.
+    pub const TASKS_DECLARED: &str = "tasks_declared";
     /// The ticket (decimal text) under which ext-authz counts the request as one
     /// of its caller's open streams; Envoy's access log entry at the request's
     /// end carries it back.

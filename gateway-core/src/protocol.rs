@@ -26,6 +26,31 @@ pub const PROTOCOL_VERSION_META: &str = "io.modelcontextprotocol/protocolVersion
 /// `params._meta` key of a stateless request's client capabilities.
 pub const CLIENT_CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabilities";
 
+/// The tasks extension of the stateless era: a `tools/call` may be answered
+/// with a task handle (`resultType: "task"`), polled with [`TASK_METHODS`].
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+/// The methods that act on a task, named by `params.taskId`.
+pub const TASK_METHODS: [&str; 3] = ["tasks/get", "tasks/update", "tasks/cancel"];
+
+/// Whether a stateless request's client declared the tasks extension in its
+/// `_meta` capabilities (only then may a server answer with a task).
+pub fn declares_tasks(params: Option<&Value>) -> bool {
+    params
+        .and_then(|p| {
+            p.get("_meta")?
+                .get(CLIENT_CAPABILITIES_META)?
+                .get("extensions")?
+                .get(TASKS_EXTENSION)
+        })
+        .is_some()
+}
+
+/// The task a request for a task names (`params.taskId` of [`TASK_METHODS`]).
+pub fn task_id_of<'p>(method: Option<&str>, params: Option<&'p Value>) -> Option<&'p str> {
+    method.filter(|m| TASK_METHODS.contains(m))?;
+    params?.get("taskId")?.as_str()
+}
+
 /// Header that carries the protocol version (both eras).
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Header that mirrors the JSON-RPC method (stateless era).

@@ -17,13 +17,15 @@ fn payload() -> impl Strategy<Value = SessionPayload> {
         "[0-9a-z.:\\[\\]]{0,64}",
         prop::collection::vec(any::<u8>(), 0..64),
         any::<i64>(),
+        0..2i32,
     )
         .prop_map(
-            |(backend_session_id, upstream_host, subject_digest, issued_at)| SessionPayload {
+            |(backend_session_id, upstream_host, subject_digest, issued_at, kind)| SessionPayload {
                 backend_session_id,
                 upstream_host,
                 subject_digest,
                 issued_at,
+                kind,
             },
         )
 }

@@ -17,6 +17,7 @@ mod tests {
             upstream_host: "127.0.0.1:9001".into(),
             subject_digest: vec![7; 32],
             issued_at: 1_800_000_000,
+            kind: 1,
         };
         let bytes = payload.encode_to_vec();
         assert_eq!(SessionPayload::decode(bytes.as_slice()).ok(), Some(payload));

@@ -400,6 +400,17 @@ impl Stack {
         self.wait_healthy_backends(healthy).await
     }
 
+    /// Stops stateless backend `index` and waits until Envoy's health check
+    /// takes it out of the stateless pool.
+    pub async fn stop_stateless_backend(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut backend) = self.stateless.get_mut(index).and_then(Option::take) {
+            backend.stop(Duration::from_secs(5))?;
+        }
+        let healthy = self.stateless.iter().filter(|b| b.is_some()).count();
+        self.wait_healthy_in("mcp_stateless_backends", healthy)
+            .await
+    }
+
     /// Replaces ext-proc's session keys file; takes effect at the next (re)start.
     pub fn set_session_keys(&self, text: &str) -> anyhow::Result<()> {
         Ok(std::fs::write(self.work.join("session-keys.txt"), text)?)

@@ -368,3 +368,28 @@ fn mirrors_the_body_lacks_are_removed() {
         vec![(METHOD_HEADER, "notifications/cancelled".to_owned())]
     );
 }
+
+#[test]
+fn a_client_declares_the_tasks_extension_in_its_capabilities() {
+    let params = |capabilities: Value| json!({"_meta": {CLIENT_CAPABILITIES_META: capabilities}});
+    assert!(declares_tasks(Some(&params(
+        json!({"extensions": {TASKS_EXTENSION: {}}})
+    ))));
+    for without in [
+        json!({}),
+        json!({"extensions": {}}),
+        json!({"extensions": {"io.modelcontextprotocol/ui": {}}}),
+        json!({TASKS_EXTENSION: {}}),
+    ] {
+        assert!(!declares_tasks(Some(&params(without.clone()))), "{without}");
+    }
+    assert!(!declares_tasks(None));
+    let get = json!({"taskId": "t-1"});
+    assert_eq!(task_id_of(Some("tasks/get"), Some(&get)), Some("t-1"));
+    assert_eq!(task_id_of(Some("tasks/cancel"), Some(&get)), Some("t-1"));
+    assert_eq!(task_id_of(Some("tools/call"), Some(&get)), None);
+    assert_eq!(
+        task_id_of(Some("tasks/get"), Some(&json!({"taskId": 7}))),
+        None
+    );
+}

@@ -10,6 +10,7 @@ fn payload() -> SessionPayload {
         upstream_host: "127.0.0.1:9001".into(),
         subject_digest: vec![9; 32],
         issued_at: 1_800_000_000,
+        kind: 0,
     }
 }
 

@@ -622,3 +622,205 @@ async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gat
         "the listen stream went to the stateless pool"
     );
 }
+
+/// A second gateway replica (its own Envoy and sidecars, the same session keys)
+/// in front of `first`'s backends.
+async fn second_replica(first: &Stack) -> Stack {
+    let mut options = StackOptions::for_test().expect("ports");
+    options.ports = e2e::stack::Ports::free(0).expect("ports");
+    options.session_keys = first.session_keys().expect("keys");
+    options.shared = Some(first.shared());
+    // Replicas serve one public URL; tokens carry it as their audience.
+    let resource = first.url();
+    options.gateway_config = Box::new(move |config| {
+        config["ext_authz"]["resource"] = resource.clone().into();
+    });
+    Stack::start(options).await.expect("second replica starts")
+}
+
+/// The JSON-RPC requests stateless backend `index` received with `method`.
+async fn received(stack: &Stack, index: usize, method: &str) -> Vec<(Value, Value)> {
+    stack
+        .stateless_backend_requests(index)
+        .await
+        .expect("requests")
+        .into_iter()
+        .filter_map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str()?).ok()?;
+            (body["method"] == method).then(|| (r["headers"].clone(), body))
+        })
+        .collect()
+}
+
+fn task_request(method: &str, task_id: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": {
+        "taskId": task_id,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {
+                      "extensions": {"io.modelcontextprotocol/tasks": {}}}}}})
+}
+
+/// Posts a `tasks/*` request naming `task_id` (in the body and `Mcp-Name`).
+async fn task_post(stack: &Stack, token: &str, method: &str, task_id: &str) -> (u16, Value) {
+    let response = stateless_post(
+        stack,
+        token,
+        &task_request(method, task_id),
+        &[("mcp-name", task_id)],
+    )
+    .await;
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .or_else(|_| {
+            // An event stream's one message.
+            let data = text
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .unwrap_or_default();
+            serde_json::from_str(data.trim())
+        })
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_replicas() {
+    let mut first = Stack::start(StackOptions::with_stateless(2).expect("free ports"))
+        .await
+        .expect("stack starts");
+    let second = second_replica(&first).await;
+    let alice = first.token("alice", "mcp:tools").await.expect("token");
+
+    // The official SDK 2.x client declares the tasks extension, gets a task for
+    // `report` through the first replica and polls it through the second.
+    let poll_url = second.url();
+    let report = first
+        .python_sdk2_calls(
+            &alice,
+            MODERN,
+            &[("report", json!({"topic": "tides"}))],
+            &["--tasks", "--poll-url", &poll_url],
+        )
+        .await
+        .expect("client runs");
+    let text = outcomes(&report)[0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let task = &report["tasks"][0];
+    assert_eq!(
+        task["statuses"],
+        json!(["working", "working", "completed"]),
+        "{report}"
+    );
+    let (holder, other) = if text == "report on tides by stateless-a" {
+        (0, 1)
+    } else {
+        assert_eq!(text, "report on tides by stateless-b", "{report}");
+        (1, 0)
+    };
+    let handle = task["task_id"].as_str().expect("a handle").to_owned();
+    assert_eq!(
+        task["returned_task_id"],
+        handle.as_str(),
+        "answers name the task by its handle"
+    );
+
+    // Every poll reached the backend that holds the task, with its own taskId
+    // in the body and in Mcp-Name; the client never saw that id.
+    let polls = received(&first, holder, "tasks/get").await;
+    assert_eq!(polls.len(), 2, "{polls:?}");
+    assert!(received(&first, other, "tasks/get").await.is_empty());
+    let backend_id = polls[0].1["params"]["taskId"]
+        .as_str()
+        .expect("taskId")
+        .to_owned();
+    assert_ne!(backend_id, handle);
+    assert!(!report.to_string().contains(&backend_id), "{report}");
+    for (headers, body) in &polls {
+        assert_eq!(body["params"]["taskId"], backend_id.as_str());
+        assert_eq!(headers["mcp-name"], backend_id.as_str());
+    }
+
+    // However often it is asked for, through either replica, the task is
+    // answered by its backend (any other knows no such task).
+    for round in 0..8 {
+        let via = if round % 2 == 0 { &first } else { &second };
+        let (status, body) = task_post(via, &alice, "tasks/get", &handle).await;
+        assert_eq!(status, 200, "poll {round}: {body}");
+        assert_eq!(
+            body["result"]["status"], "completed",
+            "poll {round}: {body}"
+        );
+        assert_eq!(body["result"]["taskId"], handle.as_str(), "{body}");
+        assert_eq!(
+            body["result"]["result"]["content"][0]["text"],
+            text.as_str()
+        );
+    }
+    assert_eq!(received(&first, holder, "tasks/get").await.len(), 10);
+
+    // The handle is alice's alone. Bob's presentation of it, the backend's own
+    // id, a session token and a subscription to task notifications are refused
+    // at the gateway: nothing reaches a backend.
+    let bob = first.token("bob", "mcp:tools").await.expect("token");
+    let session = e2e::mcp::RawSession::initialize(first.http(), &first.url(), &alice)
+        .await
+        .expect("a session-era session");
+    let before = first.all_backend_total().await.expect("totals");
+    for (who, via, presented, what) in [
+        (&bob, &second, handle.as_str(), "another caller's handle"),
+        (
+            &alice,
+            &first,
+            backend_id.as_str(),
+            "the backend's own taskId",
+        ),
+        (
+            &alice,
+            &second,
+            session.session_id.as_str(),
+            "a session token",
+        ),
+    ] {
+        for method in ["tasks/get", "tasks/cancel"] {
+            let (status, body) = task_post(via, who, method, presented).await;
+            assert_eq!(status, 400, "{what}, {method}: {body}");
+            assert_eq!(body["error"]["code"], -32602, "{what}, {method}: {body}");
+            assert_eq!(body["id"], 9, "{body}");
+        }
+    }
+    let listen = json!({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
+        "notifications": {"taskIds": [handle]},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {
+                      "extensions": {"io.modelcontextprotocol/tasks": {}}}}}});
+    let response = stateless_post(&first, &alice, &listen, &[]).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert_eq!(
+        first.all_backend_total().await.expect("totals"),
+        before,
+        "a refused task request reached a backend"
+    );
+
+    // Alice cancels it through either replica; once its backend is gone, so is
+    // the task, and the answer says so.
+    let (status, body) = task_post(&second, &alice, "tasks/cancel", &handle).await;
+    assert_eq!(
+        (status, &body["result"]["resultType"]),
+        (200, &json!("complete")),
+        "{body}"
+    );
+    first
+        .stop_stateless_backend(holder)
+        .await
+        .expect("backend stops");
+    let (status, body) = task_post(&first, &alice, "tasks/get", &handle).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert_eq!(body["id"], 9, "{body}");
+    drop(second);
+}
