@@ -121,7 +121,7 @@ pub struct Allowed {
     /// The session the request presented, opened.
     pub session: Option<Session>,
     /// The task handle a stateless `tasks/*` request presented, opened.
-    pub task: Option<Task>,
+    pub task: Option<Box<Task>>,
     /// A stateless `tools/call` whose client declared the tasks extension: its
     /// answer may be a task handle for ext-proc to seal.
     pub tasks_declared: bool,
@@ -1434,7 +1434,7 @@ fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<De
             let (name, value) = task.pin_header();
             allowed.remove_headers.retain(|h| *h != name);
             allowed.set_headers.push((name, value));
-            allowed.task = Some(task);
+            allowed.task = Some(Box::new(task));
             Ok(())
         }
         Err(reason) => {

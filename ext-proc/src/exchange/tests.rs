@@ -692,3 +692,133 @@ fn a_call_to_a_tool_never_listed_asks_for_the_backends_schemas_once() {
             .is_none()
     );
 }
+
+const STATELESS_POST: &[(&str, &str)] =
+    &[(":method", "POST"), ("mcp-protocol-version", "2026-07-28")];
+
+/// A stateless `tools/call` whose client declared the tasks extension, answered
+/// by the backend at 127.0.0.1:9011 with `answer`: what the client gets.
+fn answered_by_a_task(gateway: &Gateway, answer: &Value, declared: bool) -> Value {
+    let mut exchange = Exchange::new(gateway);
+    let mut who = alice();
+    if let Some(who) = who.as_mut() {
+        who.tasks_declared = declared;
+        who.calls = vec![call("1", "tools/call", Some("report"))];
+    }
+    exchange.on_request_headers(&map(STATELESS_POST), who);
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9011"),
+    );
+    if plan.body == BodyMode::Skip {
+        return answer.clone();
+    }
+    match exchange.on_response_body(answer.to_string().as_bytes(), true) {
+        BodyPlan::Replace(bytes) => serde_json::from_slice(&bytes).expect("JSON"),
+        BodyPlan::Continue => answer.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_task_a_backend_creates_is_sealed_to_its_caller_and_backend() {
+    let gateway = sessions();
+    let created = json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "resultType": "task", "taskId": "t-42", "status": "working"}});
+    let seen = answered_by_a_task(&gateway, &created, true);
+    let handle = seen["result"]["taskId"].as_str().expect("a handle");
+    assert_ne!(handle, "t-42");
+    assert_eq!(seen["result"]["status"], "working");
+    let opened = gateway.sessions.sealer.open(handle).expect("opens");
+    assert_eq!(opened.kind(), TokenKind::Task);
+    assert_eq!(
+        (
+            opened.backend_session_id.as_str(),
+            opened.upstream_host.as_str()
+        ),
+        ("t-42", "127.0.0.1:9011")
+    );
+    assert_eq!(
+        opened.subject_digest,
+        session_binding("https://idp", ALICE, None)
+    );
+    // A plain result is left alone, and so is an answer to a client that did
+    // not declare the extension (ext-authz never sends one here).
+    let plain = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "taskId": "t-1"}});
+    assert_eq!(answered_by_a_task(&gateway, &plain, true), plain);
+    assert_eq!(answered_by_a_task(&gateway, &created, false), created);
+}
+
+#[test]
+fn a_task_request_goes_upstream_with_the_backends_id_and_comes_back_with_the_handle() {
+    let gateway = sessions();
+    let task = OpenedTask {
+        handle: "HANDLE".into(),
+        task_id: "t-42".into(),
+        upstream: "127.0.0.1:9011".into(),
+    };
+    let mut who = alice();
+    if let Some(who) = who.as_mut() {
+        who.task = Some(task.clone());
+        who.calls = vec![call("9", "tasks/get", None)];
+    }
+    let mut exchange = Exchange::new(&gateway);
+    let RequestPlan::Forward { body, .. } =
+        exchange.on_request_headers(&map(STATELESS_POST), who.clone())
+    else {
+        panic!("forwarded")
+    };
+    assert_eq!(body, BodyMode::Buffered);
+    let request = json!({"jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {
+        "taskId": "HANDLE", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let BodyPlan::Replace(upstream) = exchange.on_request_body(request.to_string().as_bytes())
+    else {
+        panic!("the handle is swapped")
+    };
+    let upstream: Value = serde_json::from_slice(&upstream).expect("JSON");
+    assert_eq!(upstream["params"]["taskId"], "t-42");
+    let edits = exchange.take_body_header_edits();
+    assert!(
+        edits
+            .set
+            .contains(&("mcp-name".to_owned(), b"t-42".to_vec())),
+        "{edits:?}"
+    );
+    let plan = exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9011"),
+    );
+    assert_eq!(plan.body, BodyMode::Buffered);
+    let answer =
+        json!({"jsonrpc": "2.0", "id": 9, "result": {"taskId": "t-42", "status": "completed"}});
+    let BodyPlan::Replace(seen) = exchange.on_response_body(answer.to_string().as_bytes(), true)
+    else {
+        panic!("the id is swapped back")
+    };
+    let seen: Value = serde_json::from_slice(&seen).expect("JSON");
+    assert_eq!(seen["result"]["taskId"], "HANDLE");
+    // An answer about some other task is not the caller's to see.
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(STATELESS_POST), who.clone());
+    exchange.on_response_headers(
+        &map(&[(":status", "200"), ("content-type", "application/json")]),
+        Some("127.0.0.1:9011"),
+    );
+    let other =
+        json!({"jsonrpc": "2.0", "id": 9, "result": {"taskId": "t-7", "status": "completed"}});
+    let BodyPlan::Replace(seen) = exchange.on_response_body(other.to_string().as_bytes(), true)
+    else {
+        panic!("replaced")
+    };
+    let seen: Value = serde_json::from_slice(&seen).expect("JSON");
+    assert_eq!(seen["error"]["code"], -32603, "{seen}");
+    // A body whose taskId is not the handle ext-authz opened is not forwarded.
+    let mut exchange = Exchange::new(&gateway);
+    exchange.on_request_headers(&map(STATELESS_POST), who);
+    let forged =
+        json!({"jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {"taskId": "t-7"}});
+    let BodyPlan::Reply(reply) = exchange.on_request_body(forged.to_string().as_bytes()) else {
+        panic!("refused")
+    };
+    assert_eq!(reply.status, 400);
+}
