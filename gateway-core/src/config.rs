@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     /// What the audit trail (the `audit` log target) records.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Tool definitions pinned per pool, and their descriptions scanned.
+    #[serde(default)]
+    pub tool_pins: Option<crate::tool_pins::ToolPinsConfig>,
 }
 
 /// What the audit trail records beyond the decision on each JSON-RPC message.

@@ -12,6 +12,9 @@
 //! - [`session`]: sealed, caller-bound session tokens and the headers that pin a
 //!   session to its backend.
 //! - [`tool_catalog`]: the input schemas backends advertise, per backend and tool.
+//! - [`tool_pins`]: tool definitions fingerprinted, pinned per pool (enforce, trust
+//!   on first use, observe) and their descriptions scanned; quarantines shared in a
+//!   state file.
 //! - [`schema_fetch`]: asking a session's backend for `tools/list` when no schema
 //!   is known for a called tool.
 //! - [`policy_store`]: the live rules, reloaded on SIGHUP and file change.
@@ -39,3 +42,4 @@ pub mod session;
 pub mod sse;
 pub mod telemetry;
 pub mod tool_catalog;
+pub mod tool_pins;

@@ -1,0 +1,917 @@
+//! Tool definitions pinned: a backend cannot silently change what a tool says
+//! ("rug pull") or hide instructions for the model in it (tool poisoning).
+//!
+//! Each tool a backend lists has a fingerprint: SHA-256 of its canonical
+//! definition (`name`, `title`, `description`, `inputSchema`, `outputSchema`,
+//! `annotations`; sorted keys, no insignificant whitespace, one spelling per
+//! number). A pool of backends (the session era's, the stateless era's) has a
+//! mode:
+//!
+//! - `enforce`: the config's pins are the truth. A listed tool whose fingerprint
+//!   differs from its pin, or that has none, is quarantined: removed from
+//!   `tools/list`, and calls to it refused.
+//! - `trust_on_first_use`: the first fingerprint seen is the pin, kept in the
+//!   state file; drift is then treated as in `enforce`.
+//! - `observe`: drift is logged and counted, nothing removed or refused.
+//!
+//! A scan of descriptions (and every `description` inside the schemas) finds
+//! invisible or bidirectional characters, text addressed to the model, URLs
+//! outside an allowlist and over-long descriptions; a finding warns or blocks
+//! (quarantines) the tool.
+//!
+//! Pins learned on first use and quarantines live in one small JSON state file,
+//! shared by both sidecars and every replica on the host: ext-proc judges each
+//! listing and writes what it learns (under a file lock, replaced atomically),
+//! ext-authz judges each call by what the file says (re-read when it changes, a
+//! `stat` per call). The file outlives restarts.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::metrics::Labels;
+use crate::protocol::Era;
+
+/// The fields of a tool definition a fingerprint covers.
+pub const FINGERPRINTED_FIELDS: [&str; 6] = [
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+];
+
+/// `sha256:` and the hex SHA-256 of the tool's canonical definition.
+pub fn fingerprint(tool: &Value) -> String {
+    let mut covered = serde_json::Map::new();
+    for field in FINGERPRINTED_FIELDS {
+        if let Some(value) = tool.get(field) {
+            covered.insert(field.to_owned(), value.clone());
+        }
+    }
+    let mut text = String::new();
+    canonical_json(&Value::Object(covered), &mut text);
+    let digest = openssl::sha::sha256(text.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// `value` as canonical JSON (after RFC 8785): object keys sorted by their
+/// UTF-16 code units, no whitespace, strings escaped as serde_json escapes them
+/// (so `"\u00e9"` and `"é"` read alike), and numbers in one form: an integral
+/// value as an integer (`1`, `1.0` and `1e0` alike), any other in the shortest
+/// form that reads back the same.
+pub fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&value.to_string()),
+        Value::Number(number) => out.push_str(&canonical_number(number)),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn canonical_number(number: &serde_json::Number) -> String {
+    if let Some(i) = number.as_i64() {
+        return i.to_string();
+    }
+    if let Some(u) = number.as_u64() {
+        return u.to_string();
+    }
+    let f = number.as_f64().unwrap_or(0.0);
+    // Integral floats within the exactly representable range read as integers.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        return format!("{}", f as i64);
+    }
+    serde_json::Number::from_f64(f).map_or_else(|| "null".to_owned(), |n| n.to_string())
+}
+
+/// The `tool_pins` section of the gateway config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPinsConfig {
+    /// Pins learned on first use and quarantines, shared by both sidecars and
+    /// the replicas on a host (relative to the config file).
+    pub state_file: PathBuf,
+    /// The session era's pool (`mcp_backends`).
+    #[serde(default)]
+    pub session: Option<PoolPinsConfig>,
+    /// The stateless era's pool (`mcp_stateless_backends`).
+    #[serde(default)]
+    pub stateless: Option<PoolPinsConfig>,
+    #[serde(default)]
+    pub scan: ScanConfig,
+}
+
+/// How one pool's tools are pinned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPinsConfig {
+    pub mode: PinMode,
+    /// Tool name to fingerprint (`sha256:…`), as `cargo xtask pin-tools` prints.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+    /// More pins, from a YAML file of the same shape (relative to the config).
+    #[serde(default)]
+    pub pins_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinMode {
+    Enforce,
+    TrustOnFirstUse,
+    Observe,
+}
+
+/// What a scan finding does to its tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingAction {
+    /// Logged and counted.
+    Warn,
+    /// Also quarantines the tool (in `enforce` and `trust_on_first_use`).
+    Block,
+}
+
+/// The checks on descriptions; each may be left out (`null`) to switch it off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    /// Invisible, zero-width or bidirectional-control characters.
+    #[serde(default = "block")]
+    pub invisible_unicode: Option<FindingAction>,
+    /// Text addressed to the model rather than describing the tool.
+    #[serde(default = "default_instructions")]
+    pub model_instructions: Option<PhraseCheck>,
+    /// URLs whose prefix is not on the allowlist.
+    #[serde(default = "default_urls")]
+    pub urls: Option<UrlCheck>,
+    /// Descriptions longer than this.
+    #[serde(default = "default_length")]
+    pub description_length: Option<LengthCheck>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhraseCheck {
+    pub action: FindingAction,
+    /// Matched case-insensitively, whitespace runs as one space.
+    #[serde(default = "default_phrases")]
+    pub phrases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlCheck {
+    pub action: FindingAction,
+    /// URL prefixes descriptions may name (`https://docs.example.com/`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LengthCheck {
+    pub action: FindingAction,
+    pub max_bytes: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            invisible_unicode: block(),
+            model_instructions: default_instructions(),
+            urls: default_urls(),
+            description_length: default_length(),
+        }
+    }
+}
+
+fn block() -> Option<FindingAction> {
+    Some(FindingAction::Block)
+}
+
+fn default_instructions() -> Option<PhraseCheck> {
+    Some(PhraseCheck {
+        action: FindingAction::Block,
+        phrases: default_phrases(),
+    })
+}
+
+fn default_phrases() -> Vec<String> {
+    [
+        "ignore previous instructions",
+        "ignore all previous instructions",
+        "ignore the above",
+        "disregard previous instructions",
+        "do not tell the user",
+        "don't tell the user",
+        "without telling the user",
+        "do not mention",
+        "<important>",
+        "system prompt",
+        "you must always",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn default_urls() -> Option<UrlCheck> {
+    Some(UrlCheck {
+        action: FindingAction::Warn,
+        allow: Vec::new(),
+    })
+}
+
+fn default_length() -> Option<LengthCheck> {
+    Some(LengthCheck {
+        action: FindingAction::Warn,
+        max_bytes: 2048,
+    })
+}
+
+/// One scan finding on a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// `invisible_unicode`, `model_instructions`, `urls` or `description_length`.
+    pub check: &'static str,
+    pub action: FindingAction,
+    /// What was found, for the log (never the whole description).
+    pub detail: String,
+}
+
+/// The scan, compiled from its config.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    config: ScanConfig,
+    phrases: Vec<String>,
+}
+
+impl Scanner {
+    pub fn new(config: ScanConfig) -> Self {
+        let phrases = config
+            .model_instructions
+            .as_ref()
+            .map(|c| c.phrases.iter().map(|p| normalized(p)).collect())
+            .unwrap_or_default();
+        Self { config, phrases }
+    }
+
+    /// The findings on a tool's description, title and every `description` in
+    /// its schemas.
+    pub fn scan(&self, tool: &Value) -> Vec<Finding> {
+        let mut texts = Vec::new();
+        for field in ["title", "description"] {
+            if let Some(text) = tool.get(field).and_then(Value::as_str) {
+                texts.push(text);
+            }
+        }
+        for schema in ["inputSchema", "outputSchema"] {
+            if let Some(schema) = tool.get(schema) {
+                schema_descriptions(schema, &mut texts);
+            }
+        }
+        let mut findings = Vec::new();
+        if let Some(action) = self.config.invisible_unicode
+            && let Some(c) = texts.iter().flat_map(|t| t.chars()).find(|c| invisible(*c))
+        {
+            findings.push(Finding {
+                check: "invisible_unicode",
+                action,
+                detail: format!("U+{:04X}", u32::from(c)),
+            });
+        }
+        if let Some(check) = &self.config.model_instructions {
+            let text = normalized(&texts.join(" "));
+            if let Some(phrase) = self.phrases.iter().find(|p| text.contains(p.as_str())) {
+                findings.push(Finding {
+                    check: "model_instructions",
+                    action: check.action,
+                    detail: format!("\"{phrase}\""),
+                });
+            }
+        }
+        if let Some(check) = &self.config.urls
+            && let Some(url) = texts
+                .iter()
+                .flat_map(|t| urls_in(t))
+                .find(|url| !check.allow.iter().any(|prefix| url.starts_with(prefix)))
+        {
+            findings.push(Finding {
+                check: "urls",
+                action: check.action,
+                detail: url.chars().take(200).collect(),
+            });
+        }
+        if let Some(check) = &self.config.description_length
+            && let Some(len) = tool
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::len)
+                .filter(|len| *len > check.max_bytes)
+        {
+            findings.push(Finding {
+                check: "description_length",
+                action: check.action,
+                detail: format!("{len} bytes, over {}", check.max_bytes),
+            });
+        }
+        findings
+    }
+}
+
+fn schema_descriptions<'v>(schema: &'v Value, out: &mut Vec<&'v str>) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("description" | "title", Value::String(text)) => out.push(text),
+                    _ => schema_descriptions(value, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| schema_descriptions(i, out)),
+        _ => {}
+    }
+}
+
+/// Characters a reader does not see but a model reads: zero-width and
+/// formatting characters, bidirectional controls, tag characters, and controls
+/// other than tab and line breaks.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
+        | '\u{E0000}'..='\u{E007F}')
+        || (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn urls_in(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices("http")
+        .map(move |(at, _)| &text[at..])
+        .filter(|rest| rest.starts_with("http://") || rest.starts_with("https://"))
+        .map(|rest| {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+}
+
+/// Why a tool is quarantined or a call to it refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// `drift`, `unpinned` or `scan`.
+    pub reason: String,
+    /// The fingerprint the backend listed.
+    pub fingerprint: String,
+    /// The pin it was held against, if any.
+    #[serde(default)]
+    pub pinned: Option<String>,
+    /// The blocking scan findings (`scan`).
+    #[serde(default)]
+    pub findings: Vec<String>,
+    /// Unix seconds.
+    pub since: i64,
+}
+
+impl Quarantine {
+    /// The error a call to the tool gets.
+    pub fn message(&self, tool: &str) -> String {
+        match self.reason.as_str() {
+            "drift" => format!(
+                "tool `{tool}` is quarantined: its definition changed since it was pinned ({} is now {})",
+                self.pinned.as_deref().unwrap_or("no pin"),
+                self.fingerprint
+            ),
+            "unpinned" => format!(
+                "tool `{tool}` is quarantined: it has no pin ({} is unreviewed)",
+                self.fingerprint
+            ),
+            _ => format!(
+                "tool `{tool}` is quarantined: its description failed the scan ({})",
+                self.findings.join(", ")
+            ),
+        }
+    }
+}
+
+/// What the state file holds, per pool (`session`, `stateless`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinState {
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    /// Pins learned on first use: tool name to fingerprint.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, Quarantine>,
+}
+
+/// Why tool pins could not be loaded or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error(
+        "tool_pins.{pool}.pins.{tool}: `{value}` is not a fingerprint (sha256: and 64 hex digits)"
+    )]
+    BadPin {
+        pool: &'static str,
+        tool: String,
+        value: String,
+    },
+}
+
+/// The gateway's tool pins: modes and config pins per pool, the scan, and the
+/// shared state file.
+pub struct ToolPins {
+    pools: [Option<PoolPolicy>; 2],
+    scanner: Scanner,
+    store: StateFile,
+    metrics: PinMetrics,
+}
+
+struct PoolPolicy {
+    mode: PinMode,
+    pins: BTreeMap<String, String>,
+}
+
+/// A tool of a listing as judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolJudgement {
+    pub tool: String,
+    pub fingerprint: String,
+    pub findings: Vec<Finding>,
+    /// Set when the tool is held back (or, in `observe`, would be).
+    pub quarantine: Option<Quarantine>,
+}
+
+/// The verdict on a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Pins do not apply (no mode for the pool, or `observe`).
+    Unpinned,
+    /// The tool is pinned and not quarantined.
+    Pinned { fingerprint: String },
+    /// Refused, with the message the caller gets.
+    Refused(String),
+}
+
+impl ToolPins {
+    /// Pins from the config section; relative paths are relative to `config_dir`.
+    pub fn new(config: &ToolPinsConfig, config_dir: &Path) -> Result<Self, PinError> {
+        let pool = |name: &'static str, pool: &Option<PoolPinsConfig>| {
+            let Some(pool) = pool else {
+                return Ok(None);
+            };
+            let mut pins = pool.pins.clone();
+            if let Some(file) = &pool.pins_file {
+                let path = config_dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| PinError::File {
+                    path: path.clone(),
+                    reason: format!("cannot read: {e}"),
+                })?;
+                let more: BTreeMap<String, String> =
+                    serde_yaml::from_str(&text).map_err(|e| PinError::File {
+                        path: path.clone(),
+                        reason: format!("not a map of tool names to fingerprints: {e}"),
+                    })?;
+                pins.extend(more);
+            }
+            for (tool, value) in &pins {
+                let hex = value.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(PinError::BadPin {
+                        pool: name,
+                        tool: tool.clone(),
+                        value: value.clone(),
+                    });
+                }
+            }
+            Ok(Some(PoolPolicy {
+                mode: pool.mode,
+                pins,
+            }))
+        };
+        let store = StateFile::open(config_dir.join(&config.state_file))?;
+        Ok(Self {
+            pools: [
+                pool("session", &config.session)?,
+                pool("stateless", &config.stateless)?,
+            ],
+            scanner: Scanner::new(config.scan.clone()),
+            store,
+            metrics: PinMetrics::default(),
+        })
+    }
+
+    /// Registers the pins' counters.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mcp_gateway_tool_drift",
+            "Tools listed with a fingerprint other than their pin, or with none in enforce mode",
+            self.metrics.drift.clone(),
+        );
+        registry.register(
+            "mcp_gateway_tool_scan_findings",
+            "Scan findings on listed tools' descriptions, by check and action",
+            self.metrics.findings.clone(),
+        );
+        registry.register(
+            "mcp_gateway_tool_calls_refused",
+            "Calls refused because their tool is quarantined or unpinned",
+            self.metrics.refused.clone(),
+        );
+    }
+
+    /// Whether the pool of `era` has pins at all.
+    pub fn applies(&self, era: Era) -> bool {
+        self.pools[index(era)].is_some()
+    }
+
+    /// Judges a `tools/list` result's tools (the `tools` array, in place): a
+    /// quarantined tool is removed (but for `observe`). Learns first-use pins
+    /// and records quarantines in the state file. Whether the list changed.
+    pub fn judge_listing(&self, era: Era, tools: &mut Vec<Value>) -> bool {
+        let Some(policy) = &self.pools[index(era)] else {
+            return false;
+        };
+        let pool = pool_name(era);
+        let judged: Vec<ToolJudgement> = tools.iter().map(|t| self.judge_tool(era, t)).collect();
+        self.record(era, policy, &judged);
+        for judgement in &judged {
+            for finding in &judgement.findings {
+                tracing::warn!(
+                    target: "security",
+                    pool,
+                    tool = %judgement.tool,
+                    check = finding.check,
+                    action = ?finding.action,
+                    detail = %finding.detail,
+                    "tool description scan finding"
+                );
+                self.metrics
+                    .findings
+                    .get_or_create(&vec![
+                        ("pool", pool.to_owned()),
+                        ("check", finding.check.to_owned()),
+                        (
+                            "action",
+                            match finding.action {
+                                FindingAction::Warn => "warn",
+                                FindingAction::Block => "block",
+                            }
+                            .to_owned(),
+                        ),
+                    ])
+                    .inc();
+            }
+            if let Some(quarantine) = &judgement.quarantine {
+                tracing::warn!(
+                    target: "security",
+                    pool,
+                    tool = %judgement.tool,
+                    reason = %quarantine.reason,
+                    fingerprint = %quarantine.fingerprint,
+                    pinned = quarantine.pinned.as_deref(),
+                    mode = ?policy.mode,
+                    "tool definition held back"
+                );
+                if quarantine.reason != "scan" {
+                    self.metrics
+                        .drift
+                        .get_or_create(&vec![
+                            ("pool", pool.to_owned()),
+                            ("reason", quarantine.reason.clone()),
+                        ])
+                        .inc();
+                }
+            }
+        }
+        if policy.mode == PinMode::Observe {
+            return false;
+        }
+        let before = tools.len();
+        let mut judged = judged.into_iter();
+        tools.retain(|_| judged.next().is_some_and(|j| j.quarantine.is_none()));
+        tools.len() != before
+    }
+
+    /// The verdict on a call to `tool` (the backend's name, alias resolved).
+    pub fn judge_call(&self, era: Era, tool: &str) -> CallVerdict {
+        let Some(policy) = &self.pools[index(era)] else {
+            return CallVerdict::Unpinned;
+        };
+        if policy.mode == PinMode::Observe {
+            return CallVerdict::Unpinned;
+        }
+        let state = self.store.current();
+        let pool = state.pools.get(pool_name(era));
+        let refused = |message: String| {
+            self.metrics
+                .refused
+                .get_or_create(&vec![("pool", pool_name(era).to_owned())])
+                .inc();
+            CallVerdict::Refused(message)
+        };
+        if let Some(quarantine) = pool.and_then(|p| p.quarantined.get(tool)) {
+            return refused(quarantine.message(tool));
+        }
+        let pin = match policy.mode {
+            PinMode::Enforce => policy.pins.get(tool),
+            _ => policy
+                .pins
+                .get(tool)
+                .or_else(|| pool.and_then(|p| p.pins.get(tool))),
+        };
+        match pin {
+            Some(fingerprint) => CallVerdict::Pinned {
+                fingerprint: fingerprint.clone(),
+            },
+            None if policy.mode == PinMode::Enforce => refused(format!(
+                "tool `{tool}` has no pin: it is not allowed until reviewed and pinned"
+            )),
+            None => refused(format!(
+                "tool `{tool}` has not been listed through the gateway yet: list the tools first"
+            )),
+        }
+    }
+
+    /// One tool of a listing: its fingerprint, findings and whether it is held
+    /// back, against the pins as they stand.
+    fn judge_tool(&self, era: Era, tool: &Value) -> ToolJudgement {
+        let name = tool
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let fingerprint = fingerprint(tool);
+        let findings = self.scanner.scan(tool);
+        let Some(policy) = &self.pools[index(era)] else {
+            return ToolJudgement {
+                tool: name,
+                fingerprint,
+                findings,
+                quarantine: None,
+            };
+        };
+        let learned = self.store.current();
+        let pin = policy.pins.get(&name).cloned().or_else(|| {
+            (policy.mode != PinMode::Enforce)
+                .then(|| learned.pools.get(pool_name(era))?.pins.get(&name).cloned())
+                .flatten()
+        });
+        let blocking: Vec<String> = findings
+            .iter()
+            .filter(|f| f.action == FindingAction::Block)
+            .map(|f| format!("{}: {}", f.check, f.detail))
+            .collect();
+        let quarantine = |reason: &str| Quarantine {
+            reason: reason.to_owned(),
+            fingerprint: fingerprint.clone(),
+            pinned: pin.clone(),
+            findings: blocking.clone(),
+            since: now(),
+        };
+        let held = if !blocking.is_empty() {
+            Some(quarantine("scan"))
+        } else {
+            match &pin {
+                Some(pin) if *pin != fingerprint => Some(quarantine("drift")),
+                None if policy.mode == PinMode::Enforce => Some(quarantine("unpinned")),
+                _ => None,
+            }
+        };
+        ToolJudgement {
+            tool: name,
+            fingerprint,
+            findings,
+            quarantine: held,
+        }
+    }
+
+    /// Writes what a listing taught: first-use pins, new quarantines, and lifted
+    /// ones (a tool listed as pinned again). Nothing is written when nothing
+    /// changed, so a steady listing costs a read of the cached state only.
+    fn record(&self, era: Era, policy: &PoolPolicy, judged: &[ToolJudgement]) {
+        let pool = pool_name(era);
+        let learns = policy.mode != PinMode::Enforce;
+        let current = self.store.current();
+        let empty = PoolState::default();
+        let state = current.pools.get(pool).unwrap_or(&empty);
+        let stale = judged.iter().any(|j| {
+            let learn = learns
+                && j.quarantine.is_none()
+                && !policy.pins.contains_key(&j.tool)
+                && !state.pins.contains_key(&j.tool);
+            let quarantined = state.quarantined.get(&j.tool);
+            learn
+                || match (&j.quarantine, quarantined) {
+                    (Some(new), Some(old)) => {
+                        new.fingerprint != old.fingerprint || new.reason != old.reason
+                    }
+                    (Some(_), None) | (None, Some(_)) => true,
+                    (None, None) => false,
+                }
+        });
+        if !stale {
+            return;
+        }
+        let update = self.store.update(|state| {
+            let pool = state.pools.entry(pool.to_owned()).or_default();
+            for j in judged {
+                match &j.quarantine {
+                    Some(q) => {
+                        // A quarantine keeps the time it began.
+                        let since = pool
+                            .quarantined
+                            .get(&j.tool)
+                            .filter(|old| old.fingerprint == q.fingerprint)
+                            .map_or(q.since, |old| old.since);
+                        let mut q = q.clone();
+                        q.since = since;
+                        pool.quarantined.insert(j.tool.clone(), q);
+                    }
+                    None => {
+                        if pool.quarantined.remove(&j.tool).is_some() {
+                            tracing::info!(target: "security", tool = %j.tool, "tool listed as pinned again; quarantine lifted");
+                        }
+                        if learns && !policy.pins.contains_key(&j.tool) {
+                            // Another replica may have pinned it first: its pin stands.
+                            pool.pins
+                                .entry(j.tool.clone())
+                                .or_insert_with(|| j.fingerprint.clone());
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(error) = update {
+            tracing::error!(%error, "cannot record tool pins; the state file is unchanged");
+        }
+    }
+}
+
+fn index(era: Era) -> usize {
+    match era {
+        Era::Session => 0,
+        Era::Stateless => 1,
+    }
+}
+
+/// The pool's name in the config and the state file.
+pub fn pool_name(era: Era) -> &'static str {
+    match era {
+        Era::Session => "session",
+        Era::Stateless => "stateless",
+    }
+}
+
+#[derive(Default)]
+struct PinMetrics {
+    drift: Family<Labels, Counter>,
+    findings: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+}
+
+/// The state file, as last read: re-read when its modification time or length
+/// changes (one `stat`), written under an exclusive lock by writing a temporary
+/// file and renaming it over the old one, so a reader never sees half a file.
+struct StateFile {
+    path: PathBuf,
+    lock_path: PathBuf,
+    cached: RwLock<(Stamp, std::sync::Arc<PinState>)>,
+}
+
+/// A file's modification time and length, `None` when it does not exist.
+type Stamp = Option<(SystemTime, u64)>;
+
+impl StateFile {
+    fn open(path: PathBuf) -> Result<Self, PinError> {
+        let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
+        lock_name.push(".lock");
+        let lock_path = path.with_file_name(lock_name);
+        let file = Self {
+            path,
+            lock_path,
+            cached: RwLock::new((None, std::sync::Arc::new(PinState::default()))),
+        };
+        file.reload().map_err(|reason| PinError::File {
+            path: file.path.clone(),
+            reason,
+        })?;
+        Ok(file)
+    }
+
+    /// The state as the file says now.
+    fn current(&self) -> std::sync::Arc<PinState> {
+        let stamp = stamp(&self.path);
+        if let Ok(cached) = self.cached.read()
+            && cached.0 == stamp
+        {
+            return cached.1.clone();
+        }
+        if let Err(reason) = self.reload() {
+            // Keep judging by what was read last: a broken file must not lift
+            // quarantines.
+            tracing::error!(path = %self.path.display(), reason, "cannot read the tool pin state; keeping the last state read");
+        }
+        self.cached.read().map(|c| c.1.clone()).unwrap_or_default()
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let stamp = stamp(&self.path);
+        let state = match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("not a pin state: {e}"))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PinState::default(),
+            Err(e) => return Err(format!("cannot read: {e}")),
+        };
+        if let Ok(mut cached) = self.cached.write() {
+            *cached = (stamp, std::sync::Arc::new(state));
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to the state on disk, under the lock.
+    fn update(&self, change: impl FnOnce(&mut PinState)) -> Result<(), String> {
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| format!("{}: cannot open: {e}", self.lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| format!("{}: cannot lock: {e}", self.lock_path.display()))?;
+        self.reload()?;
+        let mut state = (*self.current()).clone();
+        change(&mut state);
+        let text = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &self.path))
+            .map_err(|e| format!("{}: cannot write: {e}", self.path.display()))?;
+        self.reload()?;
+        drop(lock);
+        Ok(())
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;
