@@ -36,6 +36,7 @@ pub fn judged(
     decision: &Decision,
     outcome: &'static str,
     arguments_sha256: Option<&str>,
+    tool_fingerprint: Option<&str>,
 ) {
     let arguments = request
         .with_arguments
@@ -55,6 +56,7 @@ pub fn judged(
         id = message.id.as_ref().map(|id| id.to_string()),
         arguments_sha256,
         arguments,
+        tool_fingerprint,
         decision = outcome,
         rule = %decision.rule,
         "judged"

@@ -49,6 +49,7 @@ use crate::streams::{CallerStreams, GRACE};
 use crate::upstream::UpstreamCredentials;
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::protocol::{self, Era, MODERN_VERSIONS, Refusal};
+use gateway_core::tool_pins::{CallVerdict, ToolPins};
 
 /// JSON-RPC error code of a policy denial (implementation-defined range).
 pub const DENIED_CODE: i64 = -32001;
@@ -227,6 +228,17 @@ pub const UPSTREAM_CREDENTIAL_RULE: &str = "builtin:upstream-credential";
 /// The rule named when a batch's messages fall under different rate limits.
 pub const RATE_LIMIT_BATCH_RULE: &str = "builtin:rate-limit-batch";
 
+/// The `rule` of a call refused because its tool is quarantined or unpinned.
+pub const TOOL_PIN_RULE: &str = "builtin:tool-pin";
+
+/// What the tool pins said of a request's calls.
+struct PinVerdicts {
+    /// Per message, the pinned fingerprint of the tool it calls.
+    fingerprints: Vec<Option<String>>,
+    /// Why the first held-back call was refused.
+    refusal: Option<String>,
+}
+
 /// The `rule` of a refusal for a task handle that does not open.
 pub const UNKNOWN_TASK_RULE: &str = "builtin:unknown-task";
 
@@ -319,6 +331,8 @@ pub struct Authorizer {
     audit: AuditConfig,
     /// What each pool of backends gets in place of the caller's token.
     upstream: UpstreamCredentials,
+    /// Tool definitions pinned per pool.
+    pins: Option<Arc<ToolPins>>,
 }
 
 impl Authorizer {
@@ -343,7 +357,15 @@ impl Authorizer {
             protocol: ProtocolConfig::default(),
             audit: AuditConfig::default(),
             upstream: UpstreamCredentials::none(),
+            pins: None,
         }
+    }
+
+    /// Holds calls to their tools' pins (and sends listings through ext-proc,
+    /// which judges them).
+    pub fn with_tool_pins(mut self, pins: Arc<ToolPins>) -> Self {
+        self.pins = Some(pins);
+        self
     }
 
     /// Gives each pool of backends its credential (after the rules, which never
@@ -537,7 +559,8 @@ impl Authorizer {
             denied.call = call;
             return Verdict::Deny(denied);
         }
-        let decisions = self.judge(&body.messages, &identity, request, path, protocol);
+        let mut decisions = self.judge(&body.messages, &identity, request, path, protocol);
+        let pinned = self.judge_pins(&call, protocol.era, &mut decisions);
         let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
         // The answer to an allowed call is audited too, by ext-proc (Envoy copies
         // the answer to it; only a gateway with ext-proc has one to copy to): its
@@ -563,8 +586,12 @@ impl Authorizer {
                 identity: &identity,
                 with_arguments: self.audit.arguments,
             };
-            for ((message, decision), call) in
-                body.messages.iter().zip(&decisions).zip(&mut call.calls)
+            for (((message, decision), call), fingerprint) in body
+                .messages
+                .iter()
+                .zip(&decisions)
+                .zip(&mut call.calls)
+                .zip(&pinned.fingerprints)
             {
                 let digest = message
                     .params
@@ -577,6 +604,7 @@ impl Authorizer {
                     decision,
                     if allowed { "allow" } else { "deny" },
                     digest.as_deref(),
+                    fingerprint.as_deref(),
                 );
                 if audit_answer {
                     call.arguments_sha256 = digest;
@@ -623,7 +651,57 @@ impl Authorizer {
             allowed.messages = body.messages;
             return Verdict::Allow(allowed);
         }
-        Verdict::Deny(policy_denial(&body, &decisions, call))
+        let mut denied = policy_denial(&body, &decisions, call);
+        if let Some(refusal) = pinned.refusal {
+            // A quarantined or unpinned tool: the caller learns why, not just that.
+            let id = match body.messages.as_slice() {
+                [one] => one.id.as_ref(),
+                _ => None,
+            };
+            denied.body = jsonrpc::error_response(id, -32602, &refusal).to_string();
+            denied.reason = refusal;
+        }
+        Verdict::Deny(denied)
+    }
+
+    /// Holds allowed `tools/call`s to their tools' pins: a call to a tool
+    /// quarantined or (by the pool's mode) unpinned is denied, by the rule
+    /// [`TOOL_PIN_RULE`]. The pinned fingerprint of each call's tool goes in the
+    /// audit record.
+    fn judge_pins(&self, call: &CallInfo, era: Era, decisions: &mut [Decision]) -> PinVerdicts {
+        let mut verdicts = PinVerdicts {
+            fingerprints: vec![None; decisions.len()],
+            refusal: None,
+        };
+        let Some(pins) = self.pins.as_ref().filter(|p| p.applies(era)) else {
+            return verdicts;
+        };
+        for ((decision, call), fingerprint) in decisions
+            .iter_mut()
+            .zip(&call.calls)
+            .zip(&mut verdicts.fingerprints)
+        {
+            let (Effect::Allow, Some("tools/call"), Some(tool)) = (
+                decision.effect,
+                call.method.as_deref(),
+                call.tool.as_deref(),
+            ) else {
+                continue;
+            };
+            match pins.judge_call(era, tool) {
+                CallVerdict::Unpinned => {}
+                CallVerdict::Pinned { fingerprint: pin } => *fingerprint = Some(pin),
+                CallVerdict::Refused(message) => {
+                    tracing::warn!(target: "security", tool, reason = %message, "call to a held-back tool refused");
+                    *decision = Decision {
+                        effect: Effect::Deny,
+                        rule: TOOL_PIN_RULE.into(),
+                    };
+                    verdicts.refusal.get_or_insert(message);
+                }
+            }
+        }
+        verdicts
     }
 
     /// The decision on a GET or DELETE (see [`gateway_core::rules::Policy::evaluate_bodiless`]).
@@ -985,10 +1063,15 @@ impl Authorizer {
         // Where argument checks rely on listings ext-proc has seen (`refuse`,
         // `forward`, and every stateless call, whose backend no one can ask
         // before Envoy picks it), listings pass through it.
-        if self
-            .arguments
+        let pinned = self
+            .pins
             .as_ref()
-            .is_some_and(|a| a.learns_from_listings(allowed.protocol.era))
+            .is_some_and(|p| p.applies(allowed.protocol.era));
+        if (pinned
+            || self
+                .arguments
+                .as_ref()
+                .is_some_and(|a| a.learns_from_listings(allowed.protocol.era)))
             && calls
                 .iter()
                 .any(|c| c.method.as_deref() == Some("tools/list"))

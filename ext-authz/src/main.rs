@@ -19,6 +19,7 @@ use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 use gateway_core::session::{SessionSealer, configured_keys};
 use gateway_core::tool_catalog::ToolCatalog;
+use gateway_core::tool_pins::ToolPins;
 
 /// Asking a backend for its tools must end well within Envoy's 2 s for a Check.
 const SCHEMA_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -62,6 +63,12 @@ async fn main() -> ExitCode {
         let authn_metrics = authenticator.metrics().clone();
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
+        let pins = config
+            .tool_pins
+            .as_ref()
+            .map(|pins| ToolPins::new(pins, config_dir))
+            .transpose()?
+            .map(Arc::new);
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
             .with_edge(&config.edge)
             .with_protocol(&config.protocol)
@@ -92,11 +99,17 @@ async fn main() -> ExitCode {
                 .with_sessions(gate, checker)
                 .with_stream_cap(streams);
         }
+        if let Some(pins) = &pins {
+            authorizer = authorizer.with_tool_pins(pins.clone());
+        }
         let authorizer = Arc::new(authorizer);
         let keys = published_keys_route(authorizer.clone());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = AuthzMetrics::register(&mut registry);
         authn_metrics.register(&mut registry);
+        if let Some(pins) = &pins {
+            pins.register(&mut registry);
+        }
         let service =
             AuthzService::new(authorizer, metrics).into_server(section.server.max_message_bytes);
         let mut routes = tonic::service::Routes::new(service);

@@ -41,6 +41,7 @@ use gateway_core::session::{
     SESSION_HEADER, SessionSealer, SubjectDigest, UPSTREAM_HEADER, session_binding,
 };
 use gateway_core::tool_catalog::{ToolCatalog, ToolsFor, check_call_arguments};
+use gateway_core::tool_pins::ToolPins;
 
 /// Read access to one direction's headers.
 pub trait Headers {
@@ -103,6 +104,8 @@ pub struct Sessions {
 /// Everything exchanges share, built once at start-up.
 pub struct Gateway {
     pub sessions: Sessions,
+    /// Tool definitions pinned per pool: listings are judged here.
+    pub pins: Option<Arc<ToolPins>>,
     pub rewrites: RewriteSet,
     /// The authorization rules (live, reloaded with ext-authz's), to filter
     /// `tools/list` per caller.
@@ -659,9 +662,15 @@ impl<'a> Exchange<'a> {
             .is_some_and(|c| c.tasks_declared || c.task.is_some())
     }
 
-    /// Whether the response lists tools, whose schemas argument checks need.
+    /// Whether the response lists tools, whose schemas argument checks need
+    /// and whose definitions pins judge.
     fn lists_tools(&self) -> bool {
-        self.gateway.arguments.enabled
+        let pinned = self
+            .gateway
+            .pins
+            .as_ref()
+            .is_some_and(|p| p.applies(self.request.era));
+        (self.gateway.arguments.enabled || pinned)
             && self.caller.as_ref().is_some_and(|c| {
                 c.calls
                     .iter()
@@ -703,9 +712,25 @@ impl<'a> Exchange<'a> {
         let stateless = self.request.era == Era::Stateless;
         let upstream = self.upstream.as_deref();
         let gateway = self.gateway;
+        let era = self.request.era;
         let rewrite = |message: &mut Value| {
             let tasks = seal_task_ids(gateway, caller, upstream, message);
             let origin = origin_of(&caller.calls, get_stream, message);
+            // The backend's definitions are judged before any rewrite (an alias
+            // copies its target's, held back or not).
+            let held = match (&gateway.pins, origin) {
+                (
+                    Some(pins),
+                    Origin::Call {
+                        method: Some("tools/list"),
+                        ..
+                    },
+                ) => message
+                    .pointer_mut("/result/tools")
+                    .and_then(Value::as_array_mut)
+                    .is_some_and(|tools| pins.judge_listing(era, tools)),
+                _ => false,
+            };
             let changed = self
                 .gateway
                 .rewrites
@@ -715,7 +740,7 @@ impl<'a> Exchange<'a> {
             let private = stateless
                 && self.gateway.rewrites.rewrites_response(origin)
                 && mark_private(origin, message);
-            tasks | changed | private
+            held | tasks | changed | private
         };
         let Some(splitter) = self.events.as_mut() else {
             // A buffered JSON body. A backend that sent something unparsable gets

@@ -14,6 +14,7 @@ use gateway_core::schema_fetch::SchemaFetcher;
 use gateway_core::server::{self, CommonArgs, Sidecar};
 use gateway_core::session::{SessionSealer, configured_keys};
 use gateway_core::tool_catalog::ToolCatalog;
+use gateway_core::tool_pins::ToolPins;
 
 /// Envoy ext_proc gRPC server for the MCP gateway.
 #[derive(Debug, Parser)]
@@ -41,7 +42,14 @@ async fn main() -> ExitCode {
             )?),
             None => None,
         };
+        let pins = config
+            .tool_pins
+            .as_ref()
+            .map(|pins| ToolPins::new(pins, config_dir))
+            .transpose()?
+            .map(Arc::new);
         let gateway = Arc::new(Gateway {
+            pins: pins.clone(),
             sessions,
             rewrites,
             policy,
@@ -69,6 +77,9 @@ async fn main() -> ExitCode {
         });
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = ProcMetrics::register(&mut registry);
+        if let Some(pins) = &pins {
+            pins.register(&mut registry);
+        }
         // Well within Envoy's 2 s per-message timeout for ext_proc.
         let fetcher = Arc::new(SchemaFetcher::new(std::time::Duration::from_secs(1))?);
         let service = ProcService::new(gateway, metrics, fetcher)

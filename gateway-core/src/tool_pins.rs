@@ -19,6 +19,13 @@
 //! outside an allowlist and over-long descriptions; a finding warns or blocks
 //! (quarantines) the tool.
 //!
+//! A quarantine holds for the whole pool (its backends serve one server's tools:
+//! one that drifts speaks for all, and a clean one listing the pinned definition
+//! again must not lift what a rogue one tripped) and stays until an operator
+//! lifts it: deletes the tool from the state file's `quarantined` (and from its
+//! `pins`, to trust the new definition at its next listing), or pins the new
+//! fingerprint in `enforce`.
+//!
 //! Pins learned on first use and quarantines live in one small JSON state file,
 //! shared by both sidecars and every replica on the host: ext-proc judges each
 //! listing and writes what it learns (under a file lock, replaced atomically),
@@ -699,9 +706,18 @@ impl ToolPins {
             };
         };
         let learned = self.store.current();
+        let pool = learned.pools.get(pool_name(era));
+        if let Some(held) = pool.and_then(|p| p.quarantined.get(&name)) {
+            return ToolJudgement {
+                tool: name,
+                fingerprint,
+                findings,
+                quarantine: Some(held.clone()),
+            };
+        }
         let pin = policy.pins.get(&name).cloned().or_else(|| {
             (policy.mode != PinMode::Enforce)
-                .then(|| learned.pools.get(pool_name(era))?.pins.get(&name).cloned())
+                .then(|| pool?.pins.get(&name).cloned())
                 .flatten()
         });
         let blocking: Vec<String> = findings
@@ -733,9 +749,9 @@ impl ToolPins {
         }
     }
 
-    /// Writes what a listing taught: first-use pins, new quarantines, and lifted
-    /// ones (a tool listed as pinned again). Nothing is written when nothing
-    /// changed, so a steady listing costs a read of the cached state only.
+    /// Writes what a listing taught: first-use pins and new quarantines.
+    /// Nothing is written when nothing changed, so a steady listing costs a
+    /// read of the cached state only.
     fn record(&self, era: Era, policy: &PoolPolicy, judged: &[ToolJudgement]) {
         let pool = pool_name(era);
         let learns = policy.mode != PinMode::Enforce;
@@ -747,15 +763,7 @@ impl ToolPins {
                 && j.quarantine.is_none()
                 && !policy.pins.contains_key(&j.tool)
                 && !state.pins.contains_key(&j.tool);
-            let quarantined = state.quarantined.get(&j.tool);
-            learn
-                || match (&j.quarantine, quarantined) {
-                    (Some(new), Some(old)) => {
-                        new.fingerprint != old.fingerprint || new.reason != old.reason
-                    }
-                    (Some(_), None) | (None, Some(_)) => true,
-                    (None, None) => false,
-                }
+            learn || (j.quarantine.is_some() && !state.quarantined.contains_key(&j.tool))
         });
         if !stale {
             return;
@@ -765,20 +773,12 @@ impl ToolPins {
             for j in judged {
                 match &j.quarantine {
                     Some(q) => {
-                        // A quarantine keeps the time it began.
-                        let since = pool
-                            .quarantined
-                            .get(&j.tool)
-                            .filter(|old| old.fingerprint == q.fingerprint)
-                            .map_or(q.since, |old| old.since);
-                        let mut q = q.clone();
-                        q.since = since;
-                        pool.quarantined.insert(j.tool.clone(), q);
+                        // The first quarantine stands (another replica's too).
+                        pool.quarantined
+                            .entry(j.tool.clone())
+                            .or_insert_with(|| q.clone());
                     }
                     None => {
-                        if pool.quarantined.remove(&j.tool).is_some() {
-                            tracing::info!(target: "security", tool = %j.tool, "tool listed as pinned again; quarantine lifted");
-                        }
                         if learns && !policy.pins.contains_key(&j.tool) {
                             // Another replica may have pinned it first: its pin stands.
                             pool.pins

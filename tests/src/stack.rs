@@ -118,6 +118,10 @@ pub struct StackOptions {
     /// Keep dev/gateway.yaml's `edge.rate_limits` (the demo limit on `subtract`).
     /// Off for most tests, which call as often as they need.
     pub rate_limits: bool,
+    /// Keep dev/gateway.yaml's `tool_pins` (trust on first use), with the state
+    /// file in the work directory unless the config closure moves it. Off for
+    /// most tests: a pinned pool refuses calls to tools not listed first.
+    pub tool_pins: bool,
 }
 
 /// The audience of the session pool's exchanged tokens (dev/gateway.yaml's
@@ -163,6 +167,7 @@ impl StackOptions {
             stateless_args: Vec::new(),
             upstream_credentials: false,
             rate_limits: false,
+            tool_pins: false,
         })
     }
 
@@ -197,6 +202,7 @@ pub struct Stack {
     sidecar_env: Vec<(String, String)>,
     upstream_credentials: bool,
     rate_limits: bool,
+    tool_pins: bool,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -294,6 +300,7 @@ impl Stack {
             sidecar_env: options.sidecar_env.clone(),
             upstream_credentials: options.upstream_credentials,
             rate_limits: options.rate_limits,
+            tool_pins: options.tool_pins,
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -883,6 +890,19 @@ impl Stack {
             && let Some(edge) = config.get_mut("edge").and_then(Value::as_mapping_mut)
         {
             edge.remove("rate_limits");
+        }
+        match config.as_mapping_mut() {
+            Some(section) if !self.tool_pins => {
+                section.remove("tool_pins");
+            }
+            _ => {
+                config["tool_pins"]["state_file"] = self
+                    .work
+                    .join("tool-pins.json")
+                    .display()
+                    .to_string()
+                    .into();
+            }
         }
         adjust(&mut config);
         std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;

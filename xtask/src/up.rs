@@ -45,6 +45,7 @@ impl Up {
                 stateless_args: Vec::new(),
                 upstream_credentials: true,
                 rate_limits: true,
+                tool_pins: true,
             };
             let stack = Stack::start(options).await?;
             let _prometheus = match self.with_metrics {

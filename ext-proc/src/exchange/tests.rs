@@ -27,6 +27,7 @@ fn map(pairs: &[(&'static str, &str)]) -> Map {
 
 fn sessions() -> Gateway {
     Gateway {
+        pins: None,
         sessions: Sessions {
             sealer: SessionSealer::new(vec![SessionKey::new("k1", [5; 32]).expect("key")])
                 .expect("sealer"),

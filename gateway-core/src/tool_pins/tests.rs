@@ -135,12 +135,36 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
         };
         assert!(message.contains("changed since it was pinned"), "{message}");
     }
-    assert_eq!(listed(&first, &[poisoned, other()]), ["whoami"]);
+    assert_eq!(listed(&first, &[poisoned.clone(), other()]), ["whoami"]);
+    // A poisoned description is held for the scan, in a pool of its own.
+    let fresh = tempfile::tempdir().expect("dir");
+    let scanned = pins(fresh.path(), yaml);
+    assert_eq!(listed(&scanned, &[poisoned, other()]), ["whoami"]);
     assert!(matches!(
-        second.judge_call(Era::Session, "add"),
+        scanned.judge_call(Era::Session, "add"),
         CallVerdict::Refused(m) if m.contains("scan")
     ));
-    // Back to what was pinned: listed and callable again.
+    // A backend listing the pinned definition again does not lift it: only an
+    // operator does, by removing the quarantine from the state file.
+    assert_eq!(
+        listed(&second, &[add("Add two numbers."), other()]),
+        ["whoami"]
+    );
+    let path = dir.path().join("pins.json");
+    let mut state: PinState =
+        serde_json::from_slice(&std::fs::read(&path).expect("state")).expect("JSON");
+    let held = &state.pools["session"].quarantined["add"];
+    assert_eq!(
+        held.reason, "drift",
+        "the first quarantine stands: {held:?}"
+    );
+    state
+        .pools
+        .get_mut("session")
+        .expect("pool")
+        .quarantined
+        .clear();
+    std::fs::write(&path, serde_json::to_vec(&state).expect("JSON")).expect("write");
     assert_eq!(
         listed(&second, &[add("Add two numbers."), other()]),
         ["add", "whoami"]

@@ -201,6 +201,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         stateless_args: Vec::new(),
         upstream_credentials: options.upstream_credentials,
         rate_limits: false,
+        tool_pins: false,
     })
     .await
     .context("starting the gateway (C)")?;
