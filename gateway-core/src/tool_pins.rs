@@ -423,9 +423,17 @@ pub struct Quarantine {
 impl Quarantine {
     /// The error a call to the tool gets.
     pub fn message(&self, tool: &str) -> String {
+        let scan = if self.findings.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its description also failed the scan ({})",
+                self.findings.join(", ")
+            )
+        };
         match self.reason.as_str() {
             "drift" => format!(
-                "tool `{tool}` is quarantined: its definition changed since it was pinned ({} is now {})",
+                "tool `{tool}` is quarantined: its definition changed since it was pinned ({} is now {}){scan}",
                 self.pinned.as_deref().unwrap_or("no pin"),
                 self.fingerprint
             ),
@@ -625,7 +633,7 @@ impl ToolPins {
                     fingerprint = %quarantine.fingerprint,
                     pinned = quarantine.pinned.as_deref(),
                     mode = ?policy.mode,
-                    "tool definition held back"
+                    "tool definition drifted or failed the scan"
                 );
                 if quarantine.reason != "scan" {
                     self.metrics
@@ -732,14 +740,12 @@ impl ToolPins {
             findings: blocking.clone(),
             since: now(),
         };
-        let held = if !blocking.is_empty() {
-            Some(quarantine("scan"))
-        } else {
-            match &pin {
-                Some(pin) if *pin != fingerprint => Some(quarantine("drift")),
-                None if policy.mode == PinMode::Enforce => Some(quarantine("unpinned")),
-                _ => None,
-            }
+        // Drift first: a changed tool is a rug pull whatever its new text says.
+        let held = match &pin {
+            Some(pin) if *pin != fingerprint => Some(quarantine("drift")),
+            _ if !blocking.is_empty() => Some(quarantine("scan")),
+            None if policy.mode == PinMode::Enforce => Some(quarantine("unpinned")),
+            _ => None,
         };
         ToolJudgement {
             tool: name,

@@ -17,5 +17,6 @@ mod e2e {
     mod rewrite;
     mod sessions;
     mod sidecars;
+    mod tool_pins;
     mod upstream;
 }

@@ -1,0 +1,226 @@
+//! Tool definitions pinned: a backend that changes a tool after it was first
+//! seen (a rug pull), or lists one with a poisoned description, has the tool
+//! held back: gone from `tools/list`, calls to it refused before any backend.
+
+use e2e::mcp::RawSession;
+use e2e::stack::{Stack, StackOptions, backend_name};
+use serde_json::{Value, json};
+
+async fn pinned(mode: &'static str) -> Stack {
+    let mut options = StackOptions::for_test().expect("ports");
+    options.tool_pins = true;
+    options.gateway_config = Box::new(move |config| {
+        config["tool_pins"]["session"]["mode"] = mode.into();
+    });
+    Stack::start(options).await.expect("stack starts")
+}
+
+async fn listed(session: &RawSession) -> Vec<String> {
+    let list = session
+        .request("tools/list", json!({}))
+        .await
+        .expect("tools/list");
+    list["result"]["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| Some(t["name"].as_str()?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The backend (index) that serves `session`.
+async fn backend_of(session: &RawSession) -> usize {
+    let name = session
+        .call_tool("whoami", json!({}))
+        .await
+        .expect("whoami");
+    (0..3)
+        .find(|i| backend_name(*i) == name)
+        .expect("a demo backend")
+}
+
+async fn rug_pull(stack: &Stack, index: usize, description: Option<&str>) {
+    let port = stack.ports().backends[index];
+    let body = description.map_or_else(|| json!({}), |d| json!({"description": d}));
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/_debug/rug-pull"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the backend's debug route");
+    assert!(response.status().is_success());
+}
+
+/// Calls of `tool` that reached backend `index`.
+async fn calls_received(stack: &Stack, index: usize, tool: &str) -> usize {
+    stack
+        .backend_requests(index)
+        .await
+        .expect("requests")
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .filter(|b| b["method"] == "tools/call" && b["params"]["name"] == tool)
+        .count()
+}
+
+async fn refused(session: &RawSession, tool: &str) -> String {
+    let answer = session
+        .request(
+            "tools/call",
+            json!({"name": tool, "arguments": {"a": 1, "b": 2}}),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(answer["error"]["code"], -32602, "{tool}: {answer}");
+    answer["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rug_pull_hides_the_tool_and_its_calls_reach_no_backend_across_restarts_and_replicas() {
+    let mut stack = pinned("trust_on_first_use").await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("session");
+    // whoami was never listed through the gateway: judged by the mode, not
+    // forwarded blindly.
+    let answer = session
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await
+        .expect("an answer");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not been listed")),
+        "{answer}"
+    );
+    let tools = listed(&session).await;
+    assert!(tools.iter().any(|t| t == "add") && tools.iter().any(|t| t == "another-add"));
+    let backend = backend_of(&session).await;
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("add"),
+        "3.0"
+    );
+
+    rug_pull(&stack, backend, None).await;
+    let tools = listed(&session).await;
+    assert!(
+        !tools.iter().any(|t| t == "add" || t == "another-add"),
+        "the changed tool and its alias are gone: {tools:?}"
+    );
+    assert!(tools.iter().any(|t| t == "subtract"), "{tools:?}");
+    let reached = calls_received(&stack, backend, "add").await;
+    for tool in ["add", "another-add"] {
+        let message = refused(&session, tool).await;
+        assert!(
+            message.contains("quarantined") && message.contains("changed since it was pinned"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        calls_received(&stack, backend, "add").await,
+        reached,
+        "a refused call reached the backend"
+    );
+    assert!(
+        stack
+            .ext_proc_log()
+            .contains("tool definition drifted or failed the scan")
+    );
+    let metrics = stack.metrics("ext-proc").await.expect("metrics");
+    assert!(
+        metrics.contains(r#"mcp_gateway_tool_drift_total{pool="session",reason="drift"} 1"#),
+        "{metrics}"
+    );
+
+    // Both sidecars restarted: the quarantine stands.
+    stack.restart_ext_authz().await.expect("ext-authz restarts");
+    stack.restart_ext_proc().await.expect("ext-proc restarts");
+    assert!(refused(&session, "add").await.contains("quarantined"));
+    assert!(!listed(&session).await.iter().any(|t| t == "add"));
+
+    // A second replica on the same host shares the state file: its callers,
+    // whichever backend serves them, never see or reach the changed tool.
+    let mut options = StackOptions::for_test().expect("ports");
+    options.ports = e2e::stack::Ports::free(0).expect("ports");
+    options.session_keys = stack.session_keys().expect("keys");
+    options.shared = Some(stack.shared());
+    options.tool_pins = true;
+    let resource = stack.url();
+    let state = stack.work_dir().join("tool-pins.json");
+    options.gateway_config = Box::new(move |config| {
+        config["ext_authz"]["resource"] = resource.clone().into();
+        config["tool_pins"]["state_file"] = state.display().to_string().into();
+    });
+    let replica = Stack::start(options).await.expect("second replica starts");
+    let other = RawSession::initialize(replica.http(), &replica.url(), &token)
+        .await
+        .expect("session");
+    assert!(!listed(&other).await.iter().any(|t| t == "add"));
+    assert!(refused(&other, "add").await.contains("quarantined"));
+    assert_eq!(calls_received(&stack, backend, "add").await, reached);
+    drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_observe_mode_a_changed_tool_stays_and_each_scan_check_fires_on_a_poisoned_description()
+{
+    let stack = pinned("observe").await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("session");
+    assert!(listed(&session).await.iter().any(|t| t == "add"));
+    let metrics = stack.metrics("ext-proc").await.expect("metrics");
+    assert!(
+        !metrics.contains("mcp_gateway_tool_scan_findings_total{"),
+        "the demo tools pass the scan: {metrics}"
+    );
+    let backend = backend_of(&session).await;
+    for (check, description) in [
+        ("model_instructions", None),
+        (
+            "invisible_unicode",
+            Some("Add two numbers.\u{200B}\u{202E}"),
+        ),
+        (
+            "urls",
+            Some("Add two numbers; see https://evil.example/add"),
+        ),
+        (
+            "description_length",
+            Some(&*"Add two numbers. ".repeat(200)),
+        ),
+    ] {
+        rug_pull(&stack, backend, description).await;
+        assert!(
+            listed(&session).await.iter().any(|t| t == "add"),
+            "observe shows it ({check})"
+        );
+        let metrics = stack.metrics("ext-proc").await.expect("metrics");
+        assert!(
+            metrics.contains(&format!(r#"check="{check}""#)),
+            "{check}: {metrics}"
+        );
+    }
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("add"),
+        "3.0"
+    );
+    let log = stack.ext_proc_log();
+    assert!(log.contains("tool description scan finding"), "{log}");
+    let metrics = stack.metrics("ext-proc").await.expect("metrics");
+    assert!(metrics.contains(r#"mcp_gateway_tool_drift_total{pool="session",reason="drift"}"#));
+}
