@@ -93,7 +93,7 @@ class Tasks(Extension):
     def _task(self, task_id: str) -> dict[str, Any]:
         held = self.tasks.get(task_id)
         if held is None:
-            raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: no task {task_id} on {self.name}")
+            raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: Task not found on {self.name}")
         return held
 
     async def get(self, ctx, params: TaskParams):

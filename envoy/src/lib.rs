@@ -261,16 +261,15 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
             "allow_origin_string_match",
         ],
     )? = Value::Sequence(edge.allowed_origins.iter().map(exact).collect());
-    for route in [
-        "mcp-proc-post",
-        "mcp-stateless-proc",
-        "mcp-stateless",
-        "mcp-verified-post",
-    ] {
-        *at(
-            named(at(vhost, &["routes"])?, route)?,
-            &["request_body_buffer_limit"],
-        )? = (u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES).into();
+    // Every route that buffers a body for a sidecar buffers the largest allowed.
+    let limit = u64::from(edge.max_request_bytes) + BUFFER_HEADROOM_BYTES;
+    let routes = at(vhost, &["routes"])?
+        .as_sequence_mut()
+        .ok_or_else(|| missing("routes is not a list"))?;
+    for route in routes {
+        if let Some(buffered) = route.get_mut("request_body_buffer_limit") {
+            *buffered = limit.into();
+        }
     }
 
     let filters = at(hcm, &["http_filters"])?;

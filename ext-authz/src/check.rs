@@ -1494,9 +1494,12 @@ fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<De
     let params = message.params.as_ref();
     let subscribes_to_tasks = method == Some("subscriptions/listen")
         && params
-            .and_then(|p| p.pointer("/notifications/taskIds"))
-            .and_then(Value::as_array)
-            .is_some_and(|ids| !ids.is_empty());
+            .and_then(|p| p.get("notifications")?.as_object())
+            .is_some_and(|n| {
+                n.keys().any(|k| {
+                    k.eq_ignore_ascii_case("taskids") || k.eq_ignore_ascii_case("task_ids")
+                })
+            });
     if subscribes_to_tasks {
         let why = "the gateway does not carry task notifications; poll tasks/get instead";
         let mut denied = invalid(
@@ -1508,7 +1511,26 @@ fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<De
         denied.call = std::mem::take(&mut allowed.call);
         return Err(Box::new(denied));
     }
+    let names_a_task = method.is_some_and(|m| {
+        m.get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("tasks/"))
+    });
     let Some(handle) = protocol::task_id_of(method, params) else {
+        if names_a_task {
+            // A request for a task that presents no handle (no string taskId,
+            // or a method the gateway does not carry) would reach any backend
+            // with whatever it names.
+            let why =
+                "Failed to retrieve task: a task request needs the taskId the gateway handed out";
+            let mut denied = invalid(
+                400,
+                jsonrpc::error_response(message.id.as_ref(), -32602, why),
+                why.to_owned(),
+            );
+            denied.rule = Some(UNKNOWN_TASK_RULE.to_owned());
+            denied.call = std::mem::take(&mut allowed.call);
+            return Err(Box::new(denied));
+        }
         allowed.tasks_declared = method == Some("tools/call") && protocol::declares_tasks(params);
         return Ok(());
     };

@@ -60,6 +60,9 @@ pub enum BodyMode {
     Buffered,
     /// Chunk by chunk as it arrives (SSE, rewritten event by event).
     Streamed,
+    /// The whole body if it fits Envoy's buffer, else its first part (not
+    /// end of stream), the rest passing unread.
+    BufferedPartial,
 }
 
 /// Header changes for one direction.
@@ -232,6 +235,8 @@ pub struct Exchange<'a> {
     /// Request headers to change along with a rewritten body: the 2026-07-28
     /// headers that mirror it.
     body_header_edits: HeaderEdits,
+    /// The handles sealed for the backend's task ids in this answer.
+    sealed_tasks: HashMap<String, String>,
 }
 
 impl<'a> Exchange<'a> {
@@ -245,6 +250,7 @@ impl<'a> Exchange<'a> {
             upstream: None,
             events: None,
             body_header_edits: HeaderEdits::default(),
+            sealed_tasks: HashMap::new(),
         }
     }
 
@@ -306,6 +312,29 @@ impl<'a> Exchange<'a> {
                     });
                 }
             }
+        }
+        let unopened_task = self.request.era == Era::Stateless
+            && self.caller.as_ref().is_some_and(|c| {
+                c.task.is_none()
+                    && c.calls.iter().any(|call| {
+                        call.method
+                            .as_deref()
+                            .is_some_and(|m| m.starts_with("tasks/"))
+                    })
+            });
+        if unopened_task {
+            // ext-authz opens every task handle it lets through; a task request
+            // without one never reaches a backend.
+            tracing::warn!(target: "security", "a task request without ext-authz's opened handle; refused");
+            return RequestPlan::Reply(LocalReply {
+                status: 400,
+                body: jsonrpc::error_response(
+                    None,
+                    -32602,
+                    "Failed to retrieve task: Task not found",
+                )
+                .to_string(),
+            });
         }
         if self.gateway.arguments.enabled
             && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
@@ -600,15 +629,40 @@ impl<'a> Exchange<'a> {
             );
             edits.set.push((":status".to_owned(), b"404".to_vec()));
         }
+        if let Some(task) = self.caller.as_ref().and_then(|c| c.task.as_ref())
+            && upstream.is_some_and(|u| u != task.upstream)
+        {
+            // Pinning failed (Envoy sent the request elsewhere): whatever that
+            // backend says is not about this task.
+            tracing::error!(upstream, expected = %task.upstream, "a task request reached another backend than the task's; answered 502");
+            return ResponsePlan {
+                edits,
+                body: BodyMode::Skip,
+                refuse: Some(LocalReply {
+                    status: 502,
+                    body: jsonrpc::error_response(
+                        None,
+                        -32603,
+                        "the task request reached the wrong backend",
+                    )
+                    .to_string(),
+                }),
+            };
+        }
+        // A request about a task is read whatever its status: an error may name
+        // the backend's task id.
+        let task_request = self.caller.as_ref().is_some_and(|c| c.task.is_some());
         let ok = headers.get(":status") == Some(b"200");
-        let wants_body = ok
+        let others_want_body = ok
             && self.saw_request
             && (self.lists_tools()
-                || self.answers_with_tasks()
                 || self
                     .response_origins()
                     .into_iter()
                     .any(|origin| self.gateway.rewrites.rewrites_response(origin)));
+        let tasks_want_body = self.saw_request
+            && (task_request || (ok && self.caller.as_ref().is_some_and(|c| c.tasks_declared)));
+        let wants_body = others_want_body || tasks_want_body;
         if wants_body
             && let Some(encoding) = headers.get("content-encoding")
             && !encoding.eq_ignore_ascii_case(b"identity")
@@ -633,7 +687,15 @@ impl<'a> Exchange<'a> {
                 }),
             };
         }
-        let body = response_body_mode(headers, wants_body);
+        let mut body = response_body_mode(headers, wants_body);
+        if body == BodyMode::Buffered && !others_want_body && !task_request {
+            // Only a task handle might need sealing, and a task answer is
+            // small: a large answer streams on past the buffer, unread.
+            body = BodyMode::BufferedPartial;
+            // Envoy takes no header changes with such a body: the length goes
+            // now, as a sealed handle is longer than the id it replaces.
+            edits.remove.push("content-length".to_owned());
+        }
         if body == BodyMode::Streamed {
             self.events = Some(EventSplitter::new(self.gateway.max_sse_event_bytes));
         }
@@ -652,14 +714,6 @@ impl<'a> Exchange<'a> {
                     .iter()
                     .any(|call| call.method.as_deref() == Some("tools/call"))
             })
-    }
-
-    /// Whether the answer may carry a task's `taskId`: a call whose client
-    /// declared the tasks extension, or a request for a task.
-    fn answers_with_tasks(&self) -> bool {
-        self.caller
-            .as_ref()
-            .is_some_and(|c| c.tasks_declared || c.task.is_some())
     }
 
     /// Whether the response lists tools, whose schemas argument checks need
@@ -703,6 +757,20 @@ impl<'a> Exchange<'a> {
     /// A response body chunk arrived: the whole body (JSON, buffered) or part of
     /// an event stream (streamed), rewritten event by event.
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> BodyPlan {
+        // The handles sealed so far outlive the chunk: an id an event named
+        // gets the same handle in a later event.
+        let mut sealed = std::mem::take(&mut self.sealed_tasks);
+        let plan = self.rewrite_response_body(chunk, end_of_stream, &mut sealed);
+        self.sealed_tasks = sealed;
+        plan
+    }
+
+    fn rewrite_response_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        sealed: &mut HashMap<String, String>,
+    ) -> BodyPlan {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
         let facts = facts(caller, &self.request);
@@ -713,8 +781,9 @@ impl<'a> Exchange<'a> {
         let upstream = self.upstream.as_deref();
         let gateway = self.gateway;
         let era = self.request.era;
+        let sealed = std::cell::RefCell::new(sealed);
         let rewrite = |message: &mut Value| {
-            let tasks = seal_task_ids(gateway, caller, upstream, message);
+            let tasks = seal_task_ids(gateway, caller, upstream, &mut sealed.borrow_mut(), message);
             let origin = origin_of(&caller.calls, get_stream, message);
             // The backend's definitions are judged before any rewrite (an alias
             // copies its target's, held back or not).
@@ -742,6 +811,11 @@ impl<'a> Exchange<'a> {
                 && mark_private(origin, message);
             held | tasks | changed | private
         };
+        if !end_of_stream && self.events.is_none() {
+            // Only the first part of an answer over Envoy's buffer
+            // (BufferedPartial): not a task handle, which is small; passed on.
+            return BodyPlan::Continue;
+        }
         let Some(splitter) = self.events.as_mut() else {
             // A buffered JSON body. A backend that sent something unparsable gets
             // no benefit of the doubt: rules here may be redactions (fail closed).
@@ -830,25 +904,25 @@ impl<'a> Exchange<'a> {
     }
 }
 
-/// The `taskId`s of an answer, as the client may see them: a new task's
-/// sealed into a handle (bound to the caller, naming the backend that
-/// answered), the polled task's swapped back to the client's handle.
-/// Whether the message changed. A `taskId` that cannot be sealed never goes
-/// out: the message becomes an error.
+/// The task ids of an answer, as the client may see them. For a request about
+/// a task: its backend's id, wherever it appears (the result, `_meta`, an
+/// error's text), is replaced by the client's handle, and an answer about
+/// another task becomes an error. For a call whose client declared the tasks
+/// extension: every `taskId` (a new task's, a related task's in `_meta`, a
+/// status notification's) is sealed into a handle bound to the caller and
+/// naming the backend that answered, one handle per id per exchange. Whether
+/// the message changed. A task id that cannot be sealed never goes out: the
+/// message becomes an error.
 fn seal_task_ids(
     gateway: &Gateway,
     caller: &Caller,
     upstream: Option<&str>,
+    sealed: &mut HashMap<String, String>,
     message: &mut Value,
 ) -> bool {
-    let Some(result) = message.get_mut("result") else {
-        return false;
-    };
-    let Some(task_id) = result.get("taskId").and_then(Value::as_str) else {
-        return false;
-    };
     if let Some(task) = &caller.task {
-        if task_id != task.task_id {
+        let about = message.pointer("/result/taskId").and_then(Value::as_str);
+        if about.is_some_and(|id| id != task.task_id) {
             // An answer about another task than the one asked for: not the
             // caller's to see.
             tracing::warn!(
@@ -860,35 +934,88 @@ fn seal_task_ids(
                 -32603,
                 "the backend answered about another task",
             );
-        } else {
-            result["taskId"] = Value::String(task.handle.clone());
+            return true;
         }
-        return true;
+        return replace_text(message, &task.task_id, &task.handle);
     }
-    if !caller.tasks_declared || result.get("resultType").and_then(Value::as_str) != Some("task") {
+    if !caller.tasks_declared {
         return false;
     }
-    match seal_payload(
-        gateway,
-        Some(caller),
-        task_id.as_bytes(),
-        upstream,
-        TokenKind::Task,
-    ) {
-        Ok(handle) => result["taskId"] = Value::String(handle),
-        Err(reason) => {
-            tracing::error!(
-                reason,
-                "cannot seal a task handle; answered an error instead"
-            );
-            *message = jsonrpc::error_response(
-                message.get("id"),
-                -32603,
-                "the gateway could not seal the backend's task handle",
-            );
+    let mut failed = None;
+    let changed = for_each_task_id(message, &mut |task_id: &mut String| {
+        if let Some(handle) = sealed.get(task_id.as_str()) {
+            *task_id = handle.clone();
+            return;
         }
+        match seal_payload(
+            gateway,
+            Some(caller),
+            task_id.as_bytes(),
+            upstream,
+            TokenKind::Task,
+        ) {
+            Ok(handle) => {
+                sealed.insert(task_id.clone(), handle.clone());
+                *task_id = handle;
+            }
+            Err(reason) => failed = Some(reason),
+        }
+    });
+    if let Some(reason) = failed {
+        tracing::error!(
+            reason,
+            "cannot seal a task handle; answered an error instead"
+        );
+        *message = jsonrpc::error_response(
+            message.get("id"),
+            -32603,
+            "the gateway could not seal the backend's task handle",
+        );
+        return true;
     }
-    true
+    changed
+}
+
+/// Calls `seal` on every string under a `taskId` key, at any depth; whether
+/// there was one.
+fn for_each_task_id(value: &mut Value, seal: &mut impl FnMut(&mut String)) -> bool {
+    match value {
+        Value::Object(map) => {
+            let mut found = false;
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(id) if key == "taskId" => {
+                        seal(id);
+                        found = true;
+                    }
+                    other => found |= for_each_task_id(other, seal),
+                }
+            }
+            found
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, item| for_each_task_id(item, seal) | found),
+        _ => false,
+    }
+}
+
+/// Replaces `from` by `to` in every string of `value` (an empty `from` never
+/// matches); whether any changed.
+fn replace_text(value: &mut Value, from: &str, to: &str) -> bool {
+    match value {
+        Value::String(text) if !from.is_empty() && text.contains(from) => {
+            *text = text.replace(from, to);
+            true
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |changed, v| replace_text(v, from, to) | changed),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, v| replace_text(v, from, to) | changed),
+        _ => false,
+    }
 }
 
 /// Seals a backend's session id or task id for `caller`, naming `upstream`.

@@ -556,6 +556,7 @@ fn body_send_mode(mode: BodyMode) -> BodySendMode {
         BodyMode::Skip => BodySendMode::None,
         BodyMode::Buffered => BodySendMode::Buffered,
         BodyMode::Streamed => BodySendMode::Streamed,
+        BodyMode::BufferedPartial => BodySendMode::BufferedPartial,
     }
 }
 

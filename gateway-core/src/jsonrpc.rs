@@ -241,6 +241,7 @@ pub const MCP_METHODS: &[&str] = &[
     "elicitation/create",
     "roots/list",
     "tasks/get",
+    "tasks/update",
     "tasks/list",
     "tasks/result",
     "tasks/cancel",
@@ -267,11 +268,17 @@ pub fn is_miscased_method(method: &str) -> bool {
 }
 
 /// Whether the answer to a POST of one `method` call carries messages that are
-/// not that call's: the result of `tasks/result` (a call made earlier) and the
-/// notifications of a `subscriptions/listen` stream. Rewrites judge them as of
-/// unknown origin.
+/// not that call's: the result of `tasks/result` and `tasks/get` (a call made
+/// earlier, of any tool), what `tasks/update` and `tasks/cancel` say of it, and
+/// the notifications of a `subscriptions/listen` stream. Rewrites judge them as
+/// of unknown origin: every redaction applies.
 pub fn answers_of_unknown_origin(method: Option<&str>) -> bool {
-    matches!(method, Some("tasks/result" | "subscriptions/listen"))
+    matches!(
+        method,
+        Some(
+            "tasks/result" | "tasks/get" | "tasks/update" | "tasks/cancel" | "subscriptions/listen"
+        )
+    )
 }
 
 /// A JSON-RPC error response.

@@ -743,9 +743,26 @@ fn a_task_a_backend_creates_is_sealed_to_its_caller_and_backend() {
         opened.subject_digest,
         session_binding("https://idp", ALICE, None)
     );
-    // A plain result is left alone, and so is an answer to a client that did
-    // not declare the extension (ext-authz never sends one here).
-    let plain = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "taskId": "t-1"}});
+    // Every task id the answer names is sealed, one handle per id (a status
+    // notification and the result name the same task alike); a plain result is
+    // left alone, and so is an answer to a client that did not declare the
+    // extension (ext-authz never sends one here).
+    let related = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [],
+        "_meta": {"io.modelcontextprotocol/related-task": {"taskId": "t-1"}}}});
+    let seen = answered_by_a_task(&gateway, &related, true);
+    let handle = seen["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"]
+        .as_str()
+        .expect("sealed");
+    assert_eq!(
+        gateway
+            .sessions
+            .sealer
+            .open(handle)
+            .expect("opens")
+            .backend_session_id,
+        "t-1"
+    );
+    let plain = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
     assert_eq!(answered_by_a_task(&gateway, &plain, true), plain);
     assert_eq!(answered_by_a_task(&gateway, &created, false), created);
 }

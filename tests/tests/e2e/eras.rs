@@ -791,6 +791,19 @@ async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_re
             assert_eq!(body["id"], 9, "{body}");
         }
     }
+    // A task request that presents no handle at all (a number for taskId, a
+    // method the gateway does not carry) is refused too.
+    for (method, task_id) in [("tasks/get", json!(7)), ("tasks/list", json!(null))] {
+        let mut body = task_request(method, "");
+        body["params"]["taskId"] = task_id;
+        let response = stateless_post(&first, &alice, &body, &[]).await;
+        let body: Value = response.json().await.expect("JSON");
+        // tasks/list: no rule of the demo policy allows it, which refuses first.
+        assert!(
+            body["error"]["code"] == -32602 || body["error"]["code"] == -32001,
+            "{method}: {body}"
+        );
+    }
     let listen = json!({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
         "notifications": {"taskIds": [handle]},
         "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -804,6 +817,33 @@ async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_re
         first.all_backend_total().await.expect("totals"),
         before,
         "a refused task request reached a backend"
+    );
+
+    // A task's result is redacted like the call it answers (the demo redacts
+    // API keys): polled, it is of unknown origin, so every redaction applies.
+    let mut call = task_request("tools/call", "");
+    call["params"] = json!({"name": "report", "arguments": {"topic": "sk-ABCDEFGHIJKLMNOPQRSTUVWX"},
+        "_meta": call["params"]["_meta"].clone()});
+    let response = stateless_post(&first, &alice, &call, &[]).await;
+    let text = response.text().await.expect("body");
+    let created = e2e::mcp::messages(&text).expect("JSON-RPC");
+    let secret_task = created[0]["result"]["taskId"]
+        .as_str()
+        .expect("a task handle")
+        .to_owned();
+    let mut last = Value::Null;
+    for _ in 0..2 {
+        last = task_post(&second, &alice, "tasks/get", &secret_task)
+            .await
+            .1;
+    }
+    assert_eq!(last["result"]["status"], "completed", "{last}");
+    let report = last["result"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        report.starts_with("report on ") && !report.contains("sk-ABCDEFGHIJKLMNOPQRSTUVWX"),
+        "{last}"
     );
 
     // Alice cancels it through either replica; once its backend is gone, so is
