@@ -6,6 +6,7 @@
 mod bench;
 mod envoy_config;
 mod fuzz;
+mod pin_tools;
 mod setup;
 mod test;
 mod token;
@@ -39,6 +40,8 @@ enum Task {
     Bench(bench::Bench),
     /// The property tests in release mode with many cases (PROPTEST_CASES).
     Fuzz(fuzz::Fuzz),
+    /// Print the pins of the tools an MCP endpoint lists (a pins file to review).
+    PinTools(pin_tools::PinTools),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Task::EnvoyConfig(task) => task.run(),
         Task::Bench(task) => task.run(),
         Task::Fuzz(task) => task.run(),
+        Task::PinTools(task) => task.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

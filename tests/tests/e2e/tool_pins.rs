@@ -224,3 +224,76 @@ async fn in_observe_mode_a_changed_tool_stays_and_each_scan_check_fires_on_a_poi
     let metrics = stack.metrics("ext-proc").await.expect("metrics");
     assert!(metrics.contains(r#"mcp_gateway_tool_drift_total{pool="session",reason="drift"}"#));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_the_reviewed_tools() {
+    // Listed through a gateway that only observes: nothing is held back yet.
+    let observing = pinned("observe").await;
+    let token = observing.token("alice", "mcp:tools").await.expect("token");
+    let output = tokio::process::Command::new(e2e::paths::bin_dir().join("xtask"))
+        .args(["pin-tools", "--url", &observing.url(), "--token", &token])
+        .output()
+        .await
+        .expect("cargo xtask pin-tools runs (cargo build -p xtask)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("text");
+    assert!(
+        text.contains("# ") && text.contains("\"Add two numbers.\""),
+        "definitions shown for review:\n{text}"
+    );
+    let mut pins: std::collections::BTreeMap<String, String> =
+        serde_yaml::from_str(&text).expect("a pins file");
+    assert!(
+        pins.contains_key("add") && pins.values().all(|p| p.starts_with("sha256:")),
+        "{pins:?}"
+    );
+    // The reviewer leaves whoami out.
+    pins.remove("whoami");
+    let reviewed = tempfile::tempdir().expect("a directory");
+    let pins_file = reviewed.path().join("reviewed-pins.yaml");
+    std::fs::write(&pins_file, serde_yaml::to_string(&pins).expect("yaml")).expect("write");
+    drop(observing);
+
+    let mut options = StackOptions::for_test().expect("ports");
+    options.tool_pins = true;
+    let path = pins_file.display().to_string();
+    options.gateway_config = Box::new(move |config| {
+        config["tool_pins"]["session"] =
+            serde_yaml::from_str(&format!("{{mode: enforce, pins_file: '{path}'}}")).expect("yaml");
+    });
+    let enforcing = Stack::start(options).await.expect("stack starts");
+    let token = enforcing.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(enforcing.http(), &enforcing.url(), &token)
+        .await
+        .expect("session");
+    let tools = listed(&session).await;
+    assert!(
+        tools.iter().any(|t| t == "add") && tools.iter().any(|t| t == "subtract"),
+        "{tools:?}"
+    );
+    assert!(
+        !tools.iter().any(|t| t == "whoami"),
+        "unpinned: held back: {tools:?}"
+    );
+    assert_eq!(
+        session
+            .call_tool("add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("add"),
+        "3.0"
+    );
+    let answer = session
+        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .await
+        .expect("an answer");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no pin")),
+        "{answer}"
+    );
+}
