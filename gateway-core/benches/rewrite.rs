@@ -127,6 +127,37 @@ fn benches(c: &mut Criterion) {
         filtered["result"]["tools"].as_array().map(Vec::len),
         Some(50)
     );
+
+    // Tool pins on the same listing, every tool pinned (trust on first use, the
+    // pins learned on a first listing): what each later listing costs.
+    let dir = tempfile::tempdir().expect("a directory");
+    let config: gateway_core::tool_pins::ToolPinsConfig =
+        serde_yaml::from_str("state_file: pins.json\nsession: {mode: trust_on_first_use}")
+            .expect("config");
+    let pins = gateway_core::tool_pins::ToolPins::new(&config, dir.path()).expect("pins");
+    let mut first = list["result"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    pins.judge_listing(gateway_core::protocol::Era::Session, &mut first);
+    assert_eq!(first.len(), 100);
+    c.bench_function(
+        "judge a tools/list of 100 pinned tools (fingerprints and scan)",
+        |b| {
+            b.iter_batched(
+                || {
+                    list["result"]["tools"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                },
+                |mut tools| {
+                    black_box(pins.judge_listing(gateway_core::protocol::Era::Session, &mut tools))
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
 }
 
 criterion_group!(group, benches);

@@ -59,18 +59,35 @@ pub const FINGERPRINTED_FIELDS: [&str; 6] = [
 
 /// `sha256:` and the hex SHA-256 of the tool's canonical definition.
 pub fn fingerprint(tool: &Value) -> String {
-    let mut covered = serde_json::Map::new();
-    for field in FINGERPRINTED_FIELDS {
-        if let Some(value) = tool.get(field) {
-            covered.insert(field.to_owned(), value.clone());
+    // The covered fields in canonical (UTF-16) order, written without copying
+    // the definition.
+    let mut fields = FINGERPRINTED_FIELDS;
+    fields.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+    let mut text = String::from("{");
+    for field in fields {
+        let Some(value) = tool.get(field) else {
+            continue;
+        };
+        if text.len() > 1 {
+            text.push(',');
         }
+        text.push('"');
+        text.push_str(field);
+        text.push_str("\":");
+        canonical_json(value, &mut text);
     }
-    let mut text = String::new();
-    canonical_json(&Value::Object(covered), &mut text);
+    text.push('}');
     let digest = openssl::sha::sha256(text.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    let mut print = String::with_capacity(71);
+    print.push_str("sha256:");
+    for byte in digest {
+        print.push(char::from(HEX[usize::from(byte >> 4)]));
+        print.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    print
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `value` as canonical JSON (after RFC 8785): object keys sorted by their
 /// UTF-16 code units, no whitespace, strings escaped as serde_json escapes them
@@ -595,8 +612,13 @@ impl ToolPins {
             return false;
         };
         let pool = pool_name(era);
-        let judged: Vec<ToolJudgement> = tools.iter().map(|t| self.judge_tool(era, t)).collect();
-        self.record(era, policy, &judged);
+        // One read of the state for the whole listing.
+        let learned = self.store.current();
+        let judged: Vec<ToolJudgement> = tools
+            .iter()
+            .map(|t| self.judge_tool(era, &learned, t))
+            .collect();
+        self.record(era, policy, &learned, &judged);
         for judgement in &judged {
             for finding in &judgement.findings {
                 tracing::warn!(
@@ -697,7 +719,7 @@ impl ToolPins {
 
     /// One tool of a listing: its fingerprint, findings and whether it is held
     /// back, against the pins as they stand.
-    fn judge_tool(&self, era: Era, tool: &Value) -> ToolJudgement {
+    fn judge_tool(&self, era: Era, learned: &PinState, tool: &Value) -> ToolJudgement {
         let name = tool
             .get("name")
             .and_then(Value::as_str)
@@ -713,7 +735,6 @@ impl ToolPins {
                 quarantine: None,
             };
         };
-        let learned = self.store.current();
         let pool = learned.pools.get(pool_name(era));
         if let Some(held) = pool.and_then(|p| p.quarantined.get(&name)) {
             return ToolJudgement {
@@ -758,10 +779,9 @@ impl ToolPins {
     /// Writes what a listing taught: first-use pins and new quarantines.
     /// Nothing is written when nothing changed, so a steady listing costs a
     /// read of the cached state only.
-    fn record(&self, era: Era, policy: &PoolPolicy, judged: &[ToolJudgement]) {
+    fn record(&self, era: Era, policy: &PoolPolicy, current: &PinState, judged: &[ToolJudgement]) {
         let pool = pool_name(era);
         let learns = policy.mode != PinMode::Enforce;
-        let current = self.store.current();
         let empty = PoolState::default();
         let state = current.pools.get(pool).unwrap_or(&empty);
         let stale = judged.iter().any(|j| {
