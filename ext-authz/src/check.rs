@@ -560,7 +560,7 @@ impl Authorizer {
             return Verdict::Deny(denied);
         }
         let mut decisions = self.judge(&body.messages, &identity, request, path, protocol);
-        let pinned = self.judge_pins(&call, protocol.era, &mut decisions);
+        let pinned = self.judge_pins(&call, protocol.era, path, &mut decisions);
         let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
         // The answer to an allowed call is audited too, by ext-proc (Envoy copies
         // the answer to it; only a gateway with ext-proc has one to copy to): its
@@ -668,7 +668,13 @@ impl Authorizer {
     /// quarantined or (by the pool's mode) unpinned is denied, by the rule
     /// [`TOOL_PIN_RULE`]. The pinned fingerprint of each call's tool goes in the
     /// audit record.
-    fn judge_pins(&self, call: &CallInfo, era: Era, decisions: &mut [Decision]) -> PinVerdicts {
+    fn judge_pins(
+        &self,
+        call: &CallInfo,
+        era: Era,
+        path: &str,
+        decisions: &mut [Decision],
+    ) -> PinVerdicts {
         let mut verdicts = PinVerdicts {
             fingerprints: vec![None; decisions.len()],
             refusal: None,
@@ -688,7 +694,7 @@ impl Authorizer {
             ) else {
                 continue;
             };
-            match pins.judge_call(era, tool) {
+            match pins.judge_call(era, path, tool) {
                 CallVerdict::Unpinned => {}
                 CallVerdict::Pinned { fingerprint: pin } => *fingerprint = Some(pin),
                 CallVerdict::Refused(message) => {
@@ -1053,6 +1059,17 @@ impl Authorizer {
         if allowed.tasks_declared {
             return true;
         }
+        // With tool pins, every answer passes ext-proc: a backend may send a
+        // listing on any stream (a call's, the GET stream, a resumed one) and
+        // clients take it by its id.
+        if method != "DELETE"
+            && self
+                .pins
+                .as_ref()
+                .is_some_and(|p| p.applies(allowed.protocol.era))
+        {
+            return true;
+        }
         let calls = &allowed.call.calls;
         if calls
             .iter()
@@ -1063,15 +1080,10 @@ impl Authorizer {
         // Where argument checks rely on listings ext-proc has seen (`refuse`,
         // `forward`, and every stateless call, whose backend no one can ask
         // before Envoy picks it), listings pass through it.
-        let pinned = self
-            .pins
+        if self
+            .arguments
             .as_ref()
-            .is_some_and(|p| p.applies(allowed.protocol.era));
-        if (pinned
-            || self
-                .arguments
-                .as_ref()
-                .is_some_and(|a| a.learns_from_listings(allowed.protocol.era)))
+            .is_some_and(|a| a.learns_from_listings(allowed.protocol.era))
             && calls
                 .iter()
                 .any(|c| c.method.as_deref() == Some("tools/list"))

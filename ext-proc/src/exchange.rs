@@ -237,6 +237,9 @@ pub struct Exchange<'a> {
     body_header_edits: HeaderEdits,
     /// The handles sealed for the backend's task ids in this answer.
     sealed_tasks: HashMap<String, String>,
+    /// The response body was asked for as BufferedPartial: a part that is not
+    /// the end of the stream is the most Envoy would buffer.
+    partial_body: bool,
 }
 
 impl<'a> Exchange<'a> {
@@ -251,6 +254,7 @@ impl<'a> Exchange<'a> {
             events: None,
             body_header_edits: HeaderEdits::default(),
             sealed_tasks: HashMap::new(),
+            partial_body: false,
         }
     }
 
@@ -362,7 +366,7 @@ impl<'a> Exchange<'a> {
             self.request.claims = self.caller.as_ref().and_then(Caller::claims);
         }
         let mut edits = HeaderEdits::default();
-        if rewrites.rewrites_responses() {
+        if rewrites.rewrites_responses() || self.pinned() || self.gateway.arguments.enabled {
             // A compressed answer could not be read, so backends are not offered
             // compression (MCP messages are small).
             edits.remove.push("accept-encoding".to_owned());
@@ -653,9 +657,14 @@ impl<'a> Exchange<'a> {
         // the backend's task id.
         let task_request = self.caller.as_ref().is_some_and(|c| c.task.is_some());
         let ok = headers.get(":status") == Some(b"200");
-        let others_want_body = ok
-            && self.saw_request
-            && (self.lists_tools()
+        // Any answer with a body may carry a listing a client takes for the
+        // answer to its tools/list (by id, on any stream, whatever the 2xx).
+        let status = headers.get(":status").unwrap_or_default();
+        let has_body = status.starts_with(b"2") && !matches!(status, b"202" | b"204" | b"205");
+        let others_want_body = self.saw_request
+            && has_body
+            && (self.pinned()
+                || self.lists_tools()
                 || self
                     .response_origins()
                     .into_iter()
@@ -692,6 +701,7 @@ impl<'a> Exchange<'a> {
             // Only a task handle might need sealing, and a task answer is
             // small: a large answer streams on past the buffer, unread.
             body = BodyMode::BufferedPartial;
+            self.partial_body = true;
             // Envoy takes no header changes with such a body: the length goes
             // now, as a sealed handle is longer than the id it replaces.
             edits.remove.push("content-length".to_owned());
@@ -714,6 +724,15 @@ impl<'a> Exchange<'a> {
                     .iter()
                     .any(|call| call.method.as_deref() == Some("tools/call"))
             })
+    }
+
+    /// Whether tool pins apply to this request's era: every answer is read, as
+    /// any may carry a listing.
+    fn pinned(&self) -> bool {
+        self.gateway
+            .pins
+            .as_ref()
+            .is_some_and(|p| p.applies(self.request.era))
     }
 
     /// Whether the response lists tools, whose schemas argument checks need
@@ -781,23 +800,19 @@ impl<'a> Exchange<'a> {
         let upstream = self.upstream.as_deref();
         let gateway = self.gateway;
         let era = self.request.era;
+        let path = self.request.path.as_str();
         let sealed = std::cell::RefCell::new(sealed);
         let rewrite = |message: &mut Value| {
             let tasks = seal_task_ids(gateway, caller, upstream, &mut sealed.borrow_mut(), message);
             let origin = origin_of(&caller.calls, get_stream, message);
             // The backend's definitions are judged before any rewrite (an alias
             // copies its target's, held back or not).
-            let held = match (&gateway.pins, origin) {
-                (
-                    Some(pins),
-                    Origin::Call {
-                        method: Some("tools/list"),
-                        ..
-                    },
-                ) => message
+            // Whatever it answers, as a client routes answers by id alone.
+            let held = match &gateway.pins {
+                Some(pins) if message.get("method").is_none() => message
                     .pointer_mut("/result/tools")
                     .and_then(Value::as_array_mut)
-                    .is_some_and(|tools| pins.judge_listing(era, tools)),
+                    .is_some_and(|tools| pins.judge_listing(era, path, tools)),
                 _ => false,
             };
             let changed = self
@@ -811,7 +826,7 @@ impl<'a> Exchange<'a> {
                 && mark_private(origin, message);
             held | tasks | changed | private
         };
-        if !end_of_stream && self.events.is_none() {
+        if !end_of_stream && self.events.is_none() && self.partial_body {
             // Only the first part of an answer over Envoy's buffer
             // (BufferedPartial): not a task handle, which is small; passed on.
             return BodyPlan::Continue;
@@ -870,7 +885,11 @@ impl<'a> Exchange<'a> {
             };
             match serde_json::from_str::<Value>(&data) {
                 Ok(mut message) => {
-                    if rewrite(&mut message) {
+                    let changed = match &mut message {
+                        Value::Array(items) => items.iter_mut().fold(false, |c, m| rewrite(m) | c),
+                        one => rewrite(one),
+                    };
+                    if changed {
                         out.extend_from_slice(&event.with_data(&message.to_string()).0);
                     } else {
                         out.extend_from_slice(&event.0);

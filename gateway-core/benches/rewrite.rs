@@ -139,7 +139,7 @@ fn benches(c: &mut Criterion) {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    pins.judge_listing(gateway_core::protocol::Era::Session, &mut first);
+    pins.judge_listing(gateway_core::protocol::Era::Session, "/mcp", &mut first);
     assert_eq!(first.len(), 100);
     c.bench_function(
         "judge a tools/list of 100 pinned tools (fingerprints and scan)",
@@ -152,7 +152,11 @@ fn benches(c: &mut Criterion) {
                         .unwrap_or_default()
                 },
                 |mut tools| {
-                    black_box(pins.judge_listing(gateway_core::protocol::Era::Session, &mut tools))
+                    black_box(pins.judge_listing(
+                        gateway_core::protocol::Era::Session,
+                        "/mcp",
+                        &mut tools,
+                    ))
                 },
                 criterion::BatchSize::SmallInput,
             )

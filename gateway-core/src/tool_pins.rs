@@ -395,14 +395,18 @@ fn schema_descriptions<'v>(schema: &'v Value, out: &mut Vec<&'v str>) {
 /// other than tab and line breaks.
 fn invisible(c: char) -> bool {
     matches!(c,
-        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'
-        | '\u{E0000}'..='\u{E007F}')
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
         || (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 fn normalized(text: &str) -> String {
-    text.split_whitespace()
+    let visible: String = text.chars().filter(|c| !invisible(*c)).collect();
+    visible
+        .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase()
@@ -553,6 +557,10 @@ impl ToolPins {
                     })?;
                 pins.extend(more);
             }
+            for value in pins.values_mut() {
+                // Fingerprints are written in lower case; a pin compares as text.
+                *value = value.to_ascii_lowercase();
+            }
             for (tool, value) in &pins {
                 let hex = value.strip_prefix("sha256:").unwrap_or_default();
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -569,6 +577,12 @@ impl ToolPins {
             }))
         };
         let store = StateFile::open(config_dir.join(&config.state_file))?;
+        // A quarantine that cannot be written would hide a tool from listings
+        // and still let its calls through: find out now, not then.
+        store.update(|_| {}).map_err(|reason| PinError::File {
+            path: store.path.clone(),
+            reason,
+        })?;
         Ok(Self {
             pools: [
                 pool("session", &config.session)?,
@@ -604,30 +618,54 @@ impl ToolPins {
         self.pools[index(era)].is_some()
     }
 
-    /// Judges a `tools/list` result's tools (the `tools` array, in place): a
-    /// quarantined tool is removed (but for `observe`). Learns first-use pins
-    /// and records quarantines in the state file. Whether the list changed.
-    pub fn judge_listing(&self, era: Era, tools: &mut Vec<Value>) -> bool {
+    /// Judges a `tools/list` result's tools (the `tools` array, in place) as
+    /// listed at `path`: a quarantined tool is removed (but for `observe`).
+    /// Learns first-use pins and records quarantines in the state file, then
+    /// filters by the state as written (another replica may have pinned a tool
+    /// first). Whether the list changed.
+    pub fn judge_listing(&self, era: Era, path: &str, tools: &mut Vec<Value>) -> bool {
         let Some(policy) = &self.pools[index(era)] else {
             return false;
         };
         let pool = pool_name(era);
-        // One read of the state for the whole listing.
-        let learned = self.store.current();
+        let key = state_key(era, path);
+        // One read of the state for the whole listing. An unreadable state
+        // holds every tool back (a broken file must not lift quarantines).
+        let learned = match self.store.current() {
+            Ok(state) => state,
+            Err(reason) => {
+                tracing::error!(
+                    reason,
+                    "tool pin state unreadable; holding back the whole listing"
+                );
+                let before = tools.len();
+                if policy.mode != PinMode::Observe {
+                    tools.clear();
+                }
+                return before != tools.len();
+            }
+        };
         let judged: Vec<ToolJudgement> = tools
             .iter()
-            .map(|t| self.judge_tool(era, &learned, t))
+            .map(|t| self.judge_tool(policy, learned.pools.get(&key), t))
             .collect();
-        self.record(era, policy, &learned, &judged);
+        let learned = self.record(policy, &key, &learned, &judged);
+        let state = learned.pools.get(&key);
+        let held_by_state = |tool: &str| {
+            state
+                .and_then(|s| s.quarantined.get(tool))
+                .filter(|q| !self.lifted(policy, tool, q))
+        };
         for judgement in &judged {
             for finding in &judgement.findings {
                 tracing::warn!(
                     target: "security",
                     pool,
-                    tool = %judgement.tool,
+                    path,
+                    tool = ?judgement.tool,
                     check = finding.check,
                     action = ?finding.action,
-                    detail = %finding.detail,
+                    detail = ?finding.detail,
                     "tool description scan finding"
                 );
                 self.metrics
@@ -646,13 +684,18 @@ impl ToolPins {
                     ])
                     .inc();
             }
-            if let Some(quarantine) = &judgement.quarantine {
+            let held = judgement
+                .quarantine
+                .as_ref()
+                .or_else(|| held_by_state(&judgement.tool));
+            if let Some(quarantine) = held {
                 tracing::warn!(
                     target: "security",
                     pool,
-                    tool = %judgement.tool,
+                    path,
+                    tool = ?judgement.tool,
                     reason = %quarantine.reason,
-                    fingerprint = %quarantine.fingerprint,
+                    listed = %judgement.fingerprint,
                     pinned = quarantine.pinned.as_deref(),
                     mode = ?policy.mode,
                     "tool definition drifted or failed the scan"
@@ -672,21 +715,24 @@ impl ToolPins {
             return false;
         }
         let before = tools.len();
-        let mut judged = judged.into_iter();
-        tools.retain(|_| judged.next().is_some_and(|j| j.quarantine.is_none()));
+        let mut judged = judged.iter();
+        tools.retain(|_| {
+            judged
+                .next()
+                .is_some_and(|j| j.quarantine.is_none() && held_by_state(&j.tool).is_none())
+        });
         tools.len() != before
     }
 
-    /// The verdict on a call to `tool` (the backend's name, alias resolved).
-    pub fn judge_call(&self, era: Era, tool: &str) -> CallVerdict {
+    /// The verdict on a call to `tool` (the backend's name, alias resolved) at
+    /// `path`.
+    pub fn judge_call(&self, era: Era, path: &str, tool: &str) -> CallVerdict {
         let Some(policy) = &self.pools[index(era)] else {
             return CallVerdict::Unpinned;
         };
         if policy.mode == PinMode::Observe {
             return CallVerdict::Unpinned;
         }
-        let state = self.store.current();
-        let pool = state.pools.get(pool_name(era));
         let refused = |message: String| {
             self.metrics
                 .refused
@@ -694,7 +740,23 @@ impl ToolPins {
                 .inc();
             CallVerdict::Refused(message)
         };
-        if let Some(quarantine) = pool.and_then(|p| p.quarantined.get(tool)) {
+        let state = match self.store.current() {
+            Ok(state) => state,
+            Err(reason) => {
+                tracing::error!(
+                    reason,
+                    "tool pin state unreadable; refusing calls to pinned tools"
+                );
+                return refused(format!(
+                    "tool `{tool}` cannot be checked against its pin right now; retry later"
+                ));
+            }
+        };
+        let pool = state.pools.get(&state_key(era, path));
+        if let Some(quarantine) = pool
+            .and_then(|p| p.quarantined.get(tool))
+            .filter(|q| !self.lifted(policy, tool, q))
+        {
             return refused(quarantine.message(tool));
         }
         let pin = match policy.mode {
@@ -717,9 +779,20 @@ impl ToolPins {
         }
     }
 
+    /// Whether an operator lifted `quarantine` by pinning (in the config) the
+    /// very definition it held back.
+    fn lifted(&self, policy: &PoolPolicy, tool: &str, quarantine: &Quarantine) -> bool {
+        policy.pins.get(tool) == Some(&quarantine.fingerprint)
+    }
+
     /// One tool of a listing: its fingerprint, findings and whether it is held
     /// back, against the pins as they stand.
-    fn judge_tool(&self, era: Era, learned: &PinState, tool: &Value) -> ToolJudgement {
+    fn judge_tool(
+        &self,
+        policy: &PoolPolicy,
+        learned: Option<&PoolState>,
+        tool: &Value,
+    ) -> ToolJudgement {
         let name = tool
             .get("name")
             .and_then(Value::as_str)
@@ -727,32 +800,15 @@ impl ToolPins {
             .to_owned();
         let fingerprint = fingerprint(tool);
         let findings = self.scanner.scan(tool);
-        let Some(policy) = &self.pools[index(era)] else {
-            return ToolJudgement {
-                tool: name,
-                fingerprint,
-                findings,
-                quarantine: None,
-            };
-        };
-        let pool = learned.pools.get(pool_name(era));
-        if let Some(held) = pool.and_then(|p| p.quarantined.get(&name)) {
-            return ToolJudgement {
-                tool: name,
-                fingerprint,
-                findings,
-                quarantine: Some(held.clone()),
-            };
-        }
         let pin = policy.pins.get(&name).cloned().or_else(|| {
             (policy.mode != PinMode::Enforce)
-                .then(|| pool?.pins.get(&name).cloned())
+                .then(|| learned?.pins.get(&name).cloned())
                 .flatten()
         });
         let blocking: Vec<String> = findings
             .iter()
             .filter(|f| f.action == FindingAction::Block)
-            .map(|f| format!("{}: {}", f.check, f.detail))
+            .map(|f| f.check.to_owned())
             .collect();
         let quarantine = |reason: &str| Quarantine {
             reason: reason.to_owned(),
@@ -766,6 +822,7 @@ impl ToolPins {
             Some(pin) if *pin != fingerprint => Some(quarantine("drift")),
             _ if !blocking.is_empty() => Some(quarantine("scan")),
             None if policy.mode == PinMode::Enforce => Some(quarantine("unpinned")),
+            _ if name.is_empty() || name.len() > MAX_NAME_BYTES => Some(quarantine("scan")),
             _ => None,
         };
         ToolJudgement {
@@ -776,49 +833,109 @@ impl ToolPins {
         }
     }
 
-    /// Writes what a listing taught: first-use pins and new quarantines.
-    /// Nothing is written when nothing changed, so a steady listing costs a
-    /// read of the cached state only.
-    fn record(&self, era: Era, policy: &PoolPolicy, current: &PinState, judged: &[ToolJudgement]) {
-        let pool = pool_name(era);
+    /// Writes what a listing taught, under the lock and against the state as
+    /// it is then (another writer may have been first): first-use pins, and
+    /// quarantines for drift, for a scan that blocks, and for a name listed
+    /// twice with two definitions or pinned differently meanwhile. An
+    /// `unpinned` tool in `enforce` is held but not written (its pin in the
+    /// config is what admits it). Nothing is written when nothing is new. The
+    /// state as it stands after.
+    fn record(
+        &self,
+        policy: &PoolPolicy,
+        key: &str,
+        current: &std::sync::Arc<PinState>,
+        judged: &[ToolJudgement],
+    ) -> std::sync::Arc<PinState> {
         let learns = policy.mode != PinMode::Enforce;
         let empty = PoolState::default();
-        let state = current.pools.get(pool).unwrap_or(&empty);
-        let stale = judged.iter().any(|j| {
-            let learn = learns
-                && j.quarantine.is_none()
-                && !policy.pins.contains_key(&j.tool)
-                && !state.pins.contains_key(&j.tool);
-            learn || (j.quarantine.is_some() && !state.quarantined.contains_key(&j.tool))
+        let state = current.pools.get(key).unwrap_or(&empty);
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        let twice = judged.iter().any(|j| {
+            seen.insert(&j.tool, &j.fingerprint)
+                .is_some_and(|other| other != j.fingerprint)
         });
+        let stale = twice
+            || judged.iter().any(|j| match &j.quarantine {
+                Some(q) => q.reason != "unpinned" && !state.quarantined.contains_key(&j.tool),
+                None => {
+                    learns
+                        && !policy.pins.contains_key(&j.tool)
+                        && !state.pins.contains_key(&j.tool)
+                }
+            });
         if !stale {
-            return;
+            return current.clone();
         }
         let update = self.store.update(|state| {
-            let pool = state.pools.entry(pool.to_owned()).or_default();
+            let pool = state.pools.entry(key.to_owned()).or_default();
+            if pool.pins.len() + pool.quarantined.len() > MAX_TOOLS_PER_POOL {
+                tracing::error!(
+                    key,
+                    "tool pin state full; nothing more recorded for this pool"
+                );
+                return;
+            }
+            let mut first: BTreeMap<String, String> = BTreeMap::new();
             for j in judged {
+                let drifted = |pinned: &str| Quarantine {
+                    reason: "drift".to_owned(),
+                    fingerprint: j.fingerprint.clone(),
+                    pinned: Some(pinned.to_owned()),
+                    findings: Vec::new(),
+                    since: now(),
+                };
+                // The same name twice in one listing, two ways: held.
+                if let Some(other) = first.insert(j.tool.clone(), j.fingerprint.clone())
+                    && other != j.fingerprint
+                {
+                    pool.quarantined
+                        .entry(j.tool.clone())
+                        .or_insert_with(|| drifted(&other));
+                    continue;
+                }
                 match &j.quarantine {
+                    Some(q) if q.reason == "unpinned" => {}
                     Some(q) => {
                         // The first quarantine stands (another replica's too).
                         pool.quarantined
                             .entry(j.tool.clone())
                             .or_insert_with(|| q.clone());
                     }
-                    None => {
-                        if learns && !policy.pins.contains_key(&j.tool) {
-                            // Another replica may have pinned it first: its pin stands.
-                            pool.pins
-                                .entry(j.tool.clone())
-                                .or_insert_with(|| j.fingerprint.clone());
+                    None if learns && !policy.pins.contains_key(&j.tool) => {
+                        match pool.pins.get(&j.tool) {
+                            // Pinned meanwhile, to something else.
+                            Some(pin) if *pin != j.fingerprint => {
+                                let q = drifted(pin);
+                                pool.quarantined.entry(j.tool.clone()).or_insert(q);
+                            }
+                            Some(_) => {}
+                            None => {
+                                pool.pins.insert(j.tool.clone(), j.fingerprint.clone());
+                            }
                         }
                     }
+                    None => {}
                 }
             }
         });
         if let Err(error) = update {
             tracing::error!(%error, "cannot record tool pins; the state file is unchanged");
         }
+        self.store.current().unwrap_or_else(|_| current.clone())
     }
+}
+
+/// Longest tool name kept in the state file; a longer one is held back.
+const MAX_NAME_BYTES: usize = 256;
+/// Most tools one pool (and path) records: a backend listing ever new names
+/// must not grow the state file without end.
+const MAX_TOOLS_PER_POOL: usize = 10_000;
+
+/// The state file's key of a pool and the path its tools are listed at: two
+/// MCP apps behind one pool may each have a tool of the same name.
+fn state_key(era: Era, path: &str) -> String {
+    format!("{} {path}", pool_name(era))
 }
 
 fn index(era: Era) -> usize {
@@ -853,7 +970,7 @@ struct StateFile {
 }
 
 /// A file's modification time and length, `None` when it does not exist.
-type Stamp = Option<(SystemTime, u64)>;
+type Stamp = Option<(SystemTime, u64, u64)>;
 
 impl StateFile {
     fn open(path: PathBuf) -> Result<Self, PinError> {
@@ -872,20 +989,24 @@ impl StateFile {
         Ok(file)
     }
 
-    /// The state as the file says now.
-    fn current(&self) -> std::sync::Arc<PinState> {
+    /// The state as the file says now; an error while the file cannot be read
+    /// or parsed (callers hold tools back then), or once it has vanished after
+    /// being read (which would lift every quarantine).
+    fn current(&self) -> Result<std::sync::Arc<PinState>, String> {
         let stamp = stamp(&self.path);
         if let Ok(cached) = self.cached.read()
             && cached.0 == stamp
         {
-            return cached.1.clone();
+            return Ok(cached.1.clone());
         }
-        if let Err(reason) = self.reload() {
-            // Keep judging by what was read last: a broken file must not lift
-            // quarantines.
-            tracing::error!(path = %self.path.display(), reason, "cannot read the tool pin state; keeping the last state read");
+        if stamp.is_none() && self.cached.read().is_ok_and(|cached| cached.0.is_some()) {
+            return Err(format!("{}: gone since it was read", self.path.display()));
         }
-        self.cached.read().map(|c| c.1.clone()).unwrap_or_default()
+        self.reload()?;
+        self.cached
+            .read()
+            .map(|c| c.1.clone())
+            .map_err(|_| "tool pin state lock poisoned".to_owned())
     }
 
     fn reload(&self) -> Result<(), String> {
@@ -914,7 +1035,7 @@ impl StateFile {
         lock.lock()
             .map_err(|e| format!("{}: cannot lock: {e}", self.lock_path.display()))?;
         self.reload()?;
-        let mut state = (*self.current()).clone();
+        let mut state = (*self.current()?).clone();
         change(&mut state);
         let text = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
         let mut temporary = self.path.clone().into_os_string();
@@ -929,8 +1050,11 @@ impl StateFile {
 }
 
 fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    // Each write renames a new file in: its inode tells it apart even within
+    // one tick of the clock at the same length.
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 fn now() -> i64 {

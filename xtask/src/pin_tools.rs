@@ -31,6 +31,15 @@ impl PinTools {
             .enable_all()
             .build()?;
         let text = runtime.block_on(self.pins())?;
+        // What is printed holds the pins it means to, and only those.
+        let printed: std::collections::BTreeMap<String, String> = serde_yaml::from_str(&text)?;
+        let expected = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        if printed.len() != expected {
+            bail!("the pins file would not read back as written; not printed");
+        }
         // The pins file is this command's output.
         print!("{text}");
         Ok(())
@@ -84,7 +93,16 @@ fn render(url: &str, tools: &[Value]) -> String {
         let definition = serde_json::to_string_pretty(tool).unwrap_or_default();
         for line in definition.lines() {
             out.push_str("# ");
-            out.push_str(line);
+            // Only printable ASCII in a comment: a character YAML reads as a
+            // line break (U+2028, U+0085, ...) would end the comment and let a
+            // description write a pin of its own.
+            for c in line.chars() {
+                if c == ' ' || c.is_ascii_graphic() {
+                    out.push(c);
+                } else {
+                    out.push_str(&format!("\\u{{{:04X}}}", u32::from(c)));
+                }
+            }
             out.push('\n');
         }
         out.push_str(&format!(

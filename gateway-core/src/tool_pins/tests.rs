@@ -90,7 +90,7 @@ fn pins(dir: &Path, yaml: &str) -> ToolPins {
 
 fn listed(pins: &ToolPins, tools: &[Value]) -> Vec<String> {
     let mut tools = tools.to_vec();
-    pins.judge_listing(Era::Session, &mut tools);
+    pins.judge_listing(Era::Session, "/mcp", &mut tools);
     tools
         .iter()
         .map(|t| t["name"].as_str().unwrap_or_default().to_owned())
@@ -107,7 +107,7 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
     let yaml = "state_file: pins.json\nsession: {mode: trust_on_first_use}";
     let first = pins(dir.path(), yaml);
     assert!(matches!(
-        first.judge_call(Era::Session, "add"),
+        first.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Refused(m) if m.contains("not been listed")
     ));
     assert_eq!(
@@ -115,11 +115,11 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
         ["add", "whoami"]
     );
     assert!(matches!(
-        first.judge_call(Era::Session, "add"),
+        first.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Pinned { .. }
     ));
     assert_eq!(
-        first.judge_call(Era::Stateless, "add"),
+        first.judge_call(Era::Stateless, "/mcp", "add"),
         CallVerdict::Unpinned
     );
 
@@ -130,7 +130,7 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
     let changed = add("Add two numbers, rounded.");
     assert_eq!(listed(&second, &[changed.clone(), other()]), ["whoami"]);
     for pins in [&first, &second] {
-        let CallVerdict::Refused(message) = pins.judge_call(Era::Session, "add") else {
+        let CallVerdict::Refused(message) = pins.judge_call(Era::Session, "/mcp", "add") else {
             panic!("refused")
         };
         assert!(message.contains("changed since it was pinned"), "{message}");
@@ -141,7 +141,7 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
     let scanned = pins(fresh.path(), yaml);
     assert_eq!(listed(&scanned, &[poisoned, other()]), ["whoami"]);
     assert!(matches!(
-        scanned.judge_call(Era::Session, "add"),
+        scanned.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Refused(m) if m.contains("scan")
     ));
     // A backend listing the pinned definition again does not lift it: only an
@@ -153,14 +153,14 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
     let path = dir.path().join("pins.json");
     let mut state: PinState =
         serde_json::from_slice(&std::fs::read(&path).expect("state")).expect("JSON");
-    let held = &state.pools["session"].quarantined["add"];
+    let held = &state.pools["session /mcp"].quarantined["add"];
     assert_eq!(
         held.reason, "drift",
         "the first quarantine stands: {held:?}"
     );
     state
         .pools
-        .get_mut("session")
+        .get_mut("session /mcp")
         .expect("pool")
         .quarantined
         .clear();
@@ -170,7 +170,7 @@ fn trust_on_first_use_keeps_the_first_definition_across_restarts_and_replicas() 
         ["add", "whoami"]
     );
     assert!(matches!(
-        first.judge_call(Era::Session, "add"),
+        first.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Pinned { .. }
     ));
 }
@@ -188,11 +188,11 @@ fn enforce_holds_unpinned_and_drifted_tools_and_observe_only_counts() {
         ["add"]
     );
     assert!(matches!(
-        enforce.judge_call(Era::Session, "whoami"),
+        enforce.judge_call(Era::Session, "/mcp", "whoami"),
         CallVerdict::Refused(m) if m.contains("no pin")
     ));
     assert_eq!(
-        enforce.judge_call(Era::Session, "add"),
+        enforce.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Pinned {
             fingerprint: pin.clone()
         }
@@ -202,7 +202,7 @@ fn enforce_holds_unpinned_and_drifted_tools_and_observe_only_counts() {
         Vec::<String>::new()
     );
     assert!(matches!(
-        enforce.judge_call(Era::Session, "add"),
+        enforce.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Refused(_)
     ));
 
@@ -213,7 +213,7 @@ fn enforce_holds_unpinned_and_drifted_tools_and_observe_only_counts() {
     );
     assert_eq!(listed(&observe, &[add("Changed.")]), ["add"]);
     assert_eq!(
-        observe.judge_call(Era::Session, "add"),
+        observe.judge_call(Era::Session, "/mcp", "add"),
         CallVerdict::Unpinned
     );
 
@@ -225,4 +225,77 @@ fn enforce_holds_unpinned_and_drifted_tools_and_observe_only_counts() {
         .expect("refused")
         .to_string();
     assert!(error.contains("tool_pins.session.pins.add"), "{error}");
+}
+
+#[test]
+fn a_name_listed_twice_two_ways_is_held_and_an_enforced_pin_lifts_its_quarantine() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tofu = pins(
+        dir.path(),
+        "state_file: a.json\nsession: {mode: trust_on_first_use}",
+    );
+    assert_eq!(
+        listed(
+            &tofu,
+            &[add("Add two numbers."), add("Add, but worse."), other()]
+        ),
+        ["whoami"]
+    );
+    assert!(matches!(
+        tofu.judge_call(Era::Session, "/mcp", "add"),
+        CallVerdict::Refused(_)
+    ));
+    // Another path of the same pool keeps pins of its own.
+    let mut admin = vec![add("Add for admins.")];
+    tofu.judge_listing(Era::Session, "/mcp/admin", &mut admin);
+    assert_eq!(admin.len(), 1);
+    assert!(matches!(
+        tofu.judge_call(Era::Session, "/mcp/admin", "add"),
+        CallVerdict::Pinned { .. }
+    ));
+
+    // Enforced: a drift is held until the operator pins the new definition
+    // (in upper case, as some tools print hex), which lifts the quarantine.
+    let old = fingerprint(&add("Add two numbers."));
+    let yaml = |pin: &str| {
+        format!("state_file: b.json\nsession: {{mode: enforce, pins: {{add: '{pin}'}}}}")
+    };
+    let enforce = pins(dir.path(), &yaml(&old));
+    assert_eq!(
+        listed(&enforce, &[add("Add, reviewed anew.")]),
+        Vec::<String>::new()
+    );
+    let new = fingerprint(&add("Add, reviewed anew."))
+        .to_ascii_uppercase()
+        .replacen("SHA256", "sha256", 1);
+    let reviewed = pins(dir.path(), &yaml(&new));
+    assert_eq!(listed(&reviewed, &[add("Add, reviewed anew.")]), ["add"]);
+    assert!(matches!(
+        reviewed.judge_call(Era::Session, "/mcp", "add"),
+        CallVerdict::Pinned { .. }
+    ));
+}
+
+#[test]
+fn an_unreadable_state_holds_every_tool_back_and_refuses_calls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tofu = pins(
+        dir.path(),
+        "state_file: s.json\nsession: {mode: trust_on_first_use}",
+    );
+    assert_eq!(listed(&tofu, &[add("Add two numbers.")]), ["add"]);
+    std::fs::write(dir.path().join("s.json"), "{ not json").expect("write");
+    assert_eq!(
+        listed(&tofu, &[add("Add two numbers.")]),
+        Vec::<String>::new()
+    );
+    assert!(matches!(
+        tofu.judge_call(Era::Session, "/mcp", "add"),
+        CallVerdict::Refused(_)
+    ));
+    std::fs::remove_file(dir.path().join("s.json")).expect("remove");
+    assert!(matches!(
+        tofu.judge_call(Era::Session, "/mcp", "add"),
+        CallVerdict::Refused(_)
+    ));
 }
