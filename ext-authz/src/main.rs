@@ -63,12 +63,7 @@ async fn main() -> ExitCode {
         let authn_metrics = authenticator.metrics().clone();
         let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
-        let pins = config
-            .tool_pins
-            .as_ref()
-            .map(|pins| ToolPins::new(pins, config_dir))
-            .transpose()?
-            .map(Arc::new);
+        let pins = ToolPins::from_gateway_config(config, config_dir)?;
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
             .with_edge(&config.edge)
             .with_protocol(&config.protocol)

@@ -639,19 +639,7 @@ impl<'a> Exchange<'a> {
             // Pinning failed (Envoy sent the request elsewhere): whatever that
             // backend says is not about this task.
             tracing::error!(upstream, expected = %task.upstream, "a task request reached another backend than the task's; answered 502");
-            return ResponsePlan {
-                edits,
-                body: BodyMode::Skip,
-                refuse: Some(LocalReply {
-                    status: 502,
-                    body: jsonrpc::error_response(
-                        None,
-                        -32603,
-                        "the task request reached the wrong backend",
-                    )
-                    .to_string(),
-                }),
-            };
+            return refused_answer(edits, "the task request reached the wrong backend");
         }
         // A request about a task is read whatever its status: an error may name
         // the backend's task id.
@@ -682,19 +670,10 @@ impl<'a> Exchange<'a> {
                 encoding = %String::from_utf8_lossy(encoding),
                 "backend compressed a response a rule must read; answered 502"
             );
-            return ResponsePlan {
+            return refused_answer(
                 edits,
-                body: BodyMode::Skip,
-                refuse: Some(LocalReply {
-                    status: 502,
-                    body: jsonrpc::error_response(
-                        None,
-                        -32603,
-                        "the backend sent a compressed answer the gateway must read",
-                    )
-                    .to_string(),
-                }),
-            };
+                "the backend sent a compressed answer the gateway must read",
+            );
         }
         let mut body = response_body_mode(headers, wants_body);
         if body == BodyMode::Buffered && !others_want_body && !task_request {
@@ -1191,6 +1170,18 @@ fn origin_of<'c>(calls: &'c [Call], get_stream: bool, message: &Value) -> Origin
             tool: call.tool.as_deref(),
         },
         _ => Origin::Unknown,
+    }
+}
+
+/// A backend's answer refused: 502 with a JSON-RPC error saying why.
+fn refused_answer(edits: HeaderEdits, why: &str) -> ResponsePlan {
+    ResponsePlan {
+        edits,
+        body: BodyMode::Skip,
+        refuse: Some(LocalReply {
+            status: 502,
+            body: jsonrpc::error_response(None, -32603, why).to_string(),
+        }),
     }
 }
 

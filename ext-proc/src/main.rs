@@ -42,12 +42,7 @@ async fn main() -> ExitCode {
             )?),
             None => None,
         };
-        let pins = config
-            .tool_pins
-            .as_ref()
-            .map(|pins| ToolPins::new(pins, config_dir))
-            .transpose()?
-            .map(Arc::new);
+        let pins = ToolPins::from_gateway_config(config, config_dir)?;
         let gateway = Arc::new(Gateway {
             pins: pins.clone(),
             sessions,

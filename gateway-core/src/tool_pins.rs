@@ -594,6 +594,18 @@ impl ToolPins {
         })
     }
 
+    /// The pins the gateway config asks for, if any.
+    pub fn from_gateway_config(
+        config: &crate::config::GatewayConfig,
+        config_dir: &Path,
+    ) -> Result<Option<std::sync::Arc<Self>>, PinError> {
+        config
+            .tool_pins
+            .as_ref()
+            .map(|pins| Self::new(pins, config_dir).map(std::sync::Arc::new))
+            .transpose()
+    }
+
     /// Registers the pins' counters.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
