@@ -240,6 +240,8 @@ pub struct Exchange<'a> {
     /// The response body was asked for as BufferedPartial: a part that is not
     /// the end of the stream is the most Envoy would buffer.
     partial_body: bool,
+    /// The backend said its tool list changed: the pins want to see it.
+    relist: bool,
 }
 
 impl<'a> Exchange<'a> {
@@ -255,6 +257,7 @@ impl<'a> Exchange<'a> {
             body_header_edits: HeaderEdits::default(),
             sealed_tasks: HashMap::new(),
             partial_body: false,
+            relist: false,
         }
     }
 
@@ -340,8 +343,9 @@ impl<'a> Exchange<'a> {
                 .to_string(),
             });
         }
-        if self.gateway.arguments.enabled
-            && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
+        if self.pinned()
+            || self.gateway.arguments.enabled
+                && self.gateway.arguments.unlisted_tools == UnlistedTools::Fetch
         {
             // Only a request that may ask its backend for tools needs these.
             self.capture_for_schema_fetch(headers);
@@ -742,6 +746,29 @@ impl<'a> Exchange<'a> {
             .collect()
     }
 
+    /// What to ask the session's backend for when it said its tool list
+    /// changed and its pool is pinned: the listing, to judge it now rather
+    /// than at the client's next `tools/list`. Once per notification.
+    pub fn relist(&mut self) -> Option<SchemaRequest> {
+        if !std::mem::take(&mut self.relist) || !self.pinned() {
+            return None;
+        }
+        let session = self.restored.as_ref()?;
+        Some(SchemaRequest {
+            upstream: session.upstream.clone(),
+            path: self.request.path.clone(),
+            backend_session: Some(session.backend_id.clone()),
+            protocol_version: self.request.protocol_version.clone(),
+            headers: self.request.identity.clone(),
+            tool: "(tools/list_changed)".to_owned(),
+        })
+    }
+
+    /// The era of the request.
+    pub fn era(&self) -> Era {
+        self.request.era
+    }
+
     /// Whether the request resumed a session (presented a token that opened).
     pub fn resumed_session(&self) -> bool {
         self.restored.is_some()
@@ -758,8 +785,10 @@ impl<'a> Exchange<'a> {
         // The handles sealed so far outlive the chunk: an id an event named
         // gets the same handle in a later event.
         let mut sealed = std::mem::take(&mut self.sealed_tasks);
-        let plan = self.rewrite_response_body(chunk, end_of_stream, &mut sealed);
+        let relist = std::cell::Cell::new(false);
+        let plan = self.rewrite_response_body(chunk, end_of_stream, &mut sealed, &relist);
         self.sealed_tasks = sealed;
+        self.relist |= relist.get();
         plan
     }
 
@@ -768,6 +797,7 @@ impl<'a> Exchange<'a> {
         chunk: &[u8],
         end_of_stream: bool,
         sealed: &mut HashMap<String, String>,
+        relist: &std::cell::Cell<bool>,
     ) -> BodyPlan {
         let anonymous = Caller::default();
         let caller = self.caller.as_ref().unwrap_or(&anonymous);
@@ -782,6 +812,11 @@ impl<'a> Exchange<'a> {
         let path = self.request.path.as_str();
         let sealed = std::cell::RefCell::new(sealed);
         let rewrite = |message: &mut Value| {
+            if message.get("method").and_then(Value::as_str)
+                == Some("notifications/tools/list_changed")
+            {
+                relist.set(true);
+            }
             let tasks = seal_task_ids(gateway, caller, upstream, &mut sealed.borrow_mut(), message);
             let origin = origin_of(&caller.calls, get_stream, message);
             // The backend's definitions are judged before any rewrite (an alias

@@ -37,7 +37,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use gateway_core::schema_fetch::SchemaFetcher;
+use gateway_core::protocol::Era;
+use gateway_core::schema_fetch::{SchemaFetcher, SchemaRequest};
 use gateway_core::session::SESSION_HEADER;
 
 use crate::audit::{AnswerAudit, AuditedRequest};
@@ -212,6 +213,9 @@ impl ExternalProcessor for ProcService {
                     fetcher.learn(&gateway.catalog, &wanted).await;
                 }
                 let reply = answer(&mut exchange, message, &metrics);
+                if let Some(wanted) = exchange.relist() {
+                    relist(gateway.clone(), fetcher.clone(), exchange.era(), wanted);
+                }
                 metrics.message_seconds[phase].observe(started.elapsed().as_secs_f64());
                 if tx.send(reply).await.is_err() {
                     break;
@@ -536,6 +540,25 @@ fn immediate(local: LocalReply, details: &str) -> ImmediateResponse {
         details: details.to_owned(),
         ..Default::default()
     }
+}
+
+/// Asks the backend that said its tool list changed for that list and judges
+/// it against the pins, in the background (the stream it came on goes on).
+fn relist(gateway: Arc<Gateway>, fetcher: Arc<SchemaFetcher>, era: Era, wanted: SchemaRequest) {
+    let Some(pins) = gateway.pins.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        match fetcher.listing(&wanted).await {
+            Ok(mut tools) => {
+                let held = pins.judge_listing(era, &wanted.path, &mut tools);
+                tracing::info!(upstream = %wanted.upstream, tools = tools.len(), held, "re-listed a backend's tools after tools/list_changed");
+            }
+            Err(error) => {
+                tracing::warn!(upstream = %wanted.upstream, %error, "cannot re-list a backend's tools after tools/list_changed")
+            }
+        }
+    });
 }
 
 /// A complete processing mode: Envoy replaces its whole mode with an override, so

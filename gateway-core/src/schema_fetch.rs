@@ -120,6 +120,19 @@ impl SchemaFetcher {
 
     /// Every tool the backend lists, with its input schema.
     pub async fn tools(&self, request: &SchemaRequest) -> Result<Vec<(String, Value)>, FetchError> {
+        Ok(self
+            .listing(request)
+            .await?
+            .into_iter()
+            .filter_map(|tool| {
+                let name = tool.get("name")?.as_str()?.to_owned();
+                Some((name, tool.get("inputSchema")?.clone()))
+            })
+            .collect())
+    }
+
+    /// Every tool the backend lists, whole, every page.
+    pub async fn listing(&self, request: &SchemaRequest) -> Result<Vec<Value>, FetchError> {
         let url = format!("http://{}{}", request.upstream, request.path);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
@@ -150,12 +163,13 @@ impl SchemaFetcher {
             }
             let bytes = read_bounded(response).await?;
             let result = result_of(&bytes).ok_or(FetchError::NotAResult)?;
-            for tool in result["tools"].as_array().ok_or(FetchError::NotAResult)? {
-                if let (Some(name), Some(schema)) = (tool["name"].as_str(), tool.get("inputSchema"))
-                {
-                    tools.push((name.to_owned(), schema.clone()));
-                }
-            }
+            tools.extend(
+                result["tools"]
+                    .as_array()
+                    .ok_or(FetchError::NotAResult)?
+                    .iter()
+                    .cloned(),
+            );
             cursor = result["nextCursor"].as_str().map(str::to_owned);
             if cursor.is_none() {
                 break;

@@ -297,3 +297,40 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tools_list_changed_notification_is_enough_to_hold_a_changed_tool() {
+    let stack = pinned("trust_on_first_use").await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
+        .await
+        .expect("session");
+    assert!(listed(&session).await.iter().any(|t| t == "add"));
+    let backend = backend_of(&session).await;
+    // The session's event stream is where the backend says its list changed.
+    let stream = session.open_event_stream().await.expect("GET stream");
+    assert_eq!(stream.status(), 200);
+    rug_pull(&stack, backend, None).await;
+    // The gateway re-lists the backend by itself: no client listing needed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let metrics = stack.metrics("ext-proc").await.expect("metrics");
+        if metrics.contains(r#"mcp_gateway_tool_drift_total{pool="session",reason="drift"}"#) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-list after tools/list_changed: {}",
+            stack.ext_proc_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reached = calls_received(&stack, backend, "add").await;
+    assert!(
+        refused(&session, "add")
+            .await
+            .contains("changed since it was pinned")
+    );
+    assert_eq!(calls_received(&stack, backend, "add").await, reached);
+    drop(stream);
+}
