@@ -6,7 +6,7 @@
 //! Layout, base64url without padding (visible ASCII only, as the spec requires):
 //!
 //! ```text
-//! version (1 byte, 0x01) || key id length (1) || key id || nonce (12)
+//! version (1 byte: 0x01 a session, 0x02 a task handle) || key id length (1) || key id || nonce (12)
 //!   || AES-256-GCM ciphertext of SessionPayload (proto/session.proto) || tag (16)
 //! ```
 //!
@@ -35,7 +35,12 @@ pub const SESSION_HASH_HEADER: &str = "x-mcp-session-hash";
 /// Environment variable with session keys when the config names no keys file.
 pub const KEYS_ENV: &str = "MCP_GATEWAY_SESSION_KEYS";
 
+/// The layout's version byte: 1 for a session, 2 for a task handle. Both are
+/// authenticated, so a sidecar that knows only sessions (version 1, during a
+/// rolling upgrade) finds a task handle malformed rather than opening it as a
+/// session.
 const VERSION: u8 = 1;
+const TASK_VERSION: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Tokens longer than this are not even decoded.
@@ -158,7 +163,11 @@ impl SessionSealer {
             return Err(SealError::TooLong { len });
         }
         let mut token = Vec::with_capacity(raw_len);
-        token.push(VERSION);
+        token.push(if payload.kind() == gateway_proto::session::Kind::Task {
+            TASK_VERSION
+        } else {
+            VERSION
+        });
         token.push(key.id.len() as u8);
         token.extend_from_slice(key.id.as_bytes());
         let aad_len = token.len();
@@ -192,7 +201,7 @@ impl SessionSealer {
         let (&version, rest) = bytes.split_first().ok_or(OpenError::Malformed)?;
         let (&id_len, rest) = rest.split_first().ok_or(OpenError::Malformed)?;
         let id_len = usize::from(id_len);
-        if version != VERSION || rest.len() < id_len + NONCE_LEN + TAG_LEN {
+        if !matches!(version, VERSION | TASK_VERSION) || rest.len() < id_len + NONCE_LEN + TAG_LEN {
             return Err(OpenError::Malformed);
         }
         let id = &rest[..id_len];
@@ -214,7 +223,18 @@ impl SessionSealer {
             tag,
         )
         .map_err(|_| OpenError::Forged)?;
-        SessionPayload::decode(plain.as_slice()).map_err(|_| OpenError::Forged)
+        let payload = SessionPayload::decode(plain.as_slice()).map_err(|_| OpenError::Forged)?;
+        // The kind must be the one the version byte says (and one this code
+        // knows: an unknown number is never taken for a session).
+        let kind = match payload.kind {
+            0 => VERSION,
+            1 => TASK_VERSION,
+            _ => return Err(OpenError::Malformed),
+        };
+        if kind != version {
+            return Err(OpenError::Malformed);
+        }
+        Ok(payload)
     }
 }
 

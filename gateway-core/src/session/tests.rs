@@ -110,3 +110,28 @@ fn a_payload_too_long_to_open_is_not_sealed() {
         other => panic!("sealed a token too long to open: {other:?}"),
     }
 }
+
+#[test]
+fn a_task_handle_says_so_in_its_version_byte_and_cannot_be_relabelled() {
+    let sealer = SessionSealer::new(vec![key("k1", 1)]).expect("sealer");
+    let task = SessionPayload {
+        kind: gateway_proto::session::Kind::Task.into(),
+        ..payload()
+    };
+    let handle = sealer.seal(&task).expect("seal");
+    let bytes = URL_SAFE_NO_PAD.decode(&handle).expect("base64");
+    assert_eq!(
+        bytes[0], TASK_VERSION,
+        "an old sidecar reads it as malformed"
+    );
+    assert_eq!(sealer.open(&handle), Ok(task));
+    // The version byte is authenticated: relabelled, it no longer opens.
+    let mut relabelled = bytes.clone();
+    relabelled[0] = VERSION;
+    assert!(sealer.open(&URL_SAFE_NO_PAD.encode(relabelled)).is_err());
+    let session = sealer.seal(&payload()).expect("seal");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(&session).expect("base64")[0],
+        VERSION
+    );
+}
