@@ -80,11 +80,8 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 /// insignificant whitespace): the same arguments always give the same digest.
 pub fn arguments_digest(arguments: &Value) -> String {
     let mut text = String::new();
-    gateway_core::tool_pins::canonical_json(arguments, &mut text);
-    openssl::sha::sha256(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gateway_core::digest::canonical_json(arguments, &mut text);
+    gateway_core::digest::sha256_hex(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -233,7 +233,8 @@ pub const TOOL_PIN_RULE: &str = "builtin:tool-pin";
 
 /// What the tool pins said of a request's calls.
 struct PinVerdicts {
-    /// Per message, the pinned fingerprint of the tool it calls.
+    /// Per message, the pinned fingerprint of the tool it calls (empty when
+    /// the pool is not pinned).
     fingerprints: Vec<Option<String>>,
     /// Why the first held-back call was refused.
     refusal: Option<String>,
@@ -586,12 +587,12 @@ impl Authorizer {
                 identity: &identity,
                 with_arguments: self.audit.arguments,
             };
-            for (((message, decision), call), fingerprint) in body
+            for (i, ((message, decision), call)) in body
                 .messages
                 .iter()
                 .zip(&decisions)
                 .zip(&mut call.calls)
-                .zip(&pinned.fingerprints)
+                .enumerate()
             {
                 let digest = message
                     .params
@@ -604,7 +605,7 @@ impl Authorizer {
                     decision,
                     if allowed { "allow" } else { "deny" },
                     digest.as_deref(),
-                    fingerprint.as_deref(),
+                    pinned.fingerprints.get(i).and_then(Option::as_deref),
                 );
                 if audit_answer {
                     call.arguments_sha256 = digest;
@@ -675,13 +676,15 @@ impl Authorizer {
         path: &str,
         decisions: &mut [Decision],
     ) -> PinVerdicts {
+        // Without pins nothing is judged, and nothing allocated per request.
         let mut verdicts = PinVerdicts {
-            fingerprints: vec![None; decisions.len()],
+            fingerprints: Vec::new(),
             refusal: None,
         };
         let Some(pins) = self.pins.as_ref().filter(|p| p.applies(era)) else {
             return verdicts;
         };
+        verdicts.fingerprints = vec![None; decisions.len()];
         for ((decision, call), fingerprint) in decisions
             .iter_mut()
             .zip(&call.calls)

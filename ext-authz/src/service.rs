@@ -265,10 +265,7 @@ fn client_traceparent(body: &[u8]) -> Option<&str> {
 /// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
 /// one session across spans, useless to resume it.
 fn session_digest(token: &str) -> String {
-    openssl::sha::sha256(token.as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    gateway_core::digest::hex(&openssl::sha::sha256(token.as_bytes())[..16])
 }
 
 fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {

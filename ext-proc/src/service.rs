@@ -460,32 +460,40 @@ fn caller(message: &ProcessingRequest) -> Option<Caller> {
             .get(key::CALLS)
             .map(handoff::calls_of)
             .unwrap_or_default(),
-        session: match (
-            text(key::SESSION_TOKEN),
-            text(key::SESSION_BACKEND_ID),
-            text(key::SESSION_UPSTREAM),
-        ) {
-            (Some(token), Some(backend_id), Some(upstream)) => Some(OpenedSession {
-                token: token.to_owned(),
-                backend_id: backend_id.to_owned(),
-                upstream: upstream.to_owned(),
-            }),
-            _ => None,
-        },
-        task: match (
-            text(key::TASK_HANDLE),
-            text(key::TASK_ID),
-            text(key::TASK_UPSTREAM),
-        ) {
-            (Some(handle), Some(task_id), Some(upstream)) => Some(OpenedTask {
-                handle: handle.to_owned(),
-                task_id: task_id.to_owned(),
-                upstream: upstream.to_owned(),
-            }),
-            _ => None,
-        },
+        session: all_of(
+            &text,
+            [
+                key::SESSION_TOKEN,
+                key::SESSION_BACKEND_ID,
+                key::SESSION_UPSTREAM,
+            ],
+        )
+        .map(|[token, backend_id, upstream]| OpenedSession {
+            token,
+            backend_id,
+            upstream,
+        }),
+        task: all_of(&text, [key::TASK_HANDLE, key::TASK_ID, key::TASK_UPSTREAM]).map(
+            |[handle, task_id, upstream]| OpenedTask {
+                handle,
+                task_id,
+                upstream,
+            },
+        ),
         tasks_declared: text(key::TASKS_DECLARED) == Some("1"),
     })
+}
+
+/// The values of all `keys`, or none: an opened token comes whole.
+fn all_of<'m, const N: usize>(
+    text: &impl Fn(&str) -> Option<&'m str>,
+    keys: [&str; N],
+) -> Option<[String; N]> {
+    let mut values = [const { String::new() }; N];
+    for (value, key) in values.iter_mut().zip(keys) {
+        *value = text(key)?.to_owned();
+    }
+    Some(values)
 }
 
 /// A string attribute Envoy attached to this message (e.g. `upstream.address`).

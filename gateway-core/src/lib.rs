@@ -4,6 +4,7 @@
 //! - [`config`]: the gateway config file, loaded once, with errors that name the file,
 //!   the key and the reason.
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
+//! - [`digest`]: canonical JSON, SHA-256 and hex, one spelling each.
 //! - [`fetch_url`]: which URLs the sidecars may fetch from (parsed, never matched as text).
 //! - [`handoff`]: what ext-authz hands ext-proc about a request (dynamic metadata).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
@@ -28,6 +29,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod digest;
 pub mod fetch_url;
 pub mod handoff;
 pub mod jsonrpc;

@@ -335,7 +335,7 @@ pub fn client_digest(issuer: &str, client: &str) -> SubjectDigest {
 /// The first half of a digest in hex: a key that names a caller in logs and
 /// counters without saying who it is.
 pub fn short_hex(digest: &SubjectDigest) -> String {
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex(&digest[..16])
 }
 
 /// Length-prefixed parts: no choice of issuer, subject or client can make two

@@ -44,6 +44,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::digest::{canonical_json, sha256_hex};
 use crate::metrics::Labels;
 use crate::protocol::Era;
 
@@ -77,67 +78,7 @@ pub fn fingerprint(tool: &Value) -> String {
         canonical_json(value, &mut text);
     }
     text.push('}');
-    let digest = openssl::sha::sha256(text.as_bytes());
-    let mut print = String::with_capacity(71);
-    print.push_str("sha256:");
-    for byte in digest {
-        print.push(char::from(HEX[usize::from(byte >> 4)]));
-        print.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    print
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// `value` as canonical JSON (after RFC 8785): object keys sorted by their
-/// UTF-16 code units, no whitespace, strings escaped as serde_json escapes them
-/// (so `"\u00e9"` and `"é"` read alike), and numbers in one form: an integral
-/// value as an integer (`1`, `1.0` and `1e0` alike), any other in the shortest
-/// form that reads back the same.
-pub fn canonical_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Null | Value::Bool(_) | Value::String(_) => out.push_str(&value.to_string()),
-        Value::Number(number) => out.push_str(&canonical_number(number)),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical_json(&map[key], out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn canonical_number(number: &serde_json::Number) -> String {
-    if let Some(i) = number.as_i64() {
-        return i.to_string();
-    }
-    if let Some(u) = number.as_u64() {
-        return u.to_string();
-    }
-    let f = number.as_f64().unwrap_or(0.0);
-    // Integral floats within the exactly representable range read as integers.
-    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-        return format!("{}", f as i64);
-    }
-    serde_json::Number::from_f64(f).map_or_else(|| "null".to_owned(), |n| n.to_string())
+    format!("sha256:{}", sha256_hex(text.as_bytes()))
 }
 
 /// The `tool_pins` section of the gateway config.

@@ -171,6 +171,15 @@ impl StackOptions {
         })
     }
 
+    /// Adds `change` to the config changes, after those already there.
+    pub fn also_configure(&mut self, change: impl Fn(&mut Value) + Send + 'static) {
+        let before = std::mem::replace(&mut self.gateway_config, Box::new(|_| {}));
+        self.gateway_config = Box::new(move |config| {
+            before(config);
+            change(config);
+        });
+    }
+
     /// [`StackOptions::for_test`] with `count` stateless-era backends (the SDK
     /// 2.x's dual-era server on its own pool) and the gateway config serving both
     /// eras.
@@ -365,6 +374,21 @@ impl Stack {
     }
 
     /// What a second gateway in front of the same pool needs from this one.
+    /// Options for another replica of this gateway: its own Envoy and sidecars
+    /// on free ports, the same session keys, in front of this stack's issuer
+    /// and backends, serving the same public URL (tokens name it).
+    pub fn replica_options(&self) -> anyhow::Result<StackOptions> {
+        let mut options = StackOptions::for_test()?;
+        options.ports = Ports::free(0)?;
+        options.session_keys = self.session_keys()?;
+        options.shared = Some(self.shared());
+        let resource = self.url();
+        options.also_configure(move |config| {
+            config["ext_authz"]["resource"] = resource.clone().into();
+        });
+        Ok(options)
+    }
+
     pub fn shared(&self) -> Shared {
         Shared {
             issuer_port: self.ports.issuer,

@@ -623,21 +623,6 @@ async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gat
     );
 }
 
-/// A second gateway replica (its own Envoy and sidecars, the same session keys)
-/// in front of `first`'s backends.
-async fn second_replica(first: &Stack) -> Stack {
-    let mut options = StackOptions::for_test().expect("ports");
-    options.ports = e2e::stack::Ports::free(0).expect("ports");
-    options.session_keys = first.session_keys().expect("keys");
-    options.shared = Some(first.shared());
-    // Replicas serve one public URL; tokens carry it as their audience.
-    let resource = first.url();
-    options.gateway_config = Box::new(move |config| {
-        config["ext_authz"]["resource"] = resource.clone().into();
-    });
-    Stack::start(options).await.expect("second replica starts")
-}
-
 /// The JSON-RPC requests stateless backend `index` received with `method`.
 async fn received(stack: &Stack, index: usize, method: &str) -> Vec<(Value, Value)> {
     stack
@@ -689,7 +674,9 @@ async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_re
     let mut first = Stack::start(StackOptions::with_stateless(2).expect("free ports"))
         .await
         .expect("stack starts");
-    let second = second_replica(&first).await;
+    let second = Stack::start(first.replica_options().expect("options"))
+        .await
+        .expect("second replica starts");
     let alice = first.token("alice", "mcp:tools").await.expect("token");
 
     // The official SDK 2.x client declares the tasks extension, gets a task for

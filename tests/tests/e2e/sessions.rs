@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{Ports, Stack, StackOptions, random_session_key};
+use e2e::stack::{Stack, StackOptions, random_session_key};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -180,16 +180,10 @@ async fn keys_rotate_and_restarts_lose_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateway_replicas_serve_the_same_sessions() {
     let first = stack().await;
-    let mut options = StackOptions::for_test().expect("ports");
-    options.ports = Ports::free(0).expect("ports");
-    options.session_keys = first.session_keys().expect("keys");
-    options.shared = Some(first.shared());
     // Replicas serve one public URL; tokens carry it as their audience.
-    let resource = first.url();
-    options.gateway_config = Box::new(move |config| {
-        config["ext_authz"]["resource"] = resource.clone().into();
-    });
-    let second = Stack::start(options).await.expect("second replica starts");
+    let second = Stack::start(first.replica_options().expect("options"))
+        .await
+        .expect("second replica starts");
     let token = first.token("alice", "mcp:tools").await.expect("token");
 
     let mut sessions = Vec::new();
