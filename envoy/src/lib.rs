@@ -266,11 +266,12 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
     let routes = at(vhost, &["routes"])?
         .as_sequence_mut()
         .ok_or_else(|| missing("routes is not a list"))?;
-    for route in routes {
+    for route in routes.iter_mut() {
         if let Some(buffered) = route.get_mut("request_body_buffer_limit") {
             *buffered = limit.into();
         }
     }
+    add_header_only_routes(routes, edge)?;
 
     let filters = at(hcm, &["http_filters"])?;
     let foreign = at(
@@ -314,7 +315,121 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
         named(filters, "envoy.filters.http.ext_authz")?,
         &["typed_config", "with_request_body", "max_request_bytes"],
     )? = u64::from(edge.max_request_bytes).into();
+    *at(
+        named(filters, MCP_FILTER)?,
+        &["typed_config", "max_request_body_size"],
+    )? = u64::from(edge.max_request_bytes).into();
     overlay_rate_limits(filters, &edge.rate_limits)
+}
+
+const MCP_FILTER: &str = "envoy.filters.http.mcp";
+const HEADER_ONLY_ROUTE: &str = "mcp-header-only-";
+
+/// One route per `edge.header_only` entry, before the verified POST route and
+/// like it, except that Envoy's `mcp` filter parses the body and checks the
+/// mirrored headers against it, and ext-authz gets what it parsed instead of
+/// the body. The route matches the headers exactly (a repeated header, which
+/// Envoy joins with a comma, matches no name), so anything else takes the
+/// verified route and ext-authz reads its body.
+fn add_header_only_routes(
+    routes: &mut Vec<Value>,
+    edge: &EdgeConfig,
+) -> Result<(), BootstrapError> {
+    // The source's own (the dev stack's) give way to the config's.
+    routes.retain(|r| {
+        !r.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with(HEADER_ONLY_ROUTE))
+    });
+    let position = |name: &str| {
+        routes
+            .iter()
+            .position(|r| r.get("name").and_then(Value::as_str) == Some(name))
+            .ok_or_else(|| missing(&format!("no route {name}")))
+    };
+    let verified = position("mcp-verified-post")?;
+    // Where a stateless call goes (any backend of its pool, no session id),
+    // matched as a verified caller's POST.
+    let mut template = routes[position("mcp-stateless")?].clone();
+    let gate = at(&mut routes[verified], &["match", "dynamic_metadata"])?.clone();
+    at(&mut template, &["match"])?
+        .as_mapping_mut()
+        .ok_or_else(|| missing("mcp-stateless: match is not a map"))?
+        .insert("dynamic_metadata".into(), gate);
+    let versions = gateway_core::protocol::MODERN_VERSIONS
+        .iter()
+        .map(|v| regex_escape(v))
+        .collect::<Vec<_>>()
+        .join("|");
+    let per_route: Mapping = serde_yaml::from_str(&format!(
+        r#"
+{MCP_FILTER}:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.McpOverride
+  traffic_mode: REJECT_NO_MCP
+  reject_duplicate_keys: true
+  max_request_body_size: {max}
+envoy.filters.http.ext_authz:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+  check_settings:
+    disable_request_body_buffering: true
+    context_extensions: {{ body: headers }}
+"#,
+        max = edge.max_request_bytes
+    ))
+    .map_err(|e| BootstrapError::Source(e.to_string()))?;
+    for (i, calls) in edge.header_only.iter().enumerate() {
+        let mut route = template.clone();
+        *at(&mut route, &["name"])? =
+            format!("{HEADER_ONLY_ROUTE}{}", calls.method.replace('/', "-")).into();
+        let mut matchers = vec![
+            (":method", "exact: POST".to_owned()),
+            (
+                "mcp-protocol-version",
+                format!("safe_regex: {{ regex: {versions:?} }}"),
+            ),
+            ("mcp-method", format!("exact: {:?}", calls.method)),
+        ];
+        if !calls.names.is_empty() {
+            let names = calls
+                .names
+                .iter()
+                .map(|n| regex_escape(n))
+                .collect::<Vec<_>>()
+                .join("|");
+            matchers.push(("mcp-name", format!("safe_regex: {{ regex: {names:?} }}")));
+        }
+        *at(&mut route, &["match", "headers"])? = Value::Sequence(
+            matchers
+                .into_iter()
+                .map(|(name, string_match)| {
+                    serde_yaml::from_str(&format!(
+                        "{{ name: {name:?}, string_match: {{ {string_match} }} }}"
+                    ))
+                    .map_err(|e| BootstrapError::Source(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+        );
+        let filters = at(&mut route, &["typed_per_filter_config"])?
+            .as_mapping_mut()
+            .ok_or_else(|| missing("mcp-stateless: typed_per_filter_config is not a map"))?;
+        for (k, v) in &per_route {
+            filters.insert(k.clone(), v.clone());
+        }
+        routes.insert(verified + i, route);
+    }
+    Ok(())
+}
+
+/// `text` matched literally by an RE2 regex.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";

@@ -331,3 +331,93 @@ fn bad_rate_limits_are_refused_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn header_only_calls_get_routes_of_their_own_before_the_verified_post() {
+    let edge = edge_of_gateway_config(
+        "gateway.yaml",
+        "edge:\n  max_request_bytes: 4096\n  header_only:\n  - {method: tools/call, names: [get.time, whoami]}\n  - {method: tools/list}\n",
+    )
+    .expect("edge parses");
+    let doc = yaml(&render(&profile("envoy/profiles/local.yaml"), &edge).expect("renders"));
+    let hcm =
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .expect("routes");
+    let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+    let at = |name: &str| names.iter().position(|n| *n == name).expect(name);
+    assert_eq!(
+        at("mcp-header-only-tools-call") + 1,
+        at("mcp-header-only-tools-list")
+    );
+    assert_eq!(
+        at("mcp-header-only-tools-list") + 1,
+        at("mcp-verified-post")
+    );
+    assert!(at("mcp-stateless") < at("mcp-header-only-tools-call"));
+    let call = &routes[at("mcp-header-only-tools-call")];
+    let matchers = call["match"]["headers"].as_sequence().expect("headers");
+    let matcher = |name: &str| {
+        matchers
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["string_match"].clone())
+            .expect(name)
+    };
+    assert_eq!(matcher("mcp-method"), yaml("{exact: tools/call}"));
+    assert_eq!(
+        matcher("mcp-name"),
+        yaml(r#"{safe_regex: {regex: 'get\.time|whoami'}}"#)
+    );
+    assert_eq!(
+        matcher("mcp-protocol-version"),
+        yaml("{safe_regex: {regex: 2026-07-28}}")
+    );
+    assert_eq!(
+        call["match"]["dynamic_metadata"][0]["path"][0]["key"],
+        "gate"
+    );
+    assert_eq!(call["route"]["cluster"], "mcp_stateless_backends");
+    let filters = &call["typed_per_filter_config"];
+    assert_eq!(
+        filters["envoy.filters.http.mcp"]["traffic_mode"],
+        "REJECT_NO_MCP"
+    );
+    assert_eq!(
+        filters["envoy.filters.http.mcp"]["max_request_body_size"],
+        4096
+    );
+    assert_eq!(
+        filters["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"]["body"],
+        "headers"
+    );
+    let list = &routes[at("mcp-header-only-tools-list")];
+    assert!(
+        !list["match"]["headers"]
+            .as_sequence()
+            .expect("headers")
+            .iter()
+            .any(|m| m["name"] == "mcp-name")
+    );
+
+    // Without any, none: the mcp filter stays in the chain, doing nothing.
+    let doc = yaml(
+        &render(
+            &profile("envoy/profiles/local.yaml"),
+            &EdgeConfig::default(),
+        )
+        .expect("renders"),
+    );
+    let hcm =
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .expect("routes");
+    assert!(!routes.iter().any(|r| {
+        r["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("mcp-header-only-"))
+    }));
+    assert!(http_filters(&doc).contains(&"envoy.filters.http.mcp".to_owned()));
+}

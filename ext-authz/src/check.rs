@@ -36,7 +36,7 @@ use gateway_core::config::{
 use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
-use gateway_core::rules::{Decision, Effect, RequestFacts};
+use gateway_core::rules::{Decision, Effect, Policy, RequestFacts};
 use serde_json::{Value, json};
 
 use crate::arguments::{ArgumentChecker, Checked, FetchContext};
@@ -76,6 +76,9 @@ pub struct HttpRequest<'a> {
     pub origin: Option<&'a str>,
     /// How much of the body Envoy sent.
     pub body_state: BodyState,
+    /// With [`BodyState::ParsedByEnvoy`]: what Envoy's `mcp` filter parsed of
+    /// the call (`None` if it parsed nothing valid).
+    pub parsed_by_envoy: Option<serde_json::Map<String, Value>>,
 }
 
 /// How much of the request body ext-authz received.
@@ -92,6 +95,10 @@ pub enum BodyState {
     Prefix,
     /// None: the route sends no body for requests without a token.
     Withheld,
+    /// None, but what Envoy's `mcp` filter parsed of it, its mirrored headers
+    /// checked against it: a call judged from its headers (gateway config
+    /// `edge.header_only`).
+    ParsedByEnvoy,
 }
 
 /// What ext-authz decided.
@@ -460,8 +467,11 @@ impl Authorizer {
         path: &str,
         identity: Arc<Identity>,
     ) -> Verdict {
+        let header_only = request.body_state == BodyState::ParsedByEnvoy;
         match (request.method, request.body_state) {
-            (_, BodyState::Complete) | ("GET" | "DELETE", _) => {}
+            (_, BodyState::Complete)
+            | ("GET" | "DELETE", _)
+            | ("POST", BodyState::ParsedByEnvoy) => {}
             (_, BodyState::TooLarge) => {
                 let why = "request body is larger than the gateway accepts";
                 return Verdict::Deny(invalid(
@@ -470,14 +480,22 @@ impl Authorizer {
                     why.into(),
                 ));
             }
-            (_, BodyState::Prefix | BodyState::Withheld) => {
+            (_, BodyState::Prefix | BodyState::Withheld | BodyState::ParsedByEnvoy) => {
                 return Verdict::Deny(body_not_received());
             }
         }
         if request.method != "POST" {
             return self.check_bodiless(request, path, &identity);
         }
-        let mut body = match Body::parse(request.body, &self.limits) {
+        let parsed = if header_only {
+            match request.parsed_by_envoy.clone() {
+                Some(summary) => Body::from_summary(summary),
+                None => return Verdict::Deny(unjudgeable("Envoy sent no call it parsed")),
+            }
+        } else {
+            Body::parse(request.body, &self.limits)
+        };
+        let mut body = match parsed {
             Ok(body) => body,
             Err(err @ ParseError::TooLarge { .. }) => {
                 return Verdict::Deny(invalid(
@@ -507,6 +525,9 @@ impl Authorizer {
                 return Verdict::Deny(denied);
             }
         };
+        if header_only && protocol.era != Era::Stateless {
+            return Verdict::Deny(unjudgeable("a session-era request came without its body"));
+        }
         let version = protocol.version;
         // Rules judge the backend's tool name: an alias governs like its target.
         for message in &mut body.messages {
@@ -560,7 +581,29 @@ impl Authorizer {
             denied.call = call;
             return Verdict::Deny(denied);
         }
-        let mut decisions = self.judge(&body.messages, &identity, request, path, protocol);
+        let policy = self.policy.current();
+        if header_only
+            && let [message] = body.messages.as_slice()
+            && let Some(method) = message.method.as_deref()
+            && let Some(rule) = policy
+                .for_path(path)
+                .body_reader(method, message.tool.as_deref())
+        {
+            tracing::error!(
+                target: "security",
+                rule = %rule,
+                method,
+                tool = message.tool.as_deref(),
+                "a call judged from its headers falls under a rule that reads its body; \
+                 refused (Envoy's config lists it in edge.header_only, the rules do not allow that)"
+            );
+            let mut denied = unjudgeable(&format!(
+                "rule `{rule}` reads this call's body, which the gateway did not receive"
+            ));
+            denied.call = call_info(&body.messages);
+            return Verdict::Deny(denied);
+        }
+        let mut decisions = self.judge(&policy, &body.messages, &identity, request, path, protocol);
         let pinned = self.judge_pins(&call, protocol.era, path, &mut decisions);
         let allowed = decisions.iter().all(|d| d.effect == Effect::Allow);
         // The answer to an allowed call is audited too, by ext-proc (Envoy copies
@@ -729,13 +772,13 @@ impl Authorizer {
     /// One decision per message: built-in checks first, then the rules.
     fn judge(
         &self,
+        policy: &Policy,
         messages: &[Message],
         identity: &Identity,
         request: &HttpRequest<'_>,
         path: &str,
         protocol: Protocol,
     ) -> Vec<Decision> {
-        let policy = self.policy.current();
         let facts = facts(identity, request, path, protocol);
         let refs: Vec<&Message> = messages.iter().collect();
         let mut decisions = policy.for_path(path).evaluate(&facts, &refs);
@@ -1014,8 +1057,22 @@ impl Authorizer {
         } else {
             Hop::Direct
         };
+        // A call judged from its headers has no arguments here: the backend
+        // checks them (and its `Mcp-Param-*` headers), and ext-proc rewrites
+        // them if a rewrite applies.
+        let header_only = request.body_state == BodyState::ParsedByEnvoy;
+        if header_only
+            && let [message] = allowed.messages.as_slice()
+            && let Some(method) = message.method.as_deref()
+            && self
+                .rewrites
+                .rewrites_request_of(method, message.tool.as_deref())
+        {
+            hop = Hop::Proc;
+        }
         if let Some(arguments) = &self.arguments
             && !allowed.messages.is_empty()
+            && !header_only
         {
             let facts = facts(&allowed.identity, request, path, allowed.protocol);
             let context = FetchContext {
@@ -1575,6 +1632,17 @@ fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<De
             Err(Box::new(denied))
         }
     }
+}
+
+/// A request the gateway cannot judge because of how it is deployed (Envoy's
+/// config and the gateway's disagree): refused, and the operator told why.
+fn unjudgeable(why: &str) -> Denied {
+    let message = format!("the gateway cannot judge this call: {why}");
+    invalid(
+        503,
+        jsonrpc::error_response(None, -32603, &message),
+        message,
+    )
 }
 
 fn body_not_received() -> Denied {

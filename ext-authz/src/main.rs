@@ -61,7 +61,10 @@ async fn main() -> ExitCode {
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let authenticator = Authenticator::from_config(section, config_dir)?;
         let authn_metrics = authenticator.metrics().clone();
-        let policy = PolicyStore::load_and_watch(config_dir.join(&section.rules_file))?;
+        let policy = PolicyStore::load_and_watch(
+            config_dir.join(&section.rules_file),
+            &config.edge.header_only,
+        )?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
         let pins = ToolPins::from_gateway_config(config, config_dir)?;
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status;
 use gateway_core::handoff::{self, key};
@@ -36,8 +37,15 @@ pub const PASSTHROUGH_EXTENSION: &str = "authorization_passthrough";
 /// Per-route `context_extensions` key `body`: `withheld` where the route sends no
 /// body (requests without a token), `prefix` where it sends only the beginning of
 /// a larger one (tokens Envoy's gate could not verify). Either way a POST whose
-/// body did not come whole cannot be judged.
+/// body did not come whole cannot be judged. `headers` where Envoy's `mcp`
+/// filter parsed the body and checked the mirrored headers against it, and
+/// sends what it parsed instead ([`MCP_FILTER_NAMESPACE`]): a call judged from
+/// its headers (gateway config `edge.header_only`).
 pub const BODY_EXTENSION: &str = "body";
+
+/// Where Envoy's `mcp` filter writes what it parsed of a call: `jsonrpc`,
+/// `id`, `method`, `params` (the name and `_meta`), `status`.
+pub const MCP_FILTER_NAMESPACE: &str = "envoy.filters.http.mcp";
 
 /// Where ext-authz publishes the keys it trusts, for Envoy's header-time gate
 /// (`jwt_authn` fetches them over the same connection as Check calls).
@@ -160,13 +168,21 @@ impl Authorization for AuthzService {
                         .map(String::as_str)
                     {
                         Some("withheld") => BodyState::Withheld,
+                        Some("headers") => BodyState::ParsedByEnvoy,
                         Some("prefix") if partial => BodyState::Prefix,
                         _ if partial => BodyState::TooLarge,
                         _ => BodyState::Complete,
                     }
                 },
+                parsed_by_envoy: None,
             },
             None => HttpRequest::default(),
+        };
+        let view = HttpRequest {
+            parsed_by_envoy: (view.body_state == BodyState::ParsedByEnvoy)
+                .then(|| parsed_call(attributes?.metadata_context.as_ref()?))
+                .flatten(),
+            ..view
         };
         let span = tracing::info_span!(
             target: gateway_core::telemetry::SPAN_TARGET,
@@ -264,6 +280,55 @@ fn client_traceparent(body: &[u8]) -> Option<&str> {
 
 /// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
 /// one session across spans, useless to resume it.
+/// What Envoy's `mcp` filter parsed of a call, as JSON, if it parsed one and
+/// found it a valid MCP request (its headers agreeing with its body).
+fn parsed_call(
+    metadata: &envoy_types::pb::envoy::config::core::v3::Metadata,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let parsed = metadata.filter_metadata.get(MCP_FILTER_NAMESPACE)?;
+    let field = |name: &str| parsed.fields.get(name).and_then(|v| v.kind.as_ref());
+    let ok = matches!(field("status"), Some(Kind::StringValue(s)) if s == "mcp_ok")
+        && matches!(field("is_mcp_request"), Some(Kind::BoolValue(true)));
+    if !ok {
+        return None;
+    }
+    let mut call = serde_json::Map::new();
+    for name in ["jsonrpc", "id", "method", "params"] {
+        if let Some(value) = parsed.fields.get(name) {
+            call.insert(name.to_owned(), to_json(value));
+        }
+    }
+    Some(call)
+}
+
+/// A protobuf value as JSON. Protobuf has only doubles: a whole number within
+/// the 53 bits a double holds exactly becomes an integer again (JSON-RPC ids
+/// are compared as sent).
+fn to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(*b),
+        Some(Kind::StringValue(s)) => Json::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if n.fract() == 0.0 && n.abs() <= EXACT {
+                #[allow(clippy::cast_possible_truncation)]
+                Json::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number)
+            }
+        }
+        Some(Kind::ListValue(list)) => Json::Array(list.values.iter().map(to_json).collect()),
+        Some(Kind::StructValue(s)) => Json::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
 fn session_digest(token: &str) -> String {
     gateway_core::digest::hex(&openssl::sha::sha256(token.as_bytes())[..16])
 }

@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
         let policy = match &config.ext_authz {
             Some(authz) => Some(PolicyStore::load_and_watch(
                 config_dir.join(&authz.rules_file),
+                &config.edge.header_only,
             )?),
             None => None,
         };

@@ -247,6 +247,16 @@ pub struct EdgeConfig {
     /// under, Envoy counts (see [`RateLimitsConfig`]).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Stateless (2026-07-28) calls judged from their headers alone: Envoy's
+    /// `mcp` filter parses the body and checks `MCP-Protocol-Version`,
+    /// `Mcp-Method` and `Mcp-Name` against it, and ext-authz gets what it
+    /// parsed (method, id, name, `_meta`) instead of the body. Only for calls
+    /// whose rules read nothing of `mcp.params`: ext-authz refuses to start (or
+    /// to reload rules) otherwise. The gateway then checks neither their
+    /// arguments' schemas nor their `Mcp-Param-*` headers (the backend does, as
+    /// the spec requires of servers).
+    #[serde(default, deserialize_with = "header_only_calls")]
+    pub header_only: Vec<HeaderOnlyCalls>,
 }
 
 impl Default for EdgeConfig {
@@ -255,7 +265,32 @@ impl Default for EdgeConfig {
             allowed_origins: Vec::new(),
             max_request_bytes: default_max_request_bytes(),
             rate_limits: RateLimitsConfig::default(),
+            header_only: Vec::new(),
         }
+    }
+}
+
+/// One method (and for `tools/call`, `prompts/get` and `resources/read`, the
+/// names or URIs) whose stateless calls are judged from their headers alone
+/// (see [`EdgeConfig::header_only`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOnlyCalls {
+    pub method: String,
+    /// What `Mcp-Name` says: tool or prompt names, resource URIs. Required for
+    /// the methods that have one, refused for the others.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+impl HeaderOnlyCalls {
+    /// Whether a call of `method` (to `name`) is one of these.
+    pub fn covers(&self, method: &str, name: Option<&str>) -> bool {
+        self.method == method
+            && match name {
+                Some(name) => self.names.iter().any(|n| n == name),
+                None => self.names.is_empty(),
+            }
     }
 }
 
@@ -366,6 +401,64 @@ impl EdgeConfig {
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         origin.is_none_or(|origin| self.allowed_origins.iter().any(|o| o == origin))
     }
+}
+
+/// Header-only calls that Envoy can route on exactly: a method of the
+/// stateless era whose answer ext-proc need not touch for protocol reasons
+/// (not a task, not a notification), and names that travel in `Mcp-Name` as
+/// they are (printable ASCII, no comma, which a repeated header would add).
+fn header_only_calls<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<HeaderOnlyCalls>, D::Error> {
+    let calls = Vec::<HeaderOnlyCalls>::deserialize(d)?;
+    let mut seen = std::collections::HashSet::new();
+    for calls in &calls {
+        let method = calls.method.as_str();
+        let fail = |why: String| {
+            Err(serde::de::Error::custom(format!(
+                "header_only: method `{method}`: {why}"
+            )))
+        };
+        if !seen.insert(method) {
+            return fail("listed twice; list all its names in one entry".into());
+        }
+        if method.is_empty()
+            || !method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
+        {
+            return fail("not an MCP method name".into());
+        }
+        if method.starts_with("tasks/")
+            || method.starts_with("notifications/")
+            || method == "initialize"
+        {
+            return fail(
+                "tasks, notifications and `initialize` need their body (task handles are                  swapped in it; the others are not stateless calls)"
+                    .into(),
+            );
+        }
+        let named = crate::protocol::NAMED_METHODS.contains(&method);
+        match (named, calls.names.is_empty()) {
+            (true, true) => return fail("list the `names` (what `Mcp-Name` says)".into()),
+            (false, false) => return fail("this method has no `Mcp-Name`: drop `names`".into()),
+            _ => {}
+        }
+        for name in &calls.names {
+            let plain = !name.is_empty()
+                && name.trim() == name
+                && name
+                    .bytes()
+                    .all(|b| (0x20..=0x7e).contains(&b) && b != b',')
+                && crate::protocol::encode_header_value(name) == name.as_str();
+            if !plain {
+                return fail(format!(
+                    "name `{name}`: only printable ASCII without `,` or surrounding spaces can be matched in a header"
+                ));
+            }
+        }
+    }
+    Ok(calls)
 }
 
 fn default_max_request_bytes() -> u32 {
@@ -747,6 +840,27 @@ impl GatewayConfig {
             path: path.to_owned(),
             reason: err.to_string(),
         })?;
+        // A call to an alias has its body rewritten (ext-proc puts the
+        // backend's name in it): it is never judged from its headers alone.
+        for calls in &config.edge.header_only {
+            if calls.method != "tools/call" {
+                continue;
+            }
+            if let Some(alias) = config
+                .rewrites
+                .iter()
+                .filter_map(|r| r.alias.as_ref())
+                .find(|a| calls.names.contains(&a.from))
+            {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "edge.header_only: `{}` is an alias of `{}`, and a call to an alias has its body rewritten; leave it out",
+                        alias.from, alias.to
+                    ),
+                });
+            }
+        }
         // Limits match the backend's tool name (aliases resolved before any
         // check): a limit on an alias would never count anything.
         for limit in &config.edge.rate_limits.limits {

@@ -127,6 +127,17 @@ pub struct Message {
 }
 
 impl Body {
+    /// The one message of a call whose body someone else parsed (Envoy's `mcp`
+    /// filter, for calls judged from their headers): `jsonrpc`, `id`, `method`
+    /// and `params`, which hold only what was extracted (a name, `_meta`),
+    /// never the arguments.
+    pub fn from_summary(summary: Map<String, Value>) -> Result<Self, ParseError> {
+        Ok(Body {
+            messages: vec![Message::from_object(summary)?],
+            batch: false,
+        })
+    }
+
     /// Parses a POST body within `limits`.
     pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Self, ParseError> {
         let value = parse_strict(bytes, limits)?;

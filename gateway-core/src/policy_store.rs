@@ -6,28 +6,37 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::config::HeaderOnlyCalls;
 use crate::rules::{Policy, PolicyError};
 
 /// The current policy, shared by every request.
 pub struct PolicyStore {
     path: PathBuf,
     current: RwLock<Arc<Policy>>,
+    /// Calls judged from their headers alone: no rule they fall under may read
+    /// their body, in the first rules or any reloaded.
+    header_only: Vec<HeaderOnlyCalls>,
 }
 
 impl PolicyStore {
-    /// Loads the rules file at `path`.
-    pub fn load(path: PathBuf) -> Result<Self, PolicyError> {
-        let policy = Policy::load(&path)?;
+    /// Loads the rules file at `path`, checked against the gateway config's
+    /// header-only calls.
+    pub fn load(path: PathBuf, header_only: &[HeaderOnlyCalls]) -> Result<Self, PolicyError> {
+        let policy = Self::read(&path, header_only)?;
         Ok(Self {
             path,
             current: RwLock::new(Arc::new(policy)),
+            header_only: header_only.to_vec(),
         })
     }
 
     /// Loads the rules file, logs what it holds, and reloads it from then on (see
     /// [`watch`]).
-    pub fn load_and_watch(path: PathBuf) -> Result<Arc<Self>, PolicyError> {
-        let store = Arc::new(Self::load(path)?);
+    pub fn load_and_watch(
+        path: PathBuf,
+        header_only: &[HeaderOnlyCalls],
+    ) -> Result<Arc<Self>, PolicyError> {
+        let store = Arc::new(Self::load(path, header_only)?);
         tracing::info!(
             file = %store.path().display(),
             rules = store.current().rule_count(),
@@ -42,6 +51,7 @@ impl PolicyStore {
         Self {
             path: PathBuf::new(),
             current: RwLock::new(Arc::new(policy)),
+            header_only: Vec::new(),
         }
     }
 
@@ -59,7 +69,7 @@ impl PolicyStore {
 
     /// Reads the file again; keeps the old rules when the new ones do not compile.
     pub fn reload(&self) -> Result<usize, PolicyError> {
-        let policy = Policy::load(&self.path)?;
+        let policy = Self::read(&self.path, &self.header_only)?;
         let rules = policy.rule_count();
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
@@ -67,6 +77,12 @@ impl PolicyStore {
         };
         *guard = Arc::new(policy);
         Ok(rules)
+    }
+
+    fn read(path: &Path, header_only: &[HeaderOnlyCalls]) -> Result<Policy, PolicyError> {
+        let policy = Policy::load(path)?;
+        policy.check_header_only(&path.display().to_string(), header_only)?;
+        Ok(policy)
     }
 }
 
@@ -110,4 +126,44 @@ pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_that_would_read_a_header_only_calls_body_are_refused_at_load_and_reload() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("rules.yaml");
+        let calls = [HeaderOnlyCalls {
+            method: "tools/call".to_owned(),
+            names: vec!["whoami".to_owned()],
+        }];
+        let by_name = "default:\n  rules:\n  - {name: who, effect: allow, tools: [whoami]}\n";
+        let by_argument = "default:\n  rules:\n  - {name: who, effect: allow, tools: [whoami], when: has(mcp.params.arguments.x)}\n";
+
+        std::fs::write(&path, by_argument).expect("write");
+        let err = PolicyStore::load(path.clone(), &calls)
+            .err()
+            .expect("refused at load");
+        assert!(
+            err.to_string().contains("rule `who` reads `mcp.params`"),
+            "{err}"
+        );
+
+        std::fs::write(&path, by_name).expect("write");
+        let store = PolicyStore::load(path.clone(), &calls).expect("loads");
+        std::fs::write(&path, by_argument).expect("write");
+        assert!(store.reload().is_err(), "refused at reload");
+        // The rules in force are still the ones that read no body.
+        let current = store.current();
+        assert_eq!(
+            current
+                .for_path("/mcp")
+                .body_reader("tools/call", Some("whoami")),
+            None
+        );
+        assert_eq!(current.rule_count(), 1);
+    }
 }

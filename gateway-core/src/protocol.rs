@@ -407,6 +407,10 @@ fn name_of(message: &Message) -> Option<(&'static str, &Value)> {
     name_param(message.method.as_deref()?, message.params.as_ref())
 }
 
+/// The methods whose requests name their target in `Mcp-Name` (besides the
+/// tasks extension's, which name a task).
+pub const NAMED_METHODS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+
 fn name_param<'p>(method: &str, params: Option<&'p Value>) -> Option<(&'static str, &'p Value)> {
     let key = match method {
         "tools/call" | "prompts/get" => "name",

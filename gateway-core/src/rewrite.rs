@@ -385,6 +385,21 @@ impl RewriteSet {
         self.rewrites_requests
     }
 
+    /// Whether a request of `method` (to `tool`) may be changed, whatever its
+    /// arguments: an alias or a rule that sets, removes, clamps or validates
+    /// its arguments applies to it.
+    pub fn rewrites_request_of(&self, method: &str, tool: Option<&str>) -> bool {
+        let aliased = method == "tools/call" && tool.is_some_and(|t| self.aliases.contains_key(t));
+        aliased
+            || self.rules.iter().any(|r| {
+                r.prefilter(Some(method), tool)
+                    && (!r.set.is_empty()
+                        || !r.remove.is_empty()
+                        || !r.clamp.is_empty()
+                        || r.validate.is_some())
+            })
+    }
+
     /// Whether a message of this origin may be rewritten (so its body is needed).
     pub fn rewrites_response(&self, origin: Origin<'_>) -> bool {
         let tools_list = matches!(

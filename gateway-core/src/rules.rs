@@ -116,6 +116,17 @@ pub enum PolicyError {
         rule: String,
         reason: String,
     },
+    #[error(
+        "{path}: rule `{rule}` reads `mcp.params`, but gateway config `edge.header_only` lists \
+         {call}, whose body ext-authz never receives: make the rule read only mcp.{{{facts}}}, \
+         or take the call out of edge.header_only"
+    )]
+    HeaderOnly {
+        path: String,
+        rule: String,
+        call: String,
+        facts: String,
+    },
 }
 
 /// Which rule decided, and how.
@@ -149,7 +160,16 @@ struct Rule {
     methods: Option<HashSet<String>>,
     tools: Option<HashSet<String>>,
     program: Option<Program>,
+    /// The `when` reads the message beyond what its headers say (see
+    /// [`HEADER_FACTS`]).
+    reads_body: bool,
 }
+
+/// The fields of `mcp` a stateless call's headers (checked against its body
+/// by Envoy) and the gateway itself supply: a rule reading only these (and
+/// `jwt`, `auth`, `request`, `source`) can judge a call whose body ext-authz
+/// never receives.
+pub const HEADER_FACTS: &[&str] = &["method", "tool", "kind", "id", "era", "protocol_version"];
 
 /// What a message is judged with, besides the message itself.
 #[derive(Debug, Default)]
@@ -190,6 +210,39 @@ impl Policy {
     }
 
     /// Compiles a parsed rules file.
+    /// Checks that no rule a header-only call falls under reads its body (see
+    /// [`crate::config::EdgeConfig::header_only`]); `name` labels the error.
+    pub fn check_header_only(
+        &self,
+        name: &str,
+        calls: &[crate::config::HeaderOnlyCalls],
+    ) -> Result<(), PolicyError> {
+        let sets = std::iter::once(&self.default).chain(self.routes.iter().map(|(_, s)| s));
+        for set in sets {
+            for calls in calls {
+                let names: Vec<Option<&str>> = if calls.names.is_empty() {
+                    vec![None]
+                } else {
+                    calls.names.iter().map(|n| Some(n.as_str())).collect()
+                };
+                for target in names {
+                    if let Some(rule) = set.body_reader(&calls.method, target) {
+                        return Err(PolicyError::HeaderOnly {
+                            path: name.to_owned(),
+                            rule: rule.to_string(),
+                            call: match target {
+                                Some(target) => format!("`{} {target}`", calls.method),
+                                None => format!("`{}`", calls.method),
+                            },
+                            facts: HEADER_FACTS.join(", "),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn compile(name: &str, file: &PolicyFile) -> Result<Self, PolicyError> {
         let env = Arc::new(Env::stdlib());
         let default =
@@ -278,12 +331,16 @@ impl RuleSet {
             };
             let set =
                 |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
+            let reads_body = program
+                .as_ref()
+                .is_some_and(|p| reads_beyond_headers(p.expression()));
             rules.push(Rule {
                 name: config.name.as_str().into(),
                 effect: config.effect,
                 methods: set(&config.methods),
                 tools: set(&config.tools),
                 program,
+                reads_body,
             });
         }
         Ok(Self {
@@ -358,6 +415,23 @@ impl RuleSet {
         }
     }
 
+    /// The first rule that a call of `method` (to `tool`) falls under and
+    /// that reads its body beyond [`HEADER_FACTS`]: such a call cannot be
+    /// judged from its headers.
+    pub fn body_reader(&self, method: &str, tool: Option<&str>) -> Option<&Arc<str>> {
+        let probe = Message {
+            kind: crate::jsonrpc::Kind::Request,
+            id: None,
+            method: Some(method.to_owned()),
+            tool: tool.map(str::to_owned),
+            params: None,
+        };
+        self.rules
+            .iter()
+            .find(|r| r.reads_body && r.applies_to(&probe))
+            .map(|r| &r.name)
+    }
+
     /// Whether the caller could call `tool` at all: used to filter `tools/list`.
     /// Arguments are unknown here, so a rule that reads a field the probe lacks
     /// counts as a possible allow and never as a certain deny.
@@ -401,6 +475,24 @@ pub(crate) fn free_variables(program: &Program) -> Vec<&str> {
     every_identifier(program.expression(), &mut free);
     free.retain(|v| !bound.contains(v) && !v.starts_with('@'));
     free.into_iter().collect()
+}
+
+/// Whether an expression reads `mcp` other than through a field of
+/// [`HEADER_FACTS`] (`mcp.params...`, `mcp["tool"]`, `mcp` itself).
+fn reads_beyond_headers(expr: &cel::IdedExpr) -> bool {
+    use cel::common::ast::Expr;
+    match &expr.expr {
+        Expr::Select(select) => {
+            if let Expr::Ident(name) = &select.operand.expr
+                && name == "mcp"
+            {
+                return !HEADER_FACTS.contains(&select.field.as_str());
+            }
+            reads_beyond_headers(&select.operand)
+        }
+        Expr::Ident(name) => name == "mcp",
+        _ => children(expr).into_iter().any(reads_beyond_headers),
+    }
 }
 
 fn every_identifier<'e>(expr: &'e cel::IdedExpr, found: &mut HashSet<&'e str>) {

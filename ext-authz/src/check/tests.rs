@@ -50,6 +50,7 @@ fn request<'a>(
         source_address: "127.0.0.1",
         origin: None,
         body_state: BodyState::Complete,
+        parsed_by_envoy: None,
     }
 }
 
@@ -469,4 +470,99 @@ async fn an_era_without_backends_is_refused_with_the_versions_that_are_served() 
         json!(["2026-07-28"])
     );
     assert_eq!(json(&d)["error"]["data"]["requested"], "2025-11-25");
+}
+
+impl Caller {
+    /// A call Envoy's `mcp` filter parsed and ext-authz gets without its body.
+    fn header_only<'a>(
+        &'a self,
+        method: &str,
+        name: &str,
+        headers: &'a HashMap<String, String>,
+    ) -> HttpRequest<'a> {
+        let mut r = self.stateless("", headers);
+        r.body_state = BodyState::ParsedByEnvoy;
+        r.parsed_by_envoy = Some(parsed(method, name));
+        r
+    }
+}
+
+/// What Envoy's `mcp` filter hands ext-authz for a call it parsed: never the
+/// arguments.
+fn parsed(method: &str, name: &str) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "jsonrpc": "2.0", "id": 9, "method": method,
+        "params": {"name": name, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}},
+    }) else {
+        unreachable!("an object literal")
+    };
+    map
+}
+
+#[tokio::test]
+async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and_refused_by_the_others()
+ {
+    let key = TestKey::new(Algorithm::ES256, "k");
+    let server = JwksServer::start(&[&key]).await;
+    let authz = authorizer(&server, "")
+        .await
+        .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"));
+    let c = caller(&key).await;
+    let (delete, add) = (
+        mirrored("tools/call", "delete"),
+        mirrored("tools/call", "add"),
+    );
+
+    // `no-delete` reads no body: the call is denied as a JSON-RPC error with its id.
+    let d = denied(
+        authz
+            .check(&c.header_only("tools/call", "delete", &delete))
+            .await,
+    );
+    assert_eq!(
+        (
+            d.status,
+            json(&d)["error"]["code"].as_i64(),
+            json(&d)["id"].as_i64()
+        ),
+        (200, Some(DENIED_CODE), Some(9))
+    );
+    assert_eq!(d.rule.as_deref(), Some("no-delete"));
+    // `small-add` reads the arguments, which did not come: refused whole (503),
+    // never judged as if `a` were missing.
+    let d = denied(authz.check(&c.header_only("tools/call", "add", &add)).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (503, Some(-32603))
+    );
+    assert!(d.reason.contains("small-add"), "{}", d.reason);
+    // Envoy's config routed it here without parsing it: nothing to judge.
+    let mut r = c.header_only("tools/call", "delete", &delete);
+    r.parsed_by_envoy = None;
+    let d = denied(authz.check(&r).await);
+    assert_eq!(d.status, 503);
+    // ping falls under `lifecycle`, which reads no body: allowed, mirrored
+    // headers set from what Envoy parsed.
+    let mut ping = mirrored("ping", "");
+    ping.remove("mcp-name");
+    let mut r = c.header_only("ping", "", &ping);
+    if let Some(call) = &mut r.parsed_by_envoy {
+        call["params"]
+            .as_object_mut()
+            .expect("params")
+            .remove("name");
+    }
+    match authz.check(&r).await {
+        Verdict::Allow(allowed) => {
+            assert_eq!(allowed.rule.as_deref(), Some("lifecycle"));
+            assert!(
+                allowed
+                    .set_headers
+                    .contains(&("mcp-method".to_owned(), "ping".to_owned()))
+            );
+        }
+        Verdict::Deny(d) => panic!("denied: {d:?}"),
+    }
 }

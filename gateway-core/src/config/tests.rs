@@ -190,3 +190,38 @@ fn a_message_matches_a_limit_by_any_of_its_methods_and_tools() {
         "an empty match counts all"
     );
 }
+
+#[test]
+fn header_only_calls_are_checked_where_they_are_listed() {
+    let ok = parse(
+        "edge:\n  header_only:\n  - {method: tools/call, names: [whoami, get.time]}\n  - {method: tools/list}\n",
+    )
+    .expect("valid");
+    assert!(ok.edge.header_only[0].covers("tools/call", Some("get.time")));
+    assert!(!ok.edge.header_only[0].covers("tools/call", Some("add")));
+    assert!(ok.edge.header_only[1].covers("tools/list", None));
+    for (text, why) in [
+        ("- {method: tools/call}", "list the `names`"),
+        ("- {method: tools/list, names: [x]}", "has no `Mcp-Name`"),
+        ("- {method: tasks/get}", "need their body"),
+        ("- {method: tools/call, names: ['a,b']}", "without `,`"),
+        ("- {method: tools/call, names: [café]}", "printable ASCII"),
+        ("- {method: ping}\n  - {method: ping}", "listed twice"),
+        ("- {method: 'tools call'}", "not an MCP method name"),
+    ] {
+        let err = parse(&format!("edge:\n  header_only:\n  {text}\n")).expect_err(text);
+        let message = err.to_string();
+        assert!(
+            message.contains("header_only") && message.contains(why),
+            "{text}: {message}"
+        );
+    }
+    let err = parse(
+        "edge:\n  header_only:\n  - {method: tools/call, names: [sum]}\nrewrites:\n- {name: a, alias: {from: sum, to: add}}\n",
+    )
+    .expect_err("an alias");
+    assert!(
+        err.to_string().contains("`sum` is an alias of `add`"),
+        "{err}"
+    );
+}

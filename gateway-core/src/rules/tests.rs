@@ -347,3 +347,65 @@ fn get_and_delete_are_judged_by_the_deny_rules_that_guard_every_request() {
         (Effect::Deny, "needs-scope")
     );
 }
+
+fn header_only(method: &str, names: &[&str]) -> crate::config::HeaderOnlyCalls {
+    crate::config::HeaderOnlyCalls {
+        method: method.to_owned(),
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn rules_that_read_a_calls_body_are_told_apart_from_those_its_headers_answer() {
+    let policy = Policy::parse(
+        "r.yaml",
+        r#"
+default:
+  rules:
+  - {name: by-name, effect: allow, when: 'mcp.tool == "whoami" && mcp.method == "tools/call"'}
+  - {name: by-caller, effect: deny, when: '!("mcp:tools" in auth.scopes) || request.headers["mcp-param-region"] == "x"'}
+  - {name: by-argument, effect: allow, tools: [add], when: mcp.params.arguments.a < 1000}
+  - {name: by-presence, effect: deny, methods: [prompts/get], when: has(mcp.params.arguments)}
+  - {name: by-index, effect: deny, methods: [resources/read], when: 'mcp["tool"] == "x"'}
+  - {name: in-a-macro, effect: deny, methods: [tools/list], when: '[1].exists(x, mcp.params.cursor == "a")'}
+"#,
+    )
+    .expect("compiles");
+    let set = policy.for_path("/mcp");
+    let reader =
+        |method: &str, tool: Option<&str>| set.body_reader(method, tool).map(|r| r.to_string());
+    assert_eq!(reader("tools/call", Some("whoami")), None);
+    assert_eq!(
+        reader("tools/call", Some("add")).as_deref(),
+        Some("by-argument")
+    );
+    assert_eq!(
+        reader("prompts/get", Some("p")).as_deref(),
+        Some("by-presence")
+    );
+    assert_eq!(reader("resources/read", None).as_deref(), Some("by-index"));
+    assert_eq!(reader("tools/list", None).as_deref(), Some("in-a-macro"));
+    assert_eq!(reader("ping", None), None);
+
+    assert!(
+        policy
+            .check_header_only(
+                "r.yaml",
+                &[
+                    header_only("tools/call", &["whoami"]),
+                    header_only("ping", &[])
+                ]
+            )
+            .is_ok()
+    );
+    let err = policy
+        .check_header_only("r.yaml", &[header_only("tools/call", &["whoami", "add"])])
+        .expect_err("add's rule reads its arguments");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("r.yaml: rule `by-argument` reads `mcp.params`")
+            && text.contains("`tools/call add`")
+            && text.contains("edge.header_only"),
+        "{text}"
+    );
+}
