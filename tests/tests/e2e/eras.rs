@@ -864,3 +864,176 @@ async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_re
     assert_eq!(body["id"], 9, "{body}");
     drop(second);
 }
+
+/// POSTs `body` as raw text (for bodies JSON values cannot spell) with the
+/// headers of a stateless `tools/call` to `name`.
+async fn raw_stateless_post(
+    stack: &Stack,
+    token: &str,
+    body: &str,
+    headers: &[Header<'_>],
+) -> reqwest::Response {
+    let mut request = stack
+        .http()
+        .post(stack.url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", "tools/call")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("POST to the gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_judged_from_its_headers_passes_only_with_a_body_envoy_found_to_agree_with_them() {
+    // The dev config lists `tools/call` of whoami and say, and `tools/list`, in
+    // edge.header_only: ext-authz judges them from what Envoy's mcp filter
+    // parsed and never sees their bodies.
+    let stack = both_eras().await;
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+
+    // Allowed: the body reaches the backend whole, arguments and all.
+    let say = stateless_call("say", json!({"text": "hello from the headers"}));
+    let answer = stateless_post(&stack, &token, &say, &[]).await;
+    assert_eq!(answer.status(), 200);
+    let text = answer.text().await.expect("answer");
+    assert!(text.contains("hello from the headers"), "{text}");
+    let received = stack.stateless_backend_requests(0).await.expect("requests");
+    let last = received.last().expect("say reached the backend");
+    let sent: Value = serde_json::from_str(last["body"].as_str().unwrap_or_default())
+        .expect("the backend got JSON");
+    assert_eq!(
+        sent["params"]["arguments"]["text"], "hello from the headers",
+        "{last}"
+    );
+    assert_eq!(last["headers"]["mcp-name"], "say", "{last}");
+
+    let before = stack.all_backend_total().await.expect("counters");
+    let mismatches = stack
+        .envoy_stat("http.mcp.mcp.header_mismatch")
+        .await
+        .expect("stat");
+    let duplicates = stack
+        .envoy_stat("http.mcp.mcp.duplicate_keys_rejected")
+        .await
+        .expect("stat");
+    // A header naming a header-only tool over a body that calls a denied one
+    // (add with a >= 1000, which only a body-reading rule could judge).
+    let denied = stateless_call("add", json!({"a": 5000, "b": 1}));
+    let answer = stateless_post(&stack, &token, &denied, &[("mcp-name", "whoami")]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON-RPC error");
+    assert_eq!(
+        (body["error"]["code"].clone(), body["id"].clone()),
+        (json!(-32020), json!(7)),
+        "{body}"
+    );
+    assert_eq!(
+        stack
+            .envoy_stat("http.mcp.mcp.header_mismatch")
+            .await
+            .expect("stat"),
+        mismatches + 1,
+        "Envoy refused it, before ext-authz"
+    );
+    // The same with the name twice in the body: the parser that checks the
+    // header and the backend's could each take a different one.
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+    for twice in [
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"add","arguments":{{"a":5000,"b":1}},{meta},"name":"whoami"}}}}"#
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"whoami","arguments":{{"a":5000,"b":1}},{meta},"name":"add"}}}}"#
+        ),
+    ] {
+        let answer = raw_stateless_post(&stack, &token, &twice, &[("mcp-name", "whoami")]).await;
+        assert_eq!(answer.status(), 400, "{twice}");
+    }
+    assert_eq!(
+        stack
+            .envoy_stat("http.mcp.mcp.duplicate_keys_rejected")
+            .await
+            .expect("stat"),
+        duplicates + 2
+    );
+    // The version in _meta must be the header's; an envelope must be there.
+    let mut older = stateless_call("whoami", json!({}));
+    older["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2025-11-25");
+    let answer = stateless_post(&stack, &token, &older, &[("mcp-protocol-version", MODERN)]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    let mut bare = stateless_call("whoami", json!({}));
+    bare["params"]
+        .as_object_mut()
+        .expect("params")
+        .remove("_meta");
+    let answer = stateless_post(&stack, &token, &bare, &[]).await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    // Not JSON at all.
+    let answer =
+        raw_stateless_post(&stack, &token, "{\"jsonrpc\":", &[("mcp-name", "whoami")]).await;
+    assert_eq!(answer.status(), 400);
+    // Headers that do not name a listed call exactly take the route that sends
+    // ext-authz the body, which refuses them: a repeated Mcp-Name (joined with
+    // a comma), an upper-case Mcp-Method.
+    for headers in [
+        &[("mcp-name", "whoami"), ("mcp-name", "whoami")][..],
+        &[("mcp-method", "TOOLS/CALL"), ("mcp-name", "whoami")][..],
+    ] {
+        let answer = stateless_post(&stack, &token, &denied, headers).await;
+        assert_eq!(answer.status(), 400, "{headers:?}");
+        let body: Value = answer.json().await.expect("JSON-RPC error");
+        assert_eq!(body["error"]["code"], -32020, "{headers:?}: {body}");
+    }
+    assert_eq!(
+        stack.all_backend_total().await.expect("counters"),
+        before,
+        "nothing reached a backend"
+    );
+
+    // A rules file in which whoami's rule would read the body is not taken:
+    // the rules in force stay, and whoami is still served.
+    let rules = std::fs::read_to_string(stack.rules_path()).expect("rules");
+    let reading = rules.replace(
+        "    tools: [whoami]\n",
+        "    tools: [whoami]\n    when: '!has(mcp.params.arguments.sudo)'\n",
+    );
+    assert_ne!(
+        reading, rules,
+        "the demo rules name whoami's rule as expected"
+    );
+    std::fs::write(stack.rules_path(), reading).expect("rules written");
+    let deadline = std::time::Instant::now() + e2e::patience();
+    while !(stack.ext_authz_log().contains("rules NOT reloaded")
+        && stack.ext_proc_log().contains("rules NOT reloaded"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both sidecars refuse the rules:\n{}\n{}",
+            stack.ext_authz_log(),
+            stack.ext_proc_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        stack
+            .ext_authz_log()
+            .contains("rule `whoami` reads `mcp.params`")
+    );
+    let whoami = stateless_call("whoami", json!({}));
+    let answer = stateless_post(&stack, &token, &whoami, &[]).await;
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("answer");
+    assert_eq!(
+        body["result"]["structuredContent"]["result"], "stateless-a",
+        "{body}"
+    );
+}
