@@ -245,14 +245,15 @@ impl Stack {
                         "a port was taken under us; starting the stack again on new ports ({err:#})"
                     );
                     let backends = options.ports.backends.clone();
-                    let stateless = options.ports.stateless_backends.len();
+                    let stateless = options.ports.stateless_backends.clone();
                     options.ports = Ports::free(backends.len())?;
-                    options.ports.stateless_backends = (0..stateless)
+                    options.ports.stateless_backends = (0..stateless.len())
                         .map(|_| free_port())
                         .collect::<Result<_, _>>()?;
                     if options.external_backends {
                         // The caller's backends keep their ports.
                         options.ports.backends = backends;
+                        options.ports.stateless_backends = stateless;
                     }
                     attempt += 1;
                 }
@@ -332,8 +333,12 @@ impl Stack {
                 stack.backends.push(backend);
             }
             for index in 0..stack.ports.stateless_backends.len() {
-                let backend = stack.spawn_stateless_backend(index)?;
-                stack.stateless.push(Some(backend));
+                let backend = if options.external_backends {
+                    None
+                } else {
+                    Some(stack.spawn_stateless_backend(index)?)
+                };
+                stack.stateless.push(backend);
             }
             // ext-authz fetches the issuer's keys at start: let the issuer be up
             // first, as an IdP would be.

@@ -63,6 +63,11 @@ pub struct E2e {
     /// call's answer to ext-proc costs.
     #[arg(long)]
     pub audit_results: bool,
+    /// C judges every stateless call from its body: the gateway config's
+    /// `edge.header_only` emptied (the dev config lists `whoami` there), to
+    /// compare with the `stateless-*` workloads of `--tool whoami`.
+    #[arg(long)]
+    pub no_header_only: bool,
     /// Delay before each of the 5 events of the SSE workload, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub sse_delay_ms: u64,
@@ -72,7 +77,7 @@ pub struct E2e {
     #[arg(long, default_value_t = 120)]
     pub quiet_wait: u64,
     /// Only these workloads (repeatable): call-1x1, call-4x1, call-16x8,
-    /// initialize-1x1, initialize-4x1, sse-1x1.
+    /// stateless-1x1, stateless-16x8, initialize-1x1, initialize-4x1, sse-1x1.
     #[arg(long = "only")]
     pub only: Vec<String>,
 }
@@ -138,6 +143,7 @@ impl E2e {
             quiet_wait: std::time::Duration::from_secs(self.quiet_wait),
             upstream_credentials: self.upstream_credentials,
             audit_results: self.audit_results,
+            header_only: !self.no_header_only,
         };
         if options.rounds == 0 || options.seconds <= 0.0 {
             anyhow::bail!("--rounds and --seconds must be positive");

@@ -56,6 +56,8 @@ pub struct Options {
     pub upstream_credentials: bool,
     /// C records what backends answer in the audit trail (`audit.results`).
     pub audit_results: bool,
+    /// C keeps the gateway config's `edge.header_only` (else it is emptied).
+    pub header_only: bool,
 }
 
 /// One workload: what each request is, and how many are in flight.
@@ -69,7 +71,7 @@ pub struct Workload {
 }
 
 /// Every workload, in the order they run within a round.
-pub const WORKLOADS: [Workload; 6] = [
+pub const WORKLOADS: [Workload; 8] = [
     Workload {
         name: "call-1x1",
         kind: "call",
@@ -85,6 +87,21 @@ pub const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "call-16x8",
         kind: "call",
+        connections: 16,
+        streams: 8,
+    },
+    // 2026-07-28 calls: no session. With `--tool` listed in the gateway
+    // config's edge.header_only (whoami), ext-authz judges from what Envoy's
+    // mcp filter parsed; with another (notify), from the body.
+    Workload {
+        name: "stateless-1x1",
+        kind: "stateless",
+        connections: 1,
+        streams: 1,
+    },
+    Workload {
+        name: "stateless-16x8",
+        kind: "stateless",
         connections: 16,
         streams: 8,
     },
@@ -182,14 +199,21 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     // C: the gateway as the harness runs it, in front of the fast backend.
     let mut ports = Ports::free(0)?;
     ports.backends = vec![backend_port];
+    // The stateless era's pool is the same fast backend.
+    ports.stateless_backends = vec![backend_port];
     let gateway = Stack::start(StackOptions {
         ports,
         bin_dir: options.bin_dir.clone(),
         work_dir: None,
         envoy_concurrency: Some(1),
         gateway_config: {
-            let audit_results = options.audit_results;
-            Box::new(move |config| config["audit"]["results"] = audit_results.into())
+            let (audit_results, header_only) = (options.audit_results, options.header_only);
+            Box::new(move |config| {
+                config["audit"]["results"] = audit_results.into();
+                if !header_only {
+                    config["edge"]["header_only"] = serde_yaml::Value::Sequence(Vec::new());
+                }
+            })
         },
         session_keys: stack::random_session_key("bench")?,
         shared: None,

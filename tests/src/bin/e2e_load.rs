@@ -7,6 +7,8 @@
 //!
 //! - `call`: a `tools/call` of `--tool` (~150 B body) with the session id;
 //! - `initialize`: a new session per request (no session id);
+//! - `stateless`: a 2026-07-28 `tools/call` of `--tool` (~250 B body: `_meta`,
+//!   no session; `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` mirror it);
 //! - `sse`: `tools/call ticks`, answered with `--sse-events` SSE events
 //!   (progress notifications, then the result) `--sse-delay-ms` apart.
 //!
@@ -30,12 +32,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 const PROTOCOL_VERSION: &str = "2025-06-18";
+const STATELESS_VERSION: &str = "2026-07-28";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
     Call,
     Initialize,
     Sse,
+    Stateless,
 }
 
 #[derive(Debug, Parser)]
@@ -267,12 +271,17 @@ impl Worker {
             let (body, session) = match self.workload {
                 Workload::Call => (call_body(id, &self.tool), Some(self.session.as_str())),
                 Workload::Initialize => (initialize_body(id), None),
+                Workload::Stateless => (stateless_body(id, &self.tool), None),
                 Workload::Sse => (
                     sse_body(id, self.sse_events, self.sse_delay_ms),
                     Some(self.session.as_str()),
                 ),
             };
-            let request = match build(&self.target, session, body) {
+            let built = match self.workload {
+                Workload::Stateless => build_stateless(&self.target, &self.tool, body),
+                _ => build(&self.target, session, body),
+            };
+            let request = match built {
                 Ok(request) => request,
                 Err(err) => {
                     *outcome.errors.entry(format!("request: {err}")).or_default() += 1;
@@ -333,7 +342,7 @@ impl Worker {
             ));
         }
         match self.workload {
-            Workload::Call => Ok(()),
+            Workload::Call | Workload::Stateless => Ok(()),
             Workload::Initialize if has_session => Ok(()),
             Workload::Initialize => Err("initialize without Mcp-Session-Id".to_owned()),
             Workload::Sse => {
@@ -379,6 +388,30 @@ fn sse_body(id: u64, events: u64, delay_ms: u64) -> Bytes {
     Bytes::from(format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"ticks","arguments":{{"count":{count},"interval_ms":{delay_ms}}},"_meta":{{"progressToken":"p{id}"}}}}}}"#
     ))
+}
+
+/// A 2026-07-28 `tools/call`: the envelope in `_meta`, no session.
+fn stateless_body(id: u64, tool: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":{id:>20},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"a":5,"b":7}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"{STATELESS_VERSION}","io.modelcontextprotocol/clientCapabilities":{{}},"io.modelcontextprotocol/clientInfo":{{"name":"e2e-load","version":"0"}}}}}}}}"#
+    ))
+}
+
+fn build_stateless(
+    target: &Target,
+    tool: &str,
+    body: Bytes,
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut request = Request::post(target.url.clone())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", STATELESS_VERSION)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool);
+    if !target.token.is_empty() {
+        request = request.header("authorization", format!("Bearer {}", target.token));
+    }
+    Ok(request.body(Full::new(body))?)
 }
 
 fn build(

@@ -15,7 +15,8 @@
 //!   answered, in one JSON array.
 //! - Every request but `initialize` must carry a session id this process handed
 //!   out, else 404 (as a real server would): a proxy that loses or mangles the
-//!   backend's id shows up as errors, not as speed.
+//!   backend's id shows up as errors, not as speed. A 2026-07-28 request (its
+//!   `_meta` names its protocol version) has no session and needs none.
 //! - `GET /_debug/requests` answers `{"pid", "total"}` so a harness can tell
 //!   that the port is served by this process.
 
@@ -151,13 +152,16 @@ async fn mcp(State(backend): State<Arc<Backend>>, headers: HeaderMap, body: Byte
         return response;
     }
 
-    let known = session_of(&headers).is_some_and(|id| {
-        backend
-            .sessions
-            .lock()
-            .map(|s| s.contains(id))
-            .unwrap_or(false)
-    });
+    let stateless =
+        message["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"].is_string();
+    let known = stateless
+        || session_of(&headers).is_some_and(|id| {
+            backend
+                .sessions
+                .lock()
+                .map(|s| s.contains(id))
+                .unwrap_or(false)
+        });
     if !known {
         return json_rpc_error(StatusCode::NOT_FOUND, id, -32001, "session not found");
     }
