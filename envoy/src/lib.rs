@@ -328,8 +328,9 @@ const HEADER_ONLY_ROUTE: &str = "mcp-header-only-";
 /// One route per `edge.header_only` entry, before the verified POST route and
 /// like it, except that Envoy's `mcp` filter parses the body and checks the
 /// mirrored headers against it, and ext-authz gets what it parsed instead of
-/// the body. The route matches the headers exactly (a repeated header, which
-/// Envoy joins with a comma, matches no name), so anything else takes the
+/// the body. The route matches the headers exactly (Envoy matches a repeated
+/// header on any of its values; ext-authz refuses it, as the joined value it
+/// sees equals no name), so anything else takes the
 /// verified route and ext-authz reads its body.
 fn add_header_only_routes(
     routes: &mut Vec<Value>,

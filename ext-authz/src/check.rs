@@ -525,8 +525,15 @@ impl Authorizer {
                 return Verdict::Deny(denied);
             }
         };
-        if header_only && protocol.era != Era::Stateless {
-            return Verdict::Deny(unjudgeable("a session-era request came without its body"));
+        // After the mirrored headers were compared with what Envoy parsed (a
+        // repeated header, which Envoy may route on either value, equals nothing).
+        if header_only {
+            if protocol.era != Era::Stateless {
+                return Verdict::Deny(unjudgeable("a session-era request came without its body"));
+            }
+            if let Some(denied) = self.header_only_refusal(&body) {
+                return Verdict::Deny(denied);
+            }
         }
         let version = protocol.version;
         // Rules judge the backend's tool name: an alias governs like its target.
@@ -706,6 +713,43 @@ impl Authorizer {
             denied.reason = refusal;
         }
         Verdict::Deny(denied)
+    }
+
+    /// Why a call that came without its body (what Envoy's `mcp` filter parsed
+    /// of it) cannot be judged so, if it cannot: it is not one the gateway
+    /// config lists in `edge.header_only` (Envoy's config says otherwise), the
+    /// filter did not hand over its name, or its JSON-RPC id is a number the
+    /// filter's doubles may not have carried exactly (the answer must echo it).
+    fn header_only_refusal(&self, body: &Body) -> Option<Denied> {
+        let [message] = body.messages.as_slice() else {
+            return Some(unjudgeable("Envoy parsed no single call"));
+        };
+        let method = message.method.as_deref().unwrap_or_default();
+        let name = protocol::mirrored_name(message);
+        if protocol::NAMED_METHODS.contains(&method) && name.is_none() {
+            return Some(unjudgeable("Envoy parsed a call without its name"));
+        }
+        if !self.edge.header_only.iter().any(|c| c.covers(method, name)) {
+            tracing::error!(
+                target: "security",
+                method,
+                name,
+                "a call not listed in edge.header_only came without its body; refused \
+                 (is Envoy's config rendered from this gateway config?)"
+            );
+            return Some(unjudgeable("it is not listed in edge.header_only"));
+        }
+        if message
+            .id
+            .as_ref()
+            .is_some_and(|id| id.is_number() && !id.is_i64())
+        {
+            let why = "a JSON-RPC id judged from the headers is a string or an integer of at most 53 bits";
+            let mut denied = invalid(400, jsonrpc::error_response(None, -32600, why), why.into());
+            denied.call = call_info(&body.messages);
+            return Some(denied);
+        }
+        None
     }
 
     /// Holds allowed `tools/call`s to their tools' pins: a call to a tool

@@ -278,8 +278,6 @@ fn client_traceparent(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
-/// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
-/// one session across spans, useless to resume it.
 /// What Envoy's `mcp` filter parsed of a call, as JSON, if it parsed one and
 /// found it a valid MCP request (its headers agreeing with its body).
 fn parsed_call(
@@ -301,9 +299,9 @@ fn parsed_call(
     Some(call)
 }
 
-/// A protobuf value as JSON. Protobuf has only doubles: a whole number within
-/// the 53 bits a double holds exactly becomes an integer again (JSON-RPC ids
-/// are compared as sent).
+/// A protobuf value as JSON. Protobuf has only doubles: a whole number below
+/// 2^53 (2^53 itself may be a rounded 2^53 + 1) becomes an integer again, as
+/// the client sent it; anything else stays a double (JSON-RPC ids are echoed).
 fn to_json(value: &Value) -> serde_json::Value {
     use serde_json::Value as Json;
     match &value.kind {
@@ -312,7 +310,7 @@ fn to_json(value: &Value) -> serde_json::Value {
         Some(Kind::StringValue(s)) => Json::String(s.clone()),
         Some(Kind::NumberValue(n)) => {
             const EXACT: f64 = 9_007_199_254_740_992.0;
-            if n.fract() == 0.0 && n.abs() <= EXACT {
+            if n.fract() == 0.0 && n.abs() < EXACT {
                 #[allow(clippy::cast_possible_truncation)]
                 Json::from(*n as i64)
             } else {
@@ -329,6 +327,8 @@ fn to_json(value: &Value) -> serde_json::Value {
     }
 }
 
+/// The first 16 bytes of SHA-256 of a session token, in hex: enough to follow
+/// one session across spans, useless to resume it.
 fn session_digest(token: &str) -> String {
     gateway_core::digest::hex(&openssl::sha::sha256(token.as_bytes())[..16])
 }
@@ -526,6 +526,70 @@ fn status(code: Code) -> Status {
 
 fn string(s: &str) -> Value {
     handoff::string(s)
+}
+
+#[cfg(test)]
+mod parsed_call_tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+
+    fn metadata(fields: serde_json::Value) -> Metadata {
+        let serde_json::Value::Object(map) = fields else {
+            unreachable!("an object literal")
+        };
+        let structure = Struct {
+            fields: map.into_iter().map(|(k, v)| (k, to_proto(&v))).collect(),
+        };
+        Metadata {
+            filter_metadata: [(MCP_FILTER_NAMESPACE.to_owned(), structure)].into(),
+            ..Metadata::default()
+        }
+    }
+
+    /// JSON as Envoy's filter writes it: every number a double.
+    fn to_proto(value: &serde_json::Value) -> Value {
+        use serde_json::Value as Json;
+        let kind = match value {
+            Json::Null => Kind::NullValue(0),
+            Json::Bool(b) => Kind::BoolValue(*b),
+            Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            Json::String(s) => Kind::StringValue(s.clone()),
+            Json::Array(a) => Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+                values: a.iter().map(to_proto).collect(),
+            }),
+            Json::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+
+    #[test]
+    fn only_a_call_envoy_found_valid_is_read_and_its_whole_ids_stay_whole() {
+        let ok = serde_json::json!({"status": "mcp_ok", "is_mcp_request": true,
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "whoami", "_meta": {"n": 2.5}}});
+        let call = parsed_call(&metadata(ok.clone())).expect("parsed");
+        assert_eq!(call["id"], serde_json::json!(7));
+        assert!(call["id"].is_i64(), "7, not 7.0");
+        assert_eq!(call["params"]["_meta"]["n"], serde_json::json!(2.5));
+        assert!(call.get("status").is_none(), "only the message's own keys");
+        // Beyond 53 bits a double is not the id the client sent: it stays a
+        // double, which ext-authz refuses.
+        let mut big = ok.clone();
+        big["id"] = serde_json::json!(9_007_199_254_740_993_i64);
+        assert!(!parsed_call(&metadata(big)).expect("parsed")["id"].is_i64());
+        for (key, value) in [
+            ("status", serde_json::json!("mcp_not_jsonrpc")),
+            ("is_mcp_request", serde_json::json!(false)),
+            ("status", serde_json::Value::Null),
+        ] {
+            let mut bad = ok.clone();
+            bad[key] = value;
+            assert!(parsed_call(&metadata(bad)).is_none(), "{key}");
+        }
+        assert!(parsed_call(&Metadata::default()).is_none());
+    }
 }
 
 #[cfg(test)]

@@ -429,12 +429,13 @@ fn header_only_calls<'de, D: serde::Deserializer<'de>>(
         {
             return fail("not an MCP method name".into());
         }
-        if method.starts_with("tasks/")
-            || method.starts_with("notifications/")
-            || method == "initialize"
+        let lower = method.to_ascii_lowercase();
+        if lower.starts_with("tasks/")
+            || lower.starts_with("notifications/")
+            || lower == "initialize"
         {
             return fail(
-                "tasks, notifications and `initialize` need their body (task handles are                  swapped in it; the others are not stateless calls)"
+                "tasks, notifications and `initialize` need their body (task handles are swapped in it; the others are not stateless calls)"
                     .into(),
             );
         }
@@ -840,6 +841,12 @@ impl GatewayConfig {
             path: path.to_owned(),
             reason: err.to_string(),
         })?;
+        if config.audit.arguments && !config.edge.header_only.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                reason: "audit.arguments records each call's arguments, which the calls in edge.header_only never show the gateway: turn one off".to_owned(),
+            });
+        }
         // A call to an alias has its body rewritten (ext-proc puts the
         // backend's name in it): it is never judged from its headers alone.
         for calls in &config.edge.header_only {

@@ -407,6 +407,12 @@ fn name_of(message: &Message) -> Option<(&'static str, &Value)> {
     name_param(message.method.as_deref()?, message.params.as_ref())
 }
 
+/// What a request's `Mcp-Name` mirrors (a tool's or prompt's name, a
+/// resource's URI, a task's id), if the body has it as a string.
+pub fn mirrored_name(message: &Message) -> Option<&str> {
+    name_of(message)?.1.as_str()
+}
+
 /// The methods whose requests name their target in `Mcp-Name` (besides the
 /// tasks extension's, which name a task).
 pub const NAMED_METHODS: &[&str] = &["tools/call", "prompts/get", "resources/read"];

@@ -167,8 +167,8 @@ struct Rule {
 
 /// The fields of `mcp` a stateless call's headers (checked against its body
 /// by Envoy) and the gateway itself supply: a rule reading only these (and
-/// `jwt`, `auth`, `request`, `source`) can judge a call whose body ext-authz
-/// never receives.
+/// `jwt`, `auth`, `source`, and `request` but its `Mcp-Param-*` headers) can
+/// judge a call whose body ext-authz never receives.
 pub const HEADER_FACTS: &[&str] = &["method", "tool", "kind", "id", "era", "protocol_version"];
 
 /// What a message is judged with, besides the message itself.
@@ -209,7 +209,6 @@ impl Policy {
         Self::compile(name, &file)
     }
 
-    /// Compiles a parsed rules file.
     /// Checks that no rule a header-only call falls under reads its body (see
     /// [`crate::config::EdgeConfig::header_only`]); `name` labels the error.
     pub fn check_header_only(
@@ -243,6 +242,7 @@ impl Policy {
         Ok(())
     }
 
+    /// Compiles a parsed rules file.
     pub fn compile(name: &str, file: &PolicyFile) -> Result<Self, PolicyError> {
         let env = Arc::new(Env::stdlib());
         let default =
@@ -477,18 +477,37 @@ pub(crate) fn free_variables(program: &Program) -> Vec<&str> {
     free.into_iter().collect()
 }
 
-/// Whether an expression reads `mcp` other than through a field of
-/// [`HEADER_FACTS`] (`mcp.params...`, `mcp["tool"]`, `mcp` itself).
+/// Whether an expression reads what only a call's body vouches for: `mcp`
+/// other than through a field of [`HEADER_FACTS`] (`mcp.params...`,
+/// `mcp["tool"]`, `mcp` itself), or a request header that may be an
+/// `Mcp-Param-*` (which only the body's arguments confirm): one named by an
+/// expression rather than a literal, or `request.headers` taken whole.
 fn reads_beyond_headers(expr: &cel::IdedExpr) -> bool {
-    use cel::common::ast::Expr;
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    let is_ident = |e: &cel::IdedExpr, name: &str| matches!(&e.expr, Expr::Ident(n) if n == name);
+    let is_headers = |e: &cel::IdedExpr| matches!(&e.expr, Expr::Select(s) if s.field == "headers" && is_ident(&s.operand, "request"));
+    let names_param = |header: &str| {
+        header
+            .to_ascii_lowercase()
+            .starts_with(crate::protocol::PARAM_HEADER_PREFIX)
+    };
     match &expr.expr {
-        Expr::Select(select) => {
-            if let Expr::Ident(name) = &select.operand.expr
-                && name == "mcp"
-            {
-                return !HEADER_FACTS.contains(&select.field.as_str());
+        Expr::Select(select) if is_ident(&select.operand, "mcp") => {
+            !HEADER_FACTS.contains(&select.field.as_str())
+        }
+        Expr::Select(select) if is_headers(&select.operand) => names_param(&select.field),
+        // `request.headers` taken whole: `"x" in request.headers`, a macro over it.
+        Expr::Select(_) if is_headers(expr) => true,
+        Expr::Call(call)
+            if matches!(
+                call.func_name.as_str(),
+                operators::INDEX | operators::OPT_INDEX
+            ) && call.args.first().is_some_and(is_headers) =>
+        {
+            match call.args.get(1).map(|a| &a.expr) {
+                Some(Expr::Literal(LiteralValue::String(name))) => names_param(name),
+                _ => true,
             }
-            reads_beyond_headers(&select.operand)
         }
         Expr::Ident(name) => name == "mcp",
         _ => children(expr).into_iter().any(reads_beyond_headers),

@@ -506,9 +506,16 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
  {
     let key = TestKey::new(Algorithm::ES256, "k");
     let server = JwksServer::start(&[&key]).await;
+    let listed = GatewayConfig::parse(
+        Path::new("g.yaml"),
+        "edge:\n  header_only:\n  - {method: tools/call, names: [delete, add]}\n  - {method: ping}\n",
+    )
+    .expect("config")
+    .edge;
     let authz = authorizer(&server, "")
         .await
-        .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"));
+        .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"))
+        .with_edge(&listed);
     let c = caller(&key).await;
     let (delete, add) = (
         mirrored("tools/call", "delete"),
@@ -538,11 +545,34 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
         (503, Some(-32603))
     );
     assert!(d.reason.contains("small-add"), "{}", d.reason);
-    // Envoy's config routed it here without parsing it: nothing to judge.
+    // Envoy's config routed it here without parsing it, or routes a call the
+    // gateway config does not list: nothing it may judge.
     let mut r = c.header_only("tools/call", "delete", &delete);
     r.parsed_by_envoy = None;
     let d = denied(authz.check(&r).await);
     assert_eq!(d.status, 503);
+    let other = mirrored("tools/call", "other");
+    let d = denied(
+        authz
+            .check(&c.header_only("tools/call", "other", &other))
+            .await,
+    );
+    assert_eq!(
+        (d.status, d.reason.contains("edge.header_only")),
+        (503, true),
+        "{}",
+        d.reason
+    );
+    // An id Envoy's doubles may have changed cannot be echoed faithfully.
+    let mut r = c.header_only("tools/call", "delete", &delete);
+    if let Some(call) = &mut r.parsed_by_envoy {
+        call.insert("id".to_owned(), serde_json::json!(1.5));
+    }
+    let d = denied(authz.check(&r).await);
+    assert_eq!(
+        (d.status, json(&d)["error"]["code"].as_i64()),
+        (400, Some(-32600))
+    );
     // ping falls under `lifecycle`, which reads no body: allowed, mirrored
     // headers set from what Envoy parsed.
     let mut ping = mirrored("ping", "");

@@ -204,6 +204,7 @@ fn header_only_calls_are_checked_where_they_are_listed() {
         ("- {method: tools/call}", "list the `names`"),
         ("- {method: tools/list, names: [x]}", "has no `Mcp-Name`"),
         ("- {method: tasks/get}", "need their body"),
+        ("- {method: Tasks/Get}", "need their body"),
         ("- {method: tools/call, names: ['a,b']}", "without `,`"),
         ("- {method: tools/call, names: [café]}", "printable ASCII"),
         ("- {method: ping}\n  - {method: ping}", "listed twice"),
@@ -224,4 +225,7 @@ fn header_only_calls_are_checked_where_they_are_listed() {
         err.to_string().contains("`sum` is an alias of `add`"),
         "{err}"
     );
+    let err = parse("edge:\n  header_only:\n  - {method: tools/list}\naudit: {arguments: true}\n")
+        .expect_err("arguments audited");
+    assert!(err.to_string().contains("audit.arguments"), "{err}");
 }

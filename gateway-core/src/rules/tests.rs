@@ -363,7 +363,10 @@ fn rules_that_read_a_calls_body_are_told_apart_from_those_its_headers_answer() {
 default:
   rules:
   - {name: by-name, effect: allow, when: 'mcp.tool == "whoami" && mcp.method == "tools/call"'}
-  - {name: by-caller, effect: deny, when: '!("mcp:tools" in auth.scopes) || request.headers["mcp-param-region"] == "x"'}
+  - {name: by-caller, effect: deny, when: '!("mcp:tools" in auth.scopes) || request.headers["x-team"] == "red" || request.path == "/x"'}
+  - {name: by-param-header, effect: deny, methods: [ping], when: 'request.headers["Mcp-Param-Region"] == "x"'}
+  - {name: by-any-header, effect: deny, methods: [completion/complete], when: '"x-y" in request.headers'}
+  - {name: by-computed-header, effect: deny, methods: [logging/setLevel], when: 'request.headers["mcp-" + "param-a"] == "x"'}
   - {name: by-argument, effect: allow, tools: [add], when: mcp.params.arguments.a < 1000}
   - {name: by-presence, effect: deny, methods: [prompts/get], when: has(mcp.params.arguments)}
   - {name: by-index, effect: deny, methods: [resources/read], when: 'mcp["tool"] == "x"'}
@@ -385,7 +388,16 @@ default:
     );
     assert_eq!(reader("resources/read", None).as_deref(), Some("by-index"));
     assert_eq!(reader("tools/list", None).as_deref(), Some("in-a-macro"));
-    assert_eq!(reader("ping", None), None);
+    assert_eq!(reader("ping", None).as_deref(), Some("by-param-header"));
+    assert_eq!(
+        reader("completion/complete", None).as_deref(),
+        Some("by-any-header")
+    );
+    assert_eq!(
+        reader("logging/setLevel", None).as_deref(),
+        Some("by-computed-header")
+    );
+    assert_eq!(reader("resources/list", None), None);
 
     assert!(
         policy
@@ -393,7 +405,7 @@ default:
                 "r.yaml",
                 &[
                     header_only("tools/call", &["whoami"]),
-                    header_only("ping", &[])
+                    header_only("resources/list", &[])
                 ]
             )
             .is_ok()

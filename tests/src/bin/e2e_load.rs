@@ -148,6 +148,31 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             StatusCode::OK,
         )
         .await?;
+        if args.workload == Workload::Stateless {
+            // A 2026-07-28 client lists the tools it calls (so a gateway knows
+            // their schemas, as after tools/list in a session).
+            let list = format!(
+                r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"{STATELESS_VERSION}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+            );
+            let mut sender = sender.clone();
+            sender.ready().await.context("connection")?;
+            let response = sender
+                .send_request(build_stateless(
+                    &target,
+                    "tools/list",
+                    None,
+                    Bytes::from(list),
+                )?)
+                .await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            if status != StatusCode::OK {
+                bail!(
+                    "stateless tools/list: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
         connections.push((sender, session));
     }
 
@@ -278,7 +303,9 @@ impl Worker {
                 ),
             };
             let built = match self.workload {
-                Workload::Stateless => build_stateless(&self.target, &self.tool, body),
+                Workload::Stateless => {
+                    build_stateless(&self.target, "tools/call", Some(&self.tool), body)
+                }
                 _ => build(&self.target, session, body),
             };
             let request = match built {
@@ -397,17 +424,21 @@ fn stateless_body(id: u64, tool: &str) -> Bytes {
     ))
 }
 
+/// A 2026-07-28 request of `method` (with `Mcp-Name: name` if given).
 fn build_stateless(
     target: &Target,
-    tool: &str,
+    method: &str,
+    name: Option<&str>,
     body: Bytes,
 ) -> anyhow::Result<Request<Full<Bytes>>> {
     let mut request = Request::post(target.url.clone())
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", STATELESS_VERSION)
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", tool);
+        .header("mcp-method", method);
+    if let Some(name) = name {
+        request = request.header("mcp-name", name);
+    }
     if !target.token.is_empty() {
         request = request.header("authorization", format!("Bearer {}", target.token));
     }

@@ -993,6 +993,20 @@ async fn a_call_judged_from_its_headers_passes_only_with_a_body_envoy_found_to_a
         let body: Value = answer.json().await.expect("JSON-RPC error");
         assert_eq!(body["error"]["code"], -32020, "{headers:?}: {body}");
     }
+    // Envoy routes a repeated header on any of its values: the listed one
+    // picks the route, the other is what Envoy checks the body against. The
+    // joined value ext-authz sees equals nothing.
+    let notify = stateless_call("notify", json!({"count": 1}));
+    let answer = stateless_post(
+        &stack,
+        &token,
+        &notify,
+        &[("mcp-name", "notify"), ("mcp-name", "whoami")],
+    )
+    .await;
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32020, "{body}");
     assert_eq!(
         stack.all_backend_total().await.expect("counters"),
         before,
