@@ -247,10 +247,20 @@ pub fn markdown(machine: &Machine, options: &Options, summary: &Summary) -> Stri
     let mut out = String::new();
     out.push_str(&format!(
         "Machine: {machine}.\nMedians of {} interleaved rounds (A, B, C) of {} s each after {} ms of warm-up; \
-         `tools/call {}` of ~150 B with a session id; SSE: 5 events, {} ms apart.\n\
+         `tools/call {}`: call-* ~150 B with a session id, stateless-* ~250 B of 2026-07-28 without one \
+         (C {}); SSE: 5 events, {} ms apart.\n\
          A = Envoy TLS passthrough, B = Envoy jwt_authn + mcp + rbac + stateful_session (envelope), \
          C = this gateway (Envoy + ext-authz + ext-proc, demo rules).\n\n",
-        options.rounds, options.seconds, options.warmup_ms, options.tool, options.sse_delay_ms
+        options.rounds,
+        options.seconds,
+        options.warmup_ms,
+        options.tool,
+        if options.header_only {
+            "with the dev config's edge.header_only"
+        } else {
+            "with edge.header_only emptied"
+        },
+        options.sse_delay_ms
     ));
     out.push_str(
         "| workload | config | req/s | p50 µs | p99 µs | CPU µs/req, proxy side | split | backend + load gen µs/req | CPU 0 busy | errors |\n\
