@@ -25,6 +25,14 @@ fn yaml(text: &str) -> Value {
     serde_yaml::from_str(text).expect("valid YAML")
 }
 
+/// The routes of a rendered bootstrap's virtual host.
+fn routes_of(doc: &Value) -> &Vec<Value> {
+    doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .expect("routes")
+}
+
 fn cluster<'a>(doc: &'a Value, name: &str) -> &'a Value {
     doc["static_resources"]["clusters"]
         .as_sequence()
@@ -340,11 +348,7 @@ fn header_only_calls_get_routes_of_their_own_before_the_verified_post() {
     )
     .expect("edge parses");
     let doc = yaml(&render(&profile("envoy/profiles/local.yaml"), &edge).expect("renders"));
-    let hcm =
-        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence()
-        .expect("routes");
+    let routes = routes_of(&doc);
     let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
     let at = |name: &str| names.iter().position(|n| *n == name).expect(name);
     assert_eq!(
@@ -409,11 +413,7 @@ fn header_only_calls_get_routes_of_their_own_before_the_verified_post() {
         )
         .expect("renders"),
     );
-    let hcm =
-        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence()
-        .expect("routes");
+    let routes = routes_of(&doc);
     assert!(!routes.iter().any(|r| {
         r["name"]
             .as_str()

@@ -525,15 +525,14 @@ impl Authorizer {
                 return Verdict::Deny(denied);
             }
         };
+        // One policy for the whole request: the check below and the rules.
+        let policy = self.policy.current();
         // After the mirrored headers were compared with what Envoy parsed (a
         // repeated header, which Envoy may route on either value, equals nothing).
-        if header_only {
-            if protocol.era != Era::Stateless {
-                return Verdict::Deny(unjudgeable("a session-era request came without its body"));
-            }
-            if let Some(denied) = self.header_only_refusal(&body) {
-                return Verdict::Deny(denied);
-            }
+        if header_only
+            && let Some(denied) = self.header_only_refusal(&body, protocol, &policy, path)
+        {
+            return Verdict::Deny(denied);
         }
         let version = protocol.version;
         // Rules judge the backend's tool name: an alias governs like its target.
@@ -586,28 +585,6 @@ impl Authorizer {
             let why = format!("JSON-RPC batches are not allowed in protocol {version}");
             let mut denied = invalid(400, jsonrpc::error_response(None, -32600, &why), why);
             denied.call = call;
-            return Verdict::Deny(denied);
-        }
-        let policy = self.policy.current();
-        if header_only
-            && let [message] = body.messages.as_slice()
-            && let Some(method) = message.method.as_deref()
-            && let Some(rule) = policy
-                .for_path(path)
-                .body_reader(method, message.tool.as_deref())
-        {
-            tracing::error!(
-                target: "security",
-                rule = %rule,
-                method,
-                tool = message.tool.as_deref(),
-                "a call judged from its headers falls under a rule that reads its body; \
-                 refused (Envoy's config lists it in edge.header_only, the rules do not allow that)"
-            );
-            let mut denied = unjudgeable(&format!(
-                "rule `{rule}` reads this call's body, which the gateway did not receive"
-            ));
-            denied.call = call_info(&body.messages);
             return Verdict::Deny(denied);
         }
         let mut decisions = self.judge(&policy, &body.messages, &identity, request, path, protocol);
@@ -716,11 +693,21 @@ impl Authorizer {
     }
 
     /// Why a call that came without its body (what Envoy's `mcp` filter parsed
-    /// of it) cannot be judged so, if it cannot: it is not one the gateway
-    /// config lists in `edge.header_only` (Envoy's config says otherwise), the
-    /// filter did not hand over its name, or its JSON-RPC id is a number the
-    /// filter's doubles may not have carried exactly (the answer must echo it).
-    fn header_only_refusal(&self, body: &Body) -> Option<Denied> {
+    /// of it) cannot be judged so, if it cannot: it is not a stateless call the
+    /// gateway config lists in `edge.header_only` (Envoy's config says
+    /// otherwise), the filter did not hand over its name, a rule it falls under
+    /// reads its body, or its JSON-RPC id is a number the filter's doubles may
+    /// not have carried exactly (the answer must echo it).
+    fn header_only_refusal(
+        &self,
+        body: &Body,
+        protocol: Protocol,
+        policy: &Policy,
+        path: &str,
+    ) -> Option<Denied> {
+        if protocol.era != Era::Stateless {
+            return Some(unjudgeable("a session-era request came without its body"));
+        }
         let [message] = body.messages.as_slice() else {
             return Some(unjudgeable("Envoy parsed no single call"));
         };
@@ -738,6 +725,26 @@ impl Authorizer {
                  (is Envoy's config rendered from this gateway config?)"
             );
             return Some(unjudgeable("it is not listed in edge.header_only"));
+        }
+        // Rules judge the backend's name (aliases resolved), which is the
+        // client's: edge.header_only lists no alias.
+        if let Some(rule) = policy
+            .for_path(path)
+            .body_reader(method, message.tool.as_deref())
+        {
+            tracing::error!(
+                target: "security",
+                rule = %rule,
+                method,
+                tool = message.tool.as_deref(),
+                "a call judged from its headers falls under a rule that reads its body; \
+                 refused (Envoy's config lists it in edge.header_only, the rules do not allow that)"
+            );
+            let mut denied = unjudgeable(&format!(
+                "rule `{rule}` reads this call's body, which the gateway did not receive"
+            ));
+            denied.call = call_info(&body.messages);
+            return Some(denied);
         }
         if message
             .id

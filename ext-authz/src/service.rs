@@ -141,24 +141,8 @@ impl Authorization for AuthzService {
         let extensions: Option<&HashMap<String, String>> =
             attributes.map(|a| &a.context_extensions);
         let view = match http {
-            Some(http) => HttpRequest {
-                method: &http.method,
-                path: &http.path,
-                authorization: http.headers.get("authorization").map(String::as_str),
-                passthrough_authorization: extensions
-                    .and_then(|e| e.get(PASSTHROUGH_EXTENSION))
-                    .is_some_and(|v| v == "true"),
-                // `pack_as_bytes: true` fills raw_body; fall back for configs without it.
-                body: if http.raw_body.is_empty() {
-                    http.body.as_bytes()
-                } else {
-                    &http.raw_body
-                },
-                protocol_version: http.headers.get("mcp-protocol-version").map(String::as_str),
-                headers: Some(&http.headers),
-                source_address: attributes.and_then(source_address).unwrap_or_default(),
-                origin: http.headers.get("origin").map(String::as_str),
-                body_state: {
+            Some(http) => {
+                let body_state = {
                     let partial = http
                         .headers
                         .get("x-envoy-auth-partial-body")
@@ -173,16 +157,31 @@ impl Authorization for AuthzService {
                         _ if partial => BodyState::TooLarge,
                         _ => BodyState::Complete,
                     }
-                },
-                parsed_by_envoy: None,
-            },
+                };
+                HttpRequest {
+                    method: &http.method,
+                    path: &http.path,
+                    authorization: http.headers.get("authorization").map(String::as_str),
+                    passthrough_authorization: extensions
+                        .and_then(|e| e.get(PASSTHROUGH_EXTENSION))
+                        .is_some_and(|v| v == "true"),
+                    // `pack_as_bytes: true` fills raw_body; fall back for configs without it.
+                    body: if http.raw_body.is_empty() {
+                        http.body.as_bytes()
+                    } else {
+                        &http.raw_body
+                    },
+                    protocol_version: http.headers.get("mcp-protocol-version").map(String::as_str),
+                    headers: Some(&http.headers),
+                    source_address: attributes.and_then(source_address).unwrap_or_default(),
+                    origin: http.headers.get("origin").map(String::as_str),
+                    body_state,
+                    parsed_by_envoy: (body_state == BodyState::ParsedByEnvoy)
+                        .then(|| parsed_call(attributes?.metadata_context.as_ref()?))
+                        .flatten(),
+                }
+            }
             None => HttpRequest::default(),
-        };
-        let view = HttpRequest {
-            parsed_by_envoy: (view.body_state == BodyState::ParsedByEnvoy)
-                .then(|| parsed_call(attributes?.metadata_context.as_ref()?))
-                .flatten(),
-            ..view
         };
         let span = tracing::info_span!(
             target: gateway_core::telemetry::SPAN_TARGET,

@@ -341,13 +341,8 @@ impl RewriteSet {
 
     /// The set with the answers asked on every request worked out.
     fn summarized(mut self) -> Self {
-        self.rewrites_requests = !self.aliases.is_empty()
-            || self.rules.iter().any(|r| {
-                !r.set.is_empty()
-                    || !r.remove.is_empty()
-                    || !r.clamp.is_empty()
-                    || r.validate.is_some()
-            });
+        self.rewrites_requests =
+            !self.aliases.is_empty() || self.rules.iter().any(Rewrite::touches_requests);
         self.rewrites_responses = self.rewrites_response(Origin::Unknown)
             || self.rewrites_response(Origin::Call {
                 method: Some("tools/list"),
@@ -391,13 +386,10 @@ impl RewriteSet {
     pub fn rewrites_request_of(&self, method: &str, tool: Option<&str>) -> bool {
         let aliased = method == "tools/call" && tool.is_some_and(|t| self.aliases.contains_key(t));
         aliased
-            || self.rules.iter().any(|r| {
-                r.prefilter(Some(method), tool)
-                    && (!r.set.is_empty()
-                        || !r.remove.is_empty()
-                        || !r.clamp.is_empty()
-                        || r.validate.is_some())
-            })
+            || self
+                .rules
+                .iter()
+                .any(|r| r.touches_requests() && r.prefilter(Some(method), tool))
     }
 
     /// Whether a message of this origin may be rewritten (so its body is needed).
@@ -656,6 +648,14 @@ impl Rewrite {
             Origin::Call { method, tool } => self.prefilter(method, tool),
             Origin::Unknown => true,
         }
+    }
+
+    /// Whether the rule may change a request (or refuse it for its arguments).
+    fn touches_requests(&self) -> bool {
+        !self.set.is_empty()
+            || !self.remove.is_empty()
+            || !self.clamp.is_empty()
+            || self.validate.is_some()
     }
 
     fn prefilter(&self, method: Option<&str>, tool: Option<&str>) -> bool {
