@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use gateway_core::metrics::Labels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::crypto::SUPPORTED;
@@ -126,6 +127,10 @@ pub struct AuthnMetrics {
     /// The two samples of `token_cache`, looked up once: every request counts one.
     cache_hits: Counter,
     cache_misses: Counter,
+    /// What the token cache holds, as weighed against `token_cache_bytes`, and
+    /// how many tokens (kept current by [`Authenticator::measure_token_cache`]).
+    pub token_cache_bytes: Gauge,
+    pub token_cache_entries: Gauge,
 }
 
 impl Default for AuthnMetrics {
@@ -139,6 +144,8 @@ impl Default for AuthnMetrics {
         Self {
             cache_hits: result("hit"),
             cache_misses: result("miss"),
+            token_cache_bytes: Gauge::default(),
+            token_cache_entries: Gauge::default(),
             failures: Family::default(),
             jwks_fetches: Family::default(),
             token_cache,
@@ -162,6 +169,16 @@ impl AuthnMetrics {
             "mcp_gateway_token_cache_lookups",
             "Token cache lookups, by result: hit (no signature checked) or miss",
             self.token_cache.clone(),
+        );
+        registry.register(
+            "mcp_gateway_token_cache_bytes",
+            "Bytes the verified-token cache holds, as weighed against token_cache_bytes",
+            self.token_cache_bytes.clone(),
+        );
+        registry.register(
+            "mcp_gateway_token_cache_entries",
+            "Verified tokens the cache holds",
+            self.token_cache_entries.clone(),
         );
     }
 
@@ -206,6 +223,27 @@ impl Authenticator {
             signature_checks: Default::default(),
             metrics,
         })
+    }
+
+    /// Keeps the token cache's gauges current: every `every`, the cache's pending
+    /// evictions are applied and its weight and size read. Spawn it once; it
+    /// runs until the process ends.
+    pub fn measure_token_cache(
+        &self,
+        every: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let cache = self.verified.clone();
+        let bytes = self.metrics.token_cache_bytes.clone();
+        let entries = self.metrics.token_cache_entries.clone();
+        async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                ticker.tick().await;
+                cache.run_pending_tasks().await;
+                bytes.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
+                entries.set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Its counters, to register with the sidecar's metrics.

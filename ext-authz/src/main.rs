@@ -61,6 +61,7 @@ async fn main() -> ExitCode {
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let authenticator = Authenticator::from_config(section, config_dir)?;
         let authn_metrics = authenticator.metrics().clone();
+        tokio::spawn(authenticator.measure_token_cache(std::time::Duration::from_secs(5)));
         let policy = PolicyStore::load_and_watch(
             config_dir.join(&section.rules_file),
             &config.edge.header_only,

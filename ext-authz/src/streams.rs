@@ -255,8 +255,15 @@ impl AccessLogService for AccessLogSink {
         request: tonic::Request<tonic::Streaming<StreamAccessLogsMessage>>,
     ) -> Result<tonic::Response<StreamAccessLogsResponse>, tonic::Status> {
         let mut inbound = request.into_inner();
+        let draining = gateway_core::server::draining();
+        tokio::pin!(draining);
         loop {
-            match inbound.message().await {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                // Envoy opens a new stream to whoever serves next.
+                () = &mut draining => break,
+            };
+            match message {
                 Ok(Some(message)) => self.apply(&message),
                 Ok(None) => break,
                 Err(status) => {

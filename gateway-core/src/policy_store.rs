@@ -87,7 +87,8 @@ impl PolicyStore {
 }
 
 /// Reloads `store` on SIGHUP and whenever its file changes (checked every
-/// `interval`: modification time and size). Runs until the process ends.
+/// `interval`: modification time and size; see [`Settled`]). Runs until the
+/// process ends.
 pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -97,18 +98,16 @@ pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
             None
         }
     };
-    let mut seen = stamp(store.path());
+    let mut file = Settled::new(stamp(store.path()));
     let mut ticker = tokio::time::interval(interval);
     loop {
         let trigger = tokio::select! {
             _ = ticker.tick() => {
-                let now = stamp(store.path());
-                if now == seen { continue; }
-                seen = now;
+                if !file.changed_and_settled(stamp(store.path())) { continue; }
                 "file change"
             }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                seen = stamp(store.path());
+                file = Settled::new(stamp(store.path()));
                 "SIGHUP"
             }
         };
@@ -123,6 +122,40 @@ pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
     }
 }
 
+/// What the watcher knows of the file: a change is loaded only once the file
+/// has looked the same at two checks in a row. A file rewritten in place (an
+/// editor, `cat > rules.yaml`, a config sync) may be read between two writes;
+/// its first half can be a valid, smaller rule set (a deny rule missing), and
+/// must never be in force. Writers that pause longer than the check interval
+/// are not covered: replace the file atomically (write, then rename), as the
+/// README says.
+#[derive(Debug)]
+pub struct Settled<S> {
+    loaded: S,
+    seen: S,
+}
+
+impl<S: PartialEq + Clone> Settled<S> {
+    /// The file as last loaded.
+    pub fn new(loaded: S) -> Self {
+        Self {
+            seen: loaded.clone(),
+            loaded,
+        }
+    }
+
+    /// Whether to reload now, given how the file looks at this check.
+    pub fn changed_and_settled(&mut self, now: S) -> bool {
+        let settled = now == self.seen;
+        self.seen = now;
+        if settled && self.seen != self.loaded {
+            self.loaded = self.seen.clone();
+            return true;
+        }
+        false
+    }
+}
+
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
@@ -131,6 +164,33 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_is_loaded_once_the_file_looks_the_same_at_two_checks_in_a_row() {
+        let mut file = Settled::new(1);
+        assert!(!file.changed_and_settled(1), "unchanged");
+        // Half written at one check, whole at the next, then still whole.
+        assert!(
+            !file.changed_and_settled(2),
+            "just changed: may be half written"
+        );
+        assert!(!file.changed_and_settled(3), "changed again");
+        assert!(file.changed_and_settled(3), "the same twice: loaded");
+        assert!(!file.changed_and_settled(3), "loaded once");
+        // Changed and changed back before settling: nothing to load.
+        assert!(!file.changed_and_settled(4));
+        assert!(!file.changed_and_settled(3));
+        assert!(!file.changed_and_settled(3), "back to what is loaded");
+        // A file that disappears (None) and comes back as it was.
+        let mut file = Settled::new(Some(1));
+        assert!(!file.changed_and_settled(None));
+        assert!(
+            file.changed_and_settled(None),
+            "gone for two checks: reload (and fail)"
+        );
+        assert!(!file.changed_and_settled(Some(1)));
+        assert!(file.changed_and_settled(Some(1)));
+    }
 
     #[test]
     fn rules_that_would_read_a_header_only_calls_body_are_refused_at_load_and_reload() {

@@ -180,6 +180,7 @@ pub async fn serve(
                 .await;
         }
         tracing::info!("shutting down: no new connections, draining in-flight calls");
+        draining_flag().send_replace(true);
         // The receiver lives until `serve` returns, so this cannot fail while it matters.
         let _ = draining_tx.send(true);
     };
@@ -209,6 +210,21 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Resolves once this process begins its graceful shutdown. A long-lived stream
+/// that carries no call of its own (Envoy's access log to ext-authz) ends then:
+/// the drain waits for calls in flight, not for Envoy to hang up, which it never
+/// does on its own (the whole grace period, and every Check refused meanwhile).
+pub async fn draining() {
+    let mut flag = draining_flag().subscribe();
+    // The sender is a static: it is never dropped.
+    let _ = flag.wait_for(|draining| *draining).await;
+}
+
+fn draining_flag() -> &'static watch::Sender<bool> {
+    static DRAINING: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+    DRAINING.get_or_init(|| watch::channel(false).0)
 }
 
 /// Accepted connections with Nagle off: a gRPC answer is several small HTTP/2

@@ -45,16 +45,59 @@ impl IdpKeys {
 
     /// Signs `claims` with the newest key.
     pub fn sign(&self, claims: &DevClaims) -> anyhow::Result<String> {
-        let (kid, pem) = self.newest()?;
+        self.signer(None)?.sign(claims)
+    }
+
+    /// A signer with key `kid` (the newest when `None`), parsed once: for many tokens.
+    pub fn signer(&self, kid: Option<&str>) -> anyhow::Result<Signer> {
+        let (kid, pem) = match kid {
+            None => self.newest()?,
+            Some(kid) => {
+                let path = self.dir.join(format!("{kid}.pem"));
+                let pem =
+                    std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+                (kid.to_owned(), pem)
+            }
+        };
         let der = openssl::pkey::PKey::private_key_from_pem(pem.as_bytes())
             .and_then(|key| key.private_key_to_pkcs8())
             .with_context(|| format!("{}: key {kid} is not a private key", self.dir.display()))?;
-        let key = EncodingKey::from_ec_der(&der);
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid);
-        header.typ = Some("at+jwt".into());
         ext_authz::crypto::install();
-        Ok(jsonwebtoken::encode(&header, &claims.to_json()?, &key)?)
+        Ok(Signer {
+            kid,
+            key: EncodingKey::from_ec_der(&der),
+        })
+    }
+
+    /// Adds a new P-256 signing key, as the provider's own rotation does (named
+    /// by its RFC 7638 thumbprint, written whole under that name), e.g. while the
+    /// provider is down; it signs and publishes it once it starts. Returns its `kid`.
+    pub fn add_key(&self) -> anyhow::Result<String> {
+        use base64::Engine;
+        use openssl::bn::BigNumContext;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let key = EcKey::generate(&group)?;
+        let (mut x, mut y) = (openssl::bn::BigNum::new()?, openssl::bn::BigNum::new()?);
+        let mut context = BigNumContext::new()?;
+        key.public_key()
+            .affine_coordinates(&group, &mut x, &mut y, &mut context)?;
+        let b64 = |n: &openssl::bn::BigNum| -> anyhow::Result<String> {
+            Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n.to_vec_padded(32)?))
+        };
+        let jwk = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            b64(&x)?,
+            b64(&y)?
+        );
+        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(openssl::sha::sha256(jwk.as_bytes()));
+        let pem = openssl::pkey::PKey::from_ec_key(key)?.private_key_to_pem_pkcs8()?;
+        let partial = self.dir.join(format!(".{kid}.partial"));
+        std::fs::write(&partial, pem)?;
+        std::fs::rename(&partial, self.dir.join(format!("{kid}.pem")))?;
+        Ok(kid)
     }
 
     /// The `kid`s of every key, oldest first.
@@ -100,6 +143,30 @@ impl IdpKeys {
         }
         files.sort();
         Ok(files.into_iter().map(|(_, path)| path).collect())
+    }
+}
+
+/// One signing key, ready to sign many tokens.
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+}
+
+impl Signer {
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// A compact ES256 `at+jwt` with `claims`.
+    pub fn sign(&self, claims: &DevClaims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        Ok(jsonwebtoken::encode(
+            &header,
+            &claims.to_json()?,
+            &self.key,
+        )?)
     }
 }
 

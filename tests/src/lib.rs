@@ -12,6 +12,9 @@
 //! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
 //!   native MCP filters, with the `fast_backend` and `e2e_load` binaries.
 //!
+//! - [`soak`]: `cargo xtask soak`, sustained traffic with fault drills under it.
+//! - [`procfs`]: CPU time and resident memory of a process, from `/proc`.
+//!
 //! `cargo xtask up` runs the dev stack with this same code.
 
 pub mod bench;
@@ -19,7 +22,9 @@ pub mod dev_idp;
 pub mod mcp;
 pub mod paths;
 pub mod process;
+pub mod procfs;
 pub mod redis;
+pub mod soak;
 pub mod stack;
 
 /// `len` random bytes, for keys, secrets and ids the tests make.

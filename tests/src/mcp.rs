@@ -8,6 +8,15 @@ use serde_json::{Value, json};
 /// The protocol version this client negotiates.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 
+/// An `initialize` the gateway answered with an error status (the error of
+/// [`RawSession::initialize`] then, for callers that count statuses).
+#[derive(Debug, thiserror::Error)]
+#[error("initialize: HTTP {status}: {body}")]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
 /// An initialized MCP session over raw HTTP.
 pub struct RawSession {
     http: reqwest::Client,
@@ -17,6 +26,8 @@ pub struct RawSession {
     pub session_id: String,
     /// The protocol version this session negotiated (sent as `MCP-Protocol-Version`).
     pub version: String,
+    /// The server's `serverInfo` from its `initialize` result.
+    pub server_info: Value,
     next_id: AtomicU64,
 }
 
@@ -52,7 +63,11 @@ impl RawSession {
             .map(str::to_owned);
         let text = response.text().await?;
         if !status.is_success() {
-            bail!("initialize: HTTP {status}: {text}");
+            return Err(Refused {
+                status: status.as_u16(),
+                body: text,
+            }
+            .into());
         }
         let session_id =
             session_id.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
@@ -70,13 +85,18 @@ impl RawSession {
             token: token.to_owned(),
             session_id,
             version,
+            server_info: answer["result"]["serverInfo"].clone(),
             next_id: AtomicU64::new(1),
         };
         let ack = session
             .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
             .await?;
         if ack.status() != reqwest::StatusCode::ACCEPTED {
-            bail!("notifications/initialized: HTTP {}", ack.status());
+            return Err(Refused {
+                status: ack.status().as_u16(),
+                body: format!("to notifications/initialized: {}", ack.text().await?),
+            }
+            .into());
         }
         Ok(session)
     }

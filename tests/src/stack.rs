@@ -124,6 +124,20 @@ pub struct StackOptions {
     pub tool_pins: bool,
 }
 
+/// How [`Stack::shut_down`] went.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// Requests in flight when Envoy's listeners closed.
+    pub in_flight_at_drain: u64,
+    /// How long they took to finish (or the grace, if they did not).
+    pub drained_in: Duration,
+    /// Requests still in flight when Envoy got SIGTERM.
+    pub active_at_sigterm: u64,
+    /// Each part's exit status and how long it took to exit after SIGTERM, in
+    /// order: envoy, ext-authz, ext-proc.
+    pub exits: Vec<(&'static str, std::process::ExitStatus, Duration)>,
+}
+
 /// The audience of the session pool's exchanged tokens (dev/gateway.yaml's
 /// `upstream_credentials.session.token_exchange.audience`); the dev provider
 /// exchanges tokens for it.
@@ -200,6 +214,8 @@ pub struct Stack {
     backends: Vec<Option<Process>>,
     /// The stateless era's backends, likewise.
     stateless: Vec<Option<Process>>,
+    /// Backends taken out of the pool (no longer in the EDS file).
+    retired: std::collections::BTreeSet<usize>,
     stateless_args: Vec<String>,
     issuer: Option<Process>,
     idp_keys: IdpKeys,
@@ -296,6 +312,7 @@ impl Stack {
             ext_proc: None,
             backends: Vec::new(),
             stateless: Vec::new(),
+            retired: Default::default(),
             stateless_args: options.stateless_args.clone(),
             issuer: None,
             idp_keys: IdpKeys::new(match &options.shared {
@@ -422,7 +439,8 @@ impl Stack {
             }
         }
         self.write_eds()?;
-        self.wait_healthy_backends(index + 1).await?;
+        let running = self.backends.iter().filter(|b| b.is_some()).count();
+        self.wait_healthy_backends(running).await?;
         Ok(index)
     }
 
@@ -434,6 +452,27 @@ impl Stack {
         }
         let healthy = self.backends.iter().filter(|b| b.is_some()).count();
         self.wait_healthy_backends(healthy).await
+    }
+
+    /// Kills backend `index` at once (SIGKILL), as an evicted pod or a crash
+    /// would, and waits until Envoy's health check takes it out of the pool.
+    pub async fn kill_backend(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut backend) = self.backends.get_mut(index).and_then(Option::take) {
+            backend.kill()?;
+        }
+        let healthy = self.backends.iter().filter(|b| b.is_some()).count();
+        self.wait_healthy_backends(healthy).await
+    }
+
+    /// Takes backend `index` out of the pool as a rolling deploy does: first out
+    /// of the EDS file (Envoy keeps a removed host that still passes its health
+    /// checks), then, after `linger`, stopped (SIGTERM), and waited for until
+    /// Envoy no longer counts it.
+    pub async fn retire_backend(&mut self, index: usize, linger: Duration) -> anyhow::Result<()> {
+        self.retired.insert(index);
+        self.write_eds()?;
+        tokio::time::sleep(linger).await;
+        self.stop_backend(index).await
     }
 
     /// Stops stateless backend `index` and waits until Envoy's health check
@@ -472,6 +511,50 @@ impl Stack {
         }
         self.ext_proc = Some(self.spawn_sidecar("ext-proc")?);
         self.wait_sidecar("ext-proc").await
+    }
+
+    /// Shuts the gateway down as an orchestrator should before its SIGTERM (a
+    /// pod's preStop hook, `cargo xtask up` on Ctrl-C): Envoy's health check
+    /// fails (load balancers stop sending), its listeners stop accepting
+    /// connections, the requests in flight finish (for up to `grace`), then
+    /// Envoy gets SIGTERM, which alone would cut them; then each sidecar gets
+    /// SIGTERM and finishes within its own grace period.
+    pub async fn shut_down(&mut self, grace: Duration) -> anyhow::Result<Shutdown> {
+        let admin = format!("http://127.0.0.1:{}", self.ports.admin);
+        let http = reqwest::Client::new();
+        for step in ["healthcheck/fail", "drain_listeners?inboundonly"] {
+            http.post(format!("{admin}/{step}"))
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("Envoy admin {step}"))?;
+        }
+        let started = Instant::now();
+        let in_flight_at_drain = self.envoy_stat("http.mcp.downstream_rq_active").await?;
+        let mut active = in_flight_at_drain;
+        while active > 0 && started.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            active = self.envoy_stat("http.mcp.downstream_rq_active").await?;
+        }
+        let drained_in = started.elapsed();
+        let mut exits = Vec::new();
+        for (name, process) in [
+            ("envoy", &mut self.envoy),
+            ("ext-authz", &mut self.ext_authz),
+            ("ext-proc", &mut self.ext_proc),
+        ] {
+            if let Some(mut process) = process.take() {
+                let asked = Instant::now();
+                let status = process.stop(Duration::from_secs(20))?;
+                exits.push((name, status, asked.elapsed()));
+            }
+        }
+        Ok(Shutdown {
+            in_flight_at_drain,
+            drained_in,
+            active_at_sigterm: active,
+            exits,
+        })
     }
 
     /// Waits until Envoy counts exactly `count` healthy backends.
@@ -631,6 +714,20 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts the token issuer again after [`Stack::stop_issuer`], with the keys
+    /// in its key directory (any added meanwhile included); waits until it serves.
+    pub async fn start_issuer(&mut self) -> anyhow::Result<()> {
+        if self.issuer.is_none() {
+            self.issuer = Some(self.spawn_issuer()?);
+        }
+        self.wait_issuer().await
+    }
+
+    /// The provider's signing keys, to add one while it is down.
+    pub fn issuer_keys(&self) -> &IdpKeys {
+        &self.idp_keys
+    }
+
     /// One counter or gauge from Envoy's admin `/stats`.
     pub async fn envoy_stat(&self, name: &str) -> anyhow::Result<u64> {
         let text = reqwest::get(format!(
@@ -746,6 +843,16 @@ impl Stack {
     /// Starts ext-authz again on its port and waits until it serves.
     pub async fn restart_ext_authz(&mut self) -> anyhow::Result<()> {
         self.kill_ext_authz()?;
+        self.ext_authz = Some(self.spawn_sidecar("ext-authz")?);
+        self.wait_sidecar("ext-authz").await
+    }
+
+    /// Restarts ext-authz as a rolling deploy does: SIGTERM (it finishes what is
+    /// in flight within its grace period), then a new process on the same port.
+    pub async fn restart_ext_authz_gracefully(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.ext_authz.take() {
+            process.stop(Duration::from_secs(15))?;
+        }
         self.ext_authz = Some(self.spawn_sidecar("ext-authz")?);
         self.wait_sidecar("ext-authz").await
     }
@@ -1038,7 +1145,9 @@ impl Stack {
             .ports
             .backends
             .iter()
-            .map(|port| Endpoint {
+            .enumerate()
+            .filter(|(index, _)| !self.retired.contains(index))
+            .map(|(_, port)| Endpoint {
                 host: "127.0.0.1".to_owned(),
                 port: *port,
             })

@@ -17,6 +17,7 @@ mod e2e {
     mod rewrite;
     mod sessions;
     mod sidecars;
+    mod soak;
     mod tool_pins;
     mod upstream;
 }

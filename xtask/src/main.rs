@@ -8,6 +8,7 @@ mod envoy_config;
 mod fuzz;
 mod pin_tools;
 mod setup;
+mod soak;
 mod test;
 mod token;
 mod up;
@@ -38,6 +39,8 @@ enum Task {
     EnvoyConfig(envoy_config::EnvoyConfig),
     /// Load ext-authz's Check on one core: Check/s, p50, p99.
     Bench(bench::Bench),
+    /// Sustained traffic with fault drills under it; memory watched.
+    Soak(soak::Soak),
     /// The property tests in release mode with many cases (PROPTEST_CASES).
     Fuzz(fuzz::Fuzz),
     /// Print the pins of the tools an MCP endpoint lists (a pins file to review).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Task::EnvoyConfig(task) => task.run(),
         Task::Bench(task) => task.run(),
         Task::Fuzz(task) => task.run(),
+        Task::Soak(task) => task.run(),
         Task::PinTools(task) => task.run(),
     };
     match result {

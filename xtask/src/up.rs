@@ -1,7 +1,8 @@
 //! `cargo xtask up`: the dev stack on https://localhost:8443/mcp until Ctrl-C.
 //!
 //! The dev OpenID provider, three FastMCP backends, both sidecars (release builds) and Envoy,
-//! each waited for until ready. Ctrl-C or SIGTERM stops them all, Envoy first.
+//! each waited for until ready. Ctrl-C or SIGTERM drains Envoy (requests in flight end
+//! first, up to 30 s), then stops them all, Envoy first.
 //! Configs and logs: `.dev/stack/`.
 
 use e2e::paths;
@@ -47,7 +48,7 @@ impl Up {
                 rate_limits: true,
                 tool_pins: true,
             };
-            let stack = Stack::start(options).await?;
+            let mut stack = Stack::start(options).await?;
             let _prometheus = match self.with_metrics {
                 true => Some(prometheus(&stack).await?),
                 false => None,
@@ -70,7 +71,19 @@ impl Up {
                 issuer = stack.issuer_url(),
             );
             shutdown_signal().await;
-            eprintln!("stopping the dev stack");
+            eprintln!("stopping the dev stack: draining Envoy (Ctrl-C again stops at once)");
+            // Calls and SSE streams in flight end on their own first (up to 30 s).
+            tokio::select! {
+                drained = stack.shut_down(std::time::Duration::from_secs(30)) => {
+                    let drained = drained?;
+                    eprintln!(
+                        "{} requests were in flight; they ended in {:.1} s",
+                        drained.in_flight_at_drain,
+                        drained.drained_in.as_secs_f64()
+                    );
+                }
+                () = shutdown_signal() => {}
+            }
             drop(stack);
             anyhow::Ok(())
         })

@@ -549,27 +549,10 @@ async fn connect(
 
 /// CPU time (user + system) of each process so far, in µs.
 fn cpu_times(pids: &[(String, u32)]) -> anyhow::Result<Vec<(String, u64)>> {
-    let ticks = clock_ticks_per_second();
     pids.iter()
         .map(|(name, pid)| {
-            let path = format!("/proc/{pid}/stat");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("{name}: {path}"))?;
-            // The command name (field 2) may hold spaces; fields after its ')' are
-            // state (3), ..., utime (14), stime (15).
-            let rest = text
-                .rsplit_once(')')
-                .map(|(_, rest)| rest)
-                .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let field = |i: usize| -> anyhow::Result<u64> {
-                fields
-                    .get(i)
-                    .ok_or_else(|| anyhow!("{path}: too few fields"))?
-                    .parse::<u64>()
-                    .with_context(|| format!("{path}: field {}", i + 3))
-            };
-            let total_ticks = field(11)? + field(12)?;
-            Ok((name.clone(), total_ticks * 1_000_000 / ticks))
+            let micros = e2e::procfs::cpu_micros(*pid).with_context(|| name.clone())?;
+            Ok((name.clone(), micros))
         })
         .collect()
 }
@@ -585,7 +568,7 @@ struct CpuTime {
 }
 
 fn machine_busy() -> anyhow::Result<Vec<CpuTime>> {
-    let ticks = clock_ticks_per_second();
+    let ticks = e2e::procfs::clock_ticks_per_second();
     let text = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
     Ok(text
         .lines()
@@ -605,11 +588,4 @@ fn machine_busy() -> anyhow::Result<Vec<CpuTime>> {
             }
         })
         .collect())
-}
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf reads a constant of the system; no memory is involved.
-    #[allow(unsafe_code)]
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
 }
