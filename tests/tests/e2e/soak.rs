@@ -1,6 +1,6 @@
-//! The soak in CI: a minute of steady traffic (session clients, a prober of
-//! denied calls, official SDK clients of both eras), then two drills under that
-//! traffic, each judged by the soak itself (`e2e::soak::drills`). The long
+//! The soak in CI: half a minute of steady traffic (session clients, a prober of
+//! denied calls, official SDK clients of both eras), then three drills under
+//! that traffic, each judged by the soak itself (`e2e::soak::drills`). The long
 //! version, with every drill and the memory checks, is `cargo xtask soak`.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use e2e::soak::{self, Drill, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_minute_of_traffic_survives_ext_proc_restarting_and_a_backend_dying() {
+async fn traffic_survives_ext_proc_restarting_a_backend_dying_and_keys_and_rules_changing() {
     let options = Options {
         steady: Duration::from_secs(30),
         warmup: Duration::from_secs(5),
@@ -16,7 +16,11 @@ async fn a_minute_of_traffic_survives_ext_proc_restarting_and_a_backend_dying() 
         clients: 8,
         sample_every: Duration::from_secs(10),
         sdk_every: Duration::from_secs(8),
-        drills: vec![Drill::ExtProcKilled, Drill::BackendKilled],
+        drills: vec![
+            Drill::ExtProcKilled,
+            Drill::BackendKilled,
+            Drill::KeysAndRules,
+        ],
         idp_outage: Duration::ZERO,
         token_flood: 0,
         abandoned_sessions: 0,
@@ -42,7 +46,10 @@ async fn a_minute_of_traffic_survives_ext_proc_restarting_and_a_backend_dying() 
     }
     assert_eq!(report.samples.len(), 4, "{tables}");
     let names: Vec<&str> = report.drills.iter().map(|d| d.name).collect();
-    assert_eq!(names, ["ext-proc-killed", "backend-killed"]);
+    assert_eq!(
+        names,
+        ["ext-proc-killed", "backend-killed", "keys-and-rules"]
+    );
     // Each drill met its fault: 503s while ext-proc was down, lost sessions
     // (all on the one backend) when the backend died.
     let ext_proc = &report.drills[0];
@@ -56,6 +63,17 @@ async fn a_minute_of_traffic_survives_ext_proc_restarting_and_a_backend_dying() 
     assert!(on_backend.is_some_and(|n| n > 0), "{tables}");
     assert!(
         on_backend.is_some_and(|n| backend.sessions_lost >= n),
+        "{tables}"
+    );
+    // The rules were rewritten in place and reloaded; the probe that a half
+    // written file would let through was denied throughout.
+    let rules = &report.drills[2];
+    assert!(
+        rules.figures["rules_reloads"].as_u64() >= Some(4),
+        "{tables}"
+    );
+    assert!(
+        rules.figures["probe_denied"].as_u64() >= Some(100),
         "{tables}"
     );
 }
