@@ -48,7 +48,7 @@ def main() -> int:
     latency.set_ylabel("tools/call latency (ms)")
     latency.set_xlabel("minutes after warm-up")
     latency.set_ylim(bottom=0)
-    latency.legend(loc="lower right")
+    latency.legend(loc="best")
     latency.grid(alpha=0.3)
     fig.text(0.01, 0.005, report["machine"], fontsize=7, color="gray")
 

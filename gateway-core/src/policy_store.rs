@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::config::HeaderOnlyCalls;
 use crate::rules::{Policy, PolicyError};
@@ -70,13 +70,30 @@ impl PolicyStore {
     /// Reads the file again; keeps the old rules when the new ones do not compile.
     pub fn reload(&self) -> Result<usize, PolicyError> {
         let policy = Self::read(&self.path, &self.header_only)?;
+        Ok(self.install(policy))
+    }
+
+    /// Compiles `bytes` (what the file held when last read) and puts the rules in
+    /// force; keeps the old rules when the new ones do not compile.
+    pub fn reload_from(&self, bytes: &[u8]) -> Result<usize, PolicyError> {
+        let name = self.path.display().to_string();
+        let text = std::str::from_utf8(bytes).map_err(|err| PolicyError::Read {
+            path: name.clone(),
+            error: std::io::Error::new(std::io::ErrorKind::InvalidData, err),
+        })?;
+        let policy = Policy::parse(&name, text)?;
+        policy.check_header_only(&name, &self.header_only)?;
+        Ok(self.install(policy))
+    }
+
+    fn install(&self, policy: Policy) -> usize {
         let rules = policy.rule_count();
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(policy);
-        Ok(rules)
+        rules
     }
 
     fn read(path: &Path, header_only: &[HeaderOnlyCalls]) -> Result<Policy, PolicyError> {
@@ -86,9 +103,8 @@ impl PolicyStore {
     }
 }
 
-/// Reloads `store` on SIGHUP and whenever its file changes (checked every
-/// `interval`: modification time and size; see [`Settled`]). Runs until the
-/// process ends.
+/// Reloads `store` on SIGHUP and whenever its file changes (read every
+/// `interval`; see [`Settled`]). Runs until the process ends.
 pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -98,20 +114,25 @@ pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
             None
         }
     };
-    let mut file = Settled::new(stamp(store.path()));
+    let mut file = Settled::new(contents(store.path()));
     let mut ticker = tokio::time::interval(interval);
     loop {
-        let trigger = tokio::select! {
+        let (trigger, reloaded) = tokio::select! {
             _ = ticker.tick() => {
-                if !file.changed_and_settled(stamp(store.path())) { continue; }
-                "file change"
+                if !file.changed_and_settled(contents(store.path())) { continue; }
+                // Exactly what was read twice alike: never a third, later read.
+                let reloaded = match file.loaded() {
+                    Some(bytes) => store.reload_from(bytes),
+                    None => store.reload(),
+                };
+                ("file change", reloaded)
             }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                file = Settled::new(stamp(store.path()));
-                "SIGHUP"
+                file = Settled::new(contents(store.path()));
+                ("SIGHUP", store.reload())
             }
         };
-        match store.reload() {
+        match reloaded {
             Ok(rules) => {
                 tracing::info!(trigger, rules, file = %store.path().display(), "rules reloaded")
             }
@@ -123,12 +144,13 @@ pub async fn watch(store: Arc<PolicyStore>, interval: Duration) {
 }
 
 /// What the watcher knows of the file: a change is loaded only once the file
-/// has looked the same at two checks in a row. A file rewritten in place (an
-/// editor, `cat > rules.yaml`, a config sync) may be read between two writes;
-/// its first half can be a valid, smaller rule set (a deny rule missing), and
-/// must never be in force. Writers that pause longer than the check interval
-/// are not covered: replace the file atomically (write, then rename), as the
-/// README says.
+/// has read the same at two checks in a row, and what is loaded is those bytes.
+/// A file rewritten in place (an editor, `cat > rules.yaml`, a config sync) may
+/// be read between two writes; its first half can be a valid, smaller rule set
+/// (a deny rule missing), and must never be in force. Comparing contents, not
+/// modification times, also sees a replacement that keeps size and time (`cp
+/// -p`, rsync). Writers that pause longer than the check interval are not
+/// covered: replace the file atomically (write, then rename), as the README says.
 #[derive(Debug)]
 pub struct Settled<S> {
     loaded: S,
@@ -144,6 +166,11 @@ impl<S: PartialEq + Clone> Settled<S> {
         }
     }
 
+    /// The file as last loaded.
+    pub fn loaded(&self) -> &S {
+        &self.loaded
+    }
+
     /// Whether to reload now, given how the file looks at this check.
     pub fn changed_and_settled(&mut self, now: S) -> bool {
         let settled = now == self.seen;
@@ -156,9 +183,10 @@ impl<S: PartialEq + Clone> Settled<S> {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// The file's bytes (`None` when it cannot be read). A rules file is small:
+/// reading it once per interval costs less than a request.
+fn contents(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
 }
 
 #[cfg(test)]

@@ -90,6 +90,23 @@ impl Process {
         self.wait_for_exit(grace)
     }
 
+    /// [`Process::stop`] without blocking the thread: for a process stopped while
+    /// the caller's runtime has other work (load, clients) to get on with.
+    pub async fn stop_async(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill()
+    }
+
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal(libc::SIGKILL);

@@ -127,6 +127,8 @@ pub struct StackOptions {
 /// How [`Stack::shut_down`] went.
 #[derive(Debug)]
 pub struct Shutdown {
+    /// Whether a new connection was refused once the listeners closed.
+    pub refused_while_draining: bool,
     /// Requests in flight when Envoy's listeners closed.
     pub in_flight_at_drain: u64,
     /// How long they took to finish (or the grace, if they did not).
@@ -448,7 +450,7 @@ impl Stack {
     /// waits until Envoy's health check takes it out of the pool.
     pub async fn stop_backend(&mut self, index: usize) -> anyhow::Result<()> {
         if let Some(mut backend) = self.backends.get_mut(index).and_then(Option::take) {
-            backend.stop(Duration::from_secs(5))?;
+            backend.stop_async(Duration::from_secs(5)).await?;
         }
         let healthy = self.backends.iter().filter(|b| b.is_some()).count();
         self.wait_healthy_backends(healthy).await
@@ -507,7 +509,7 @@ impl Stack {
     /// Restarts ext-proc (SIGTERM, then a new process on the same port).
     pub async fn restart_ext_proc(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.ext_proc.take() {
-            process.stop(Duration::from_secs(15))?;
+            process.stop_async(Duration::from_secs(15)).await?;
         }
         self.ext_proc = Some(self.spawn_sidecar("ext-proc")?);
         self.wait_sidecar("ext-proc").await
@@ -530,6 +532,10 @@ impl Stack {
                 .with_context(|| format!("Envoy admin {step}"))?;
         }
         let started = Instant::now();
+        let refused_while_draining = matches!(
+            tokio::net::TcpStream::connect(("127.0.0.1", self.ports.listener)).await,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused
+        );
         let in_flight_at_drain = self.envoy_stat("http.mcp.downstream_rq_active").await?;
         let mut active = in_flight_at_drain;
         while active > 0 && started.elapsed() < grace {
@@ -545,11 +551,12 @@ impl Stack {
         ] {
             if let Some(mut process) = process.take() {
                 let asked = Instant::now();
-                let status = process.stop(Duration::from_secs(20))?;
+                let status = process.stop_async(Duration::from_secs(20)).await?;
                 exits.push((name, status, asked.elapsed()));
             }
         }
         Ok(Shutdown {
+            refused_while_draining,
             in_flight_at_drain,
             drained_in,
             active_at_sigterm: active,
@@ -851,7 +858,7 @@ impl Stack {
     /// in flight within its grace period), then a new process on the same port.
     pub async fn restart_ext_authz_gracefully(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.ext_authz.take() {
-            process.stop(Duration::from_secs(15))?;
+            process.stop_async(Duration::from_secs(15)).await?;
         }
         self.ext_authz = Some(self.spawn_sidecar("ext-authz")?);
         self.wait_sidecar("ext-authz").await

@@ -256,6 +256,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     }
     let _ = stop_sdk.send(true);
     sdk.abort();
+    // Its end releases its share of the traffic, which then stops in order.
+    let _ = sdk.await;
     let oddities = traffic.oddities();
     if let Ok(traffic) = Arc::try_unwrap(traffic) {
         traffic.stop().await;

@@ -125,11 +125,18 @@ struct Shared {
     rate: AtomicU64,
     /// No new calls while set (calls in flight finish).
     paused: std::sync::atomic::AtomicBool,
+    /// Calls sent and not yet answered: when each was sent, by ticket.
+    in_flight: Mutex<BTreeMap<u64, Duration>>,
+    tickets: AtomicU64,
     log: Mutex<Vec<Outcome>>,
     /// Details of answers that were neither expected nor a lost session: a few
     /// examples of each kind (the text without its time), with their count.
     oddities: Mutex<BTreeMap<String, (u64, Vec<String>)>>,
 }
+
+/// Marks the client id of a session opened, called once and abandoned: its
+/// outcomes are not those of the client's own session.
+pub const THROWAWAY: u32 = 1 << 31;
 
 /// Examples kept verbatim of each kind of oddity (all are counted).
 const EXAMPLES_KEPT: usize = 3;
@@ -145,6 +152,8 @@ impl Traffic {
             started: Instant::now(),
             rate: AtomicU64::new(options.rate.to_bits()),
             paused: Default::default(),
+            in_flight: Mutex::new(BTreeMap::new()),
+            tickets: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             oddities: Mutex::new(BTreeMap::new()),
         });
@@ -193,6 +202,26 @@ impl Traffic {
     /// Notes an answer that needs explaining in the report.
     pub fn note(&self, text: String) {
         self.shared.note(text);
+    }
+
+    /// Every outcome answered from `from` on and sent before `to`: what a fault
+    /// at `from` could touch, the calls then in flight included. Waits until
+    /// every call sent before `to` is answered (or timed out) first.
+    pub async fn settled_outcomes(&self, from: Duration, to: Duration) -> Vec<Outcome> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.shared.oldest_in_flight().is_some_and(|t| t < to) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shared
+            .log
+            .lock()
+            .map(|log| {
+                log.iter()
+                    .filter(|o| o.answered() >= from && o.sent < to)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every outcome sent in `[from, to)`.
@@ -254,6 +283,29 @@ impl Drop for Traffic {
 impl Shared {
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Notes a call about to be sent; returns its ticket and send time.
+    fn send(&self) -> (u64, Duration) {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let sent = self.now();
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.insert(ticket, sent);
+        }
+        (ticket, sent)
+    }
+
+    fn answered(&self, ticket: u64) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(&ticket);
+        }
+    }
+
+    fn oldest_in_flight(&self) -> Option<Duration> {
+        self.in_flight
+            .lock()
+            .ok()
+            .and_then(|in_flight| in_flight.values().min().copied())
     }
 
     /// Waits while the traffic is paused; false once it should stop.
@@ -358,7 +410,7 @@ async fn run_client(shared: Arc<Shared>, client: u32, mut stop: watch::Receiver<
         };
         turn += 1;
         if kind == Kind::Initialize {
-            drop(open_session(&shared, client).await);
+            drop(open_session(&shared, client | THROWAWAY).await);
             continue;
         }
         let outcome = call(&shared, client, current, kind).await;
@@ -371,9 +423,10 @@ async fn run_client(shared: Arc<Shared>, client: u32, mut stop: watch::Receiver<
 
 /// Opens a session and learns its backend; records both requests.
 async fn open_session(shared: &Shared, client: u32) -> Option<Held> {
-    let sent = shared.now();
+    let (ticket, sent) = shared.send();
     let started = Instant::now();
     let opened = RawSession::initialize(&shared.http, &shared.url, &shared.token).await;
+    shared.answered(ticket);
     let mut outcome = Outcome {
         sent,
         latency: started.elapsed(),
@@ -418,7 +471,7 @@ async fn call(shared: &Shared, client: u32, held: &mut Held, kind: Kind) -> Outc
         _ => json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": {"name": "whoami", "arguments": {}}}),
     };
-    let sent = shared.now();
+    let (ticket, sent) = shared.send();
     let started = Instant::now();
     let answer = match held.session.post(&body).await {
         Ok(response) => {
@@ -432,6 +485,7 @@ async fn call(shared: &Shared, client: u32, held: &mut Held, kind: Kind) -> Outc
         Err(err) => Err(err),
     };
     let latency = started.elapsed();
+    shared.answered(ticket);
     let mut outcome = Outcome {
         sent,
         latency,
@@ -534,6 +588,7 @@ pub fn backend_index(name: &str) -> Option<u8> {
 async fn run_denied_prober(shared: Arc<Shared>, client: u32, mut stop: watch::Receiver<bool>) {
     let mut held: Option<Held> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

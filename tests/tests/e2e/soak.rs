@@ -1,7 +1,8 @@
 //! The soak in CI: half a minute of steady traffic (session clients, a prober of
 //! denied calls, official SDK clients of both eras), then three drills under
-//! that traffic, each judged by the soak itself (`e2e::soak::drills`). The long
-//! version, with every drill and the memory checks, is `cargo xtask soak`.
+//! that traffic, each judged by the soak itself (`e2e::soak::drills`), after a
+//! small flood of distinct tokens against ext-authz's token cache. The long
+//! version, with every drill and all memory checks, is `cargo xtask soak`.
 
 use std::time::Duration;
 
@@ -22,9 +23,10 @@ async fn traffic_survives_ext_proc_restarting_a_backend_dying_and_keys_and_rules
             Drill::KeysAndRules,
         ],
         idp_outage: Duration::ZERO,
-        token_flood: 0,
+        // Enough distinct tokens to overflow a 1 MiB token cache four times.
+        token_flood: 3_000,
         abandoned_sessions: 0,
-        token_cache_bytes: 16 * 1024 * 1024,
+        token_cache_bytes: 1024 * 1024,
         max_rss_growth: None,
         bin_dir: e2e::paths::bin_dir(),
     };
@@ -73,7 +75,13 @@ async fn traffic_survives_ext_proc_restarting_a_backend_dying_and_keys_and_rules
         "{tables}"
     );
     assert!(
-        rules.figures["probe_denied"].as_u64() >= Some(100),
+        rules.figures["probe_denied"].as_u64() >= Some(50),
         "{tables}"
     );
+    // The flood of tokens evicted from the cache, which stayed within budget.
+    let flood = &report.memory[0];
+    assert_eq!(flood.name, "token-flood");
+    assert_eq!(flood.figures["allowed"].as_u64(), Some(3_000), "{tables}");
+    let cached = flood.figures["cache_entries"].as_f64().unwrap_or(f64::MAX);
+    assert!(cached > 0.0 && cached < 3_000.0, "{tables}");
 }
