@@ -8,6 +8,7 @@
 //! - [`dev_idp`]: the dev OpenID provider's signing keys, and tokens signed with them.
 //! - [`stack`]: the whole gateway (OpenID provider, MCP backends, both sidecars, Envoy)
 //!   started on free or fixed ports, each part waited for until ready.
+//! - [`envoy_check`]: ext_authz `Check` requests shaped as Envoy sends them.
 //! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
 //! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
 //!   native MCP filters, with the `fast_backend` and `e2e_load` binaries.
@@ -19,6 +20,7 @@
 
 pub mod bench;
 pub mod dev_idp;
+pub mod envoy_check;
 pub mod mcp;
 pub mod paths;
 pub mod process;

@@ -127,8 +127,9 @@ pub struct StackOptions {
 /// How [`Stack::shut_down`] went.
 #[derive(Debug)]
 pub struct Shutdown {
-    /// Whether a new connection was refused once the listeners closed.
-    pub refused_while_draining: bool,
+    /// How soon after the drain began a new connection was refused (`None`:
+    /// still accepted 2 s later).
+    pub refused_after: Option<Duration>,
     /// Requests in flight when Envoy's listeners closed.
     pub in_flight_at_drain: u64,
     /// How long they took to finish (or the grace, if they did not).
@@ -532,10 +533,17 @@ impl Stack {
                 .with_context(|| format!("Envoy admin {step}"))?;
         }
         let started = Instant::now();
-        let refused_while_draining = matches!(
-            tokio::net::TcpStream::connect(("127.0.0.1", self.ports.listener)).await,
-            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused
-        );
+        // Envoy's workers close their listening sockets shortly after the admin
+        // call returns.
+        let mut refused_after = None;
+        while refused_after.is_none() && started.elapsed() < Duration::from_secs(2) {
+            match tokio::net::TcpStream::connect(("127.0.0.1", self.ports.listener)).await {
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refused_after = Some(started.elapsed());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
         let in_flight_at_drain = self.envoy_stat("http.mcp.downstream_rq_active").await?;
         let mut active = in_flight_at_drain;
         while active > 0 && started.elapsed() < grace {
@@ -556,7 +564,7 @@ impl Stack {
             }
         }
         Ok(Shutdown {
-            refused_while_draining,
+            refused_after,
             in_flight_at_drain,
             drained_in,
             active_at_sigterm: active,

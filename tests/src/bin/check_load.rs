@@ -17,9 +17,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use e2e::process::Process;
 use e2e::stack::{free_port, grpc_serving};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use ext_authz::test_util::{JwksServer, TestKey, claims};
 use jsonwebtoken::Algorithm;
 use tonic::transport::Channel;
@@ -266,25 +265,5 @@ fn check_request(token: &str, body_bytes: usize) -> CheckRequest {
     let bare = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":5,"b":7,"note":""}}}"#;
     let padding = "x".repeat(body_bytes.saturating_sub(bare.len()));
     let body = bare.replace(r#""note":"""#, &format!(r#""note":"{padding}""#));
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/mcp".into(),
-                    host: "gw.bench".into(),
-                    headers: [
-                        ("authorization".to_owned(), format!("Bearer {token}")),
-                        ("content-type".to_owned(), "application/json".to_owned()),
-                        ("mcp-protocol-version".to_owned(), "2025-06-18".to_owned()),
-                    ]
-                    .into(),
-                    raw_body: body.into_bytes(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    e2e::envoy_check::mcp_post("gw.bench", token, body)
 }

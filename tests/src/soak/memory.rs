@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde::Serialize;
 use serde_json::json;
 
@@ -25,6 +24,12 @@ pub struct MemoryCheck {
     pub expectation: String,
     pub figures: BTreeMap<String, serde_json::Value>,
     pub failures: Vec<String>,
+}
+
+impl MemoryCheck {
+    fn figure(&mut self, name: &str, value: impl Serialize) {
+        self.figures.insert(name.to_owned(), json!(value));
+    }
 }
 
 /// `count` distinct valid tokens, each checked once by ext-authz (its gRPC
@@ -72,10 +77,7 @@ pub async fn token_flood(stack: &Stack, count: usize, budget: u64) -> anyhow::Re
             .collect::<anyhow::Result<Vec<Vec<_>>>>()
             .map(|parts| parts.into_iter().flatten().collect())
     })?;
-    check.figures.insert(
-        "signing_s".to_owned(),
-        json!(signing.elapsed().as_secs_f64()),
-    );
+    check.figure("signing_s", signing.elapsed().as_secs_f64());
 
     let channel = tonic::transport::Endpoint::from_shared(format!(
         "http://127.0.0.1:{}",
@@ -118,27 +120,14 @@ pub async fn token_flood(stack: &Stack, count: usize, budget: u64) -> anyhow::Re
     let cached = metric(&metrics, "mcp_gateway_token_cache_entries")?;
     let rss_after = procfs::rss_bytes(pid)?;
     let growth = rss_after.saturating_sub(rss_before);
-    check.figures.insert("tokens".to_owned(), json!(count));
-    check.figures.insert("allowed".to_owned(), json!(allowed));
-    check.figures.insert(
-        "checks_per_s".to_owned(),
-        json!(count as f64 / took.as_secs_f64()),
-    );
-    check
-        .figures
-        .insert("cache_bytes".to_owned(), json!(cached_bytes));
-    check
-        .figures
-        .insert("cache_entries".to_owned(), json!(cached));
-    check
-        .figures
-        .insert("budget_bytes".to_owned(), json!(budget));
-    check
-        .figures
-        .insert("rss_before_mib".to_owned(), json!(mib(rss_before)));
-    check
-        .figures
-        .insert("rss_after_mib".to_owned(), json!(mib(rss_after)));
+    check.figure("tokens", count);
+    check.figure("allowed", allowed);
+    check.figure("checks_per_s", count as f64 / took.as_secs_f64());
+    check.figure("cache_bytes", cached_bytes);
+    check.figure("cache_entries", cached);
+    check.figure("budget_bytes", budget);
+    check.figure("rss_before_mib", mib(rss_before));
+    check.figure("rss_after_mib", mib(rss_after));
     if allowed != count {
         check.failures.push(format!(
             "{} of {count} valid tokens were not allowed",
@@ -205,17 +194,10 @@ pub async fn abandoned_sessions(stack: &Stack, count: usize) -> anyhow::Result<M
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = procfs::rss_bytes(pid)?;
-    check.figures.insert("opened".to_owned(), json!(opened));
-    check.figures.insert(
-        "sessions_per_s".to_owned(),
-        json!(opened as f64 / took.as_secs_f64()),
-    );
-    check
-        .figures
-        .insert("rss_before_mib".to_owned(), json!(mib(rss_before)));
-    check
-        .figures
-        .insert("rss_after_mib".to_owned(), json!(mib(rss_after)));
+    check.figure("opened", opened);
+    check.figure("sessions_per_s", opened as f64 / took.as_secs_f64());
+    check.figure("rss_before_mib", mib(rss_before));
+    check.figure("rss_after_mib", mib(rss_after));
     if opened != count {
         check
             .failures
@@ -262,34 +244,6 @@ pub fn mib(bytes: u64) -> f64 {
 fn initialize_check(token: &str) -> CheckRequest {
     let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
-                   "clientInfo": {"name": "soak-flood", "version": "0"}}})
-    .to_string();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/mcp".into(),
-                    host: "localhost".into(),
-                    headers: [
-                        ("authorization".to_owned(), format!("Bearer {token}")),
-                        ("content-type".to_owned(), "application/json".to_owned()),
-                        (
-                            "accept".to_owned(),
-                            "application/json, text/event-stream".to_owned(),
-                        ),
-                        (
-                            "mcp-protocol-version".to_owned(),
-                            mcp::PROTOCOL_VERSION.to_owned(),
-                        ),
-                    ]
-                    .into(),
-                    raw_body: body.into_bytes(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+                   "clientInfo": {"name": "soak-flood", "version": "0"}}});
+    crate::envoy_check::mcp_post("localhost", token, body.to_string())
 }
