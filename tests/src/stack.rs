@@ -533,6 +533,7 @@ impl Stack {
                 .with_context(|| format!("Envoy admin {step}"))?;
         }
         let started = Instant::now();
+        let in_flight_at_drain = self.envoy_stat("http.mcp.downstream_rq_active").await?;
         // Envoy's workers close their listening sockets shortly after the admin
         // call returns.
         let mut refused_after = None;
@@ -544,8 +545,7 @@ impl Stack {
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        let in_flight_at_drain = self.envoy_stat("http.mcp.downstream_rq_active").await?;
-        let mut active = in_flight_at_drain;
+        let mut active = self.envoy_stat("http.mcp.downstream_rq_active").await?;
         while active > 0 && started.elapsed() < grace {
             tokio::time::sleep(Duration::from_millis(50)).await;
             active = self.envoy_stat("http.mcp.downstream_rq_active").await?;

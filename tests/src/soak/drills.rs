@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::json;
 
@@ -57,10 +58,10 @@ impl Drill {
     pub fn expectation(self) -> &'static str {
         match self {
             Drill::ExtAuthzKilled => {
-                "ext-authz SIGKILLed for 3 s: only 503 while it is down, never a result for a denied call, recovered within 2 s of serving again, 0 sessions lost"
+                "ext-authz SIGKILLed for 3 s: only 503 while it is down (or a reset for a call in flight at the crash), never a result for a denied call, recovered within 2 s of serving again, 0 sessions lost"
             }
             Drill::ExtProcKilled => {
-                "ext-proc SIGKILLed for 3 s: 0 sessions lost, only 503 while it is down, recovered within 2 s of serving again"
+                "ext-proc SIGKILLed for 3 s: 0 sessions lost, only 503 while it is down (or a reset for a call in flight at the crash), recovered within 2 s of serving again"
             }
             Drill::IdpOutage => {
                 "the IdP down: tokens signed with known keys keep passing, a token with a new kid gets 401, and passes within the unknown-kid interval after the IdP returns"
@@ -719,8 +720,10 @@ async fn envoy_drained(cx: &mut Context<'_>, report: &mut DrillReport) -> anyhow
     let token = cx.stack.token("soak-drain", "mcp:tools").await?;
     let http = soak_client()?;
     let mut streams = Vec::new();
+    let (started, mut streaming) = tokio::sync::mpsc::channel(STREAMS);
     for _ in 0..STREAMS {
         let session = RawSession::initialize(&http, &cx.stack.url(), &token).await?;
+        let started = started.clone();
         streams.push(tokio::spawn(async move {
             let id = session.next_id();
             let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
@@ -728,6 +731,7 @@ async fn envoy_drained(cx: &mut Context<'_>, report: &mut DrillReport) -> anyhow
                            "_meta": {"progressToken": id}}});
             let response = session.post(&call).await?;
             let status = response.status();
+            let _ = started.send(()).await;
             let text = response.text().await?;
             let messages = mcp::messages(&text)?;
             let progress = messages
@@ -740,10 +744,16 @@ async fn envoy_drained(cx: &mut Context<'_>, report: &mut DrillReport) -> anyhow
             anyhow::Ok((status.as_u16(), progress, result))
         }));
     }
-    // The streams are under way (their first events sent) when the drain
-    // starts; the other clients, as a load balancer would have them, send
-    // nothing new (their calls in flight finish).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The streams are under way (headers and a first event sent) when the
+    // drain starts; the other clients, as a load balancer would have them,
+    // send nothing new (their calls in flight finish).
+    drop(started);
+    for _ in 0..STREAMS {
+        tokio::time::timeout(Duration::from_secs(10), streaming.recv())
+            .await
+            .context("the SSE streams did not start within 10 s")?;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
     cx.traffic.pause();
     let shutdown = cx.stack.shut_down(Duration::from_secs(20)).await?;
     let mut complete = 0;
