@@ -116,6 +116,8 @@ fn is_rsa(algorithm: Algorithm) -> bool {
 }
 
 fn parse_public(key: &DecodingKey, algorithm: Algorithm) -> Result<PKey<Public>, JwtError> {
+    #[cfg(test)]
+    tests::PARSES.with(|parses| parses.set(parses.get() + 1));
     let ssl = |e: openssl::error::ErrorStack| JwtError::from(ErrorKind::Provider(e.to_string()));
     match (key.kind(), algorithm) {
         (DecodingKeyKind::RsaModulusExponent { n, e }, a) if is_rsa(a) => {

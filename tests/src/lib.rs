@@ -12,9 +12,11 @@
 //! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
 //! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
 //!   native MCP filters, with the `fast_backend` and `e2e_load` binaries.
-//!
+//! - [`redis`]: a Redis server on a free loopback port, for what replicas share.
 //! - [`soak`]: `cargo xtask soak`, sustained traffic with fault drills under it.
 //! - [`procfs`]: CPU time and resident memory of a process, from `/proc`.
+//!
+//! - [`eventually`] and [`patience`]: how tests wait on what another process does.
 //!
 //! `cargo xtask up` runs the dev stack with this same code.
 
@@ -28,6 +30,26 @@ pub mod procfs;
 pub mod redis;
 pub mod soak;
 pub mod stack;
+
+/// Tries `attempt` every 50 ms until it gives `Ok`, for at most [`patience`];
+/// then panics, naming `what` and the last attempt's error. For tests waiting on
+/// something another process does (a reload, a log line, a restart).
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + patience();
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(err) if std::time::Instant::now() >= deadline => {
+                panic!("{what}, not within {:?}: {err:#}", patience())
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
 
 /// `len` random bytes, for keys, secrets and ids the tests make.
 pub fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, anyhow, bail};
+use gateway_core::sse::{EventSplitter, Framed};
 use serde_json::{Value, json};
 
 /// The protocol version this client negotiates.
@@ -210,19 +211,34 @@ pub fn messages(body: &str) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
-/// The `data` of each complete event in an SSE text (multi-line data joined by `\n`).
+/// The `data` of each complete event in an SSE text (multi-line data joined by
+/// `\n`), framed as a client frames it (gateway-core's splitter: CR, LF, CRLF).
 pub fn sse_data(text: &str) -> Vec<String> {
-    let normalized = text.replace("\r\n", "\n");
-    normalized
-        .split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .filter_map(|block| {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
+    let mut reader = SseReader::default();
+    reader.push(text.as_bytes())
+}
+
+/// Reads an SSE body chunk by chunk, however the network cut it: each push gives
+/// the `data` of the events it completed.
+#[derive(Debug)]
+pub struct SseReader(EventSplitter);
+
+impl Default for SseReader {
+    fn default() -> Self {
+        // No cap: a test sees what a client would.
+        SseReader(EventSplitter::new(usize::MAX))
+    }
+}
+
+impl SseReader {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.0
+            .push(chunk)
+            .into_iter()
+            .filter_map(|framed| match framed {
+                Framed::Event(event) => event.data(),
+                Framed::Oversized(_) => None,
+            })
+            .collect()
+    }
 }

@@ -333,6 +333,7 @@ async fn keycloak_entra_and_auth0_token_shapes() {
                    "iat": now, "exp": now + 300}),
             "    scopes_claim: realm_access.roles\n",
             "    scopes_claim: scp\n",
+            lacks_scope as fn(&AuthnError) -> bool,
         ),
         (
             "entra",
@@ -341,6 +342,7 @@ async fn keycloak_entra_and_auth0_token_shapes() {
                    "iat": now, "nbf": now, "exp": now + 300}),
             "    scopes_claim: scp\n    audiences: [api://mcp-gateway]\n",
             "    scopes_claim: scp\n",
+            wrong_audience,
         ),
         (
             "auth0",
@@ -349,9 +351,10 @@ async fn keycloak_entra_and_auth0_token_shapes() {
                    "permissions": ["mcp:tools", "read:stuff"], "iat": now, "exp": now + 300}),
             "    scopes_claim: permissions\n",
             "    scopes_claim: scope\n",
+            lacks_scope,
         ),
     ];
-    for (name, token_claims, matching, mismatched) in cases {
+    for (name, token_claims, matching, mismatched, refusal) in cases {
         let token = key.sign(&token_claims);
         let good = Authenticator::from_config(&config(&server.url, matching), Path::new("."))
             .expect("config");
@@ -361,11 +364,22 @@ async fn keycloak_entra_and_auth0_token_shapes() {
         assert!(identity.scopes.contains(&"mcp:tools".to_owned()), "{name}");
         let bad = Authenticator::from_config(&config(&server.url, mismatched), Path::new("."))
             .expect("config");
+        let err = check(&bad, &token)
+            .await
+            .expect_err("a mismatched config refuses it");
         assert!(
-            check(&bad, &token).await.is_err(),
-            "{name} must be refused by a mismatched config"
+            refusal(&err),
+            "{name}: refused for the wrong reason: {err:?}"
         );
     }
+}
+
+fn lacks_scope(err: &AuthnError) -> bool {
+    matches!(err, AuthnError::InsufficientScope { .. })
+}
+
+fn wrong_audience(err: &AuthnError) -> bool {
+    matches!(err, AuthnError::InvalidToken(why) if why == "token not issued for this resource")
 }
 
 #[test]

@@ -669,15 +669,10 @@ async fn task_post(stack: &Stack, token: &str, method: &str, task_id: &str) -> (
     .await;
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text)
-        .or_else(|_| {
-            // An event stream's one message.
-            let data = text
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))
-                .unwrap_or_default();
-            serde_json::from_str(data.trim())
-        })
+    // A JSON body, or an event stream's one message.
+    let body = e2e::mcp::messages(&text)
+        .ok()
+        .and_then(|mut messages| messages.pop())
         .unwrap_or(Value::Null);
     (status, body)
 }
@@ -1018,18 +1013,15 @@ async fn a_call_judged_from_its_headers_passes_only_with_a_body_envoy_found_to_a
         "the demo rules name whoami's rule as expected"
     );
     std::fs::write(stack.rules_path(), reading).expect("rules written");
-    let deadline = std::time::Instant::now() + e2e::patience();
-    while !(stack.ext_authz_log().contains("rules NOT reloaded")
-        && stack.ext_proc_log().contains("rules NOT reloaded"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "both sidecars refuse the rules:\n{}\n{}",
-            stack.ext_authz_log(),
-            stack.ext_proc_log()
+    e2e::eventually("both sidecars refuse the rules", || async {
+        let (authz, proc_) = (stack.ext_authz_log(), stack.ext_proc_log());
+        anyhow::ensure!(
+            authz.contains("rules NOT reloaded") && proc_.contains("rules NOT reloaded"),
+            "their logs:\n{authz}\n{proc_}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        Ok(())
+    })
+    .await;
     assert!(
         stack
             .ext_authz_log()

@@ -217,24 +217,21 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
         b"mcp.protocol.version",
         b"mcp.session.id",
     ];
-    let deadline = std::time::Instant::now() + e2e::patience();
-    loop {
-        let bytes = received.lock().expect("lock").clone();
-        let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        if wanted.iter().all(|n| found(n)) && found(&trace_id_bytes) {
-            assert!(
-                !found(session.session_id.as_bytes()),
-                "the session token itself never goes out, only its digest"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "spans lack some of the MCP attributes or the client's trace id; got {} bytes",
-            bytes.len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let bytes = e2e::eventually(
+        "spans with the MCP attributes and the client's trace id",
+        || async {
+            let bytes = received.lock().expect("lock").clone();
+            let complete =
+                wanted.iter().all(|n| contains(&bytes, n)) && contains(&bytes, &trace_id_bytes);
+            anyhow::ensure!(complete, "{} bytes so far lack some", bytes.len());
+            Ok(bytes)
+        },
+    )
+    .await;
+    assert!(
+        !contains(&bytes, session.session_id.as_bytes()),
+        "the session token itself never goes out, only its digest"
+    );
     server.abort();
 }
 
@@ -332,14 +329,12 @@ async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
     let denied_digest = sha256_hex(r#"{"a":5000,"b":2}"#);
     // ext-proc writes an answer's record as the answer passes, concurrently
     // with the client reading it: wait for both.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let answered = loop {
+    let answered = e2e::eventually("both answers' audit records", || async {
         let records = audit_records(&stack.ext_proc_log(), "answered");
-        if records.len() >= 2 || std::time::Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+        anyhow::ensure!(records.len() >= 2, "{} so far", records.len());
+        Ok(records)
+    })
+    .await;
     let judged: Vec<_> = audit_records(&stack.ext_authz_log(), "judged")
         .into_iter()
         .filter(|r| r["method"] == "tools/call")
@@ -423,4 +418,8 @@ async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
         !stack.ext_authz_log().contains("5000") && !stack.ext_proc_log().contains("5000"),
         "arguments themselves are not logged"
     );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -2,8 +2,6 @@
 //! demo policy with the official Python client, batches, strict parsing, and
 //! hot reload.
 
-use std::time::{Duration, Instant};
-
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
@@ -242,15 +240,12 @@ async fn rules_reload_on_change_and_a_bad_file_keeps_the_old_rules() {
 }
 
 async fn wait_for_log(stack: &Stack, needle: &str) {
-    let deadline = Instant::now() + e2e::patience();
-    while !stack.ext_authz_log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "ext-authz never logged `{needle}`:\n{}",
-            stack.ext_authz_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::eventually(&format!("ext-authz logs `{needle}`"), || async {
+        let log = stack.ext_authz_log();
+        anyhow::ensure!(log.contains(needle), "its log:\n{log}");
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,19 +269,17 @@ async fn decisions_reach_envoys_access_log() {
     assert_eq!(denied["error"]["code"], -32001);
 
     // Envoy writes the access log line when each request ends; wait for both.
-    let deadline = Instant::now() + e2e::patience();
-    let lines: Vec<Value> = loop {
+    let lines: Vec<Value> = e2e::eventually("both calls in Envoy's access log", || async {
         let lines: Vec<Value> = std::fs::read_to_string(stack.work_dir().join("envoy.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|l| l["tool"] == "add")
             .collect();
-        if lines.len() >= 2 || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        anyhow::ensure!(lines.len() >= 2, "{} lines so far", lines.len());
+        Ok(lines)
+    })
+    .await;
     let allowed = lines
         .iter()
         .find(|l| l["decision"] == "allow")
@@ -324,22 +317,15 @@ async fn decisions_reach_envoys_access_log() {
         .await
         .expect("answer");
     assert_eq!(document.status(), 200);
-    let deadline = Instant::now() + e2e::patience();
-    let served = loop {
-        let line = std::fs::read_to_string(stack.work_dir().join("envoy.log"))
+    let served = e2e::eventually("the metadata request in Envoy's access log", || async {
+        std::fs::read_to_string(stack.work_dir().join("envoy.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["path"] == metadata_path);
-        if let Some(line) = line {
-            break line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the metadata request was never logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            .find(|l| l["path"] == metadata_path)
+            .ok_or_else(|| anyhow::anyhow!("not logged yet"))
+    })
+    .await;
     assert_eq!(served["decision"], "public", "{served}");
     assert_eq!(served["status"], 200, "{served}");
 }

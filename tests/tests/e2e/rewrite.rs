@@ -2,7 +2,7 @@
 //! declarative rules, tools/list filtered per caller over JSON and SSE, SSE
 //! rewritten event by event without delay, and bodies no rule needs left alone.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, StackOptions};
@@ -220,30 +220,26 @@ async fn progress_events_pass_a_rewritten_stream_without_delay() {
 
     // (sent by the backend, received by the client), seconds since the epoch.
     let mut times: Vec<(f64, f64)> = Vec::new();
-    let mut buffer = String::new();
+    let mut reader = mcp::SseReader::default();
     let mut body = response.bytes_stream();
     let mut done = false;
     while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        while let Some(end) = buffer.find("\n\n").or_else(|| buffer.find("\r\n\r\n")) {
-            let event: String = buffer.drain(..end + 2).collect();
-            for data in mcp::sse_data(&event) {
-                let message: Value = serde_json::from_str(&data).expect("JSON event");
-                if message["method"] == "notifications/progress" {
-                    let text = message["params"]["message"].as_str().expect("message");
-                    let sent: f64 = text
-                        .rsplit(' ')
-                        .next()
-                        .and_then(|t| t.parse().ok())
-                        .expect("send time");
-                    let received = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .expect("clock")
-                        .as_secs_f64();
-                    times.push((sent, received));
-                }
-                done |= message["id"] == 9;
+        for data in reader.push(&chunk.expect("chunk")) {
+            let message: Value = serde_json::from_str(&data).expect("JSON event");
+            if message["method"] == "notifications/progress" {
+                let text = message["params"]["message"].as_str().expect("message");
+                let sent: f64 = text
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .expect("send time");
+                let received = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs_f64();
+                times.push((sent, received));
             }
+            done |= message["id"] == 9;
         }
     }
     assert!(done, "the result arrived");
@@ -311,15 +307,12 @@ async fn tools_list_follows_a_rules_reload() {
     )
     .expect("rewrite rules");
     // Both sidecars watch the file; ext-proc filters tools/list by it.
-    let deadline = std::time::Instant::now() + e2e::patience();
-    while !stack.ext_proc_log().contains("rules reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ext-proc never reloaded:\n{}",
-            stack.ext_proc_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::eventually("ext-proc reloads the rules", || async {
+        let log = stack.ext_proc_log();
+        anyhow::ensure!(log.contains("rules reloaded"), "its log:\n{log}");
+        Ok(())
+    })
+    .await;
     assert_eq!(tool_names(&stack, "alice").await, vec!["add", "subtract"]);
 }
 

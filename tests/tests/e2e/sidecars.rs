@@ -304,14 +304,11 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
 
     proc_.signal(libc::SIGTERM);
     // Health turns NOT_SERVING while the stream drains.
-    let deadline = std::time::Instant::now() + e2e::patience();
-    while grpc_serving(port).await.unwrap_or(false) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still SERVING after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::eventually("health turns NOT_SERVING after SIGTERM", || async {
+        anyhow::ensure!(!grpc_serving(port).await.unwrap_or(false), "still SERVING");
+        Ok(())
+    })
+    .await;
 
     tx.send(headers(
         Phase::ResponseHeaders,
@@ -470,23 +467,16 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
         "no token: unauthenticated"
     );
 
-    let deadline = std::time::Instant::now() + e2e::patience();
-    loop {
+    e2e::eventually("a span reaches the collector", || async {
         let bodies = received.lock().expect("lock").clone();
         let found = bodies.iter().any(|b| {
             let text = String::from_utf8_lossy(b);
             text.contains("ext_authz.check") && text.contains("ext-authz")
         });
-        if found {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no span reached the collector:\n{}",
-            authz.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        anyhow::ensure!(found, "ext-authz's log:\n{}", authz.log_text());
+        Ok(())
+    })
+    .await;
     assert!(
         authz
             .stop(Duration::from_secs(10))

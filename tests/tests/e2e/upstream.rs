@@ -218,7 +218,7 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
     RawSession::initialize(stack.http(), &stack.url(), &warm)
         .await
         .expect("initialize");
-    let before = stack.all_backend_requests().await.expect("backends").len();
+    let before = stack.all_backend_total().await.expect("backends");
 
     stack.stop_issuer().expect("stop the provider");
     let fresh = stack.token("dave", "mcp:tools").await.expect("token");
@@ -242,7 +242,7 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
     assert!(message.contains("upstream credential"), "{body}");
     assert!(!message.contains(&fresh), "the token leaked into the error");
     assert_eq!(
-        stack.all_backend_requests().await.expect("backends").len(),
+        stack.all_backend_total().await.expect("backends"),
         before,
         "nothing reached the session pool"
     );
