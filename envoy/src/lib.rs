@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use gateway_core::config::{EdgeConfig, RateLimitsConfig};
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 
 /// The source bootstrap.
 pub const SOURCE: &str = include_str!("../bootstrap.yaml");
@@ -110,7 +110,7 @@ pub enum BootstrapError {
 impl Profile {
     /// Parses a profile file's text; `name` labels errors.
     pub fn parse(name: &str, text: &str) -> Result<Self, BootstrapError> {
-        serde_yaml::from_str(text).map_err(|e| BootstrapError::Profile(format!("{name}: {e}")))
+        serde_yaml_ng::from_str(text).map_err(|e| BootstrapError::Profile(format!("{name}: {e}")))
     }
 
     /// The `edge` section of this profile's gateway config (`gateway_config`,
@@ -133,7 +133,7 @@ pub fn edge_of_gateway_config(name: &str, text: &str) -> Result<EdgeConfig, Boot
         #[serde(default)]
         edge: EdgeConfig,
     }
-    serde_yaml::from_str::<EdgeOnly>(text)
+    serde_yaml_ng::from_str::<EdgeOnly>(text)
         .map(|c| c.edge)
         .map_err(|e| BootstrapError::Profile(format!("{name}: {e}")))
 }
@@ -141,10 +141,10 @@ pub fn edge_of_gateway_config(name: &str, text: &str) -> Result<EdgeConfig, Boot
 /// The source bootstrap with `profile` and the gateway's `edge` overlaid, as YAML text.
 pub fn render(profile: &Profile, edge: &EdgeConfig) -> Result<String, BootstrapError> {
     let mut doc: Value =
-        serde_yaml::from_str(SOURCE).map_err(|e| BootstrapError::Source(e.to_string()))?;
+        serde_yaml_ng::from_str(SOURCE).map_err(|e| BootstrapError::Source(e.to_string()))?;
     overlay(&mut doc, profile)?;
     overlay_edge(&mut doc, edge)?;
-    let body = serde_yaml::to_string(&doc).map_err(|e| BootstrapError::Source(e.to_string()))?;
+    let body = serde_yaml_ng::to_string(&doc).map_err(|e| BootstrapError::Source(e.to_string()))?;
     Ok(body)
 }
 
@@ -296,7 +296,7 @@ fn overlay_edge(doc: &mut Value, edge: &EdgeConfig) -> Result<(), BootstrapError
             .allowed_origins
             .iter()
             .map(|o| {
-                serde_yaml::from_str(&format!(
+                serde_yaml_ng::from_str(&format!(
                     "header: {{ name: origin, string_match: {{ exact: {o:?} }} }}"
                 ))
                 .map_err(|e| BootstrapError::Profile(e.to_string()))
@@ -362,7 +362,7 @@ fn add_header_only_routes(
         .map(|v| regex_escape(v))
         .collect::<Vec<_>>()
         .join("|");
-    let per_route: Mapping = serde_yaml::from_str(&format!(
+    let per_route: Mapping = serde_yaml_ng::from_str(&format!(
         r#"
 {MCP_FILTER}:
   "@type": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.McpOverride
@@ -403,7 +403,7 @@ envoy.filters.http.ext_authz:
             matchers
                 .into_iter()
                 .map(|(name, string_match)| {
-                    serde_yaml::from_str(&format!(
+                    serde_yaml_ng::from_str(&format!(
                         "{{ name: {name:?}, string_match: {{ {string_match} }} }}"
                     ))
                     .map_err(|e| BootstrapError::Source(e.to_string()))
@@ -473,7 +473,7 @@ fn overlay_rate_limits(
     let local = &mut list[index];
     if limits.redis_url.is_some() {
         let actions = at(local, &["typed_config", "rate_limits"])?.clone();
-        let mut global: Value = serde_yaml::from_str(GLOBAL_RATE_LIMIT_FILTER)
+        let mut global: Value = serde_yaml_ng::from_str(GLOBAL_RATE_LIMIT_FILTER)
             .map_err(|e| BootstrapError::Source(e.to_string()))?;
         let config = at(&mut global, &["typed_config"])?
             .as_mapping_mut()
@@ -486,7 +486,7 @@ fn overlay_rate_limits(
         .limits
         .iter()
         .map(|limit| {
-            serde_yaml::from_str(&format!(
+            serde_yaml_ng::from_str(&format!(
                 "entries: [ {{ key: limit, value: {:?} }}, {{ key: caller }} ]\n\
                  token_bucket: {{ max_tokens: {n}, tokens_per_fill: {n}, fill_interval: {}s }}",
                 limit.name,
@@ -507,7 +507,7 @@ fn set_eds_cluster(cluster: &mut Value, path: &str) -> Result<(), BootstrapError
         .ok_or_else(|| missing("cluster is not a mapping"))?;
     map.insert("type".into(), "EDS".into());
     map.remove("load_assignment");
-    let eds: Value = serde_yaml::from_str(&format!(
+    let eds: Value = serde_yaml_ng::from_str(&format!(
         "eds_config: {{ resource_api_version: V3, path_config_source: {{ path: {path:?} }} }}"
     ))
     .map_err(|e| BootstrapError::Profile(e.to_string()))?;

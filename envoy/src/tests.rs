@@ -22,7 +22,7 @@ fn rendered(relative: &str) -> String {
 }
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("valid YAML")
+    serde_yaml_ng::from_str(text).expect("valid YAML")
 }
 
 /// The routes of a rendered bootstrap's virtual host.

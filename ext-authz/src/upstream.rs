@@ -416,7 +416,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> UpstreamCredentialsConfig {
-        serde_yaml::from_str(yaml).expect("config parses")
+        serde_yaml_ng::from_str(yaml).expect("config parses")
     }
 
     fn error(yaml: &str, dir: &Path) -> String {

@@ -47,7 +47,7 @@ impl ToolView for Tools<'_> {
 }
 
 fn benches(c: &mut Criterion) {
-    let configs: Vec<RewriteConfig> = serde_yaml::from_str(REWRITES).expect("yaml");
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(REWRITES).expect("yaml");
     let rewrites = RewriteSet::compile(&configs).expect("compiles");
     // Half the tools are callable: one rule per visible tool, the worst case for a list.
     let mut rules = String::from("default:\n  rules:\n");
@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
     // pins learned on a first listing): what each later listing costs.
     let dir = tempfile::tempdir().expect("a directory");
     let config: gateway_core::tool_pins::ToolPinsConfig =
-        serde_yaml::from_str("state_file: pins.json\nsession: {mode: trust_on_first_use}")
+        serde_yaml_ng::from_str("state_file: pins.json\nsession: {mode: trust_on_first_use}")
             .expect("config");
     let pins = gateway_core::tool_pins::ToolPins::new(&config, dir.path()).expect("pins");
     let mut first = list["result"]["tools"]

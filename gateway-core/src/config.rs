@@ -835,9 +835,9 @@ impl GatewayConfig {
 
     /// Parses config text; `path` only labels errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        // serde_yaml's message already starts with the dotted key and ends with the
+        // serde_yaml_ng's message already starts with the dotted key and ends with the
         // line and column, so it is passed on whole.
-        let config: Self = serde_yaml::from_str(text).map_err(|err| ConfigError::Invalid {
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Invalid {
             path: path.to_owned(),
             reason: err.to_string(),
         })?;

@@ -202,7 +202,7 @@ impl Policy {
 
     /// Compiles rules text; `name` labels errors.
     pub fn parse(name: &str, text: &str) -> Result<Self, PolicyError> {
-        let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| PolicyError::Yaml {
+        let file: PolicyFile = serde_yaml_ng::from_str(text).map_err(|e| PolicyError::Yaml {
             path: name.to_owned(),
             reason: e.to_string(),
         })?;

@@ -492,7 +492,7 @@ impl ToolPins {
                     reason: format!("cannot read: {e}"),
                 })?;
                 let more: BTreeMap<String, String> =
-                    serde_yaml::from_str(&text).map_err(|e| PinError::File {
+                    serde_yaml_ng::from_str(&text).map_err(|e| PinError::File {
                         path: path.clone(),
                         reason: format!("not a map of tool names to fingerprints: {e}"),
                     })?;

@@ -203,7 +203,7 @@ fn facts<'a>(
 }
 
 fn rewrites() -> RewriteSet {
-    let configs: Vec<RewriteConfig> = serde_yaml::from_str(REWRITES).expect("yaml");
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(REWRITES).expect("yaml");
     RewriteSet::compile(&configs).expect("compiles")
 }
 

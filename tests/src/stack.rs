@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use envoy_bootstrap::{Endpoint, Profile, TlsFiles};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use crate::dev_idp::{DevClaims, IdpKeys};
 use crate::paths;
@@ -999,7 +999,7 @@ impl Stack {
         let source = paths::dev_script("gateway.yaml");
         let text =
             std::fs::read_to_string(&source).with_context(|| source.display().to_string())?;
-        let mut config: Value = serde_yaml::from_str(&text)?;
+        let mut config: Value = serde_yaml_ng::from_str(&text)?;
         let listen = |port: u16| Value::from(format!("127.0.0.1:{port}"));
         config["ext_authz"]["server"]["listen"] = listen(self.ports.ext_authz);
         config["ext_proc"]["server"]["listen"] = listen(self.ports.ext_proc);
@@ -1014,11 +1014,11 @@ impl Stack {
         config["ext_authz"]["resource"] = self.url().into();
         if self.ports.stateless_backends.is_empty() {
             // No stateless pool: stateless requests are refused with -32022.
-            config["protocol"]["eras"] = serde_yaml::from_str("[session]")?;
+            config["protocol"]["eras"] = serde_yaml_ng::from_str("[session]")?;
         }
         // The gateway's own origin moves with its port; the Inspector's stays.
         config["edge"]["allowed_origins"] =
-            serde_yaml::from_str(&format!("[{}, {INSPECTOR_ORIGIN}]", self.base_url()))?;
+            serde_yaml_ng::from_str(&format!("[{}, {INSPECTOR_ORIGIN}]", self.base_url()))?;
         let issuer = &mut config["ext_authz"]["issuers"][0];
         issuer["issuer"] = self.issuer_url().into();
         issuer["ca_file"] = paths::certs_dir()
@@ -1056,7 +1056,10 @@ impl Stack {
             }
         }
         adjust(&mut config);
-        std::fs::write(self.gateway_config_path(), serde_yaml::to_string(&config)?)?;
+        std::fs::write(
+            self.gateway_config_path(),
+            serde_yaml_ng::to_string(&config)?,
+        )?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ impl PinTools {
             .build()?;
         let text = runtime.block_on(self.pins())?;
         // What is printed holds the pins it means to, and only those.
-        let printed: std::collections::BTreeMap<String, String> = serde_yaml::from_str(&text)?;
+        let printed: std::collections::BTreeMap<String, String> = serde_yaml_ng::from_str(&text)?;
         let expected = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -222,7 +222,7 @@ fn envoys_503_for_a_lost_pinned_backend_becomes_404() {
 /// A gateway whose one rewrite redacts "secret" in every result.
 fn redacting() -> Gateway {
     let configs: Vec<gateway_core::rewrite::RewriteConfig> =
-        serde_yaml::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
+        serde_yaml_ng::from_str("- {name: r, redact: [{regex: secret}]}").expect("yaml");
     let mut gateway = sessions();
     gateway.rewrites = RewriteSet::compile(&configs).expect("rewrites");
     gateway
@@ -423,7 +423,7 @@ fn a_stream_ending_inside_an_oversized_event_ends_with_the_error() {
 }
 
 fn scoped_redaction() -> Gateway {
-    let configs: Vec<gateway_core::rewrite::RewriteConfig> = serde_yaml::from_str(
+    let configs: Vec<gateway_core::rewrite::RewriteConfig> = serde_yaml_ng::from_str(
         "- {name: r, methods: [tools/call], tools: [x], redact: [{regex: secret}]}",
     )
     .expect("yaml");
@@ -845,7 +845,7 @@ fn a_task_request_goes_upstream_with_the_backends_id_and_comes_back_with_the_han
 /// "Add two numbers." already.
 fn pinned(dir: &std::path::Path) -> Gateway {
     let config: gateway_core::tool_pins::ToolPinsConfig =
-        serde_yaml::from_str("state_file: pins.json\nsession: {mode: trust_on_first_use}")
+        serde_yaml_ng::from_str("state_file: pins.json\nsession: {mode: trust_on_first_use}")
             .expect("config");
     let pins = ToolPins::new(&config, dir).expect("pins");
     let mut first = vec![json!({"name": "add", "description": "Add two numbers."})];

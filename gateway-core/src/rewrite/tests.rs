@@ -29,7 +29,7 @@ const OCTELIUM: &str = r#"
 "#;
 
 fn set() -> RewriteSet {
-    let configs: Vec<RewriteConfig> = serde_yaml::from_str(OCTELIUM).expect("yaml");
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(OCTELIUM).expect("yaml");
     RewriteSet::compile(&configs).expect("compiles")
 }
 
@@ -252,7 +252,7 @@ fn which_phases_are_needed() {
 #[test]
 fn bad_rewrites_are_named() {
     let bad = |text: &str| {
-        let configs: Vec<RewriteConfig> = serde_yaml::from_str(text).expect("yaml");
+        let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(text).expect("yaml");
         RewriteSet::compile(&configs)
             .err()
             .expect("refused")
@@ -278,7 +278,7 @@ fn rewrite_with(
     claims: &serde_json::Map<String, Value>,
     message: &mut Value,
 ) -> Result<bool, Rejection> {
-    let configs: Vec<RewriteConfig> = serde_yaml::from_str(rules).expect("yaml");
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(rules).expect("yaml");
     let facts = RequestFacts {
         claims: Some(claims),
         subject: Some("svc"),
@@ -375,7 +375,7 @@ fn a_condition_that_fails_applies_protective_actions_only() {
     let mut m = call("add", json!({"a": 500, "limit": 5}));
     assert_eq!(rewrite_with(rules, &premium, &mut m), Ok(false));
     // Responses: a failing condition still redacts.
-    let configs: Vec<RewriteConfig> = serde_yaml::from_str(
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(
         "- {name: r, when: 'jwt.department != \"finance\"', redact: [{regex: 'secret'}]}",
     )
     .expect("yaml");

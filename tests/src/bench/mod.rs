@@ -211,7 +211,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             Box::new(move |config| {
                 config["audit"]["results"] = audit_results.into();
                 if !header_only {
-                    config["edge"]["header_only"] = serde_yaml::Value::Sequence(Vec::new());
+                    config["edge"]["header_only"] = serde_yaml_ng::Value::Sequence(Vec::new());
                 }
             })
         },

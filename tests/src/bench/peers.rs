@@ -15,7 +15,7 @@
 
 use anyhow::{Context, anyhow};
 use serde_json::json;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 /// What the generated configs listen on and where they send requests.
 pub struct PeerPorts {
@@ -172,7 +172,7 @@ fn derive(
     filters: serde_json::Value,
 ) -> anyhow::Result<String> {
     let mut doc: Value =
-        serde_yaml::from_str(gateway_bootstrap).context("the gateway's Envoy bootstrap")?;
+        serde_yaml_ng::from_str(gateway_bootstrap).context("the gateway's Envoy bootstrap")?;
     *at(
         &mut doc,
         &["admin", "address", "socket_address", "port_value"],
@@ -190,10 +190,10 @@ fn derive(
         .ok_or_else(|| anyhow!("the listener has no HTTP connection manager"))?;
     // C's access log is part of C's cost; the peers have none.
     hcm.remove("access_log");
-    hcm.insert("http_filters".into(), serde_yaml::to_value(filters)?);
+    hcm.insert("http_filters".into(), serde_yaml_ng::to_value(filters)?);
     hcm.insert(
         "route_config".into(),
-        serde_yaml::to_value(json!({
+        serde_yaml_ng::to_value(json!({
             "name": "bench",
             "virtual_hosts": [{"name": "bench", "domains": ["*"],
                                "routes": [{"match": {"prefix": "/"}, "route": route}]}],
@@ -217,14 +217,14 @@ fn derive(
     map.insert("type".into(), "STATIC".into());
     map.insert(
         "load_assignment".into(),
-        serde_yaml::to_value(json!({
+        serde_yaml_ng::to_value(json!({
             "cluster_name": "mcp_backends",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address":
                 {"address": "127.0.0.1", "port_value": ports.backend}}}}]}],
         }))?,
     );
     *clusters = vec![backends];
-    Ok(serde_yaml::to_string(&doc)?)
+    Ok(serde_yaml_ng::to_string(&doc)?)
 }
 
 fn at<'a>(value: &'a mut Value, path: &[&str]) -> anyhow::Result<&'a mut Value> {

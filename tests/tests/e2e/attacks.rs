@@ -625,7 +625,7 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
     const CAP: usize = 64 * 1024;
     let mut options = StackOptions::for_test().expect("free ports");
     // A redaction on every call: each answer's events are reassembled and read.
-    let rewrites: serde_yaml::Value = serde_yaml::from_str(
+    let rewrites: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         "- {name: redact-keys, methods: [tools/call], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}",
     )
     .expect("rewrites YAML");

@@ -63,14 +63,14 @@ fn kustomize(dir: &str) -> String {
 }
 
 /// Every document `kubectl kustomize dir` renders.
-fn kustomize_documents(dir: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(&kustomize(dir))
+fn kustomize_documents(dir: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(&kustomize(dir))
         .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
         .collect()
 }
 
-fn compose() -> serde_yaml::Value {
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(
+fn compose() -> serde_yaml_ng::Value {
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("docker-compose.yml")).expect("file"),
     )
     .expect("YAML");
@@ -79,7 +79,7 @@ fn compose() -> serde_yaml::Value {
     doc
 }
 
-fn service<'a>(compose: &'a serde_yaml::Value, name: &str) -> &'a serde_yaml::Value {
+fn service<'a>(compose: &'a serde_yaml_ng::Value, name: &str) -> &'a serde_yaml_ng::Value {
     compose["services"]
         .get(name)
         .unwrap_or_else(|| panic!("docker-compose.yml has no service {name}"))
@@ -112,28 +112,28 @@ fn compose_sidecars() -> [ComposeSidecar; 2] {
 }
 
 /// A compose file's string list (`command`, `entrypoint`, a healthcheck's `test`).
-fn strings(value: &serde_yaml::Value) -> Vec<&str> {
+fn strings(value: &serde_yaml_ng::Value) -> Vec<&str> {
     value
         .as_sequence()
         .into_iter()
         .flatten()
-        .filter_map(serde_yaml::Value::as_str)
+        .filter_map(serde_yaml_ng::Value::as_str)
         .collect()
 }
 
 /// A service's environment as (name, value) pairs, from either compose syntax.
-fn environment(service: &serde_yaml::Value) -> Vec<(String, String)> {
-    let text = |v: &serde_yaml::Value| match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Null => String::new(),
-        other => serde_yaml::to_string(other)
+fn environment(service: &serde_yaml_ng::Value) -> Vec<(String, String)> {
+    let text = |v: &serde_yaml_ng::Value| match v {
+        serde_yaml_ng::Value::String(s) => s.clone(),
+        serde_yaml_ng::Value::Null => String::new(),
+        other => serde_yaml_ng::to_string(other)
             .unwrap_or_default()
             .trim()
             .to_owned(),
     };
     match &service["environment"] {
-        serde_yaml::Value::Mapping(map) => map.iter().map(|(k, v)| (text(k), text(v))).collect(),
-        serde_yaml::Value::Sequence(list) => list
+        serde_yaml_ng::Value::Mapping(map) => map.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        serde_yaml_ng::Value::Sequence(list) => list
             .iter()
             .map(|entry| {
                 let entry = text(entry);
@@ -154,7 +154,7 @@ struct Mount<'a> {
     read_only: bool,
 }
 
-fn mounts(service: &serde_yaml::Value) -> Vec<Mount<'_>> {
+fn mounts(service: &serde_yaml_ng::Value) -> Vec<Mount<'_>> {
     service["volumes"]
         .as_sequence()
         .into_iter()
@@ -177,7 +177,7 @@ fn mounts(service: &serde_yaml::Value) -> Vec<Mount<'_>> {
 
 /// Where a file the container sees at `path` comes from in the repository, if it is
 /// bind-mounted from there.
-fn repository_file(service: &serde_yaml::Value, path: &str) -> Option<PathBuf> {
+fn repository_file(service: &serde_yaml_ng::Value, path: &str) -> Option<PathBuf> {
     mounts(service)
         .into_iter()
         .find(|m| m.target == path && m.source.starts_with("./"))
@@ -194,10 +194,10 @@ struct Published {
     container_port: String,
 }
 
-fn published_ports(service: &serde_yaml::Value) -> Vec<Published> {
-    let text = |v: &serde_yaml::Value| match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
+fn published_ports(service: &serde_yaml_ng::Value) -> Vec<Published> {
+    let text = |v: &serde_yaml_ng::Value| match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
     service["ports"]
@@ -239,7 +239,7 @@ fn published_ports(service: &serde_yaml::Value) -> Vec<Published> {
 }
 
 /// The port of the listener named `https` in an Envoy bootstrap.
-fn envoy_https_port(bootstrap: &serde_yaml::Value) -> u64 {
+fn envoy_https_port(bootstrap: &serde_yaml_ng::Value) -> u64 {
     bootstrap["static_resources"]["listeners"]
         .as_sequence()
         .and_then(|l| l.iter().find(|l| l["name"] == "https"))
@@ -303,7 +303,7 @@ fn compose_images_are_pinned_mounts_exist_and_start_up_is_ordered() {
     }
     // Envoy waits for healthy backends. The sidecars join Envoy's network namespace,
     // so they start after it; Envoy counts as healthy only once both answer there.
-    let envoy = &services[&serde_yaml::Value::from("envoy")];
+    let envoy = &services[&serde_yaml_ng::Value::from("envoy")];
     for dependency in ["mcp-a", "mcp-b", "mcp-c"] {
         assert_eq!(
             envoy["depends_on"][dependency]["condition"], "service_healthy",
@@ -325,7 +325,7 @@ fn compose_images_are_pinned_mounts_exist_and_start_up_is_ordered() {
         );
     }
     assert_eq!(
-        services[&serde_yaml::Value::from("ext-authz")]["depends_on"]["keycloak"]["condition"],
+        services[&serde_yaml_ng::Value::from("ext-authz")]["depends_on"]["keycloak"]["condition"],
         "service_healthy"
     );
     for (name, service) in services {
@@ -391,7 +391,7 @@ fn compose_publishes_only_envoys_listener_and_keycloaks_https_port_on_loopback()
     }
 
     // Envoy: its HTTPS listener, on every interface (it is what clients reach).
-    let bootstrap: serde_yaml::Value = serde_yaml::from_str(
+    let bootstrap: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/compose/envoy.yaml")).expect("envoy.yaml"),
     )
     .expect("YAML");
@@ -576,7 +576,7 @@ fn compose_holds_no_password_and_keycloak_takes_the_generated_one() {
 #[test]
 fn compose_sidecars_are_reachable_only_from_envoy() {
     let doc = compose();
-    let bootstrap: serde_yaml::Value = serde_yaml::from_str(
+    let bootstrap: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/compose/envoy.yaml")).expect("envoy.yaml"),
     )
     .expect("YAML");
@@ -626,7 +626,7 @@ fn compose_sidecars_are_reachable_only_from_envoy() {
 
 /// The YAML file `key` of the rendered config map whose name starts with `prefix`
 /// (kustomize appends a hash).
-fn config_map_file(docs: &[serde_yaml::Value], prefix: &str, key: &str) -> serde_yaml::Value {
+fn config_map_file(docs: &[serde_yaml_ng::Value], prefix: &str, key: &str) -> serde_yaml_ng::Value {
     let text = docs
         .iter()
         .find(|d| {
@@ -637,12 +637,12 @@ fn config_map_file(docs: &[serde_yaml::Value], prefix: &str, key: &str) -> serde
         })
         .and_then(|d| d["data"][key].as_str())
         .unwrap_or_else(|| panic!("config map {prefix} with {key}"));
-    serde_yaml::from_str(text).expect("YAML")
+    serde_yaml_ng::from_str(text).expect("YAML")
 }
 
 /// Ports in the gateway pod that listen on loopback only: Envoy's admin and the
 /// sidecars, as the rendered config maps say.
-fn loopback_only_ports(docs: &[serde_yaml::Value]) -> Vec<u64> {
+fn loopback_only_ports(docs: &[serde_yaml_ng::Value]) -> Vec<u64> {
     let mut ports = Vec::new();
     let envoy = config_map_file(docs, "mcp-gateway-envoy", "envoy.yaml");
     let admin = &envoy["admin"]["address"]["socket_address"];
@@ -690,7 +690,7 @@ fn kubernetes_probes_reach_the_pod_and_envoys_probe_its_https_listener() {
                     container["name"].as_str().unwrap_or_default()
                 );
                 // A port a probe names: a number, or the name of a container port.
-                let resolve = |port: &serde_yaml::Value| {
+                let resolve = |port: &serde_yaml_ng::Value| {
                     port.as_u64().or_else(|| {
                         container["ports"]
                             .as_sequence()
@@ -792,14 +792,14 @@ fn the_octeon_overlay_places_the_gateway_on_the_dpu() {
                     .is_some_and(|n| n.starts_with("mcp-gateway-envoy"))
         })
         .expect("envoy config map");
-    let envoy_yaml: serde_yaml::Value =
-        serde_yaml::from_str(config["data"]["envoy.yaml"].as_str().expect("envoy.yaml"))
+    let envoy_yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(config["data"]["envoy.yaml"].as_str().expect("envoy.yaml"))
             .expect("YAML");
     let params = &envoy_yaml["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]
         ["typed_config"]["common_tls_context"]["tls_params"];
     assert_eq!(
         params["ecdh_curves"],
-        serde_yaml::from_str::<serde_yaml::Value>("[P-256]").expect("yaml")
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[P-256]").expect("yaml")
     );
     for suite in params["cipher_suites"].as_sequence().expect("suites") {
         assert!(
@@ -1013,7 +1013,7 @@ fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_thei
     let doc = compose();
     // Prometheus shares Envoy's namespace, where the sidecars' metrics ports are.
     assert_eq!(service(&doc, "prometheus")["network_mode"], "service:envoy");
-    let prometheus: serde_yaml::Value = serde_yaml::from_str(
+    let prometheus: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/compose/prometheus.yml"))
             .expect("prometheus.yml"),
     )
@@ -1025,7 +1025,7 @@ fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_thei
         .flat_map(|job| strings(&job["static_configs"][0]["targets"]))
         .map(str::to_owned)
         .collect();
-    let gateway: serde_yaml::Value = serde_yaml::from_str(
+    let gateway: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).expect("gateway.yaml"),
     )
     .expect("YAML");
@@ -1073,7 +1073,7 @@ fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_thei
 /// relative to the config's own directory, `config_dir`). Both sidecars read the
 /// whole file: ext-authz opens sessions (keys) and ext-proc filters listings by
 /// the rules, so each needs all of them.
-fn files_named(config: &serde_yaml::Value, config_dir: &str) -> Vec<String> {
+fn files_named(config: &serde_yaml_ng::Value, config_dir: &str) -> Vec<String> {
     let mut files: Vec<&str> = Vec::new();
     files.extend(config["ext_proc"]["sessions"]["keys_file"].as_str());
     files.extend(config["ext_authz"]["rules_file"].as_str());
@@ -1110,14 +1110,14 @@ fn each_sidecar_mounts_every_file_its_config_names() {
             .iter()
             .filter(|d| d["spec"]["template"]["spec"].is_mapping())
         {
-            let sidecars: Vec<&serde_yaml::Value> =
+            let sidecars: Vec<&serde_yaml_ng::Value> =
                 workload["spec"]["template"]["spec"]["containers"]
                     .as_sequence()
                     .into_iter()
                     .flatten()
                     .filter(|c| ["ext-authz", "ext-proc"].iter().any(|n| c["name"] == *n))
                     .collect();
-            let mounts_of = |container: &serde_yaml::Value| -> Vec<String> {
+            let mounts_of = |container: &serde_yaml_ng::Value| -> Vec<String> {
                 container["volumeMounts"]
                     .as_sequence()
                     .into_iter()
@@ -1154,7 +1154,7 @@ fn each_sidecar_mounts_every_file_its_config_names() {
         }
     }
     let compose = compose();
-    let config: serde_yaml::Value = serde_yaml::from_str(
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).expect("read"),
     )
     .expect("YAML");

@@ -418,7 +418,7 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
     let mut options = StackOptions::with_stateless(1).expect("free ports");
     options.stateless_args = vec!["--modern-only".to_owned()];
     options.gateway_config = Box::new(|config| {
-        config["protocol"]["eras"] = serde_yaml::from_str("[stateless]").expect("yaml");
+        config["protocol"]["eras"] = serde_yaml_ng::from_str("[stateless]").expect("yaml");
     });
     let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
@@ -514,7 +514,7 @@ async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reach
     // that argument checks need (no stateless backend can be asked for them).
     let mut options = StackOptions::with_stateless(1).expect("free ports");
     options.gateway_config = Box::new(|config| {
-        config["rewrites"] = serde_yaml::Value::Sequence(Vec::new());
+        config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
     });
     let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");

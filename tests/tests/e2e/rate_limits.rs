@@ -13,7 +13,7 @@ const DAY: u64 = 86_400;
 
 /// The demo limit (dev/gateway.yaml: 10 `subtract` calls per caller) counted
 /// per day.
-fn once_a_day(config: &mut serde_yaml::Value) {
+fn once_a_day(config: &mut serde_yaml_ng::Value) {
     config["edge"]["rate_limits"]["limits"][0]["period"] = "1d".into();
 }
 
@@ -26,7 +26,7 @@ fn limited(extra: &'static str) -> StackOptions {
         config["edge"]["rate_limits"]["limits"]
             .as_sequence_mut()
             .expect("dev/gateway.yaml has the demo limit")
-            .push(serde_yaml::from_str(extra).expect("limit"));
+            .push(serde_yaml_ng::from_str(extra).expect("limit"));
     });
     options
 }

@@ -38,8 +38,8 @@ const OCTELIUM: &str = r#"
 
 async fn stack_with(rewrites: &str, rules: &str, backend_args: &[&str]) -> Stack {
     let mut options = StackOptions::for_test().expect("ports");
-    let rewrites: Value = serde_yaml::from_str(rewrites).expect("rewrites YAML");
-    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    let rewrites: Value = serde_yaml_ng::from_str(rewrites).expect("rewrites YAML");
+    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
     options.gateway_config = Box::new(move |config| {
         config["rewrites"] = rewrites.clone();
     });
@@ -486,13 +486,13 @@ async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_compressed_answers_are_redacted_too() {
     let mut options = StackOptions::for_test().expect("ports");
-    let rewrites: Value = serde_yaml::from_str(NO_SECRETS).expect("rewrites YAML");
-    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    let rewrites: Value = serde_yaml_ng::from_str(NO_SECRETS).expect("rewrites YAML");
+    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
     options.gateway_config = Box::new(move |config| {
         config["rewrites"] = rewrites.clone();
         // The unknown tool must reach the backend, whose error is what is redacted.
         config["ext_proc"]["argument_validation"] =
-            serde_yaml::from_str("{unlisted_tools: forward}").expect("YAML");
+            serde_yaml_ng::from_str("{unlisted_tools: forward}").expect("YAML");
     });
     options.rules = Some(ALLOW_ALL.to_owned());
     options.backend_args = vec!["--json-response".into(), "--gzip".into()];
@@ -596,8 +596,8 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
     options.rules = Some(NO_THIRTEEN.to_owned());
     options.gateway_config = Box::new(|config| {
         config["ext_proc"]["argument_validation"] =
-            serde_yaml::from_str("{unlisted_tools: refuse}").expect("YAML");
-        config["rewrites"] = serde_yaml::Value::Sequence(Vec::new());
+            serde_yaml_ng::from_str("{unlisted_tools: refuse}").expect("YAML");
+        config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
     });
     let stack = Stack::start(options).await.expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
@@ -775,8 +775,8 @@ async fn fast_stack(rewrites: &str) -> (Stack, e2e::process::Process, tempfile::
     options.ports.backends = vec![port];
     options.external_backends = true;
     options.rules = Some(ALLOW_ALL.to_owned());
-    let rewrites: Value = serde_yaml::from_str(rewrites).expect("rewrites YAML");
-    let rewrites = serde_yaml::to_value(rewrites).expect("YAML value");
+    let rewrites: Value = serde_yaml_ng::from_str(rewrites).expect("rewrites YAML");
+    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
     options.gateway_config = Box::new(move |config| {
         config["rewrites"] = rewrites.clone();
     });

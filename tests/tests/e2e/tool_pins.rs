@@ -236,7 +236,7 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
         "definitions shown for review:\n{text}"
     );
     let mut pins: std::collections::BTreeMap<String, String> =
-        serde_yaml::from_str(&text).expect("a pins file");
+        serde_yaml_ng::from_str(&text).expect("a pins file");
     assert!(
         pins.contains_key("add") && pins.values().all(|p| p.starts_with("sha256:")),
         "{pins:?}"
@@ -245,7 +245,7 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
     pins.remove("whoami");
     let reviewed = tempfile::tempdir().expect("a directory");
     let pins_file = reviewed.path().join("reviewed-pins.yaml");
-    std::fs::write(&pins_file, serde_yaml::to_string(&pins).expect("yaml")).expect("write");
+    std::fs::write(&pins_file, serde_yaml_ng::to_string(&pins).expect("yaml")).expect("write");
     drop(observing);
 
     let mut options = StackOptions::for_test().expect("ports");
@@ -253,7 +253,8 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
     let path = pins_file.display().to_string();
     options.gateway_config = Box::new(move |config| {
         config["tool_pins"]["session"] =
-            serde_yaml::from_str(&format!("{{mode: enforce, pins_file: '{path}'}}")).expect("yaml");
+            serde_yaml_ng::from_str(&format!("{{mode: enforce, pins_file: '{path}'}}"))
+                .expect("yaml");
     });
     let enforcing = Stack::start(options).await.expect("stack starts");
     let token = enforcing.token("alice", "mcp:tools").await.expect("token");

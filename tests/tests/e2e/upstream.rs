@@ -269,7 +269,7 @@ async fn a_client_credentials_token_is_fetched_once_and_shared_by_every_caller()
             .to_owned();
         let token_endpoint = exchange["token_endpoint"].as_str().expect("endpoint");
         let resource = config["ext_authz"]["resource"].as_str().expect("resource");
-        config["upstream_credentials"]["stateless"] = serde_yaml::from_str(&format!(
+        config["upstream_credentials"]["stateless"] = serde_yaml_ng::from_str(&format!(
             "{{client_credentials: {{token_endpoint: '{token_endpoint}', client_id: mcp-dev-service, \
               client_secret_file: '{}', resource: '{resource}', scope: 'mcp:tools', ca_file: '{}'}}}}",
             idp_dir.join("idp-client-secret").display(),
