@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rustix::process::{Pid, Signal, kill_process};
 
 /// A running child process.
 pub struct Process {
@@ -69,15 +70,12 @@ impl Process {
         Ok(())
     }
 
-    /// Sends `signal` (e.g. `libc::SIGTERM`).
-    pub fn signal(&self, signal: i32) {
-        let Ok(pid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is involved.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid, signal);
+    /// Sends `signal` (e.g. `Signal::TERM`). One that has already exited is
+    /// not an error: there is nothing left to signal.
+    pub fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = kill_process(pid, signal);
         }
     }
 
@@ -86,7 +84,7 @@ impl Process {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::TERM);
         self.wait_for_exit(grace)
     }
 
@@ -96,7 +94,7 @@ impl Process {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::TERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -109,7 +107,7 @@ impl Process {
 
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::KILL);
         Ok(self.child.wait()?)
     }
 

@@ -41,8 +41,5 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 
 /// Clock ticks per second of `/proc`'s CPU times.
 pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf reads a constant of the system; no memory is involved.
-    #[allow(unsafe_code)]
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+    rustix::param::clock_ticks_per_second()
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use envoy_bootstrap::{Endpoint, Profile, TlsFiles};
+use rustix::process::Signal;
 use serde_yaml_ng::Value;
 
 use crate::dev_idp::{DevClaims, IdpKeys};
@@ -699,7 +700,7 @@ impl Stack {
             .as_ref()
             .ok_or_else(|| anyhow!("this stack does not run the provider"))?;
         let before = self.idp_keys.kids()?;
-        issuer.signal(libc::SIGHUP);
+        issuer.signal(Signal::HUP);
         let jwks_url = format!("{}/jwks", self.issuer_url());
         let deadline = tokio::time::Instant::now() + crate::patience();
         loop {
@@ -1141,8 +1142,8 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Sends `signal` to ext-authz (e.g. `libc::SIGHUP`).
-    pub fn signal_ext_authz(&self, signal: i32) {
+    /// Sends `signal` to ext-authz (e.g. `Signal::HUP`).
+    pub fn signal_ext_authz(&self, signal: Signal) {
         if let Some(process) = &self.ext_authz {
             process.signal(signal);
         }

@@ -202,7 +202,7 @@ async fn rules_reload_on_change_and_a_bad_file_keeps_the_old_rules() {
         format!("{rules}\n  - {{name: broken, effect: allow, when: 'mcp.tool == '}}\n"),
     )
     .expect("write");
-    stack.signal_ext_authz(libc::SIGHUP);
+    stack.signal_ext_authz(rustix::process::Signal::HUP);
     wait_for_log(&stack, "rules NOT reloaded").await;
     assert!(
         stack.ext_authz_log().contains("rule `broken`: when:"),

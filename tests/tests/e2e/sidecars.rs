@@ -302,7 +302,7 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
         "{first:?}"
     );
 
-    proc_.signal(libc::SIGTERM);
+    proc_.signal(rustix::process::Signal::TERM);
     // Health turns NOT_SERVING while the stream drains.
     e2e::eventually("health turns NOT_SERVING after SIGTERM", || async {
         anyhow::ensure!(!grpc_serving(port).await.unwrap_or(false), "still SERVING");
