@@ -30,7 +30,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The dev stack's fixed ports (DESIGN.md): https://localhost:8443/mcp, admin 9901.
+    /// The dev stack's fixed ports (the README lists them): https://localhost:8443/mcp, admin 9901.
     pub fn dev() -> Self {
         Self {
             listener: 8443,
@@ -839,6 +839,47 @@ impl Stack {
             .ok_or_else(|| anyhow!("admin /memory says {body}"))
     }
 
+    /// Where each session-era backend's request count stands now, to ask later
+    /// what arrived since ([`Stack::requests_since`]).
+    pub async fn request_mark(&self) -> anyhow::Result<RequestMark> {
+        let mut totals = Vec::new();
+        for index in 0..self.ports.backends.len() {
+            totals.push(match self.backends[index] {
+                Some(_) => self.backend_total(index).await?,
+                None => 0,
+            });
+        }
+        Ok(RequestMark(totals))
+    }
+
+    /// The requests the session-era backends received since `mark`, backend by
+    /// backend. Read from each backend's monotonic count, so it holds however
+    /// long its request list has grown (it keeps the last 1000).
+    pub async fn requests_since(
+        &self,
+        mark: &RequestMark,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut since = Vec::new();
+        for (index, before) in mark.0.iter().enumerate() {
+            if self.backends[index].is_none() {
+                continue;
+            }
+            let body = self.backend_debug(index).await?;
+            let total = body["total"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))?;
+            let mut requests = body["requests"].as_array().cloned().unwrap_or_default();
+            let new = usize::try_from(total.saturating_sub(*before))?;
+            if new > requests.len() {
+                bail!(
+                    "backend {index} received {new} requests since the mark, more than its log keeps"
+                );
+            }
+            since.extend(requests.split_off(requests.len() - new));
+        }
+        Ok(since)
+    }
+
     /// Every request every backend received, in backend order.
     pub async fn all_backend_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
@@ -1472,6 +1513,10 @@ async fn wait_demo_backend(process: &mut Process, port: u16) -> anyhow::Result<(
     })
     .await
 }
+
+/// Each session-era backend's request count at one moment.
+#[derive(Debug, Clone)]
+pub struct RequestMark(Vec<u64>);
 
 /// A demo backend's `/_debug/requests` document.
 async fn debug_document(port: u16) -> anyhow::Result<serde_json::Value> {

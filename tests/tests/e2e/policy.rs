@@ -68,7 +68,7 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_bodies(&stack).await.len();
+    let before = stack.all_backend_total().await.expect("counters");
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 5000, "b": 2}}}
@@ -96,7 +96,7 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     assert_eq!(answers[1]["id"], 2);
     assert_eq!(answers[1]["error"]["code"], -32001);
     assert_eq!(
-        backend_bodies(&stack).await.len(),
+        stack.all_backend_total().await.expect("counters"),
         before,
         "the backend received nothing"
     );
@@ -104,7 +104,7 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     // The same batch under 2025-06-18: batches do not exist there.
     let response = session.post(&batch).await.expect("answer");
     assert_eq!(response.status(), 400);
-    assert_eq!(backend_bodies(&stack).await.len(), before);
+    assert_eq!(stack.all_backend_total().await.expect("counters"), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +114,7 @@ async fn strict_parsing_and_versions_end_to_end() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_bodies(&stack).await.len();
+    let before = stack.all_backend_total().await.expect("counters");
     let raw = |body: &'static str, version: &'static str| {
         stack
             .http()
@@ -164,7 +164,7 @@ async fn strict_parsing_and_versions_end_to_end() {
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], -32001);
     assert_eq!(
-        backend_bodies(&stack).await.len(),
+        stack.all_backend_total().await.expect("counters"),
         before,
         "nothing above reached a backend"
     );

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::{RequestMark, Stack, StackOptions};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -49,18 +49,18 @@ async fn stack_with(rewrites: &str, rules: &str, backend_args: &[&str]) -> Stack
 }
 
 async fn backend_calls(stack: &Stack) -> Vec<Value> {
-    let mut calls = Vec::new();
-    for index in 0..stack.ports().backends.len() {
-        for request in stack.backend_requests(index).await.expect("backend") {
-            if let Ok(body) =
-                serde_json::from_str::<Value>(request["body"].as_str().unwrap_or_default())
-                && body["method"] == "tools/call"
-            {
-                calls.push(body);
-            }
-        }
-    }
-    calls
+    tools_calls(stack.all_backend_requests().await.expect("backends"))
+}
+
+/// The `tools/call` messages among backend requests.
+fn tools_calls(requests: Vec<Value>) -> Vec<Value> {
+    requests
+        .into_iter()
+        .filter_map(|request| {
+            serde_json::from_str::<Value>(request["body"].as_str().unwrap_or_default()).ok()
+        })
+        .filter(|body| body["method"] == "tools/call")
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +102,7 @@ async fn the_octelium_example_as_declarative_rules() {
     );
 
     // A schema-invalid call is refused with -32602 and never forwarded.
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
     let refused = session
         .request(
             "tools/call",
@@ -117,7 +117,7 @@ async fn the_octelium_example_as_declarative_rules() {
             .expect("text")
             .contains("subtract")
     );
-    assert_eq!(backend_calls(&stack).await.len(), before);
+    assert!(calls_since(&stack, &before).await.is_empty());
     // A valid one passes.
     assert_eq!(
         session
@@ -319,8 +319,9 @@ async fn tools_list_follows_a_rules_reload() {
 // Fail closed: each documented rewrite, tried by a low-privilege caller.
 
 /// What backends received since `before` calls (all backends' tools/call bodies).
-async fn calls_since(stack: &Stack, before: usize) -> Vec<Value> {
-    backend_calls(stack).await.split_off(before)
+/// The `tools/call` messages that reached a backend since `mark`.
+async fn calls_since(stack: &Stack, mark: &RequestMark) -> Vec<Value> {
+    tools_calls(stack.requests_since(mark).await.expect("backends"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +344,7 @@ async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
 
     // The rule injects `email` from the token; the client brings its own.
     let refused = session
@@ -361,7 +362,7 @@ async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
     );
     assert!(!message.contains("ceo@example.com"), "{message}");
     assert!(
-        calls_since(&stack, before).await.is_empty(),
+        calls_since(&stack, &before).await.is_empty(),
         "nothing was forwarded"
     );
 
@@ -370,7 +371,7 @@ async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
         .call_tool("blob", json!({"size": 3, "email": "ceo@example.com"}))
         .await
         .expect("blob");
-    let calls = calls_since(&stack, before).await;
+    let calls = calls_since(&stack, &before).await;
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["params"]["arguments"], json!({"size": 3}));
 }
@@ -382,7 +383,7 @@ async fn clamp_refuses_what_is_not_a_number() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
     for a in [
         json!("-5"),
         json!("1e3"),
@@ -401,7 +402,7 @@ async fn clamp_refuses_what_is_not_a_number() {
         let message = refused["error"]["message"].as_str().expect("message");
         assert!(message.contains("/params/arguments/a"), "{message}");
     }
-    assert!(calls_since(&stack, before).await.is_empty());
+    assert!(calls_since(&stack, &before).await.is_empty());
     // Numbers are clamped as before.
     assert_eq!(
         session
@@ -432,7 +433,7 @@ async fn a_condition_that_cannot_be_evaluated_still_protects() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
     assert_eq!(
         session
             .call_tool("add", json!({"a": 500, "b": 1}))
@@ -441,7 +442,7 @@ async fn a_condition_that_cannot_be_evaluated_still_protects() {
         "11.0"
     );
     assert_eq!(
-        calls_since(&stack, before).await[0]["params"]["arguments"],
+        calls_since(&stack, &before).await[0]["params"]["arguments"],
         json!({"a": 10, "b": 1})
     );
     let echoed = session
@@ -514,7 +515,7 @@ async fn errors_and_compressed_answers_are_redacted_too() {
 
     // A client that accepts gzip still gets a redacted answer: the backend is
     // asked for an uncompressed one.
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
     let response = stack
         .http()
         .post(stack.url())
@@ -537,7 +538,7 @@ async fn errors_and_compressed_answers_are_redacted_too() {
     for index in 1..stack.ports().backends.len() {
         all.extend(stack.backend_requests(index).await.expect("requests"));
     }
-    assert!(backend_calls(&stack).await.len() > before);
+    assert!(!calls_since(&stack, &before).await.is_empty());
     assert!(
         all.iter().all(|r| !r["headers"]["accept-encoding"]
             .as_str()
@@ -604,7 +605,7 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
 
     // Before the tools are listed the gateway cannot check arguments: with
     // `unlisted_tools: refuse` it says so.
@@ -655,7 +656,7 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
         );
     }
     assert!(
-        calls_since(&stack, before).await.is_empty(),
+        calls_since(&stack, &before).await.is_empty(),
         "nothing of the wrong type reached a backend"
     );
     assert_eq!(
@@ -675,7 +676,7 @@ async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_
     let session = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("initialize");
-    let before = backend_calls(&stack).await.len();
+    let before = stack.request_mark().await.expect("mark");
     let refused = session
         .request(
             "tools/call",
@@ -706,7 +707,7 @@ async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_
     }
     assert_eq!(asked.len(), 1, "one tools/list from the gateway: {asked:?}");
     assert!(
-        calls_since(&stack, before).await.is_empty(),
+        calls_since(&stack, &before).await.is_empty(),
         "the mistyped call was not forwarded"
     );
     // A well-typed call goes through, with no second listing.
