@@ -26,6 +26,10 @@
 //!   with JSON-RPC -32602 (or the rewrite's code).
 //!
 //! An allowed request carries `x-mcp-hop` ([`Hop`]): whether ext-proc is needed.
+//!
+//! The replies themselves are shaped in `denial` (JSON-RPC denials a client's
+//! SDK understands, and plain HTTP refusals) and `resource_metadata` (the RFC
+//! 9728 document and the RFC 6750 challenges that point to it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,14 +37,13 @@ use std::sync::Arc;
 use gateway_core::config::{
     AuditConfig, EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig, RateLimitKey,
 };
-use gateway_core::handoff::Call;
 use gateway_core::jsonrpc::{self, BATCH_VERSION, Body, Kind, Limits, Message, ParseError};
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::rules::{Decision, Effect, Policy, RequestFacts};
 use serde_json::{Value, json};
 
 use crate::arguments::{ArgumentChecker, Checked, FetchContext};
-use crate::authn::{Authenticator, AuthnError, Identity, bearer_token};
+use crate::authn::{Authenticator, Identity, bearer_token};
 use crate::session_gate::{PINNING_HEADERS, Session, SessionGate, Task};
 use gateway_core::rewrite::Origin;
 use gateway_core::session::{SESSION_HEADER, client_digest, short_hex, subject_digest};
@@ -51,8 +54,13 @@ use gateway_core::policy_store::PolicyStore;
 use gateway_core::protocol::{self, Era, MODERN_VERSIONS, Refusal};
 use gateway_core::tool_pins::{CallVerdict, ToolPins};
 
-/// JSON-RPC error code of a policy denial (implementation-defined range).
-pub const DENIED_CODE: i64 = -32001;
+mod denial;
+mod resource_metadata;
+
+pub use denial::{CallInfo, DENIED_CODE, Denied};
+use denial::{body_not_received, call_info, invalid, policy_denial, refusal, unjudgeable};
+pub use resource_metadata::METADATA_PATH;
+use resource_metadata::ResourceMetadata;
 
 /// The parts of an HTTP request the decision looks at.
 #[derive(Debug, Default)]
@@ -265,58 +273,6 @@ pub const HOP_HEADER: &str = "x-mcp-hop";
 /// trail records: Envoy copies that answer to ext-proc (and never forwards the
 /// header).
 pub const AUDIT_HEADER: &str = "x-mcp-audit";
-
-/// A request answered by the gateway itself.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Denied {
-    pub call: CallInfo,
-    /// The rule that denied, for policy denials.
-    pub rule: Option<String>,
-    /// Who was denied, once authenticated.
-    pub subject: Option<String>,
-    /// The OAuth client acting for them (`azp`, else `client_id`).
-    pub client_id: Option<String>,
-    /// For the access log and metrics: `deny`, `unauthenticated` (no usable
-    /// token), or `public` for a document anyone may read (the protected-resource
-    /// metadata), which is served this way.
-    pub decision: &'static str,
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// Short reason for logs and the access log.
-    pub reason: String,
-}
-
-impl Denied {
-    /// A refusal: no rule, no call, no caller (filled in once authenticated).
-    fn new(status: u16, headers: Vec<(String, String)>, body: String, reason: String) -> Self {
-        Self {
-            call: CallInfo::default(),
-            rule: None,
-            subject: None,
-            client_id: None,
-            decision: "deny",
-            status,
-            headers,
-            body,
-            reason,
-        }
-    }
-}
-
-/// What the request calls, as far as the body says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallInfo {
-    /// For logs: the JSON-RPC method; the methods of a batch joined by `,`.
-    pub rpc_method: Option<String>,
-    /// For logs: the tool of a `tools/call`; the tools of a batch joined by `,`.
-    pub tool: Option<String>,
-    /// Each message of the body, for ext-proc (see [`gateway_core::handoff`]).
-    pub calls: Vec<Call>,
-}
-
-/// Where RFC 9728 metadata lives, relative to the origin.
-pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// Decides on requests. Built once at load, shared by every call.
 pub struct Authorizer {
@@ -1336,155 +1292,6 @@ impl Authorizer {
     }
 }
 
-/// The protected resource metadata (RFC 9728) and the challenges that point to it.
-struct ResourceMetadata {
-    /// `https://host/.well-known/oauth-protected-resource/<path>`.
-    url: String,
-    /// The path-suffixed metadata path of the resource.
-    suffixed_path: String,
-    document: String,
-    challenge_scope: Option<String>,
-}
-
-impl ResourceMetadata {
-    fn new(config: &ExtAuthzConfig) -> Self {
-        let (origin, resource_path) = split_origin(&config.resource);
-        let suffixed_path = format!("{METADATA_PATH}{}", resource_path.trim_end_matches('/'));
-        let scopes_supported = if config.scopes_supported.is_empty() {
-            &config.required_scopes
-        } else {
-            &config.scopes_supported
-        };
-        let document = json!({
-            "resource": config.resource,
-            "authorization_servers": config.issuers.iter().map(|i| &i.issuer).collect::<Vec<_>>(),
-            "scopes_supported": scopes_supported,
-            "bearer_methods_supported": ["header"],
-        })
-        .to_string();
-        Self {
-            url: format!("{origin}{suffixed_path}"),
-            suffixed_path,
-            document,
-            challenge_scope: (!config.required_scopes.is_empty())
-                .then(|| config.required_scopes.join(" ")),
-        }
-    }
-
-    fn serve(&self, method: &str, path: &str) -> Denied {
-        let known = path == METADATA_PATH || path == self.suffixed_path;
-        let (status, body, reason) = match (known, method) {
-            (true, "GET" | "HEAD") => (200, self.document.clone(), "resource metadata"),
-            (true, _) => (
-                405,
-                r#"{"error":"method not allowed"}"#.to_owned(),
-                "method not allowed",
-            ),
-            (false, _) => (
-                404,
-                r#"{"error":"not found"}"#.to_owned(),
-                "no such metadata",
-            ),
-        };
-        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        if status == 200 {
-            headers.push(("cache-control".to_owned(), "max-age=300".to_owned()));
-        }
-        let mut denied = Denied::new(status, headers, body, reason.to_owned());
-        if status == 200 {
-            denied.decision = "public";
-        }
-        denied
-    }
-
-    /// The reply to a request that failed authentication (RFC 6750 §3).
-    fn challenge(&self, call: CallInfo, err: &AuthnError) -> Denied {
-        let metadata = format!("resource_metadata=\"{}\"", self.url);
-        let (status, challenge, error, description) = match err {
-            AuthnError::Missing => {
-                let mut challenge = format!("Bearer {metadata}");
-                if let Some(scope) = &self.challenge_scope {
-                    challenge.push_str(&format!(", scope=\"{}\"", quoted(scope)));
-                }
-                (
-                    401,
-                    challenge,
-                    "unauthorized",
-                    "bearer token required".to_owned(),
-                )
-            }
-            AuthnError::InvalidRequest(why) => (
-                400,
-                format!(
-                    "Bearer error=\"invalid_request\", error_description=\"{}\", {metadata}",
-                    quoted(why)
-                ),
-                "invalid_request",
-                (*why).to_owned(),
-            ),
-            AuthnError::InvalidToken(why) => (
-                401,
-                format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\", {metadata}",
-                    quoted(why)
-                ),
-                "invalid_token",
-                why.clone(),
-            ),
-            AuthnError::InsufficientScope { required } => {
-                let scope = required.join(" ");
-                (
-                    403,
-                    format!(
-                        "Bearer error=\"insufficient_scope\", scope=\"{}\", {metadata}",
-                        quoted(&scope)
-                    ),
-                    "insufficient_scope",
-                    format!("requires scope {scope}"),
-                )
-            }
-        };
-        Denied {
-            call,
-            rule: None,
-            subject: None,
-            client_id: None,
-            // A token without the required scope is a caller denied; anything
-            // else here is a caller not known at all.
-            decision: if status == 403 {
-                "deny"
-            } else {
-                "unauthenticated"
-            },
-            status,
-            headers: vec![
-                ("www-authenticate".to_owned(), challenge),
-                ("content-type".to_owned(), "application/json".to_owned()),
-            ],
-            body: json!({"error": error, "error_description": description}).to_string(),
-            reason: format!("{error}: {description}"),
-        }
-    }
-}
-
-/// A value safe inside a quoted-string of a challenge.
-fn quoted(value: &str) -> String {
-    value
-        .chars()
-        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-        .collect()
-}
-
-/// `("https://host:port", "/path")` of a URL.
-fn split_origin(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => url.split_at(after_scheme + slash),
-        None => (url, ""),
-    }
-}
-
-/// The reply to a body some rule denied.
 /// What rules judge a request by, besides its messages.
 fn facts<'a>(
     identity: &'a Identity,
@@ -1505,81 +1312,6 @@ fn facts<'a>(
         era: protocol.era.as_str(),
         protocol_version: protocol.version,
     }
-}
-
-fn policy_denial(body: &Body, decisions: &[Decision], call: CallInfo) -> Denied {
-    let denied = decisions
-        .iter()
-        .zip(&body.messages)
-        .find(|(d, _)| d.effect == Effect::Deny)
-        .map(|(d, m)| (d.rule.clone(), m));
-    let Some((rule, message)) = denied else {
-        return invalid(
-            500,
-            jsonrpc::error_response(None, -32603, "no decision"),
-            "no decision".into(),
-        );
-    };
-    let what = message.tool.as_deref().map_or_else(
-        || message.method.clone().unwrap_or_else(|| "response".into()),
-        |tool| format!("{} {tool}", message.method.as_deref().unwrap_or_default()),
-    );
-    let reason = if &*rule == "default" {
-        format!("denied by policy: no rule allows {what}")
-    } else {
-        format!("denied by rule `{rule}`: {what}")
-    };
-    let requests: Vec<&Message> = body
-        .messages
-        .iter()
-        .filter(|m| m.kind == Kind::Request)
-        .collect();
-    let (status, reply) = if !body.batch {
-        match message.kind {
-            // A request gets an answer the client's SDK understands, in a 200.
-            Kind::Request => (
-                200,
-                jsonrpc::error_response(message.id.as_ref(), DENIED_CODE, &reason),
-            ),
-            Kind::Notification | Kind::Response => {
-                (403, jsonrpc::error_response(None, DENIED_CODE, &reason))
-            }
-        }
-    } else if requests.is_empty() {
-        (403, jsonrpc::error_response(None, DENIED_CODE, &reason))
-    } else {
-        // Every request of the batch gets an answer; none is forwarded.
-        let answers: Vec<Value> = body
-            .messages
-            .iter()
-            .zip(decisions)
-            .filter(|(m, _)| m.kind == Kind::Request)
-            .map(|(m, d)| {
-                let text = if d.effect == Effect::Deny {
-                    reason.clone()
-                } else {
-                    format!("batch refused: {reason}")
-                };
-                jsonrpc::error_response(m.id.as_ref(), DENIED_CODE, &text)
-            })
-            .collect();
-        (200, Value::Array(answers))
-    };
-    let mut denied = invalid(status, reply, reason);
-    denied.call = call;
-    denied.rule = Some(rule.to_string());
-    denied
-}
-
-/// A refusal of the request as HTTP (origin, path, method), before any token or
-/// body is looked at.
-fn refusal(status: u16, why: &str) -> Denied {
-    Denied::new(
-        status,
-        vec![("content-type".to_owned(), "text/plain".to_owned())],
-        format!("{why}\n"),
-        why.to_owned(),
-    )
 }
 
 /// Why `path` (query excluded) is not what Envoy's normalization leaves: one path
@@ -1685,40 +1417,6 @@ fn open_task(sessions: &SessionGate, allowed: &mut Allowed) -> Result<(), Box<De
     }
 }
 
-/// A request the gateway cannot judge because of how it is deployed (Envoy's
-/// config and the gateway's disagree): refused, and the operator told why.
-fn unjudgeable(why: &str) -> Denied {
-    let message = format!("the gateway cannot judge this call: {why}");
-    invalid(
-        503,
-        jsonrpc::error_response(None, -32603, &message),
-        message,
-    )
-}
-
-fn body_not_received() -> Denied {
-    let why = "the gateway is loading this token's signing key; retry in a second";
-    let mut denied = invalid(
-        503,
-        jsonrpc::error_response(None, -32000, why),
-        "body not received whole: signing key newer than the gate's".to_owned(),
-    );
-    denied
-        .headers
-        .push(("retry-after".to_owned(), "1".to_owned()));
-    denied
-}
-
-/// A 4xx for a request that is not valid MCP.
-fn invalid(status: u16, body: Value, reason: String) -> Denied {
-    Denied::new(
-        status,
-        vec![("content-type".to_owned(), "application/json".to_owned())],
-        body.to_string(),
-        reason,
-    )
-}
-
 /// The request's trace id for the audit trail: the check span's when spans are
 /// exported (it continued the client's trace), else the client's own, from the
 /// first message's `_meta.traceparent` or the `traceparent` header.
@@ -1738,28 +1436,6 @@ fn trace_id_of(request: &HttpRequest<'_>, messages: &[Message]) -> Option<String
         .or_else(from_header)
         .and_then(crate::audit::trace_id)
         .map(str::to_owned)
-}
-
-fn call_info(messages: &[Message]) -> CallInfo {
-    let join = |items: Vec<&str>| (!items.is_empty()).then(|| items.join(","));
-    CallInfo {
-        rpc_method: join(
-            messages
-                .iter()
-                .filter_map(|m| m.method.as_deref())
-                .collect(),
-        ),
-        tool: join(messages.iter().filter_map(|m| m.tool.as_deref()).collect()),
-        calls: messages
-            .iter()
-            .map(|m| Call {
-                id: m.id.as_ref().map(ToString::to_string),
-                method: m.method.clone(),
-                tool: m.tool.clone(),
-                arguments_sha256: None,
-            })
-            .collect(),
-    }
 }
 
 #[cfg(test)]

@@ -193,16 +193,6 @@ async fn identity_headers_are_set_or_removed_and_the_token_is_dropped() {
     assert!(!allowed.remove_headers.contains(&"authorization".to_owned()));
 }
 
-#[test]
-fn origins_split_from_paths() {
-    assert_eq!(
-        split_origin("https://gw:8443/mcp"),
-        ("https://gw:8443", "/mcp")
-    );
-    assert_eq!(split_origin("https://gw"), ("https://gw", ""));
-    assert_eq!(quoted("a\"b\\c\n"), "abc");
-}
-
 struct Caller {
     bearer: String,
 }
