@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - [`check`]: the pure core of a decision: protected resource metadata,
-//!   authentication, and what Envoy should do. Knows nothing about gRPC. Its
-//!   replies are shaped in `check/denial.rs` and `check/resource_metadata.rs`.
+//!   authentication, and what Envoy should do. Knows nothing about gRPC. Split
+//!   as a request flows: `check.rs` (HTTP checks, authentication), then
+//!   `check/decide.rs` (pure judgement), then `check/route.rs` (session,
+//!   credential, hop); replies in `check/denial.rs` and `check/resource_metadata.rs`.
 //! - [`authn`]: bearer tokens to identities (issuers, claims, scopes, token cache).
 //! - [`jwks`]: issuers' signing keys: fetch, discovery, cache, refresh.
 //! - [`crypto`]: JWS signatures through OpenSSL (a jsonwebtoken `CryptoProvider`).

@@ -151,6 +151,9 @@ pub(super) fn unjudgeable(why: &str) -> Denied {
     )
 }
 
+/// The reply to an authenticated POST whose body Envoy did not send whole: its
+/// token's signing key is newer than the header-time gate knows. Envoy learns it
+/// within seconds; the client retries.
 pub(super) fn body_not_received() -> Denied {
     let why = "the gateway is loading this token's signing key; retry in a second";
     let mut denied = invalid(

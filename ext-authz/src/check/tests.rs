@@ -2,6 +2,7 @@ use super::*;
 use crate::test_util::{JwksServer, TestKey, claims};
 use gateway_core::config::GatewayConfig;
 use jsonwebtoken::Algorithm;
+use serde_json::json;
 use std::path::Path;
 
 const RESOURCE: &str = "https://gw.example/mcp";
