@@ -3,11 +3,11 @@
 //! ext_proc stream. A call a rewrite changes goes to ext-proc, which rewrites it
 //! and checks it again as the backend will receive it.
 
+use gateway_core::cel::RequestFacts;
 use gateway_core::config::{ArgumentValidation, UnlistedTools};
 use gateway_core::jsonrpc::{Kind, Message};
 use gateway_core::protocol::Era;
 use gateway_core::rewrite::{Rejection, RewriteSet};
-use gateway_core::rules::RequestFacts;
 use gateway_core::schema_fetch::{SchemaFetcher, SchemaRequest};
 use gateway_core::tool_catalog::{ToolCatalog, ToolsFor, check_call_arguments};
 use serde_json::{Value, json};

@@ -38,6 +38,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use gateway_core::cel::RequestFacts;
 use gateway_core::config::{
     AuditConfig, EdgeConfig, ExtAuthzConfig, IdentityHeaders, ProtocolConfig,
 };
@@ -45,7 +46,6 @@ use gateway_core::jsonrpc::{Limits, Message};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::protocol::Era;
 use gateway_core::rewrite::RewriteSet;
-use gateway_core::rules::RequestFacts;
 use gateway_core::tool_pins::ToolPins;
 use serde_json::Value;
 

@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
             &config.edge.header_only,
         )?;
         let rewrites = RewriteSet::compile(&config.rewrites)?;
-        let pins = ToolPins::from_gateway_config(config, config_dir)?;
+        let pins = ToolPins::configured(config.tool_pins.as_ref(), config_dir)?;
         let mut authorizer = Authorizer::new(section, authenticator, policy, rewrites)
             .with_edge(&config.edge)
             .with_protocol(&config.protocol)

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`exchange`]: the pure core. One [`exchange::Exchange`] per HTTP request decides,
 //!   phase by phase, which headers to change and which bodies Envoy should send.
-//!   Knows nothing about gRPC.
+//!   Knows nothing about gRPC. Split by direction: `exchange/request.rs`,
+//!   `exchange/response.rs`, and `exchange/sealing.rs` for session and task ids.
 //! - [`audit`]: the pure core of the audit trail's `answered` records, read from
 //!   the copy of an answer Envoy sends without waiting (observability mode).
 //! - [`service`]: the thin adapter from `envoy.service.ext_proc.v3.ExternalProcessor`

@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
             )?),
             None => None,
         };
-        let pins = ToolPins::from_gateway_config(config, config_dir)?;
+        let pins = ToolPins::configured(config.tool_pins.as_ref(), config_dir)?;
         let gateway = Arc::new(Gateway {
             pins: pins.clone(),
             sessions,

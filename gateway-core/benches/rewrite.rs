@@ -7,8 +7,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use gateway_core::cel::RequestFacts;
 use gateway_core::rewrite::{Origin, RewriteConfig, RewriteSet, ToolView};
-use gateway_core::rules::{Policy, RequestFacts, RuleSet};
+use gateway_core::rules::{Policy, RuleSet};
 use serde_json::{Value, json};
 
 const REWRITES: &str = r#"

@@ -6,8 +6,9 @@
 //! Run with `cargo bench -p gateway-core --bench rules`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use gateway_core::cel::RequestFacts;
 use gateway_core::jsonrpc::{Body, Limits, Message};
-use gateway_core::rules::{Policy, RequestFacts};
+use gateway_core::rules::Policy;
 use std::hint::black_box;
 
 fn policy(rules: usize) -> Policy {

@@ -1,6 +1,8 @@
 //! What both MCP gateway sidecars share.
 //!
 //! # Layout
+//! - [`cel`]: the CEL environment rules and rewrites share: variables, request
+//!   facts, JSON → CEL, which variables an expression reads.
 //! - [`config`]: the gateway config file, loaded once, with errors that name the file,
 //!   the key and the reason.
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
@@ -27,6 +29,7 @@
 //! - [`server`]: binding, gRPC health, signals and graceful shutdown for a sidecar.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 
+pub mod cel;
 pub mod config;
 pub mod crypto;
 pub mod digest;

@@ -24,8 +24,8 @@ use cel::{Env, Program};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::cel::{RequestFacts, VARIABLES, facts_context, free_variables, mcp_value};
 use crate::jsonrpc::{Kind, Message};
-use crate::rules::{RequestFacts, VARIABLES, facts_context, free_variables, mcp_value};
 
 /// One rewrite rule as written.
 #[derive(Debug, Clone, Deserialize)]

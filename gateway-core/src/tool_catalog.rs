@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::cel::RequestFacts;
 use crate::config::{ArgumentValidation, UnlistedTools};
 use crate::protocol::Era;
 use crate::rewrite::{Rejection, ToolView, check_arguments};
-use crate::rules::{Policy, RequestFacts};
+use crate::rules::Policy;
 use serde_json::Value;
 
 /// Input schemas by (backend host, tool name), within a byte budget.

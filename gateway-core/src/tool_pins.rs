@@ -535,14 +535,12 @@ impl ToolPins {
         })
     }
 
-    /// The pins the gateway config asks for, if any.
-    pub fn from_gateway_config(
-        config: &crate::config::GatewayConfig,
+    /// The pins the gateway config's `tool_pins` section asks for, if it has one.
+    pub fn configured(
+        section: Option<&ToolPinsConfig>,
         config_dir: &Path,
     ) -> Result<Option<std::sync::Arc<Self>>, PinError> {
-        config
-            .tool_pins
-            .as_ref()
+        section
             .map(|pins| Self::new(pins, config_dir).map(std::sync::Arc::new))
             .transpose()
     }

@@ -11,9 +11,10 @@
 
 use std::sync::Arc;
 
+use gateway_core::cel::RequestFacts;
 use gateway_core::jsonrpc::{Body, Limits};
 use gateway_core::rewrite::{RewriteConfig, RewriteSet, ToolView};
-use gateway_core::rules::{Effect, Policy, RequestFacts};
+use gateway_core::rules::{Effect, Policy};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 

@@ -1,6 +1,9 @@
 use super::*;
 use gateway_core::jsonrpc::Limits;
-use gateway_core::session::SessionKey;
+use gateway_core::session::{SESSION_HEADER, SessionKey, UPSTREAM_HEADER};
+use gateway_proto::session::Kind as TokenKind;
+
+use super::response::response_body_mode;
 use serde_json::json;
 
 struct Map(Vec<(&'static str, Vec<u8>)>);
