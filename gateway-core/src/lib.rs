@@ -24,7 +24,9 @@
 //! - [`protocol`]: MCP protocol eras, and the 2026-07-28 headers that mirror the
 //!   body, checked and regenerated.
 //! - [`rewrite`]: declarative rewrites of MCP messages (aliases, arguments, schemas,
-//!   tools/list filtering, redaction).
+//!   tools/list filtering, redaction): `rewrite/config.rs` as written,
+//!   `compile.rs` once at load, `request.rs` and `response.rs` per message,
+//!   `pointer.rs` for JSON pointers.
 //! - [`sse`]: server-sent events framing.
 //! - [`server`]: binding, gRPC health, signals and graceful shutdown for a sidecar.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.

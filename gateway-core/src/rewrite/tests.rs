@@ -1,4 +1,5 @@
 use super::*;
+use crate::cel::RequestFacts;
 use serde_json::json;
 use std::sync::Mutex;
 
