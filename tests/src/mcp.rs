@@ -116,6 +116,11 @@ impl RawSession {
     }
 
     /// A fresh request id.
+    /// The bearer token the session was opened with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

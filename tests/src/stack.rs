@@ -10,6 +10,7 @@ use rustix::process::Signal;
 use serde_yaml_ng::Value;
 
 use crate::dev_idp::{DevClaims, IdpKeys};
+use crate::mcp::RawSession;
 use crate::paths;
 use crate::process::Process;
 
@@ -642,6 +643,13 @@ impl Stack {
     /// A fresh bearer token from the stack's issuer.
     pub async fn token(&self, sub: &str, scope: &str) -> anyhow::Result<String> {
         self.token_with_email(sub, scope, "").await
+    }
+
+    /// A session opened as `sub` with the `mcp:tools` scope, as most tests
+    /// start; its token is [`RawSession::token`].
+    pub async fn session(&self, sub: &str) -> anyhow::Result<RawSession> {
+        let token = self.token(sub, "mcp:tools").await?;
+        RawSession::initialize(&self.http, &self.url(), &token).await
     }
 
     /// A fresh bearer token with an `email` claim (none when empty).

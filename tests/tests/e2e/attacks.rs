@@ -67,10 +67,7 @@ fn stalled_body() -> reqwest::Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_no_memory() {
     let stack = stack_with(None).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("legitimate session");
+    let session = stack.session("alice").await.expect("legitimate session");
     // One call first: the gateway learns the tool's schema (it asks the backend
     // for tools/list once), so what follows counts only what is sent.
     session
@@ -495,10 +492,7 @@ async fn identity_header_variants_with_underscores_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_bounded_by_who_sends_them() {
     let stack = stack_with(None).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("session");
+    let session = stack.session("alice").await.expect("session");
     // An authenticated caller may send up to the configured 1 MiB.
     let padding = "x".repeat(600 * 1024);
     let big = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -635,10 +629,7 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
     });
     options.rules = Some("default:\n  default_effect: allow\n".to_owned());
     let stack = Stack::start(options).await.expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("session");
+    let session = stack.session("alice").await.expect("session");
 
     // Under the cap the answer is whole.
     assert_eq!(
@@ -670,10 +661,8 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
     let stack = stack_with(None).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("session");
+    let session = stack.session("alice").await.expect("session");
+    let token = session.token().to_owned();
     let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");
     let steering = [
         // "Skip ext-proc": an initialize whose answer must be sealed.

@@ -3,7 +3,7 @@
 //! backend sees with a good one.
 
 use e2e::dev_idp::jwt_part;
-use e2e::mcp::{self, RawSession};
+use e2e::mcp;
 use e2e::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
 
@@ -164,10 +164,8 @@ async fn too_few_scopes_get_403_insufficient_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_gets_the_identity_never_the_token() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     // A client trying to pass itself off as someone else.
     let response = stack
         .http()

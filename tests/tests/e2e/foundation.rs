@@ -59,10 +59,7 @@ async fn python_sdk_sessions_stay_on_their_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_authz_down_fails_closed_and_recovers_without_restarting_envoy() {
     let mut stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     assert_eq!(
         session
             .call_tool("add", json!({"a": 1, "b": 2}))
@@ -115,10 +112,7 @@ async fn backend_request_count(stack: &Stack) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_arrive_one_by_one_not_at_the_end() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
 
     let response = session
         .post(&json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call",
@@ -209,10 +203,8 @@ async fn unknown_paths_are_404_without_reaching_sidecars_or_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ext_proc_down_only_what_needs_it_fails_closed() {
     let mut stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     let backend = session
         .call_tool("whoami", json!({}))
         .await

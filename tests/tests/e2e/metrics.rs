@@ -1,7 +1,7 @@
 //! What an operator sees: each sidecar's Prometheus text moves with the calls
 //! it judged and the sessions it kept; spans carry MCP's semantic conventions.
 
-use e2e::mcp::{self, RawSession};
+use e2e::mcp;
 use e2e::stack::{Stack, StackOptions};
 use serde_json::json;
 
@@ -20,10 +20,8 @@ async fn each_sidecar_counts_what_it_decided() {
     let stack = Stack::start(StackOptions::for_test().expect("free ports"))
         .await
         .expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     session
         .call_tool("add", json!({"a": 1, "b": 2}))
         .await
@@ -188,10 +186,7 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
     ];
     let stack = Stack::start(options).await.expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     // The client's trace, as MCP carries it: in the message's `_meta`.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let answer = session
@@ -273,10 +268,7 @@ async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
         .push(("MCP_GATEWAY_LOG_FORMAT".into(), "json".into()));
     let backend_ports = options.ports.backends.clone();
     let stack = Stack::start(options).await.expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let added = session
         .request(

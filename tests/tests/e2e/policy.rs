@@ -2,7 +2,7 @@
 //! demo policy with the official Python client, batches, strict parsing, and
 //! hot reload.
 
-use e2e::mcp::{self, RawSession};
+use e2e::mcp;
 use e2e::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
 
@@ -64,10 +64,8 @@ async fn the_demo_policy_with_the_python_sdk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_forbidden_call_is_refused_whole() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     let before = stack.all_backend_total().await.expect("counters");
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
@@ -110,10 +108,8 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_parsing_and_versions_end_to_end() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     let before = stack.all_backend_total().await.expect("counters");
     let raw = |body: &'static str, version: &'static str| {
         stack
@@ -182,10 +178,7 @@ async fn strict_parsing_and_versions_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_reload_on_change_and_a_bad_file_keeps_the_old_rules() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     assert_eq!(
         session
             .call_tool("whoami", json!({}))
@@ -251,10 +244,7 @@ async fn wait_for_log(stack: &Stack, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_reach_envoys_access_log() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     session
         .call_tool("add", json!({"a": 1, "b": 2}))
         .await
@@ -333,10 +323,8 @@ async fn decisions_reach_envoys_access_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_that_guard_every_request_guard_get_and_delete_too() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     assert_eq!(
         session.open_event_stream().await.expect("answer").status(),
         200

@@ -201,10 +201,7 @@ async fn progress_events_pass_a_rewritten_stream_without_delay() {
     let rewrites =
         "- {name: redact-keys, methods: [tools/call], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}";
     let stack = stack_with(rewrites, ALLOW_ALL, &[]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let response = session
         .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                       "params": {"name": "ticks", "arguments": {"count": 5, "interval_ms": 300},
@@ -266,10 +263,7 @@ async fn a_large_response_no_rule_needs_never_reaches_ext_proc() {
         &["--json-response"],
     )
     .await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let sent_before = stack
         .envoy_stat("http.mcp.ext_proc.stream_msgs_sent")
         .await
@@ -379,10 +373,7 @@ async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamp_refuses_what_is_not_a_number() {
     let stack = stack_with(OCTELIUM, ALLOW_ALL, &[]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
     for a in [
         json!("-5"),
@@ -429,10 +420,7 @@ async fn a_condition_that_cannot_be_evaluated_still_protects() {
   - {regex: 'secret-[0-9]+'}
 "#;
     let stack = stack_with(rewrites, ALLOW_ALL, &[]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
     assert_eq!(
         session
@@ -465,10 +453,7 @@ const SECRET: &str = "sk-ABCDEFGH12345678";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
     let stack = stack_with(NO_SECRETS, ALLOW_ALL, &["--json-response"]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     // FastMCP puts a dict result in structuredContent and its JSON in content[].text.
     let answer = session
         .request(
@@ -498,10 +483,8 @@ async fn errors_and_compressed_answers_are_redacted_too() {
     options.rules = Some(ALLOW_ALL.to_owned());
     options.backend_args = vec!["--json-response".into(), "--gzip".into()];
     let stack = Stack::start(options).await.expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     // The backend names the unknown tool in its JSON-RPC error.
     let error = session
         .request("tools/call", json!({"name": SECRET, "arguments": {}}))
@@ -551,10 +534,7 @@ async fn errors_and_compressed_answers_are_redacted_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_on_the_get_stream_are_redacted() {
     let stack = stack_with(NO_SECRETS, ALLOW_ALL, &[]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let stream = session.open_event_stream().await.expect("GET stream");
     assert_eq!(stream.status(), 200);
     // `notify` sends its text as a log message on the session's GET stream.
@@ -601,10 +581,7 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
         config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
     });
     let stack = Stack::start(options).await.expect("stack starts");
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
 
     // Before the tools are listed the gateway cannot check arguments: with
@@ -672,10 +649,7 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
 async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_for() {
     // As after an ext-proc restart: nobody listed tools through this ext-proc.
     let stack = stack_with("[]", NO_THIRTEEN, &[]).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
     let refused = session
         .request(
@@ -811,10 +785,8 @@ async fn each_answer_in_a_batch_and_a_tasks_result_is_redacted_by_its_call() {
         "- {name: no-secrets-from-say, methods: [tools/call], tools: [say], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}",
     )
     .await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
     // `ping` first: the rule is scoped to `tools/call say`, and the batch's
     // methods once travelled as the string "ping,tools/call", which matched no
     // rule scoped to tools/call.

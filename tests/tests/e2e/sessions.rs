@@ -290,10 +290,8 @@ async fn adding_a_backend_moves_no_session_and_a_lost_backend_loses_only_its_own
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_on_a_get_stream_reaches_only_its_session() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let a = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("a");
+    let a = stack.session("alice").await.expect("a");
+    let token = a.token().to_owned();
     let b = RawSession::initialize(stack.http(), &stack.url(), &token)
         .await
         .expect("b");

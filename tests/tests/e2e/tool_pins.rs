@@ -84,10 +84,8 @@ async fn refused(session: &RawSession, tool: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rug_pull_hides_the_tool_and_its_calls_reach_no_backend_across_restarts_and_replicas() {
     let mut stack = pinned("trust_on_first_use").await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("session");
+    let session = stack.session("alice").await.expect("session");
+    let token = session.token().to_owned();
     // whoami was never listed through the gateway: judged by the mode, not
     // forwarded blindly.
     assert!(
@@ -165,10 +163,7 @@ async fn a_rug_pull_hides_the_tool_and_its_calls_reach_no_backend_across_restart
 async fn in_observe_mode_a_changed_tool_stays_and_each_scan_check_fires_on_a_poisoned_description()
 {
     let stack = pinned("observe").await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("session");
+    let session = stack.session("alice").await.expect("session");
     assert!(listed(&session).await.iter().any(|t| t == "add"));
     let metrics = stack.metrics("ext-proc").await.expect("metrics");
     assert!(
