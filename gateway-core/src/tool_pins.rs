@@ -31,11 +31,14 @@
 //! listing and writes what it learns (under a file lock, replaced atomically),
 //! ext-authz judges each call by what the file says (re-read when it changes, a
 //! `stat` per call). The file outlives restarts.
+//!
+//! Here: fingerprints, quarantines and the judgement of listings and calls
+//! ([`ToolPins`], one impl that reads best whole). The config section as written
+//! is in `tool_pins/config.rs`, the description scan in `scan.rs`, the shared
+//! state file in `state.rs`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +50,18 @@ use serde_json::Value;
 use crate::digest::{canonical_json, sha256_hex};
 use crate::metrics::Labels;
 use crate::protocol::Era;
+
+mod config;
+mod scan;
+mod state;
+
+pub use config::{
+    FindingAction, LengthCheck, PhraseCheck, PinMode, PoolPinsConfig, ScanConfig, ToolPinsConfig,
+    UrlCheck,
+};
+pub use scan::{Finding, Scanner};
+use state::StateFile;
+pub use state::{PinState, PoolState};
 
 /// The fields of a tool definition a fingerprint covers.
 pub const FINGERPRINTED_FIELDS: [&str; 6] = [
@@ -79,290 +94,6 @@ pub fn fingerprint(tool: &Value) -> String {
     }
     text.push('}');
     format!("sha256:{}", sha256_hex(text.as_bytes()))
-}
-
-/// The `tool_pins` section of the gateway config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToolPinsConfig {
-    /// Pins learned on first use and quarantines, shared by both sidecars and
-    /// the replicas on a host (relative to the config file).
-    pub state_file: PathBuf,
-    /// The session era's pool (`mcp_backends`).
-    #[serde(default)]
-    pub session: Option<PoolPinsConfig>,
-    /// The stateless era's pool (`mcp_stateless_backends`).
-    #[serde(default)]
-    pub stateless: Option<PoolPinsConfig>,
-    #[serde(default)]
-    pub scan: ScanConfig,
-}
-
-/// How one pool's tools are pinned.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolPinsConfig {
-    pub mode: PinMode,
-    /// Tool name to fingerprint (`sha256:…`), as `cargo xtask pin-tools` prints.
-    #[serde(default)]
-    pub pins: BTreeMap<String, String>,
-    /// More pins, from a YAML file of the same shape (relative to the config).
-    #[serde(default)]
-    pub pins_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PinMode {
-    Enforce,
-    TrustOnFirstUse,
-    Observe,
-}
-
-/// What a scan finding does to its tool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingAction {
-    /// Logged and counted.
-    Warn,
-    /// Also quarantines the tool (in `enforce` and `trust_on_first_use`).
-    Block,
-}
-
-/// The checks on descriptions; each may be left out (`null`) to switch it off.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScanConfig {
-    /// Invisible, zero-width or bidirectional-control characters.
-    #[serde(default = "block")]
-    pub invisible_unicode: Option<FindingAction>,
-    /// Text addressed to the model rather than describing the tool.
-    #[serde(default = "default_instructions")]
-    pub model_instructions: Option<PhraseCheck>,
-    /// URLs whose prefix is not on the allowlist.
-    #[serde(default = "default_urls")]
-    pub urls: Option<UrlCheck>,
-    /// Descriptions longer than this.
-    #[serde(default = "default_length")]
-    pub description_length: Option<LengthCheck>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhraseCheck {
-    pub action: FindingAction,
-    /// Matched case-insensitively, whitespace runs as one space.
-    #[serde(default = "default_phrases")]
-    pub phrases: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UrlCheck {
-    pub action: FindingAction,
-    /// URL prefixes descriptions may name (`https://docs.example.com/`).
-    #[serde(default)]
-    pub allow: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LengthCheck {
-    pub action: FindingAction,
-    pub max_bytes: usize,
-}
-
-impl Default for ScanConfig {
-    fn default() -> Self {
-        Self {
-            invisible_unicode: block(),
-            model_instructions: default_instructions(),
-            urls: default_urls(),
-            description_length: default_length(),
-        }
-    }
-}
-
-fn block() -> Option<FindingAction> {
-    Some(FindingAction::Block)
-}
-
-fn default_instructions() -> Option<PhraseCheck> {
-    Some(PhraseCheck {
-        action: FindingAction::Block,
-        phrases: default_phrases(),
-    })
-}
-
-fn default_phrases() -> Vec<String> {
-    [
-        "ignore previous instructions",
-        "ignore all previous instructions",
-        "ignore the above",
-        "disregard previous instructions",
-        "do not tell the user",
-        "don't tell the user",
-        "without telling the user",
-        "do not mention",
-        "<important>",
-        "system prompt",
-        "you must always",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-fn default_urls() -> Option<UrlCheck> {
-    Some(UrlCheck {
-        action: FindingAction::Warn,
-        allow: Vec::new(),
-    })
-}
-
-fn default_length() -> Option<LengthCheck> {
-    Some(LengthCheck {
-        action: FindingAction::Warn,
-        max_bytes: 2048,
-    })
-}
-
-/// One scan finding on a tool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// `invisible_unicode`, `model_instructions`, `urls` or `description_length`.
-    pub check: &'static str,
-    pub action: FindingAction,
-    /// What was found, for the log (never the whole description).
-    pub detail: String,
-}
-
-/// The scan, compiled from its config.
-#[derive(Debug, Clone)]
-pub struct Scanner {
-    config: ScanConfig,
-    phrases: Vec<String>,
-}
-
-impl Scanner {
-    pub fn new(config: ScanConfig) -> Self {
-        let phrases = config
-            .model_instructions
-            .as_ref()
-            .map(|c| c.phrases.iter().map(|p| normalized(p)).collect())
-            .unwrap_or_default();
-        Self { config, phrases }
-    }
-
-    /// The findings on a tool's description, title and every `description` in
-    /// its schemas.
-    pub fn scan(&self, tool: &Value) -> Vec<Finding> {
-        let mut texts = Vec::new();
-        for field in ["title", "description"] {
-            if let Some(text) = tool.get(field).and_then(Value::as_str) {
-                texts.push(text);
-            }
-        }
-        for schema in ["inputSchema", "outputSchema"] {
-            if let Some(schema) = tool.get(schema) {
-                schema_descriptions(schema, &mut texts);
-            }
-        }
-        let mut findings = Vec::new();
-        if let Some(action) = self.config.invisible_unicode
-            && let Some(c) = texts.iter().flat_map(|t| t.chars()).find(|c| invisible(*c))
-        {
-            findings.push(Finding {
-                check: "invisible_unicode",
-                action,
-                detail: format!("U+{:04X}", u32::from(c)),
-            });
-        }
-        if let Some(check) = &self.config.model_instructions {
-            let text = normalized(&texts.join(" "));
-            if let Some(phrase) = self.phrases.iter().find(|p| text.contains(p.as_str())) {
-                findings.push(Finding {
-                    check: "model_instructions",
-                    action: check.action,
-                    detail: format!("\"{phrase}\""),
-                });
-            }
-        }
-        if let Some(check) = &self.config.urls
-            && let Some(url) = texts
-                .iter()
-                .flat_map(|t| urls_in(t))
-                .find(|url| !check.allow.iter().any(|prefix| url.starts_with(prefix)))
-        {
-            findings.push(Finding {
-                check: "urls",
-                action: check.action,
-                detail: url.chars().take(200).collect(),
-            });
-        }
-        if let Some(check) = &self.config.description_length
-            && let Some(len) = tool
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::len)
-                .filter(|len| *len > check.max_bytes)
-        {
-            findings.push(Finding {
-                check: "description_length",
-                action: check.action,
-                detail: format!("{len} bytes, over {}", check.max_bytes),
-            });
-        }
-        findings
-    }
-}
-
-fn schema_descriptions<'v>(schema: &'v Value, out: &mut Vec<&'v str>) {
-    match schema {
-        Value::Object(map) => {
-            for (key, value) in map {
-                match (key.as_str(), value) {
-                    ("description" | "title", Value::String(text)) => out.push(text),
-                    _ => schema_descriptions(value, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|i| schema_descriptions(i, out)),
-        _ => {}
-    }
-}
-
-/// Characters a reader does not see but a model reads: zero-width and
-/// formatting characters, bidirectional controls, tag characters, and controls
-/// other than tab and line breaks.
-fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
-        | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0000}'..='\u{E0FFF}')
-        || (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-}
-
-fn normalized(text: &str) -> String {
-    let visible: String = text.chars().filter(|c| !invisible(*c)).collect();
-    visible
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
-}
-
-fn urls_in(text: &str) -> impl Iterator<Item = &str> {
-    text.match_indices("http")
-        .map(move |(at, _)| &text[at..])
-        .filter(|rest| rest.starts_with("http://") || rest.starts_with("https://"))
-        .map(|rest| {
-            let end = rest
-                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<'))
-                .unwrap_or(rest.len());
-            &rest[..end]
-        })
 }
 
 /// Why a tool is quarantined or a call to it refused.
@@ -409,22 +140,6 @@ impl Quarantine {
             ),
         }
     }
-}
-
-/// What the state file holds, per pool (`session`, `stateless`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PinState {
-    #[serde(default)]
-    pub pools: BTreeMap<String, PoolState>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolState {
-    /// Pins learned on first use: tool name to fingerprint.
-    #[serde(default)]
-    pub pins: BTreeMap<String, String>,
-    #[serde(default)]
-    pub quarantined: BTreeMap<String, Quarantine>,
 }
 
 /// Why tool pins could not be loaded or kept.
@@ -909,103 +624,6 @@ struct PinMetrics {
     drift: Family<Labels, Counter>,
     findings: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
-}
-
-/// The state file, as last read: re-read when its modification time or length
-/// changes (one `stat`), written under an exclusive lock by writing a temporary
-/// file and renaming it over the old one, so a reader never sees half a file.
-struct StateFile {
-    path: PathBuf,
-    lock_path: PathBuf,
-    cached: RwLock<(Stamp, std::sync::Arc<PinState>)>,
-}
-
-/// A file's modification time and length, `None` when it does not exist.
-type Stamp = Option<(SystemTime, u64, u64)>;
-
-impl StateFile {
-    fn open(path: PathBuf) -> Result<Self, PinError> {
-        let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
-        lock_name.push(".lock");
-        let lock_path = path.with_file_name(lock_name);
-        let file = Self {
-            path,
-            lock_path,
-            cached: RwLock::new((None, std::sync::Arc::new(PinState::default()))),
-        };
-        file.reload().map_err(|reason| PinError::File {
-            path: file.path.clone(),
-            reason,
-        })?;
-        Ok(file)
-    }
-
-    /// The state as the file says now; an error while the file cannot be read
-    /// or parsed (callers hold tools back then), or once it has vanished after
-    /// being read (which would lift every quarantine).
-    fn current(&self) -> Result<std::sync::Arc<PinState>, String> {
-        let stamp = stamp(&self.path);
-        if let Ok(cached) = self.cached.read()
-            && cached.0 == stamp
-        {
-            return Ok(cached.1.clone());
-        }
-        if stamp.is_none() && self.cached.read().is_ok_and(|cached| cached.0.is_some()) {
-            return Err(format!("{}: gone since it was read", self.path.display()));
-        }
-        self.reload()?;
-        self.cached
-            .read()
-            .map(|c| c.1.clone())
-            .map_err(|_| "tool pin state lock poisoned".to_owned())
-    }
-
-    fn reload(&self) -> Result<(), String> {
-        let stamp = stamp(&self.path);
-        let state = match std::fs::read(&self.path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("not a pin state: {e}"))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PinState::default(),
-            Err(e) => return Err(format!("cannot read: {e}")),
-        };
-        if let Ok(mut cached) = self.cached.write() {
-            *cached = (stamp, std::sync::Arc::new(state));
-        }
-        Ok(())
-    }
-
-    /// Applies `change` to the state on disk, under the lock.
-    fn update(&self, change: impl FnOnce(&mut PinState)) -> Result<(), String> {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| format!("{}: cannot open: {e}", self.lock_path.display()))?;
-        lock.lock()
-            .map_err(|e| format!("{}: cannot lock: {e}", self.lock_path.display()))?;
-        self.reload()?;
-        let mut state = (*self.current()?).clone();
-        change(&mut state);
-        let text = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
-        let mut temporary = self.path.clone().into_os_string();
-        temporary.push(format!(".{}.tmp", std::process::id()));
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &self.path))
-            .map_err(|e| format!("{}: cannot write: {e}", self.path.display()))?;
-        self.reload()?;
-        drop(lock);
-        Ok(())
-    }
-}
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    // Each write renames a new file in: its inode tells it apart even within
-    // one tick of the clock at the same length.
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 fn now() -> i64 {
