@@ -4,7 +4,8 @@
 //! - [`cel`]: the CEL environment rules and rewrites share: variables, request
 //!   facts, JSON → CEL, which variables an expression reads.
 //! - [`config`]: the gateway config file, loaded once, with errors that name the file,
-//!   the key and the reason.
+//!   the key and the reason; a module per section (`config/edge.rs`,
+//!   `ext_authz.rs`, `ext_proc.rs`, `upstream.rs`).
 //! - [`crypto`]: which OpenSSL provider does the crypto (software or an accelerator).
 //! - [`digest`]: canonical JSON, SHA-256 and hex, one spelling each.
 //! - [`fetch_url`]: which URLs the sidecars may fetch from (parsed, never matched as text).
