@@ -149,12 +149,15 @@ fn quoted(value: &str) -> String {
         .collect()
 }
 
-/// `("https://host:port", "/path")` of a URL.
-fn split_origin(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => url.split_at(after_scheme + slash),
-        None => (url, ""),
+/// `("https://host:port", "/path")` of the resource URL (the config has
+/// checked it is one; anything else yields no path).
+fn split_origin(url: &str) -> (String, String) {
+    match url::Url::parse(url) {
+        Ok(parsed) => (
+            parsed.origin().ascii_serialization(),
+            parsed.path().to_owned(),
+        ),
+        Err(_) => (url.to_owned(), String::new()),
     }
 }
 
@@ -166,9 +169,12 @@ mod tests {
     fn origins_split_from_paths() {
         assert_eq!(
             split_origin("https://gw:8443/mcp"),
-            ("https://gw:8443", "/mcp")
+            ("https://gw:8443".to_owned(), "/mcp".to_owned())
         );
-        assert_eq!(split_origin("https://gw"), ("https://gw", ""));
+        assert_eq!(
+            split_origin("https://gw"),
+            ("https://gw".to_owned(), "/".to_owned())
+        );
         assert_eq!(quoted("a\"b\\c\n"), "abc");
     }
 }

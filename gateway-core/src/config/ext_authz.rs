@@ -17,6 +17,9 @@ pub struct ExtAuthzConfig {
     /// This gateway's MCP endpoint as clients address it, e.g.
     /// `https://mcp.example.com/mcp`: the resource (RFC 8707) tokens must be issued
     /// for, and the `resource` of the protected resource metadata (RFC 9728).
+    /// Kept as written (tokens' `aud` is compared with it exactly), once checked
+    /// to be an absolute http(s) URL.
+    #[serde(deserialize_with = "absolute_url")]
     pub resource: String,
     /// Scopes every call needs, on top of each issuer's; sent in the 401 challenge.
     #[serde(default)]
@@ -158,4 +161,23 @@ fn default_leeway() -> Duration {
 
 fn default_scopes_claim() -> String {
     "scope".to_owned()
+}
+
+/// A URL a client can address: absolute, http or https, with a host and no
+/// query or fragment (RFC 8707 §2: a resource has no fragment).
+fn absolute_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    let valid = url::Url::parse(&text).ok().is_some_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    if !valid {
+        return Err(serde::de::Error::custom(format!(
+            "resource: `{text}` is not an absolute http(s) URL without query or fragment, \
+             e.g. https://mcp.example.com/mcp"
+        )));
+    }
+    Ok(text)
 }

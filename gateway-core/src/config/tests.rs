@@ -36,6 +36,29 @@ fn bad_address_names_the_key() {
 }
 
 #[test]
+fn a_resource_that_is_not_an_absolute_url_is_named() {
+    for resource in [
+        "gw/mcp",
+        "mailto:ops@example.com",
+        "https://gw/mcp?x=1",
+        "https://gw/mcp#top",
+    ] {
+        let err = parse(&format!(
+            "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: '{resource}'\n  issuers: []\n  rules_file: r.yaml\n"
+        ))
+        .expect_err(resource);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "gateway.yaml: ext_authz: resource: `{resource}` is not an absolute http(s) URL"
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(" at line "), "{msg}");
+    }
+}
+
+#[test]
 fn bad_duration_names_the_key() {
     let err =
         parse("ext_proc:\n  server:\n    listen: 127.0.0.1:1\n    shutdown_grace_period: soon\n")
