@@ -270,10 +270,10 @@ impl IssuerKeys {
         Ok(next)
     }
 
-    /// How soon the refresh task retries after a failed fetch: a tenth of the
-    /// floor, at least a second.
-    fn retry_wait(&self) -> Duration {
-        (self.settings.refresh_floor / 10).max(Duration::from_secs(1))
+    /// How soon the refresh task retries after `failures` failed fetches in a
+    /// row (see [`retry_backoff`]).
+    fn retry_wait(&self, failures: u32) -> Duration {
+        retry_backoff(self.settings.refresh_floor, failures, unit_random())
     }
 
     async fn jwks_uri(&self) -> Result<String, FetchError> {
@@ -383,19 +383,46 @@ async fn refresh_loop(keys: Weak<IssuerKeys>) {
             .map(|d| *d)
             .unwrap_or(strong.settings.refresh_floor)
     } else {
-        strong.retry_wait()
+        strong.retry_wait(0)
     };
     drop(strong);
+    let mut failures = 0;
     loop {
         tokio::time::sleep(wait).await;
         let Some(strong) = keys.upgrade() else { return };
         wait = match strong.refresh().await {
-            Ok(next) => next,
+            Ok(next) => {
+                failures = 0;
+                next
+            }
             Err(err) => {
-                tracing::warn!(issuer = %strong.issuer, error = %err, "JWKS refresh failed; keeping the last good keys");
-                strong.retry_wait()
+                failures += 1;
+                let retry = strong.retry_wait(failures);
+                tracing::warn!(issuer = %strong.issuer, error = %err, failures, retry_in_s = retry.as_secs_f64(), "JWKS refresh failed; keeping the last good keys");
+                retry
             }
         };
+    }
+}
+
+/// The wait before retrying a failed key fetch: from a tenth of the refresh
+/// floor (at least a second), doubling with each failure in a row up to the
+/// floor, and drawn between half and all of that (`unit` in [0, 1]). The draw
+/// keeps replicas that lost the IdP together from coming back to it in step.
+fn retry_backoff(refresh_floor: Duration, failures: u32, unit: f64) -> Duration {
+    let first = (refresh_floor / 10).max(Duration::from_secs(1));
+    let cap = refresh_floor.max(first);
+    let step = first.saturating_mul(1 << failures.min(16)).min(cap);
+    step.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// A number in [0, 1] from OpenSSL's generator (1 if it fails: no jitter, the
+/// longest wait).
+fn unit_random() -> f64 {
+    let mut bytes = [0u8; 8];
+    match openssl::rand::rand_bytes(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) as f64 / u64::MAX as f64,
+        Err(_) => 1.0,
     }
 }
 

@@ -20,6 +20,31 @@ fn discovery_urls_follow_oidc_and_rfc8414() {
 }
 
 #[test]
+fn failed_fetches_back_off_doubling_to_the_floor_with_jitter() {
+    let floor = Duration::from_secs(60);
+    // A tenth of the floor first, doubling per failure, never past the floor.
+    let longest: Vec<u64> = (0..6)
+        .map(|n| retry_backoff(floor, n, 1.0).as_secs())
+        .collect();
+    assert_eq!(longest, [6, 12, 24, 48, 60, 60]);
+    // Each wait is drawn from half to all of its step.
+    assert_eq!(retry_backoff(floor, 2, 0.0), Duration::from_secs(12));
+    assert_eq!(retry_backoff(floor, 2, 0.5), Duration::from_secs(18));
+    // At least a second, whatever the floor; no overflow however many failures.
+    assert_eq!(
+        retry_backoff(Duration::from_secs(2), 0, 1.0),
+        Duration::from_secs(1)
+    );
+    assert_eq!(retry_backoff(floor, u32::MAX, 1.0), floor);
+    let draws: Vec<f64> = (0..8).map(|_| unit_random()).collect();
+    assert!(draws.iter().all(|u| (0.0..=1.0).contains(u)), "{draws:?}");
+    assert!(
+        draws.windows(2).any(|w| w[0] != w[1]),
+        "the draws vary: {draws:?}"
+    );
+}
+
+#[test]
 fn cache_control_max_age() {
     assert_eq!(
         cache_max_age("public, max-age=300"),
