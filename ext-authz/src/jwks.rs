@@ -430,17 +430,17 @@ fn unit_random() -> f64 {
 /// the well-known segment before an issuer's path).
 pub fn discovery_urls(issuer: &str) -> Vec<String> {
     let trimmed = issuer.trim_end_matches('/');
-    let (origin, path) = match trimmed.find("://").map(|i| i + 3) {
-        Some(start) => match trimmed[start..].find('/') {
-            Some(slash) => trimmed.split_at(start + slash),
-            None => (trimmed, ""),
-        },
-        None => (trimmed, ""),
-    };
-    vec![
-        format!("{trimmed}/.well-known/openid-configuration"),
-        format!("{origin}/.well-known/oauth-authorization-server{path}"),
-    ]
+    let mut urls = vec![format!("{trimmed}/.well-known/openid-configuration")];
+    // An issuer that is not a URL has no RFC 8414 location; fetching refuses
+    // the OIDC one anyway (`fetch_url`).
+    if let Ok(url) = url::Url::parse(trimmed) {
+        urls.push(format!(
+            "{}/.well-known/oauth-authorization-server{}",
+            url.origin().ascii_serialization(),
+            url.path().trim_end_matches('/')
+        ));
+    }
+    urls
 }
 
 /// `max-age` of a Cache-Control value; `no-cache`/`no-store` count as zero.

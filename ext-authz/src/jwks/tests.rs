@@ -17,6 +17,14 @@ fn discovery_urls_follow_oidc_and_rfc8414() {
             "https://idp.example/.well-known/oauth-authorization-server/realms/mcp"
         ]
     );
+    // A port is kept, a trailing slash is not.
+    assert_eq!(
+        discovery_urls("https://idp.example:8443/tenant/"),
+        vec![
+            "https://idp.example:8443/tenant/.well-known/openid-configuration",
+            "https://idp.example:8443/.well-known/oauth-authorization-server/tenant"
+        ]
+    );
 }
 
 #[test]
