@@ -794,10 +794,7 @@ impl Stack {
     /// How many HTTP requests backend `index` received since it started (any
     /// path; a counter that never rolls over, unlike the request list).
     pub async fn backend_total(&self, index: usize) -> anyhow::Result<u64> {
-        let body = self.backend_debug(index).await?;
-        body["total"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))
+        debug_total(&self.backend_debug(index).await?)
     }
 
     /// How many HTTP requests all running backends (of both eras) received
@@ -811,10 +808,7 @@ impl Stack {
         }
         for (index, port) in self.ports.stateless_backends.iter().enumerate() {
             if self.stateless[index].is_some() {
-                let body = debug_document(*port).await?;
-                total += body["total"]
-                    .as_u64()
-                    .ok_or_else(|| anyhow!("stateless backend {index} reports no total"))?;
+                total += debug_total(&debug_document(*port).await?)?;
             }
         }
         Ok(total)
@@ -873,9 +867,7 @@ impl Stack {
                 continue;
             }
             let body = self.backend_debug(index).await?;
-            let total = body["total"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("backend {index} reports no total: {body}"))?;
+            let total = debug_total(&body)?;
             let mut requests = body["requests"].as_array().cloned().unwrap_or_default();
             let new = usize::try_from(total.saturating_sub(*before))?;
             if new > requests.len() {
@@ -1525,6 +1517,14 @@ async fn wait_demo_backend(process: &mut Process, port: u16) -> anyhow::Result<(
 /// Each session-era backend's request count at one moment.
 #[derive(Debug, Clone)]
 pub struct RequestMark(Vec<u64>);
+
+/// The count of every request a backend received since it started, from its
+/// `/_debug/requests` document (it never rolls over, unlike the request list).
+fn debug_total(document: &serde_json::Value) -> anyhow::Result<u64> {
+    document["total"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("a backend reports no total: {document}"))
+}
 
 /// A demo backend's `/_debug/requests` document.
 async fn debug_document(port: u16) -> anyhow::Result<serde_json::Value> {
