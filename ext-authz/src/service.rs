@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status;
-use gateway_core::handoff::{self, key};
+use gateway_core::handoff;
 use gateway_core::metrics::Labels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,10 +23,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Code, Request, Response};
 
-use crate::check::{
-    AUDIT_HEADER, Authorizer, BodyState, CallInfo, HOP_HEADER, HttpRequest, UNKNOWN_SESSION_RULE,
-    Verdict,
-};
+use crate::check::{Authorizer, BodyState, HttpRequest, UNKNOWN_SESSION_RULE, Verdict};
+use crate::reply::{Meta, Reply};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -333,119 +331,44 @@ fn session_digest(token: &str) -> String {
 }
 
 fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
-    match verdict {
-        Verdict::Allow(allowed) => {
-            let identity = &allowed.identity;
-            tracing::debug!(
-                method = request.method,
-                path = request.path,
-                rpc_method = allowed.call.rpc_method.as_deref(),
-                tool = allowed.call.tool.as_deref(),
-                subject = %identity.subject,
-                "allow"
-            );
-            let mut metadata = call_metadata(&allowed.call, "allow", allowed.rule.as_deref());
-            metadata.insert(key::SUBJECT.into(), string(&identity.subject));
-            if let Some(client_id) = &identity.client_id {
-                metadata.insert(key::CLIENT_ID.into(), string(client_id));
-            }
-            if let Some(ticket) = allowed.stream {
-                metadata.insert(key::STREAM.into(), string(&ticket.to_string()));
-            }
-            // Envoy's rate-limit filters count the request from these (its
-            // descriptor), and its 429 says them (Retry-After, the id).
-            if let Some(limit) = &allowed.rate_limit {
-                metadata.insert(key::RATE_LIMIT.into(), string(&limit.name));
-                metadata.insert(key::RATE_LIMIT_KEY.into(), string(&limit.key));
-                metadata.insert(key::RATE_LIMIT_HITS.into(), string(&limit.hits.to_string()));
-                metadata.insert(
-                    key::RATE_LIMIT_PERIOD.into(),
-                    string(&limit.period_secs.to_string()),
-                );
-                metadata.insert(key::RPC_ID.into(), string(&limit.rpc_id));
-            }
-            // The rest is for ext-proc alone: Envoy keeps no more than it needs
-            // on a request that does not reach it.
-            if allowed.hop.uses_proc() {
-                metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
-                metadata.insert(key::ISSUER.into(), string(&identity.issuer));
-                metadata.insert(key::SCOPES.into(), handoff::strings_value(&identity.scopes));
-                // ext-proc's rewrite rules may read claims (`jwt.email`).
-                metadata.insert(key::CLAIMS.into(), string(&identity.claims_json));
-            }
-            // ext-proc records what the backend answers (Envoy copies the
-            // answer to it): the record says who asked what.
-            if let Some(audit) = &allowed.audit {
-                if !allowed.hop.uses_proc() {
-                    metadata.insert(key::CALLS.into(), handoff::calls_value(&allowed.call.calls));
-                    metadata.insert(key::ISSUER.into(), string(&identity.issuer));
-                }
-                if let Some(trace_id) = &audit.trace_id {
-                    metadata.insert(key::TRACE_ID.into(), string(trace_id));
-                }
-            }
-            if let Some(session) = allowed.session.as_ref().filter(|_| allowed.hop.uses_proc()) {
-                metadata.insert(key::SESSION_TOKEN.into(), string(&session.token));
-                metadata.insert(key::SESSION_BACKEND_ID.into(), string(&session.backend_id));
-                metadata.insert(key::SESSION_UPSTREAM.into(), string(&session.upstream));
-            }
-            if let Some(task) = &allowed.task {
-                // Envoy's own answer when the task's backend is gone echoes the id.
-                let id = allowed.messages.first().and_then(|m| m.id.as_ref());
-                metadata
-                    .entry(key::RPC_ID.to_owned())
-                    .or_insert_with(|| string(&id.unwrap_or(&serde_json::Value::Null).to_string()));
-                metadata.insert(key::TASK_HANDLE.into(), string(&task.handle));
-                metadata.insert(key::TASK_ID.into(), string(&task.task_id));
-                metadata.insert(key::TASK_UPSTREAM.into(), string(&task.upstream));
-            }
-            if allowed.tasks_declared {
-                metadata.insert(key::TASKS_DECLARED.into(), string("1"));
-            }
-            let mut headers = allowed.set_headers;
-            headers.push((
-                HOP_HEADER.to_owned(),
-                allowed.hop.header_value(allowed.protocol.era).to_owned(),
-            ));
-            if allowed.audit.is_some() {
-                headers.push((AUDIT_HEADER.to_owned(), "1".to_owned()));
-            }
-            CheckResponse {
-                status: Some(status(Code::Ok)),
-                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: headers
-                        .into_iter()
-                        .map(|(key, value)| header(key, value))
-                        .collect(),
-                    headers_to_remove: allowed.remove_headers,
-                    ..Default::default()
-                })),
-                dynamic_metadata: Some(Struct { fields: metadata }),
-            }
-        }
-        Verdict::Deny(denied) => {
-            if denied.status >= 400 || denied.rule.is_some() {
-                tracing::info!(
-                    method = request.method,
-                    path = request.path,
-                    status = denied.status,
-                    rule = denied.rule.as_deref(),
-                    subject = denied.subject.as_deref(),
-                    rpc_method = denied.call.rpc_method.as_deref(),
-                    tool = denied.call.tool.as_deref(),
-                    reason = %denied.reason,
-                    "deny"
-                );
-            }
-            let mut metadata = call_metadata(&denied.call, denied.decision, denied.rule.as_deref());
-            metadata.insert(key::REASON.into(), string(&denied.reason));
-            if let Some(subject) = &denied.subject {
-                metadata.insert(key::SUBJECT.into(), string(subject));
-            }
-            if let Some(client_id) = &denied.client_id {
-                metadata.insert(key::CLIENT_ID.into(), string(client_id));
-            }
-            let code = match denied.status {
+    match &verdict {
+        Verdict::Allow(allowed) => tracing::debug!(
+            method = request.method,
+            path = request.path,
+            rpc_method = allowed.call.rpc_method.as_deref(),
+            tool = allowed.call.tool.as_deref(),
+            subject = %allowed.identity.subject,
+            "allow"
+        ),
+        Verdict::Deny(denied) if denied.status >= 400 || denied.rule.is_some() => tracing::info!(
+            method = request.method,
+            path = request.path,
+            status = denied.status,
+            rule = denied.rule.as_deref(),
+            subject = denied.subject.as_deref(),
+            rpc_method = denied.call.rpc_method.as_deref(),
+            tool = denied.call.tool.as_deref(),
+            reason = %denied.reason,
+            "deny"
+        ),
+        Verdict::Deny(_) => {}
+    }
+    match Reply::of(verdict) {
+        Reply::Allow(forward) => CheckResponse {
+            status: Some(status(Code::Ok)),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: forward
+                    .set_headers
+                    .into_iter()
+                    .map(|(key, value)| header(key, value))
+                    .collect(),
+                headers_to_remove: forward.remove_headers,
+                ..Default::default()
+            })),
+            dynamic_metadata: Some(structure(forward.metadata)),
+        },
+        Reply::Deny(local) => {
+            let code = match local.status {
                 401 => Code::Unauthenticated,
                 429 => Code::ResourceExhausted,
                 400 => Code::InvalidArgument,
@@ -457,34 +380,34 @@ fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckResponse {
                 status: Some(status(code)),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus {
-                        code: i32::from(denied.status),
+                        code: i32::from(local.status),
                     }),
-                    headers: denied
+                    headers: local
                         .headers
                         .into_iter()
                         .map(|(key, value)| header(key, value))
                         .collect(),
-                    body: denied.body,
+                    body: local.body,
                 })),
-                dynamic_metadata: Some(Struct { fields: metadata }),
+                dynamic_metadata: Some(structure(local.metadata)),
             }
         }
     }
 }
 
-fn call_metadata(call: &CallInfo, decision: &str, rule: Option<&str>) -> HashMap<String, Value> {
-    let mut fields = HashMap::new();
-    fields.insert(key::DECISION.to_owned(), string(decision));
-    if let Some(rule) = rule {
-        fields.insert(key::RULE.to_owned(), string(rule));
-    }
-    if let Some(m) = &call.rpc_method {
-        fields.insert(key::RPC_METHOD.to_owned(), string(m));
-    }
-    if let Some(t) = &call.tool {
-        fields.insert(key::TOOL.to_owned(), string(t));
-    }
-    fields
+fn structure(metadata: Vec<(&'static str, Meta)>) -> Struct {
+    let fields = metadata
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Meta::Text(text) => handoff::string(&text),
+                Meta::Calls(calls) => handoff::calls_value(&calls),
+                Meta::Strings(items) => handoff::strings_value(&items),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    Struct { fields }
 }
 
 fn source_address(
@@ -521,10 +444,6 @@ fn status(code: Code) -> Status {
         code: code as i32,
         ..Default::default()
     }
-}
-
-fn string(s: &str) -> Value {
-    handoff::string(s)
 }
 
 #[cfg(test)]

@@ -143,6 +143,13 @@ impl CallerStreams {
         }
     }
 
+    /// The stream with `ticket` ended, seen in process (Envoy's in-process
+    /// filter): closes it and wakes callers waiting for a slot.
+    pub fn ended(&self, ticket: u64) {
+        self.close(ticket);
+        self.closed_some();
+    }
+
     /// Wakes callers waiting for a slot (after a batch of ends).
     fn closed_some(&self) {
         self.heard.store(true, Ordering::Relaxed);
