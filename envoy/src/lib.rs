@@ -9,6 +9,9 @@
 //! The shipped variants ([`SHIPPED`]) are written by `cargo xtask envoy-config` and
 //! checked against the source by this crate's tests.
 
+mod in_process;
+pub use in_process::{FILTER_NAME, MODULE_NAME, in_process_authz};
+
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;

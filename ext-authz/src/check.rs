@@ -376,33 +376,20 @@ impl Authorizer {
         self
     }
 
+    /// The largest request body the gateway judges (a larger one is 413).
+    pub fn max_body_bytes(&self) -> usize {
+        self.limits.max_body_bytes
+    }
+
     pub fn authenticator(&self) -> &Authenticator {
         &self.authenticator
     }
 
     /// Decides on one request.
     pub async fn check(&self, request: &HttpRequest<'_>) -> Verdict {
-        if !self.edge.origin_allowed(request.origin) {
-            return Verdict::Deny(refusal(403, "origin not allowed"));
-        }
-        let path = request.path.split('?').next().unwrap_or_default();
-        if let Err(why) = normalized(path) {
-            return Verdict::Deny(refusal(400, why));
-        }
-        if path.starts_with(METADATA_PATH) {
-            return Verdict::Deny(self.metadata.serve(request.method, path));
-        }
-        if !matches!(request.method, "POST" | "GET" | "DELETE") {
-            let mut denied = refusal(405, "method not allowed: use POST, GET or DELETE");
-            denied
-                .headers
-                .push(("allow".to_owned(), "POST, GET, DELETE, OPTIONS".to_owned()));
-            return Verdict::Deny(denied);
-        }
-        let identity = match self.authenticator.authenticate(request.authorization).await {
-            Ok(identity) => identity,
-            // Nothing of the body is read for a caller who is not authenticated.
-            Err(err) => return Verdict::Deny(self.metadata.challenge(CallInfo::default(), &err)),
+        let (path, identity) = match self.admit(request).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
         let verdict = match self.check_authenticated(request, path, identity.clone()) {
             Verdict::Allow(allowed) => self.route(allowed, request, path).await,
@@ -416,6 +403,47 @@ impl Authorizer {
                 Verdict::Deny(denied)
             }
             allowed => allowed,
+        }
+    }
+
+    /// What [`Authorizer::check`] answers from a request's headers alone, before
+    /// its body is read: a refusal (or the metadata document), or `None` when
+    /// the caller is authenticated and the body decides. A host that reads the
+    /// body itself asks this first, so nothing of a body is buffered for a
+    /// caller who is not authenticated.
+    pub async fn answer_from_headers(&self, request: &HttpRequest<'_>) -> Option<Verdict> {
+        self.admit(request).await.err()
+    }
+
+    /// The request's path (query excluded) and its authenticated caller, or the
+    /// answer to a request refused from its headers.
+    async fn admit<'r>(
+        &self,
+        request: &HttpRequest<'r>,
+    ) -> Result<(&'r str, Arc<Identity>), Verdict> {
+        if !self.edge.origin_allowed(request.origin) {
+            return Err(Verdict::Deny(refusal(403, "origin not allowed")));
+        }
+        let path = request.path.split('?').next().unwrap_or_default();
+        if let Err(why) = normalized(path) {
+            return Err(Verdict::Deny(refusal(400, why)));
+        }
+        if path.starts_with(METADATA_PATH) {
+            return Err(Verdict::Deny(self.metadata.serve(request.method, path)));
+        }
+        if !matches!(request.method, "POST" | "GET" | "DELETE") {
+            let mut denied = refusal(405, "method not allowed: use POST, GET or DELETE");
+            denied
+                .headers
+                .push(("allow".to_owned(), "POST, GET, DELETE, OPTIONS".to_owned()));
+            return Err(Verdict::Deny(denied));
+        }
+        match self.authenticator.authenticate(request.authorization).await {
+            Ok(identity) => Ok((path, identity)),
+            // Nothing of the body is read for a caller who is not authenticated.
+            Err(err) => Err(Verdict::Deny(
+                self.metadata.challenge(CallInfo::default(), &err),
+            )),
         }
     }
 }

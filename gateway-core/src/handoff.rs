@@ -107,9 +107,57 @@ pub fn calls_value(calls: &[Call]) -> Value {
     list(calls.iter().map(item).collect())
 }
 
-/// The calls from a metadata value; anything malformed is skipped (ext-authz is
-/// the only writer, so there is nothing to be lenient about, but no panic either).
+/// The calls as JSON text, for a writer that can set only strings (Envoy's
+/// dynamic-module ABI): [`calls_of`] reads it back as the list. JSON, not a
+/// joined string, so no value can forge a separator.
+pub fn calls_json(calls: &[Call]) -> String {
+    let items: Vec<serde_json::Value> = calls
+        .iter()
+        .map(|call| {
+            let mut fields = serde_json::Map::new();
+            for (name, value) in [
+                ("id", &call.id),
+                ("method", &call.method),
+                ("tool", &call.tool),
+                ("arguments_sha256", &call.arguments_sha256),
+            ] {
+                if let Some(value) = value {
+                    fields.insert(name.to_owned(), value.clone().into());
+                }
+            }
+            serde_json::Value::Object(fields)
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+/// Strings as JSON text (see [`calls_json`]); [`strings_of`] reads it back.
+pub fn strings_json(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
+
+/// The calls from a metadata value (a list, or its JSON text); anything
+/// malformed is skipped (ext-authz is the only writer, so there is nothing to
+/// be lenient about, but no panic either).
 pub fn calls_of(value: &Value) -> Vec<Call> {
+    if let Some(Kind::StringValue(json)) = &value.kind {
+        let Ok(serde_json::Value::Array(items)) = serde_json::from_str(json) else {
+            return Vec::new();
+        };
+        let text = |item: &serde_json::Value, name: &str| {
+            item.get(name).and_then(|v| v.as_str()).map(str::to_owned)
+        };
+        return items
+            .iter()
+            .filter(|item| item.is_object())
+            .map(|item| Call {
+                id: text(item, "id"),
+                method: text(item, "method"),
+                tool: text(item, "tool"),
+                arguments_sha256: text(item, "arguments_sha256"),
+            })
+            .collect();
+    }
     let Some(Kind::ListValue(items)) = &value.kind else {
         return Vec::new();
     };
@@ -133,9 +181,12 @@ pub fn strings_value(items: &[String]) -> Value {
     list(items.iter().map(|s| string(s)).collect())
 }
 
-/// Strings from a metadata list.
+/// Strings from a metadata list (or its JSON text).
 pub fn strings_of(value: &Value) -> Vec<String> {
     match &value.kind {
+        Some(Kind::StringValue(json)) => {
+            serde_json::from_str::<Vec<String>>(json).unwrap_or_default()
+        }
         Some(Kind::ListValue(items)) => items
             .values
             .iter()
@@ -191,6 +242,13 @@ mod tests {
         ];
         let back = calls_of(&calls_value(&calls));
         assert_eq!(back, calls, "a tool name with a comma stays one name");
+        // As the in-process filter writes them: JSON text.
+        assert_eq!(calls_of(&string(&calls_json(&calls))), calls);
+        assert_eq!(
+            strings_of(&string(&strings_json(&["a,b".into(), "\"c\"".into()]))),
+            vec!["a,b", "\"c\""]
+        );
+        assert!(calls_of(&string("not json")).is_empty());
         assert!(back[0].answered_by(&json!(1)));
         assert!(!back[0].answered_by(&json!("1")));
         assert_eq!(

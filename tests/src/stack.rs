@@ -124,6 +124,9 @@ pub struct StackOptions {
     /// file in the work directory unless the config closure moves it. Off for
     /// most tests: a pinned pool refuses calls to tools not listed first.
     pub tool_pins: bool,
+    /// ext-authz inside Envoy (the `mcp_gateway` dynamic module from `bin_dir`)
+    /// in place of the ext_authz filter and the ext-authz sidecar.
+    pub authz_in_process: bool,
 }
 
 /// How [`Stack::shut_down`] went.
@@ -187,6 +190,7 @@ impl StackOptions {
             upstream_credentials: false,
             rate_limits: false,
             tool_pins: false,
+            authz_in_process: false,
         })
     }
 
@@ -233,6 +237,7 @@ pub struct Stack {
     upstream_credentials: bool,
     rate_limits: bool,
     tool_pins: bool,
+    authz_in_process: bool,
     work: PathBuf,
     temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -333,6 +338,7 @@ impl Stack {
             upstream_credentials: options.upstream_credentials,
             rate_limits: options.rate_limits,
             tool_pins: options.tool_pins,
+            authz_in_process: options.authz_in_process,
             work: work.clone(),
             temp,
             http: https_client()?,
@@ -374,7 +380,9 @@ impl Stack {
                 .map(|_| None)
                 .collect();
         }
-        stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
+        if !options.authz_in_process {
+            stack.ext_authz = Some(stack.spawn_sidecar("ext-authz")?);
+        }
         stack.ext_proc = Some(stack.spawn_sidecar("ext-proc")?);
         stack.envoy = Some(stack.spawn_envoy(options.envoy_concurrency)?);
 
@@ -383,7 +391,9 @@ impl Stack {
                 stack.wait_backend(index).await?;
             }
         }
-        stack.wait_sidecar("ext-authz").await?;
+        if !options.authz_in_process {
+            stack.wait_sidecar("ext-authz").await?;
+        }
         stack.wait_sidecar("ext-proc").await?;
         stack.wait_envoy().await?;
         for index in 0..stack.stateless.len() {
@@ -1255,10 +1265,14 @@ impl Stack {
             &gateway_config.display().to_string(),
             &std::fs::read_to_string(&gateway_config)?,
         )?;
-        std::fs::write(
-            self.envoy_config_path(),
-            envoy_bootstrap::render(&profile, &edge)?,
-        )?;
+        let mut rendered = envoy_bootstrap::render(&profile, &edge)?;
+        if self.authz_in_process {
+            rendered = envoy_bootstrap::in_process_authz(
+                &rendered,
+                &gateway_config.display().to_string(),
+            )?;
+        }
+        std::fs::write(self.envoy_config_path(), rendered)?;
         Ok(())
     }
 
@@ -1366,6 +1380,11 @@ impl Stack {
             .arg(self.envoy_config_path())
             .args(["--disable-hot-restart", "--log-level", "warning"])
             .current_dir(paths::repo_root());
+        if self.authz_in_process {
+            // `libmcp_gateway.so` is built next to the sidecars.
+            command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", &self.bin_dir);
+            command.envs(self.sidecar_env.iter().map(|(k, v)| (k, v)));
+        }
         if let Some(n) = concurrency {
             command.args(["--concurrency", &n.to_string()]);
         }

@@ -10,6 +10,7 @@ mod e2e {
     mod envoy_configs;
     mod eras;
     mod foundation;
+    mod in_process;
     mod login;
     mod metrics;
     mod policy;

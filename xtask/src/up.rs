@@ -47,6 +47,7 @@ impl Up {
                 upstream_credentials: true,
                 rate_limits: true,
                 tool_pins: true,
+                authz_in_process: false,
             };
             let mut stack = Stack::start(options).await?;
             let _prometheus = match self.with_metrics {

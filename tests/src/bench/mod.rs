@@ -226,6 +226,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         upstream_credentials: options.upstream_credentials,
         rate_limits: false,
         tool_pins: false,
+        authz_in_process: false,
     })
     .await
     .context("starting the gateway (C)")?;
