@@ -121,7 +121,16 @@ impl E2e {
         // The virtualenv's Envoy and the dev certificates; the builds follow.
         Setup { no_build: true }.run()?;
         let mut build = cargo();
-        build.args(["build", "--release", "-p", "ext-authz", "-p", "ext-proc"]);
+        build.args([
+            "build",
+            "--release",
+            "-p",
+            "ext-authz",
+            "-p",
+            "ext-proc",
+            "-p",
+            "envoy-module",
+        ]);
         run(build)?;
         // Separately: `--bin` would narrow the build above to these two.
         let mut build = cargo();

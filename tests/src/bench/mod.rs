@@ -126,7 +126,7 @@ pub const WORKLOADS: [Workload; 8] = [
 ];
 
 /// The configurations, in the order they run within a round.
-pub const CONFIGS: [&str; 3] = ["A", "B", "C"];
+pub const CONFIGS: [&str; 4] = ["A", "B", "C", "D"];
 
 /// One configuration under test: where to send load, which processes to account.
 struct Target {
@@ -159,7 +159,13 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         }
         chosen
     };
-    for binary in ["ext-authz", "ext-proc", "fast_backend", "e2e_load"] {
+    for binary in [
+        "ext-authz",
+        "ext-proc",
+        "fast_backend",
+        "e2e_load",
+        "libmcp_gateway.so",
+    ] {
         if !options.bin_dir.join(binary).exists() {
             bail!("{} is missing", options.bin_dir.join(binary).display());
         }
@@ -230,6 +236,26 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     })
     .await
     .context("starting the gateway (C)")?;
+    // D: the same gateway with ext-authz inside Envoy, a replica of C (its
+    // issuer, the same fast backend, the same public URL: one token for all).
+    let mut in_process = gateway.replica_options()?;
+    in_process.bin_dir = options.bin_dir.clone();
+    in_process.envoy_concurrency = Some(1);
+    in_process.gateway_cpus = pinned.then(|| "0".to_owned());
+    in_process.upstream_credentials = options.upstream_credentials;
+    in_process.authz_in_process = true;
+    {
+        let (audit_results, header_only) = (options.audit_results, options.header_only);
+        in_process.also_configure(move |config| {
+            config["audit"]["results"] = audit_results.into();
+            if !header_only {
+                config["edge"]["header_only"] = serde_yaml_ng::Value::Sequence(Vec::new());
+            }
+        });
+    }
+    let gateway_d = Stack::start(in_process)
+        .await
+        .context("starting the gateway with ext-authz in Envoy (D)")?;
     let token = gateway.token("bench-user", "mcp:tools").await?;
     let bootstrap = std::fs::read_to_string(gateway.work_dir().join("envoy.yaml"))
         .context("the gateway's rendered Envoy bootstrap")?;
@@ -290,6 +316,12 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         name: "C",
         url: gateway.url(),
         pids: gateway.gateway_pids(),
+    });
+    targets.push(Target {
+        name: "D",
+        // D's own listener, C's public URL in its tokens.
+        url: format!("https://localhost:{}/mcp", gateway_d.ports().listener),
+        pids: gateway_d.gateway_pids(),
     });
 
     preflight(&gateway, &targets, &token).await?;
@@ -399,6 +431,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
 
     // Stop the peers' Envoys before the gateway and the backend, as a test would.
     drop(envoys);
+    drop(gateway_d);
     drop(gateway);
     drop(backend);
     let failed: Vec<String> = runs

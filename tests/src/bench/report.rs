@@ -128,6 +128,9 @@ pub struct Ratios {
     pub b_over_a: Option<f64>,
     /// Median over rounds of C's p50 minus B's, in µs.
     pub p50_c_minus_b: Option<f64>,
+    /// The same for D, the gateway with ext-authz inside Envoy.
+    pub d_over_b: Option<f64>,
+    pub p50_d_minus_b: Option<f64>,
 }
 
 pub struct Summary {
@@ -215,6 +218,10 @@ pub fn summarize(workloads: &[Workload], runs: &[Run]) -> Summary {
                 p50_c_minus_b: pair("C", "B", &|a, b| {
                     Some(a.micros("p50_us") - b.micros("p50_us"))
                 }),
+                d_over_b: pair("D", "B", &ratio),
+                p50_d_minus_b: pair("D", "B", &|a, b| {
+                    Some(a.micros("p50_us") - b.micros("p50_us"))
+                }),
             },
         ));
     }
@@ -237,6 +244,7 @@ impl Summary {
             "ratios": self.ratios.iter().map(|(workload, r)| json!({
                 "workload": workload, "c_over_b_rps": r.c_over_b, "c_over_a_rps": r.c_over_a,
                 "b_over_a_rps": r.b_over_a, "p50_c_minus_b_us": r.p50_c_minus_b,
+                "d_over_b_rps": r.d_over_b, "p50_d_minus_b_us": r.p50_d_minus_b,
             })).collect::<Vec<_>>(),
         })
     }
@@ -246,11 +254,12 @@ impl Summary {
 pub fn markdown(machine: &Machine, options: &Options, summary: &Summary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Machine: {machine}.\nMedians of {} interleaved rounds (A, B, C) of {} s each after {} ms of warm-up; \
+        "Machine: {machine}.\nMedians of {} interleaved rounds (A, B, C, D) of {} s each after {} ms of warm-up; \
          `tools/call {}`: call-* ~150 B with a session id, stateless-* ~250 B of 2026-07-28 without one \
          (C {}); SSE: 5 events, {} ms apart.\n\
          A = Envoy TLS passthrough, B = Envoy jwt_authn + mcp + rbac + stateful_session (envelope), \
-         C = this gateway (Envoy + ext-authz + ext-proc, demo rules).\n\n",
+         C = this gateway (Envoy + ext-authz + ext-proc, demo rules), \
+         D = C with ext-authz inside Envoy (the mcp_gateway module; Envoy + ext-proc).\n\n",
         options.rounds,
         options.seconds,
         options.warmup_ms,
@@ -291,19 +300,21 @@ pub fn markdown(machine: &Machine, options: &Options, summary: &Summary) -> Stri
     }
     out.push_str(
         "\nWithin-round ratios (median over rounds):\n\n\
-         | workload | C/B req/s | C/A req/s | B/A req/s | p50 C − B µs |\n\
-         |---|---:|---:|---:|---:|\n",
+         | workload | C/B req/s | D/B req/s | C/A req/s | B/A req/s | p50 C − B µs | p50 D − B µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
     );
     let show = |v: Option<f64>, digits: usize| {
         v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
     };
     for (workload, r) in &summary.ratios {
         out.push_str(&format!(
-            "| {workload} | {} | {} | {} | {} |\n",
+            "| {workload} | {} | {} | {} | {} | {} | {} |\n",
             show(r.c_over_b, 2),
+            show(r.d_over_b, 2),
             show(r.c_over_a, 2),
             show(r.b_over_a, 2),
-            show(r.p50_c_minus_b, 0)
+            show(r.p50_c_minus_b, 0),
+            show(r.p50_d_minus_b, 0)
         ));
     }
     let disturbed: usize = summary.cells.iter().map(|(_, _, c)| c.disturbed).sum();

@@ -370,10 +370,24 @@ struct Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_call_costs_one_sidecar_hop_and_no_answer_carries_a_backends_session_id() {
+    plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack().await).await;
+}
+
+/// The same with ext-authz inside Envoy: a plain call costs no sidecar hop at
+/// all, and the same requests (and only those) pass ext-proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_a_plain_call_costs_no_sidecar_hop_and_no_answer_carries_a_backends_session_id()
+ {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.authz_in_process = true;
+    let stack = Stack::start(options).await.expect("stack starts");
+    plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack).await;
+}
+
+async fn plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack: Stack) {
     // The demo config: tools/list is filtered per caller, `say` is redacted,
     // `add` is clamped, `subtract` is validated, and redactions apply to the
     // GET stream (messages of unknown origin).
-    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");
     let mut answers = Vec::new();
