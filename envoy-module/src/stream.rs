@@ -42,6 +42,13 @@ const DETAILS: &str = "mcp_gateway_authz";
 /// The event id of "the verdict is ready" (the only event scheduled).
 const VERDICT_READY: u64 = 1;
 
+/// How much body is buffered for a caller whose token could not be verified
+/// from the headers without I/O (a key the gateway has not fetched yet, or a
+/// forged token naming one): enough for a small call signed by a freshly
+/// rotated key, as the sidecar's header-time gate allows; more is judged from
+/// this prefix (401, or 503 with `Retry-After` if the token turns out good).
+const UNVERIFIED_BODY_BYTES: usize = 16 * 1024;
+
 /// One stream's state. Envoy may re-enter a hook while another runs (a local
 /// reply completes the stream), so state lives in cells, never borrowed
 /// across a call into Envoy.
@@ -50,6 +57,11 @@ pub struct Filter {
     request: RefCell<Option<OwnedRequest>>,
     /// Bytes of body seen so far.
     body_bytes: Cell<usize>,
+    /// The most body buffered before the request is judged from what came.
+    body_limit: Cell<usize>,
+    /// Whether the caller was authenticated from the headers (else the body is
+    /// held to [`UNVERIFIED_BODY_BYTES`]).
+    verified: Cell<bool>,
     /// The verdict reached on the runtime, for `on_http_filter_scheduled`.
     ready: Arc<Mutex<Option<Reply>>>,
     /// The caller's stream this request counts as, released when it ends.
@@ -64,6 +76,8 @@ impl Filter {
             host,
             request: RefCell::new(None),
             body_bytes: Cell::new(0),
+            body_limit: Cell::new(0),
+            verified: Cell::new(false),
             ready: Arc::new(Mutex::new(None)),
             ticket: Cell::new(None),
             decided: Cell::new(false),
@@ -83,9 +97,16 @@ impl Filter {
         let early = poll_once(&self.host, async move {
             authorizer.answer_from_headers(&view_only.view()).await
         });
-        if let Some(Some(verdict)) = early {
-            self.apply(envoy, Reply::of(verdict));
-            return Next::Hold;
+        match early {
+            Some(Some(verdict)) => {
+                self.apply(envoy, Reply::of(verdict));
+                return Next::Hold;
+            }
+            Some(None) => {
+                self.verified.set(true);
+                self.body_limit.set(self.host.authorizer.max_body_bytes());
+            }
+            None => self.body_limit.set(UNVERIFIED_BODY_BYTES),
         }
         *self.request.borrow_mut() = Some(request);
         Next::Buffer
@@ -95,7 +116,7 @@ impl Filter {
         if self.decided.get() {
             return Next::Hold;
         }
-        let limit = self.host.authorizer.max_body_bytes();
+        let limit = self.body_limit.get();
         let seen = self.body_bytes.get() + envoy.received_request_body_len();
         self.body_bytes.set(seen);
         if !end_of_stream && seen <= limit {
@@ -104,11 +125,16 @@ impl Filter {
         let Some(mut request) = self.request.borrow_mut().take() else {
             return Next::Continue;
         };
-        if seen > limit {
+        if seen <= limit {
+            request.body = envoy.request_body();
+        } else if self.verified.get() {
             // Judged as too large (413) without reading more of it.
             request.body_state = BodyState::TooLarge;
         } else {
+            // Judged from its beginning: the token decides (see
+            // `UNVERIFIED_BODY_BYTES`), and no more is read.
             request.body = envoy.request_body();
+            request.body_state = BodyState::Prefix;
         }
         self.judge(envoy, request)
     }

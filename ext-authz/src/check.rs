@@ -376,9 +376,12 @@ impl Authorizer {
         self
     }
 
-    /// The largest request body the gateway judges (a larger one is 413).
+    /// The largest request body the gateway takes from an authenticated
+    /// caller (a larger one is 413): the edge's limit, which Envoy's ext_authz
+    /// filter enforces before a Check, or the parser's if that is smaller.
     pub fn max_body_bytes(&self) -> usize {
-        self.limits.max_body_bytes
+        let edge = usize::try_from(self.edge.max_request_bytes).unwrap_or(usize::MAX);
+        edge.min(self.limits.max_body_bytes)
     }
 
     pub fn authenticator(&self) -> &Authenticator {

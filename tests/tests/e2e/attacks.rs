@@ -13,6 +13,14 @@ use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// Options for a stack with ext-authz inside Envoy (the `mcp_gateway` module):
+/// every attack below that the check answers is tried against both.
+fn in_process() -> StackOptions {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.authz_in_process = true;
+    options
+}
+
 async fn stack_with(rules: Option<&str>) -> Stack {
     let mut options = StackOptions::for_test().expect("free ports");
     options.rules = rules.map(str::to_owned);
@@ -66,7 +74,15 @@ fn stalled_body() -> reqwest::Body {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_no_memory() {
-    let stack = stack_with(None).await;
+    anonymous_slow_bodies(stack_with(None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_check_in_envoy_anonymous_slow_bodies_get_401_and_cost_almost_no_memory() {
+    anonymous_slow_bodies(Stack::start(in_process()).await.expect("stack starts")).await;
+}
+
+async fn anonymous_slow_bodies(stack: Stack) {
     let session = stack.session("alice").await.expect("legitimate session");
     // One call first: the gateway learns the tool's schema (it asks the backend
     // for tools/list once), so what follows counts only what is sent.
@@ -491,7 +507,15 @@ async fn identity_header_variants_with_underscores_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_bounded_by_who_sends_them() {
-    let stack = stack_with(None).await;
+    bodies_are_bounded(stack_with(None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_bodies_are_bounded_by_who_sends_them() {
+    bodies_are_bounded(Stack::start(in_process()).await.expect("stack starts")).await;
+}
+
+async fn bodies_are_bounded(stack: Stack) {
     let session = stack.session("alice").await.expect("session");
     // An authenticated caller may send up to the configured 1 MiB.
     let padding = "x".repeat(600 * 1024);
@@ -529,8 +553,16 @@ async fn bodies_are_bounded_by_who_sends_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
+    stream_cap(StackOptions::for_test().expect("free ports")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_one_caller_cannot_hold_more_than_its_share_of_open_streams() {
+    stream_cap(in_process()).await;
+}
+
+async fn stream_cap(mut options: StackOptions) {
     const CAP: usize = 3;
-    let mut options = StackOptions::for_test().expect("free ports");
     options.gateway_config = Box::new(|config| {
         config["ext_proc"]["max_streams_per_caller"] = (CAP as u64).into();
     });
