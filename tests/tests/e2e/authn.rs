@@ -13,6 +13,14 @@ async fn stack() -> Stack {
         .expect("stack starts")
 }
 
+/// A stack with ext-authz inside Envoy (the `mcp_gateway` module): the tests
+/// that name it expect the same answers from it.
+async fn stack_in_envoy() -> Stack {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.authz_in_process = true;
+    Stack::start(options).await.expect("stack starts")
+}
+
 fn metadata_url(stack: &Stack) -> String {
     format!(
         "{}/.well-known/oauth-protected-resource/mcp",
@@ -47,7 +55,15 @@ async fn backend_requests(stack: &Stack) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_client_is_told_where_to_get_one() {
-    let stack = stack().await;
+    without_a_token(stack().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_without_a_token_the_client_is_told_where_to_get_one() {
+    without_a_token(stack_in_envoy().await).await;
+}
+
+async fn without_a_token(stack: Stack) {
     let response = post_initialize(&stack, None).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
@@ -86,7 +102,15 @@ async fn without_a_token_the_client_is_told_where_to_get_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_invalid_token_and_reach_no_backend() {
-    let stack = stack().await;
+    bad_tokens(stack().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_bad_tokens_get_invalid_token_and_reach_no_backend() {
+    bad_tokens(stack_in_envoy().await).await;
+}
+
+async fn bad_tokens(stack: Stack) {
     let expired = stack
         .token_with_claims("alice", "mcp:tools", &[("ttl", "-120")])
         .await
@@ -201,7 +225,15 @@ async fn the_backend_gets_the_identity_never_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
-    let mut stack = stack().await;
+    rotated_key(stack().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
+    rotated_key(stack_in_envoy().await).await;
+}
+
+async fn rotated_key(mut stack: Stack) {
     let before = stack.token("alice", "mcp:tools").await.expect("token");
     assert_eq!(
         post_initialize(&stack, Some(&format!("Bearer {before}")))
