@@ -203,7 +203,18 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged() {
-    let stack = stack_with(Some(ADMIN_RULES)).await;
+    unnormalized_paths(stack_with(Some(ADMIN_RULES)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged()
+{
+    let mut options = in_process();
+    options.rules = Some(ADMIN_RULES).map(str::to_owned);
+    unnormalized_paths(Stack::start(options).await.expect("stack starts")).await;
+}
+
+async fn unnormalized_paths(stack: Stack) {
     let alice = stack.token("alice", "mcp:tools").await.expect("token");
     let root = stack.token("root", "mcp:tools").await.expect("token");
     let base = stack.base_url();
@@ -692,7 +703,17 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
-    let stack = stack_with(None).await;
+    routing_headers(stack_with(None).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_a_client_cannot_steer_the_gateways_own_routing_headers() {
+    let mut options = in_process();
+    options.rules = None.map(str::to_owned);
+    routing_headers(Stack::start(options).await.expect("stack starts")).await;
+}
+
+async fn routing_headers(stack: Stack) {
     let session = stack.session("alice").await.expect("session");
     let token = session.token().to_owned();
     let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");

@@ -13,6 +13,13 @@ async fn both_eras() -> Stack {
         .expect("stack starts")
 }
 
+/// Both eras with ext-authz inside Envoy (the `mcp_gateway` module).
+async fn both_eras_in_envoy() -> Stack {
+    let mut options = StackOptions::with_stateless(1).expect("free ports");
+    options.authz_in_process = true;
+    Stack::start(options).await.expect("stack starts")
+}
+
 /// The outcome of each call in a `dev/client.py` report, by position.
 fn outcomes(report: &Value) -> Vec<Value> {
     report["calls"].as_array().cloned().unwrap_or_default()
@@ -97,7 +104,16 @@ fn stateless_call(tool: &str, arguments: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold() {
-    let stack = both_eras().await;
+    sdk_2_client(both_eras().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold()
+ {
+    sdk_2_client(both_eras_in_envoy().await).await;
+}
+
+async fn sdk_2_client(stack: Stack) {
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let calls = [
         ("add", json!({"a": 2, "b": 3})),
@@ -194,7 +210,16 @@ async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend()
  {
-    let stack = both_eras().await;
+    mirrored_headers(both_eras().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend()
+ {
+    mirrored_headers(both_eras_in_envoy().await).await;
+}
+
+async fn mirrored_headers(stack: Stack) {
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // The demo policy denies add with a >= 1000 and allows it below. A header
     // naming an allowed tool over a denied call must not help it; a header that
@@ -448,7 +473,16 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says() {
-    let stack = both_eras().await;
+    stateless_rewrites(both_eras().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says()
+ {
+    stateless_rewrites(both_eras_in_envoy().await).await;
+}
+
+async fn stateless_rewrites(stack: Stack) {
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let report = stack
         .python_sdk2_calls(
