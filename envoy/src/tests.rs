@@ -421,3 +421,67 @@ fn header_only_calls_get_routes_of_their_own_before_the_verified_post() {
     }));
     assert!(http_filters(&doc).contains(&"envoy.filters.http.mcp".to_owned()));
 }
+
+#[test]
+fn in_process_the_module_replaces_ext_authz_its_gate_and_every_route_setting_for_them() {
+    let doc = yaml(
+        &in_process_authz(&rendered("envoy/profiles/local.yaml"), "dev/gateway.yaml")
+            .expect("renders"),
+    );
+    let filters = http_filters(&doc);
+    assert!(filters.contains(&FILTER_NAME.to_owned()), "{filters:?}");
+    for gone in [
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.mcp",
+    ] {
+        assert!(!filters.iter().any(|f| f == gone), "{gone} in {filters:?}");
+    }
+    // In the same place in the chain: after CORS and before ext_proc.
+    let at = |name: &str| filters.iter().position(|f| f == name).expect(name);
+    assert!(at("envoy.filters.http.cors") < at(FILTER_NAME));
+    assert!(at(FILTER_NAME) < at("envoy.filters.http.ext_proc"));
+    let module = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][at(FILTER_NAME)]["typed_config"];
+    assert_eq!(
+        module["dynamic_module_config"]["name"].as_str(),
+        Some(MODULE_NAME)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(module["filter_config"]["value"].as_str().expect("config"))
+            .expect("JSON");
+    assert_eq!(config["gateway_config"], "dev/gateway.yaml");
+
+    let text = serde_yaml_ng::to_string(&doc).expect("YAML");
+    for gone in [
+        "ExtAuthzPerRoute",
+        "jwt_authn",
+        "mcp-header-only-",
+        "stream-ends",
+    ] {
+        assert!(
+            !text.contains(gone),
+            "{gone} left in the in-process bootstrap"
+        );
+    }
+    // The routes picked on ext-authz's answer stay, and the verified POST no
+    // longer waits for the gate's mark.
+    let routes = routes_of(&doc);
+    let route = |name: &str| {
+        routes
+            .iter()
+            .find(|r| r["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("route {name}"))
+    };
+    route("mcp-proc-post");
+    route("mcp-stateless");
+    assert!(route("mcp-verified-post")["match"]["dynamic_metadata"].is_null());
+
+    assert!(
+        matches!(
+            in_process_authz("static_resources: {listeners: []}", "g.yaml"),
+            Err(BootstrapError::Source(_))
+        ),
+        "a bootstrap without the https listener is refused"
+    );
+}

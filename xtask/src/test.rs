@@ -35,9 +35,10 @@ impl Test {
         run(clippy)?;
         // Binaries and test harnesses in one build: with the test targets selected,
         // dev-dependency features unify, so the runner below reuses every artifact
-        // instead of compiling the dependency graph a second time.
+        // instead of compiling the dependency graph a second time. `--lib`
+        // for the Envoy module (`libmcp_gateway.so`), which no target depends on.
         let mut build = cargo();
-        build.args(["build", "--workspace", "--bins", "--tests"]);
+        build.args(["build", "--workspace", "--lib", "--bins", "--tests"]);
         run(build)?;
         let mut tests = cargo();
         if has_nextest() {
