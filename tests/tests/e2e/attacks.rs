@@ -210,7 +210,7 @@ async fn encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged() {
 async fn with_the_check_in_envoy_encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged()
 {
     let mut options = in_process();
-    options.rules = Some(ADMIN_RULES).map(str::to_owned);
+    options.rules = Some(ADMIN_RULES.to_owned());
     unnormalized_paths(Stack::start(options).await.expect("stack starts")).await;
 }
 
@@ -708,9 +708,7 @@ async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_check_in_envoy_a_client_cannot_steer_the_gateways_own_routing_headers() {
-    let mut options = in_process();
-    options.rules = None.map(str::to_owned);
-    routing_headers(Stack::start(options).await.expect("stack starts")).await;
+    routing_headers(Stack::start(in_process()).await.expect("stack starts")).await;
 }
 
 async fn routing_headers(stack: Stack) {
