@@ -123,7 +123,10 @@ impl Filter {
             return Next::Buffer;
         }
         let Some(mut request) = self.request.borrow_mut().take() else {
-            return Next::Continue;
+            // Judged already from a prefix or as too large, the verdict not in
+            // yet: it is a refusal whatever comes, so the rest is neither
+            // buffered nor, without a verdict, ever let through.
+            return Next::Hold;
         };
         if seen <= limit {
             request.body = envoy.request_body();
