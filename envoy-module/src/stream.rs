@@ -92,11 +92,10 @@ impl Filter {
         // Answered from the headers if it can be without I/O: a refusal, the
         // metadata document. A token that needs a JWKS fetch is judged with
         // its body (the check waits for the keys then).
-        let authorizer = self.host.authorizer.clone();
-        let view_only = request.clone();
-        let early = poll_once(&self.host, async move {
-            authorizer.answer_from_headers(&view_only.view()).await
-        });
+        let early = poll_once(
+            &self.host,
+            self.host.authorizer.answer_from_headers(&request.view()),
+        );
         match early {
             Some(Some(verdict)) => {
                 self.apply(envoy, Reply::of(verdict));
@@ -130,8 +129,9 @@ impl Filter {
         };
         if seen <= limit {
             request.body = envoy.request_body();
-        } else if self.verified.get() {
-            // Judged as too large (413) without reading more of it.
+        } else if self.verified.get() || request.method != "POST" {
+            // Judged as too large (413, once the token is checked) without
+            // reading more of it: only a POST's body is judged from a prefix.
             request.body_state = BodyState::TooLarge;
         } else {
             // Judged from its beginning: the token decides (see
@@ -265,7 +265,7 @@ fn poll_once<T>(host: &Host, future: impl Future<Output = T>) -> Option<T> {
 
 /// What the decision reads of a request, owned so that a check can outlive the
 /// hook that began it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct OwnedRequest {
     method: String,
     path: String,

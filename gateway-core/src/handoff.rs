@@ -86,20 +86,27 @@ impl Call {
     }
 }
 
+impl Call {
+    /// The call's fields that are set, by their name in the contract.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
+            ("id", &self.id),
+            ("method", &self.method),
+            ("tool", &self.tool),
+            ("arguments_sha256", &self.arguments_sha256),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+}
+
 /// The calls as a metadata value.
 pub fn calls_value(calls: &[Call]) -> Value {
     let item = |call: &Call| {
-        let mut fields = std::collections::HashMap::new();
-        for (name, value) in [
-            ("id", &call.id),
-            ("method", &call.method),
-            ("tool", &call.tool),
-            ("arguments_sha256", &call.arguments_sha256),
-        ] {
-            if let Some(value) = value {
-                fields.insert(name.to_owned(), string(value));
-            }
-        }
+        let fields = call
+            .fields()
+            .map(|(name, value)| (name.to_owned(), string(value)))
+            .collect();
         Value {
             kind: Some(Kind::StructValue(Struct { fields })),
         }
@@ -114,17 +121,10 @@ pub fn calls_json(calls: &[Call]) -> String {
     let items: Vec<serde_json::Value> = calls
         .iter()
         .map(|call| {
-            let mut fields = serde_json::Map::new();
-            for (name, value) in [
-                ("id", &call.id),
-                ("method", &call.method),
-                ("tool", &call.tool),
-                ("arguments_sha256", &call.arguments_sha256),
-            ] {
-                if let Some(value) = value {
-                    fields.insert(name.to_owned(), value.clone().into());
-                }
-            }
+            let fields = call
+                .fields()
+                .map(|(name, value)| (name.to_owned(), value.clone().into()))
+                .collect();
             serde_json::Value::Object(fields)
         })
         .collect();

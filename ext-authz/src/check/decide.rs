@@ -34,9 +34,8 @@ impl Authorizer {
     ) -> Verdict {
         let header_only = request.body_state == BodyState::ParsedByEnvoy;
         match (request.method, request.body_state) {
-            (_, BodyState::Complete)
-            | ("GET" | "DELETE", _)
-            | ("POST", BodyState::ParsedByEnvoy) => {}
+            // Over the limit is 413 for any method, as Envoy's ext_authz filter
+            // answers it before a Check: no body past the limit goes upstream.
             (_, BodyState::TooLarge) => {
                 let why = "request body is larger than the gateway accepts";
                 return Verdict::Deny(invalid(
@@ -45,6 +44,9 @@ impl Authorizer {
                     why.into(),
                 ));
             }
+            (_, BodyState::Complete)
+            | ("GET" | "DELETE", _)
+            | ("POST", BodyState::ParsedByEnvoy) => {}
             (_, BodyState::Prefix | BodyState::Withheld | BodyState::ParsedByEnvoy) => {
                 return Verdict::Deny(body_not_received());
             }

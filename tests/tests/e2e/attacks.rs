@@ -557,6 +557,19 @@ async fn bodies_are_bounded(stack: Stack) {
     let huge = json!({"jsonrpc": "2.0", "id": 8, "method": "ping",
                       "params": {"pad": "x".repeat(MIB + 1)}});
     assert_eq!(session.post(&huge).await.expect("answer").status(), 413);
+    // So is a GET (the event stream) carrying as much: the limit is not a POST's alone.
+    let get = stack
+        .http()
+        .get(stack.url())
+        .bearer_auth(session.token())
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
+        .header("mcp-session-id", &session.session_id)
+        .body(vec![b' '; MIB + 1])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(get.status(), 413);
 
     // A forged token gets 401 whatever it sends, small or large, and is read no
     // further than the gate's small prefix.
