@@ -1185,12 +1185,15 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// The ext-authz log so far.
+    /// The ext-authz log so far: the sidecar's, or Envoy's when the check runs
+    /// inside it (the module logs to Envoy's stderr).
     pub fn ext_authz_log(&self) -> String {
-        self.ext_authz
-            .as_ref()
-            .map(Process::log_text)
-            .unwrap_or_default()
+        let host = if self.authz_in_process {
+            &self.envoy
+        } else {
+            &self.ext_authz
+        };
+        host.as_ref().map(Process::log_text).unwrap_or_default()
     }
 
     /// Sends `signal` to ext-authz (e.g. `Signal::HUP`).

@@ -63,7 +63,17 @@ async fn the_demo_policy_with_the_python_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_forbidden_call_is_refused_whole() {
-    let stack = stack().await;
+    batch_refused_whole(stack().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_a_batch_with_one_forbidden_call_is_refused_whole() {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.authz_in_process = true;
+    batch_refused_whole(Stack::start(options).await.expect("stack starts")).await;
+}
+
+async fn batch_refused_whole(stack: Stack) {
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     let before = stack.all_backend_total().await.expect("counters");
@@ -322,7 +332,17 @@ async fn decisions_reach_envoys_access_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_that_guard_every_request_guard_get_and_delete_too() {
-    let stack = stack().await;
+    get_and_delete_guarded(stack().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_check_in_envoy_rules_that_guard_every_request_guard_get_and_delete_too() {
+    let mut options = StackOptions::for_test().expect("free ports");
+    options.authz_in_process = true;
+    get_and_delete_guarded(Stack::start(options).await.expect("stack starts")).await;
+}
+
+async fn get_and_delete_guarded(stack: Stack) {
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     assert_eq!(
