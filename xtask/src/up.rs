@@ -7,7 +7,7 @@
 
 use e2e::paths;
 use e2e::process::Process;
-use e2e::stack::{Ports, Stack, StackOptions};
+use e2e::stack::{Ports, Stack};
 
 use crate::setup::Setup;
 
@@ -29,27 +29,20 @@ impl Up {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let options = StackOptions {
-                ports: Ports::dev(),
-                bin_dir: paths::target_dir().join("release"),
-                work_dir: Some(paths::dev_stack_dir()),
-                envoy_concurrency: None,
-                gateway_config: Box::new(|_| {}),
+            let mut stack = Stack::builder()
+                .ports(Ports::dev())
+                .bin_dir(paths::target_dir().join("release"))
+                .work_dir(paths::dev_stack_dir())
+                .envoy_concurrency(None)
                 // The dev key survives restarts of the stack, so clients keep sessions.
-                session_keys: std::fs::read_to_string(paths::dev_dir().join("session-keys.txt"))?,
-                shared: None,
-                rules: None,
-                backend_args: Vec::new(),
-                external_backends: false,
-                gateway_cpus: None,
-                sidecar_env: Vec::new(),
-                stateless_args: Vec::new(),
-                upstream_credentials: true,
-                rate_limits: true,
-                tool_pins: true,
-                authz_in_process: false,
-            };
-            let mut stack = Stack::start(options).await?;
+                .session_keys(std::fs::read_to_string(
+                    paths::dev_dir().join("session-keys.txt"),
+                )?)
+                .upstream_credentials(true)
+                .rate_limits(true)
+                .tool_pins(true)
+                .start()
+                .await?;
             let _prometheus = match self.with_metrics {
                 true => Some(prometheus(&stack).await?),
                 false => None,

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::mcp::{self, RawSession};
 use crate::paths;
 use crate::process::Process;
-use crate::stack::{self, Ports, Stack, StackOptions, free_port, wait_until};
+use crate::stack::{self, Check, Stack, free_port, wait_until};
 
 pub use report::Machine;
 
@@ -202,58 +202,36 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     )?;
     wait_backend(&mut backend, backend_port).await?;
 
-    // C: the gateway as the harness runs it, in front of the fast backend.
-    let mut ports = Ports::free(0)?;
-    ports.backends = vec![backend_port];
-    // The stateless era's pool is the same fast backend.
-    ports.stateless_backends = vec![backend_port];
-    let gateway = Stack::start(StackOptions {
-        ports,
-        bin_dir: options.bin_dir.clone(),
-        work_dir: None,
-        envoy_concurrency: Some(1),
-        gateway_config: {
-            let (audit_results, header_only) = (options.audit_results, options.header_only);
-            Box::new(move |config| {
-                config["audit"]["results"] = audit_results.into();
-                if !header_only {
-                    config["edge"]["header_only"] = serde_yaml_ng::Value::Sequence(Vec::new());
-                }
-            })
-        },
-        session_keys: stack::random_session_key("bench")?,
-        shared: None,
-        rules: None,
-        backend_args: Vec::new(),
-        external_backends: true,
-        gateway_cpus: pinned.then(|| "0".to_owned()),
-        sidecar_env: Vec::new(),
-        stateless_args: Vec::new(),
-        upstream_credentials: options.upstream_credentials,
-        rate_limits: false,
-        tool_pins: false,
-        authz_in_process: false,
-    })
-    .await
-    .context("starting the gateway (C)")?;
+    // C: the gateway as the harness runs it, in front of the fast backend; the
+    // stateless era's pool is the same fast backend.
+    let (audit_results, header_only) = (options.audit_results, options.header_only);
+    let measured = move |config: &mut serde_yaml_ng::Value| {
+        config["audit"]["results"] = audit_results.into();
+        if !header_only {
+            config["edge"]["header_only"] = serde_yaml_ng::Value::Sequence(Vec::new());
+        }
+    };
+    let gateway = Stack::builder()
+        .external_backends(vec![backend_port], vec![backend_port])
+        .bin_dir(options.bin_dir.clone())
+        .configure(measured)
+        .session_keys(stack::random_session_key("bench")?)
+        .gateway_cpus(pinned.then(|| "0".to_owned()))
+        .upstream_credentials(options.upstream_credentials)
+        .start()
+        .await
+        .context("starting the gateway (C)")?;
     // D: the same gateway with ext-authz inside Envoy, a replica of C (its
     // issuer, the same fast backend, the same public URL: one token for all).
-    let mut in_process = gateway.replica_options()?;
-    in_process.bin_dir = options.bin_dir.clone();
-    in_process.envoy_concurrency = Some(1);
-    in_process.gateway_cpus = pinned.then(|| "0".to_owned());
-    in_process.upstream_credentials = options.upstream_credentials;
-    in_process.authz_in_process = true;
-    {
-        let (audit_results, header_only) = (options.audit_results, options.header_only);
-        in_process.also_configure(move |config| {
-            config["audit"]["results"] = audit_results.into();
-            if !header_only {
-                config["edge"]["header_only"] = serde_yaml_ng::Value::Sequence(Vec::new());
-            }
-        });
-    }
-    let gateway_d = Stack::start(in_process)
+    let in_process = gateway
+        .replica()?
+        .bin_dir(options.bin_dir.clone())
+        .gateway_cpus(pinned.then(|| "0".to_owned()))
+        .upstream_credentials(options.upstream_credentials)
+        .check(Check::InEnvoy)
+        .configure(measured);
+    let gateway_d = in_process
+        .start()
         .await
         .context("starting the gateway with ext-authz in Envoy (D)")?;
     let token = gateway.token("bench-user", "mcp:tools").await?;

@@ -35,7 +35,7 @@ pub use memory::MemoryCheck;
 use traffic::{Kind, Outcome, Traffic, TrafficOptions, Verdict};
 
 use crate::procfs;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::Stack;
 
 /// How to run a soak.
 #[derive(Debug, Clone)]
@@ -122,13 +122,15 @@ const SAMPLED: [&str; 3] = ["envoy", "ext-authz", "ext-proc"];
 
 /// Runs a soak on a stack of its own; the stack is stopped when it returns.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
-    let mut stack_options = StackOptions::with_stateless(1)?;
-    stack_options.bin_dir = options.bin_dir.clone();
     let budget = options.token_cache_bytes;
-    stack_options.also_configure(move |config| {
-        config["ext_authz"]["token_cache_bytes"] = budget.into();
-    });
-    let mut stack = Stack::start(stack_options).await?;
+    let mut stack = Stack::builder()
+        .stateless_backends(1)
+        .bin_dir(options.bin_dir.clone())
+        .configure(move |config| {
+            config["ext_authz"]["token_cache_bytes"] = budget.into();
+        })
+        .start()
+        .await?;
     let token = stack.token("alice", "mcp:tools").await?;
     let traffic = Arc::new(Traffic::start(&TrafficOptions {
         url: stack.url(),

@@ -5,27 +5,24 @@
 
 use std::time::Duration;
 
+use super::fixtures::{stack, stack_checked};
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{INSPECTOR_ORIGIN, Stack, StackOptions, https_client};
+use e2e::stack::{Check, INSPECTOR_ORIGIN, Stack, https_client};
 use ext_authz::test_util::{TestKey, claims};
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Options for a stack with ext-authz inside Envoy (the `mcp_gateway` module):
-/// every attack below that the check answers is tried against both.
-fn in_process() -> StackOptions {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    options
-}
-
-async fn stack_with(rules: Option<&str>) -> Stack {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.rules = rules.map(str::to_owned);
-    Stack::start(options).await.expect("stack starts")
-}
+// Every attack the check answers is tried against the ext-authz sidecar and
+// against the check inside Envoy.
+against_both_checks!(
+    anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_no_memory,
+    encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged,
+    bodies_are_bounded_by_who_sends_them,
+    one_caller_cannot_hold_more_than_its_share_of_open_streams,
+    a_client_cannot_steer_the_gateways_own_routing_headers,
+);
 
 fn initialize() -> Value {
     json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -72,17 +69,10 @@ fn stalled_body() -> reqwest::Body {
     reqwest::Body::wrap_stream(sent.chain(futures::stream::pending()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_no_memory() {
-    anonymous_slow_bodies(stack_with(None).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_the_check_in_envoy_anonymous_slow_bodies_get_401_and_cost_almost_no_memory() {
-    anonymous_slow_bodies(Stack::start(in_process()).await.expect("stack starts")).await;
-}
-
-async fn anonymous_slow_bodies(stack: Stack) {
+async fn anonymous_slow_bodies_get_401_from_their_headers_and_cost_envoy_almost_no_memory(
+    check: Check,
+) {
+    let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("legitimate session");
     // One call first: the gateway learns the tool's schema (it asks the backend
     // for tools/list once), so what follows counts only what is sent.
@@ -215,20 +205,13 @@ routes:
     when: jwt.sub == "root"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged() {
-    unnormalized_paths(stack_with(Some(ADMIN_RULES)).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged()
-{
-    let mut options = in_process();
-    options.rules = Some(ADMIN_RULES.to_owned());
-    unnormalized_paths(Stack::start(options).await.expect("stack starts")).await;
-}
-
-async fn unnormalized_paths(stack: Stack) {
+async fn encoded_and_unnormalized_paths_never_reach_the_admin_app_unjudged(check: Check) {
+    let stack = Stack::builder()
+        .rules(ADMIN_RULES)
+        .check(check)
+        .start()
+        .await
+        .expect("stack starts");
     let alice = stack.token("alice", "mcp:tools").await.expect("token");
     let root = stack.token("root", "mcp:tools").await.expect("token");
     let base = stack.base_url();
@@ -326,7 +309,7 @@ async fn last_request(stack: &Stack) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_origin_is_refused_before_anything_else() {
-    let stack = stack_with(None).await;
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let before = stack.all_backend_total().await.expect("counters");
     for origin in [
@@ -392,7 +375,7 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_client_from_an_allowed_origin_preflights_discovers_and_calls() {
-    let stack = stack_with(None).await;
+    let stack = stack().await;
     let origin = INSPECTOR_ORIGIN;
     let before = stack.all_backend_total().await.expect("counters");
 
@@ -461,7 +444,7 @@ async fn a_browser_client_from_an_allowed_origin_preflights_discovers_and_calls(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_post_get_and_delete_reach_the_mcp_endpoint() {
-    let stack = stack_with(None).await;
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let before = stack.all_backend_total().await.expect("counters");
     let h2 = https_client().expect("client");
@@ -508,7 +491,7 @@ async fn only_post_get_and_delete_reach_the_mcp_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_header_variants_with_underscores_are_refused() {
-    let stack = stack_with(None).await;
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let before = stack.all_backend_total().await.expect("counters");
     let h1 = reqwest::Client::builder()
@@ -530,17 +513,8 @@ async fn identity_header_variants_with_underscores_are_refused() {
     assert_eq!(stack.all_backend_total().await.expect("counters"), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_are_bounded_by_who_sends_them() {
-    bodies_are_bounded(stack_with(None).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_bodies_are_bounded_by_who_sends_them() {
-    bodies_are_bounded(Stack::start(in_process()).await.expect("stack starts")).await;
-}
-
-async fn bodies_are_bounded(stack: Stack) {
+async fn bodies_are_bounded_by_who_sends_them(check: Check) {
+    let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("session");
     // An authenticated caller may send up to the configured 1 MiB.
     let padding = "x".repeat(600 * 1024);
@@ -589,22 +563,16 @@ async fn bodies_are_bounded(stack: Stack) {
     assert_eq!(stack.all_backend_total().await.expect("counters"), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_caller_cannot_hold_more_than_its_share_of_open_streams() {
-    stream_cap(StackOptions::for_test().expect("free ports")).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_one_caller_cannot_hold_more_than_its_share_of_open_streams() {
-    stream_cap(in_process()).await;
-}
-
-async fn stream_cap(mut options: StackOptions) {
+async fn one_caller_cannot_hold_more_than_its_share_of_open_streams(check: Check) {
     const CAP: usize = 3;
-    options.gateway_config = Box::new(|config| {
-        config["ext_proc"]["max_streams_per_caller"] = (CAP as u64).into();
-    });
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .check(check)
+        .configure(|config| {
+            config["ext_proc"]["max_streams_per_caller"] = (CAP as u64).into();
+        })
+        .start()
+        .await
+        .expect("stack starts");
     let alice = stack.token("alice", "mcp:tools").await.expect("token");
     let mut sessions = Vec::new();
     for _ in 0..=CAP {
@@ -687,18 +655,20 @@ async fn stream_cap(mut options: StackOptions) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
     const CAP: usize = 64 * 1024;
-    let mut options = StackOptions::for_test().expect("free ports");
     // A redaction on every call: each answer's events are reassembled and read.
     let rewrites: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         "- {name: redact-keys, methods: [tools/call], redact: [{regex: 'sk-[A-Za-z0-9]{8,}'}]}",
     )
     .expect("rewrites YAML");
-    options.gateway_config = Box::new(move |config| {
-        config["ext_proc"]["max_sse_event_bytes"] = (CAP as u64).into();
-        config["rewrites"] = rewrites.clone();
-    });
-    options.rules = Some("default:\n  default_effect: allow\n".to_owned());
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .configure(move |config| {
+            config["ext_proc"]["max_sse_event_bytes"] = (CAP as u64).into();
+            config["rewrites"] = rewrites.clone();
+        })
+        .rules("default:\n  default_effect: allow\n")
+        .start()
+        .await
+        .expect("stack starts");
     let session = stack.session("alice").await.expect("session");
 
     // Under the cap the answer is whole.
@@ -728,17 +698,8 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_cannot_steer_the_gateways_own_routing_headers() {
-    routing_headers(stack_with(None).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_a_client_cannot_steer_the_gateways_own_routing_headers() {
-    routing_headers(Stack::start(in_process()).await.expect("stack starts")).await;
-}
-
-async fn routing_headers(stack: Stack) {
+async fn a_client_cannot_steer_the_gateways_own_routing_headers(check: Check) {
+    let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("session");
     let token = session.token().to_owned();
     let streams = || stack.envoy_stat("http.mcp.ext_proc.streams_started");

@@ -2,24 +2,17 @@
 //! client sees without a token, with a bad one, with too few scopes; what the
 //! backend sees with a good one.
 
+use super::fixtures::{stack, stack_checked};
 use e2e::dev_idp::jwt_part;
 use e2e::mcp;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::{Check, Stack};
 use serde_json::{Value, json};
 
-async fn stack() -> Stack {
-    Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts")
-}
-
-/// A stack with ext-authz inside Envoy (the `mcp_gateway` module): the tests
-/// that name it expect the same answers from it.
-async fn stack_in_envoy() -> Stack {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    Stack::start(options).await.expect("stack starts")
-}
+against_both_checks!(
+    without_a_token_the_client_is_told_where_to_get_one,
+    bad_tokens_get_invalid_token_and_reach_no_backend,
+    a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer,
+);
 
 fn metadata_url(stack: &Stack) -> String {
     format!(
@@ -53,17 +46,8 @@ async fn backend_requests(stack: &Stack) -> Vec<Value> {
     stack.all_backend_requests().await.expect("backends")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_the_client_is_told_where_to_get_one() {
-    without_a_token(stack().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_without_a_token_the_client_is_told_where_to_get_one() {
-    without_a_token(stack_in_envoy().await).await;
-}
-
-async fn without_a_token(stack: Stack) {
+async fn without_a_token_the_client_is_told_where_to_get_one(check: Check) {
+    let stack = stack_checked(check).await;
     let response = post_initialize(&stack, None).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
@@ -100,17 +84,8 @@ async fn without_a_token(stack: Stack) {
     assert!(backend_requests(&stack).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_tokens_get_invalid_token_and_reach_no_backend() {
-    bad_tokens(stack().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_bad_tokens_get_invalid_token_and_reach_no_backend() {
-    bad_tokens(stack_in_envoy().await).await;
-}
-
-async fn bad_tokens(stack: Stack) {
+async fn bad_tokens_get_invalid_token_and_reach_no_backend(check: Check) {
+    let stack = stack_checked(check).await;
     let expired = stack
         .token_with_claims("alice", "mcp:tools", &[("ttl", "-120")])
         .await
@@ -223,17 +198,8 @@ async fn the_backend_gets_the_identity_never_the_token() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
-    rotated_key(stack().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer() {
-    rotated_key(stack_in_envoy().await).await;
-}
-
-async fn rotated_key(mut stack: Stack) {
+async fn a_rotated_signing_key_is_picked_up_and_keys_outlive_the_issuer(check: Check) {
+    let mut stack = stack_checked(check).await;
     let before = stack.token("alice", "mcp:tools").await.expect("token");
     assert_eq!(
         post_initialize(&stack, Some(&format!("Bearer {before}")))

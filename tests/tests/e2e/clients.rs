@@ -1,7 +1,8 @@
 //! Third-party MCP clients, as users run them, against the gateway.
 
+use super::fixtures::stack;
 use e2e::paths;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::Stack;
 use serde_json::Value;
 
 /// Runs the MCP Inspector's CLI (`npx @modelcontextprotocol/inspector --cli`)
@@ -33,9 +34,7 @@ async fn inspector(stack: &Stack, token: &str, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_inspector_cli_lists_and_calls_tools_through_the_gateway() {
-    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts");
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
 
     let listed = inspector(&stack, &token, &["--method", "tools/list"]).await;

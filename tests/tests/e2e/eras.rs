@@ -2,22 +2,26 @@
 //! FastMCP pool, the stateless 2026-07-28 revision on the official SDK 2.x's
 //! dual-era server, driven by the official SDK clients and by raw HTTP.
 
-use e2e::stack::{Stack, StackOptions, stateless_backend_name};
+use super::fixtures::stack;
+use e2e::stack::{Check, Stack, stateless_backend_name};
 use serde_json::{Value, json};
 
 const MODERN: &str = "2026-07-28";
 
-async fn both_eras() -> Stack {
-    Stack::start(StackOptions::with_stateless(1).expect("free ports"))
+against_both_checks!(
+    the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold,
+    mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend,
+    rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says,
+);
+
+/// A stack serving both eras, with the check where `check` says.
+async fn both_eras(check: Check) -> Stack {
+    Stack::builder()
+        .stateless_backends(1)
+        .check(check)
+        .start()
         .await
         .expect("stack starts")
-}
-
-/// Both eras with ext-authz inside Envoy (the `mcp_gateway` module).
-async fn both_eras_in_envoy() -> Stack {
-    let mut options = StackOptions::with_stateless(1).expect("free ports");
-    options.authz_in_process = true;
-    Stack::start(options).await.expect("stack starts")
 }
 
 /// The outcome of each call in a `dev/client.py` report, by position.
@@ -102,18 +106,10 @@ fn stateless_call(tool: &str, arguments: Value) -> Value {
                   "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold() {
-    sdk_2_client(both_eras().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold()
- {
-    sdk_2_client(both_eras_in_envoy().await).await;
-}
-
-async fn sdk_2_client(stack: Stack) {
+async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold(
+    check: Check,
+) {
+    let stack = both_eras(check).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let calls = [
         ("add", json!({"a": 2, "b": 3})),
@@ -178,7 +174,7 @@ async fn sdk_2_client(stack: Stack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
-    let stack = both_eras().await;
+    let stack = both_eras(Check::Sidecar).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // The SDK 1.x client, and the SDK 2.x client forced to the session era.
     let outcomes_1x = stack
@@ -207,19 +203,10 @@ async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend()
- {
-    mirrored_headers(both_eras().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend()
- {
-    mirrored_headers(both_eras_in_envoy().await).await;
-}
-
-async fn mirrored_headers(stack: Stack) {
+async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend(
+    check: Check,
+) {
+    let stack = both_eras(check).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // The demo policy denies add with a >= 1000 and allows it below. A header
     // naming an allowed tool over a denied call must not help it; a header that
@@ -315,7 +302,7 @@ async fn mirrored_headers(stack: Stack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_requests_without_an_envelope_or_at_an_unknown_version_get_the_specs_errors() {
-    let stack = both_eras().await;
+    let stack = both_eras(Check::Sidecar).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let before = stack.all_backend_total().await.expect("counters");
 
@@ -394,9 +381,7 @@ async fn stateless_requests_without_an_envelope_or_at_an_unknown_version_get_the
 async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_ones_get_a_clear_error()
  {
     // The session era only (no stateless pool).
-    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts");
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let report = stack
         .python_sdk2_calls(&token, "auto", &[("whoami", json!({}))], &[])
@@ -440,12 +425,15 @@ async fn without_stateless_backends_dual_era_clients_fall_back_and_modern_only_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_a_clear_error() {
-    let mut options = StackOptions::with_stateless(1).expect("free ports");
-    options.stateless_args = vec!["--modern-only".to_owned()];
-    options.gateway_config = Box::new(|config| {
-        config["protocol"]["eras"] = serde_yaml_ng::from_str("[stateless]").expect("yaml");
-    });
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .stateless_backends(1)
+        .stateless_args(&["--modern-only"])
+        .configure(|config| {
+            config["protocol"]["eras"] = serde_yaml_ng::from_str("[stateless]").expect("yaml");
+        })
+        .start()
+        .await
+        .expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     for mode in ["auto", MODERN] {
         let report = stack
@@ -471,18 +459,10 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says() {
-    stateless_rewrites(both_eras().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says()
- {
-    stateless_rewrites(both_eras_in_envoy().await).await;
-}
-
-async fn stateless_rewrites(stack: Stack) {
+async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says(
+    check: Check,
+) {
+    let stack = both_eras(check).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let report = stack
         .python_sdk2_calls(
@@ -546,11 +526,14 @@ async fn stateless_rewrites(stack: Stack) {
 async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reaches_no_backend() {
     // No rewrites at all: listings still pass ext-proc, which learns the schemas
     // that argument checks need (no stateless backend can be asked for them).
-    let mut options = StackOptions::with_stateless(1).expect("free ports");
-    options.gateway_config = Box::new(|config| {
-        config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
-    });
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .stateless_backends(1)
+        .configure(|config| {
+            config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
+        })
+        .start()
+        .await
+        .expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // A listing through the gateway teaches it forecast's schema (x-mcp-header).
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
@@ -594,7 +577,7 @@ async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reach
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes() {
-    let stack = both_eras().await;
+    let stack = both_eras(Check::Sidecar).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     for (mode, version, served_by) in [
         ("legacy", "2025-11-25", "mcp-"),
@@ -624,7 +607,7 @@ async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gateway() {
-    let stack = both_eras().await;
+    let stack = both_eras(Check::Sidecar).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     // confirm answers `input_required`; the client asks its user (the script
     // says yes) and retries with the answer and the requestState.
@@ -713,10 +696,15 @@ async fn task_post(stack: &Stack, token: &str, method: &str, task_id: &str) -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_is_sealed_to_its_caller_and_polled_on_its_backend_through_two_replicas() {
-    let mut first = Stack::start(StackOptions::with_stateless(2).expect("free ports"))
+    let mut first = Stack::builder()
+        .stateless_backends(2)
+        .start()
         .await
         .expect("stack starts");
-    let second = Stack::start(first.replica_options().expect("options"))
+    let second = first
+        .replica()
+        .expect("replica")
+        .start()
         .await
         .expect("second replica starts");
     let alice = first.token("alice", "mcp:tools").await.expect("token");
@@ -922,7 +910,7 @@ async fn a_call_judged_from_its_headers_passes_only_with_a_body_envoy_found_to_a
     // The dev config lists `tools/call` of whoami and say, and `tools/list`, in
     // edge.header_only: ext-authz judges them from what Envoy's mcp filter
     // parsed and never sees their bodies.
-    let stack = both_eras().await;
+    let stack = both_eras(Check::Sidecar).await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
 
     // Allowed: the body reaches the backend whole, arguments and all.

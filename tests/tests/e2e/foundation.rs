@@ -4,16 +4,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use super::fixtures::stack;
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{Stack, StackOptions, backend_name};
+use e2e::stack::{Stack, backend_name};
 use futures::StreamExt;
 use serde_json::json;
-
-async fn stack() -> Stack {
-    Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_sessions_stay_on_their_backend() {

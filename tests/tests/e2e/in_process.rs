@@ -3,18 +3,14 @@
 //! and without an ext-authz process.
 
 use e2e::mcp::RawSession;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::Check;
 use serde_json::json;
 
-async fn stack() -> Stack {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    Stack::start(options).await.expect("stack starts")
-}
+use super::fixtures::stack_checked;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_judged_in_envoy_with_no_ext_authz_process() {
-    let stack = stack().await;
+    let stack = stack_checked(Check::InEnvoy).await;
     assert!(
         stack
             .gateway_pids()

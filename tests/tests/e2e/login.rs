@@ -2,15 +2,10 @@
 //! the dev OpenID provider (oidc-provider) from its metadata, register, send the
 //! user through sign-in and consent, and call tools with the token they got.
 
+use super::fixtures::stack;
 use e2e::paths;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::Stack;
 use serde_json::{Value, json};
-
-async fn stack() -> Stack {
-    Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts")
-}
 
 /// Runs a login script; returns its JSON report, failing with its output if the
 /// login did not complete.

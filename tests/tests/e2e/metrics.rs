@@ -1,8 +1,9 @@
 //! What an operator sees: each sidecar's Prometheus text moves with the calls
 //! it judged and the sessions it kept; spans carry MCP's semantic conventions.
 
+use super::fixtures::stack;
 use e2e::mcp;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::Stack;
 use serde_json::json;
 
 /// The value of the sample `name{labels}` in Prometheus text (labels as written
@@ -17,9 +18,7 @@ fn sample(text: &str, name: &str, labels: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sidecar_counts_what_it_decided() {
-    let stack = Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts");
+    let stack = stack().await;
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     session
@@ -180,12 +179,12 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
     let collector = format!("http://{}", listener.local_addr().expect("addr"));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.sidecar_env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector),
-        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-    ];
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .sidecar_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .sidecar_env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start()
+        .await
+        .expect("stack starts");
     let session = stack.session("alice").await.expect("initialize");
     // The client's trace, as MCP carries it: in the message's `_meta`.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -262,12 +261,12 @@ fn audit_records(log: &str, message: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options
-        .sidecar_env
-        .push(("MCP_GATEWAY_LOG_FORMAT".into(), "json".into()));
-    let backend_ports = options.ports.backends.clone();
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .sidecar_env("MCP_GATEWAY_LOG_FORMAT", "json")
+        .start()
+        .await
+        .expect("stack starts");
+    let backend_ports = stack.ports().backends.clone();
     let session = stack.session("alice").await.expect("initialize");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let added = session

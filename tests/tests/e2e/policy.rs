@@ -2,15 +2,15 @@
 //! demo policy with the official Python client, batches, strict parsing, and
 //! hot reload.
 
+use super::fixtures::{stack, stack_checked};
 use e2e::mcp;
-use e2e::stack::{Stack, StackOptions};
+use e2e::stack::{Check, Stack};
 use serde_json::{Value, json};
 
-async fn stack() -> Stack {
-    Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts")
-}
+against_both_checks!(
+    a_batch_with_one_forbidden_call_is_refused_whole,
+    rules_that_guard_every_request_guard_get_and_delete_too,
+);
 
 async fn backend_bodies(stack: &Stack) -> Vec<String> {
     let requests = stack.all_backend_requests().await.expect("backends");
@@ -61,19 +61,8 @@ async fn the_demo_policy_with_the_python_sdk() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_with_one_forbidden_call_is_refused_whole() {
-    batch_refused_whole(stack().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_a_batch_with_one_forbidden_call_is_refused_whole() {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    batch_refused_whole(Stack::start(options).await.expect("stack starts")).await;
-}
-
-async fn batch_refused_whole(stack: Stack) {
+async fn a_batch_with_one_forbidden_call_is_refused_whole(check: Check) {
+    let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     let before = stack.all_backend_total().await.expect("counters");
@@ -330,19 +319,8 @@ async fn decisions_reach_envoys_access_log() {
     assert_eq!(served["status"], 200, "{served}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_that_guard_every_request_guard_get_and_delete_too() {
-    get_and_delete_guarded(stack().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_rules_that_guard_every_request_guard_get_and_delete_too() {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    get_and_delete_guarded(Stack::start(options).await.expect("stack starts")).await;
-}
-
-async fn get_and_delete_guarded(stack: Stack) {
+async fn rules_that_guard_every_request_guard_get_and_delete_too(check: Check) {
+    let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     assert_eq!(

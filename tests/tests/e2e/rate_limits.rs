@@ -4,7 +4,7 @@
 
 use e2e::mcp::{self, RawSession};
 use e2e::redis::RedisServer;
-use e2e::stack::{Ports, Stack, StackOptions};
+use e2e::stack::{Stack, StackBuilder};
 use serde_json::{Value, json};
 
 /// A day in seconds: the tests' limits count per day, so that no window or
@@ -18,17 +18,14 @@ fn once_a_day(config: &mut serde_yaml_ng::Value) {
 }
 
 /// A test stack with the demo limit (per day) and `extra`, another limit.
-fn limited(extra: &'static str) -> StackOptions {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.rate_limits = true;
-    options.gateway_config = Box::new(move |config| {
+fn limited(extra: &'static str) -> StackBuilder {
+    Stack::builder().rate_limits(true).configure(move |config| {
         once_a_day(config);
         config["edge"]["rate_limits"]["limits"]
             .as_sequence_mut()
             .expect("dev/gateway.yaml has the demo limit")
             .push(serde_yaml_ng::from_str(extra).expect("limit"));
-    });
-    options
+    })
 }
 
 /// How many `tools/call`s of `tool` by `subject` the backends received.
@@ -92,11 +89,13 @@ async fn assert_limited(answer: reqwest::Response, id: Value, period_secs: u64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_past_a_callers_limit_is_429_and_never_reaches_a_backend() {
     // The demo limit, and one on a notification, which has no id to echo.
-    let options = limited(
+    let stack = limited(
         "{name: cancellations, match: {methods: [notifications/cancelled]}, \
          per: subject, requests: 1, period: 1d}",
-    );
-    let stack = Stack::start(options).await.expect("stack starts");
+    )
+    .start()
+    .await
+    .expect("stack starts");
     let alice_token = stack.token("alice", "mcp:tools").await.expect("token");
     let alice = RawSession::initialize(stack.http(), &stack.url(), &alice_token)
         .await
@@ -149,26 +148,28 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
     let mut redis = RedisServer::start(redis_dir.path())
         .await
         .expect("redis starts");
-    let replica_options = |redis_url: String, resource: Option<String>| {
-        let mut options = StackOptions::for_test().expect("free ports");
-        options.rate_limits = true;
-        options.gateway_config = Box::new(move |config| {
+    // Both replicas count against the same Redis; the second serves the first's
+    // public URL (tokens name it), its issuer and its backends.
+    let in_redis = |redis_url: String| {
+        move |config: &mut serde_yaml_ng::Value| {
             once_a_day(config);
             config["edge"]["rate_limits"]["redis_url"] = redis_url.clone().into();
-            if let Some(resource) = &resource {
-                config["ext_authz"]["resource"] = resource.clone().into();
-            }
-        });
-        options
+        }
     };
-    let first = Stack::start(replica_options(redis.url(), None))
+    let first = Stack::builder()
+        .rate_limits(true)
+        .configure(in_redis(redis.url()))
+        .start()
         .await
         .expect("first replica starts");
-    let mut options = replica_options(redis.url(), Some(first.url()));
-    options.ports = Ports::free(0).expect("ports");
-    options.session_keys = first.session_keys().expect("keys");
-    options.shared = Some(first.shared());
-    let second = Stack::start(options).await.expect("second replica starts");
+    let second = first
+        .replica()
+        .expect("replica")
+        .rate_limits(true)
+        .configure(in_redis(redis.url()))
+        .start()
+        .await
+        .expect("second replica starts");
 
     let token = first.token("alice", "mcp:tools").await.expect("token");
     let via_first = RawSession::initialize(first.http(), &first.url(), &token)
@@ -210,8 +211,10 @@ async fn two_replicas_count_one_limit_in_a_shared_redis_and_refuse_when_it_is_go
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_counts_each_of_its_calls_and_may_not_mix_limits() {
-    let options = limited("{name: adds, match: {tools: [add]}, requests: 100, period: 1d}");
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = limited("{name: adds, match: {tools: [add]}, requests: 100, period: 1d}")
+        .start()
+        .await
+        .expect("stack starts");
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize_at(stack.http(), &stack.url(), &token, "2025-03-26")
         .await

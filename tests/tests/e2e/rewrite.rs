@@ -4,8 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::fixtures::stack;
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{RequestMark, Stack, StackOptions};
+use e2e::stack::{RequestMark, Stack};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -37,15 +38,19 @@ const OCTELIUM: &str = r#"
 "#;
 
 async fn stack_with(rewrites: &str, rules: &str, backend_args: &[&str]) -> Stack {
-    let mut options = StackOptions::for_test().expect("ports");
-    let rewrites: Value = serde_yaml_ng::from_str(rewrites).expect("rewrites YAML");
-    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
-    options.gateway_config = Box::new(move |config| {
-        config["rewrites"] = rewrites.clone();
-    });
-    options.rules = Some(rules.to_owned());
-    options.backend_args = backend_args.iter().map(|a| (*a).to_owned()).collect();
-    Stack::start(options).await.expect("stack starts")
+    let rewrites = rewrites_section(rewrites);
+    Stack::builder()
+        .configure(move |config| config["rewrites"] = rewrites.clone())
+        .rules(rules)
+        .backend_args(backend_args)
+        .start()
+        .await
+        .expect("stack starts")
+}
+
+/// The gateway config's `rewrites` section from its YAML text.
+fn rewrites_section(yaml: &str) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(yaml).expect("rewrites YAML")
 }
 
 async fn backend_calls(stack: &Stack) -> Vec<Value> {
@@ -471,18 +476,19 @@ async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_compressed_answers_are_redacted_too() {
-    let mut options = StackOptions::for_test().expect("ports");
-    let rewrites: Value = serde_yaml_ng::from_str(NO_SECRETS).expect("rewrites YAML");
-    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
-    options.gateway_config = Box::new(move |config| {
-        config["rewrites"] = rewrites.clone();
-        // The unknown tool must reach the backend, whose error is what is redacted.
-        config["ext_proc"]["argument_validation"] =
-            serde_yaml_ng::from_str("{unlisted_tools: forward}").expect("YAML");
-    });
-    options.rules = Some(ALLOW_ALL.to_owned());
-    options.backend_args = vec!["--json-response".into(), "--gzip".into()];
-    let stack = Stack::start(options).await.expect("stack starts");
+    let rewrites = rewrites_section(NO_SECRETS);
+    let stack = Stack::builder()
+        .configure(move |config| {
+            config["rewrites"] = rewrites.clone();
+            // The unknown tool must reach the backend, whose error is what is redacted.
+            config["ext_proc"]["argument_validation"] =
+                serde_yaml_ng::from_str("{unlisted_tools: forward}").expect("YAML");
+        })
+        .rules(ALLOW_ALL)
+        .backend_args(&["--json-response", "--gzip"])
+        .start()
+        .await
+        .expect("stack starts");
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
     // The backend names the unknown tool in its JSON-RPC error.
@@ -573,14 +579,16 @@ default:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
-    let mut options = StackOptions::for_test().expect("ports");
-    options.rules = Some(NO_THIRTEEN.to_owned());
-    options.gateway_config = Box::new(|config| {
-        config["ext_proc"]["argument_validation"] =
-            serde_yaml_ng::from_str("{unlisted_tools: refuse}").expect("YAML");
-        config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
-    });
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder()
+        .rules(NO_THIRTEEN)
+        .configure(|config| {
+            config["ext_proc"]["argument_validation"] =
+                serde_yaml_ng::from_str("{unlisted_tools: refuse}").expect("YAML");
+            config["rewrites"] = serde_yaml_ng::Value::Sequence(Vec::new());
+        })
+        .start()
+        .await
+        .expect("stack starts");
     let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
 
@@ -697,9 +705,7 @@ async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_rewrite_examples_work_on_the_demo_config() {
     // The dev stack's own config and policy, as `cargo xtask up` runs them.
-    let stack = Stack::start(StackOptions::for_test().expect("ports"))
-        .await
-        .expect("stack starts");
+    let stack = stack().await;
     let token = stack.token("alice", "mcp:tools").await.expect("token");
     let outcomes = stack
         .python_calls(
@@ -746,20 +752,15 @@ async fn fast_stack(rewrites: &str) -> (Stack, e2e::process::Process, tempfile::
     e2e::bench::wait_backend(&mut backend, port)
         .await
         .expect("backend ready");
-    let mut options = StackOptions::for_test().expect("ports");
-    options.ports.backends = vec![port];
-    options.external_backends = true;
-    options.rules = Some(ALLOW_ALL.to_owned());
-    let rewrites: Value = serde_yaml_ng::from_str(rewrites).expect("rewrites YAML");
-    let rewrites = serde_yaml_ng::to_value(rewrites).expect("YAML value");
-    options.gateway_config = Box::new(move |config| {
-        config["rewrites"] = rewrites.clone();
-    });
-    (
-        Stack::start(options).await.expect("stack starts"),
-        backend,
-        logs,
-    )
+    let rewrites = rewrites_section(rewrites);
+    let stack = Stack::builder()
+        .external_backends(vec![port], Vec::new())
+        .rules(ALLOW_ALL)
+        .configure(move |config| config["rewrites"] = rewrites.clone())
+        .start()
+        .await
+        .expect("stack starts");
+    (stack, backend, logs)
 }
 
 /// POSTs `body` in `session` under protocol 2025-03-26 (which has batches).

@@ -4,16 +4,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
+use super::fixtures::{stack, stack_checked};
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{Stack, StackOptions, random_session_key};
+use e2e::stack::{Check, Stack, random_session_key};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-async fn stack() -> Stack {
-    Stack::start(StackOptions::for_test().expect("free ports"))
-        .await
-        .expect("stack starts")
-}
+against_both_checks!(a_plain_call_skips_ext_proc_and_no_answer_carries_a_backends_session_id);
 
 /// Every `mcp-session-id` a backend received.
 async fn backend_session_ids(stack: &Stack) -> HashSet<String> {
@@ -183,7 +180,10 @@ async fn keys_rotate_and_restarts_lose_no_session() {
 async fn two_gateway_replicas_serve_the_same_sessions() {
     let first = stack().await;
     // Replicas serve one public URL; tokens carry it as their audience.
-    let second = Stack::start(first.replica_options().expect("options"))
+    let second = first
+        .replica()
+        .expect("replica")
+        .start()
         .await
         .expect("second replica starts");
     let token = first.token("alice", "mcp:tools").await.expect("token");
@@ -368,23 +368,8 @@ struct Answer {
     ext_proc_streams: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_call_costs_one_sidecar_hop_and_no_answer_carries_a_backends_session_id() {
-    plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack().await).await;
-}
-
-/// The same with ext-authz inside Envoy: a plain call costs no sidecar hop at
-/// all, and the same requests (and only those) pass ext-proc.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_check_in_envoy_a_plain_call_costs_no_sidecar_hop_and_no_answer_carries_a_backends_session_id()
- {
-    let mut options = StackOptions::for_test().expect("free ports");
-    options.authz_in_process = true;
-    let stack = Stack::start(options).await.expect("stack starts");
-    plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack).await;
-}
-
-async fn plain_calls_skip_ext_proc_and_no_answer_carries_a_backends_session_id(stack: Stack) {
+async fn a_plain_call_skips_ext_proc_and_no_answer_carries_a_backends_session_id(check: Check) {
+    let stack = stack_checked(check).await;
     // The demo config: tools/list is filtered per caller, `say` is redacted,
     // `add` is clamped, `subtract` is validated, and redactions apply to the
     // GET stream (messages of unknown origin).

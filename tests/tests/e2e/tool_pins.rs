@@ -3,16 +3,16 @@
 //! held back: gone from `tools/list`, calls to it refused before any backend.
 
 use e2e::mcp::RawSession;
-use e2e::stack::{Stack, StackOptions, backend_name};
+use e2e::stack::{Stack, backend_name};
 use serde_json::{Value, json};
 
 async fn pinned(mode: &'static str) -> Stack {
-    let mut options = StackOptions::for_test().expect("ports");
-    options.tool_pins = true;
-    options.gateway_config = Box::new(move |config| {
-        config["tool_pins"]["session"]["mode"] = mode.into();
-    });
-    Stack::start(options).await.expect("stack starts")
+    Stack::builder()
+        .tool_pins(true)
+        .configure(move |config| config["tool_pins"]["session"]["mode"] = mode.into())
+        .start()
+        .await
+        .expect("stack starts")
 }
 
 async fn listed(session: &RawSession) -> Vec<String> {
@@ -143,13 +143,17 @@ async fn a_rug_pull_hides_the_tool_and_its_calls_reach_no_backend_across_restart
 
     // A second replica on the same host shares the state file: its callers,
     // whichever backend serves them, never see or reach the changed tool.
-    let mut options = stack.replica_options().expect("options");
-    options.tool_pins = true;
     let state = stack.work_dir().join("tool-pins.json");
-    options.also_configure(move |config| {
-        config["tool_pins"]["state_file"] = state.display().to_string().into();
-    });
-    let replica = Stack::start(options).await.expect("second replica starts");
+    let replica = stack
+        .replica()
+        .expect("replica")
+        .tool_pins(true)
+        .configure(move |config| {
+            config["tool_pins"]["state_file"] = state.display().to_string().into();
+        })
+        .start()
+        .await
+        .expect("second replica starts");
     let other = RawSession::initialize(replica.http(), &replica.url(), &token)
         .await
         .expect("session");
@@ -243,15 +247,17 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
     std::fs::write(&pins_file, serde_yaml_ng::to_string(&pins).expect("yaml")).expect("write");
     drop(observing);
 
-    let mut options = StackOptions::for_test().expect("ports");
-    options.tool_pins = true;
     let path = pins_file.display().to_string();
-    options.gateway_config = Box::new(move |config| {
-        config["tool_pins"]["session"] =
-            serde_yaml_ng::from_str(&format!("{{mode: enforce, pins_file: '{path}'}}"))
-                .expect("yaml");
-    });
-    let enforcing = Stack::start(options).await.expect("stack starts");
+    let enforcing = Stack::builder()
+        .tool_pins(true)
+        .configure(move |config| {
+            config["tool_pins"]["session"] =
+                serde_yaml_ng::from_str(&format!("{{mode: enforce, pins_file: '{path}'}}"))
+                    .expect("yaml");
+        })
+        .start()
+        .await
+        .expect("stack starts");
     let token = enforcing.token("alice", "mcp:tools").await.expect("token");
     let session = RawSession::initialize(enforcing.http(), &enforcing.url(), &token)
         .await

@@ -4,15 +4,18 @@
 
 use e2e::dev_idp::jwt_part;
 use e2e::mcp::{self, RawSession};
-use e2e::stack::{BACKEND_AUDIENCE, Stack, StackOptions};
+use e2e::stack::{BACKEND_AUDIENCE, Stack};
 use serde_json::{Value, json};
 
 const MODERN: &str = "2026-07-28";
 
 async fn stack() -> Stack {
-    let mut options = StackOptions::with_stateless(1).expect("free ports");
-    options.upstream_credentials = true;
-    Stack::start(options).await.expect("stack starts")
+    Stack::builder()
+        .stateless_backends(1)
+        .upstream_credentials(true)
+        .start()
+        .await
+        .expect("stack starts")
 }
 
 fn claims(jwt: &str) -> Value {
@@ -258,26 +261,26 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_credentials_token_is_fetched_once_and_shared_by_every_caller() {
-    let mut options = StackOptions::with_stateless(1).expect("free ports");
-    options.upstream_credentials = true;
-    options.gateway_config = Box::new(|config| {
-        // The stateless pool gets the gateway's own token instead of a static key.
-        let exchange = config["upstream_credentials"]["session"]["token_exchange"].clone();
-        let idp_dir = std::path::Path::new(exchange["client_secret_file"].as_str().expect("path"))
-            .parent()
-            .expect("dir")
-            .to_owned();
-        let token_endpoint = exchange["token_endpoint"].as_str().expect("endpoint");
-        let resource = config["ext_authz"]["resource"].as_str().expect("resource");
-        config["upstream_credentials"]["stateless"] = serde_yaml_ng::from_str(&format!(
-            "{{client_credentials: {{token_endpoint: '{token_endpoint}', client_id: mcp-dev-service, \
-              client_secret_file: '{}', resource: '{resource}', scope: 'mcp:tools', ca_file: '{}'}}}}",
-            idp_dir.join("idp-client-secret").display(),
-            exchange["ca_file"].as_str().expect("ca"),
-        ))
-        .expect("yaml");
-    });
-    let stack = Stack::start(options).await.expect("stack starts");
+    let stack = Stack::builder().stateless_backends(1)
+        .upstream_credentials(true)
+        .configure(|config| {
+            // The stateless pool gets the gateway's own token instead of a static key.
+            let exchange = config["upstream_credentials"]["session"]["token_exchange"].clone();
+            let idp_dir = std::path::Path::new(exchange["client_secret_file"].as_str().expect("path"))
+                .parent()
+                .expect("dir")
+                .to_owned();
+            let token_endpoint = exchange["token_endpoint"].as_str().expect("endpoint");
+            let resource = config["ext_authz"]["resource"].as_str().expect("resource");
+            config["upstream_credentials"]["stateless"] = serde_yaml_ng::from_str(&format!(
+                "{{client_credentials: {{token_endpoint: '{token_endpoint}', client_id: mcp-dev-service, \
+                  client_secret_file: '{}', resource: '{resource}', scope: 'mcp:tools', ca_file: '{}'}}}}",
+                idp_dir.join("idp-client-secret").display(),
+                exchange["ca_file"].as_str().expect("ca"),
+            ))
+            .expect("yaml");
+        })
+        .start().await.expect("stack starts");
     let issued = |stack: &Stack| {
         stack
             .issuer_log()
