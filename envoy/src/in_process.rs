@@ -19,7 +19,8 @@
 
 use serde_yaml_ng::Value;
 
-use crate::{BootstrapError, at, missing, named};
+use crate::BootstrapError;
+use crate::yaml::{at, missing, named};
 
 /// The module's name: Envoy loads `libmcp_gateway.so` from
 /// `$ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.

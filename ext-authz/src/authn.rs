@@ -5,6 +5,11 @@
 //! for that issuer, key, signature, then `iss`, `aud`, `exp`, `nbf`, `iat` with the
 //! issuer's leeway. Scopes are checked after, so a valid token with too few scopes
 //! gets 403, not 401.
+//!
+//! Longer than most files here on purpose: the order above is one method,
+//! `Authenticator::authenticate`, and what it relies on is prepared once per
+//! issuer at load (`prepare_issuer`); the two read best together. The tests are
+//! in `authn/tests.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;

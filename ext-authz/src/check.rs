@@ -34,6 +34,10 @@
 //! session, upstream credential, schemas, the hop). The replies are shaped in
 //! `denial.rs` (JSON-RPC denials a client's SDK understands, HTTP refusals) and
 //! `resource_metadata.rs` (the RFC 9728 document, the RFC 6750 challenges).
+//!
+//! Longer than most files here on purpose: besides the HTTP checks, it holds
+//! the request model the three stages share (`HttpRequest`, `BodyState`,
+//! `Allowed`, `Hop`), so each stage reads its inputs from one place.
 
 use std::collections::HashMap;
 use std::sync::Arc;

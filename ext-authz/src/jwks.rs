@@ -14,6 +14,11 @@
 //!   requests fail closed.
 //! - JWKs with `use: enc`, an unsupported `kty` or curve, or that fail to parse are
 //!   skipped with a warning; the rest of the set is used.
+//!
+//! Longer than most files here on purpose: an issuer's key set is one small
+//! state machine (fresh, stale, refetching on an unknown `kid`, kept through an
+//! outage), and the cache, the refresh loop and the parsing that move it read
+//! best side by side.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};

@@ -11,6 +11,9 @@
 //! Tokens are fetched single-flight (concurrent callers with the same key share
 //! one request), cached by bytes, and never logged: errors say what failed, not
 //! with what.
+//!
+//! About 400 lines: three kinds of credential and the single-flight cache
+//! they share; each kind is a short match arm, so they stay together.
 
 use std::path::Path;
 use std::sync::Arc;

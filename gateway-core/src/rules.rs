@@ -27,6 +27,10 @@
 //! `mcp` (`method`, `tool`, `params`, `id`, `kind`: request, notification or
 //! response), `request` (`headers` with lower-case names, `path`, `method`),
 //! `source` (`address`).
+//!
+//! Longer than most files here on purpose: the rules file as written, its
+//! compilation (variables checked at load) and its evaluation are one small
+//! language, read best in one place; the tests are in `rules/tests.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -12,6 +12,10 @@
 //! (`--concurrency 1`) and the sidecars run on CPU 0, the load generator and the
 //! backend on CPU 1. Rounds interleave A, B, C per workload; the summary takes
 //! medians over rounds and, for C against B, the median of within-round ratios.
+//!
+//! Long on purpose: it runs the whole comparison (the backends, the three
+//! configurations, the workloads, interleaved rounds); the summary and its
+//! tables are in `report.rs`.
 
 mod peers;
 mod report;

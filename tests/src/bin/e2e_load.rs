@@ -17,6 +17,9 @@
 //! never averaged in. CPU time of the given processes (`--pid name=PID`, from
 //! `/proc/<pid>/stat`) and of this one is sampled at the window's edges. The
 //! result is one JSON document, written to `--out` (or stdout).
+//!
+//! Long on purpose: a standalone load generator (connections, workloads, CPU
+//! sampling, the JSON report) with no library of its own to lean on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

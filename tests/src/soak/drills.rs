@@ -5,6 +5,9 @@
 //! window: counts by status, time to recover after the part served again,
 //! sessions lost (404) and moved (answered by another backend). Expectations are
 //! checked here, so a regression fails the soak: a drill's `failures` says which.
+//!
+//! Long on purpose: one function per drill, each with the fault, the healing
+//! and the expectations it is judged by, side by side.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -11,6 +11,9 @@
 //! `ticks` must stream every event. A 404 means the session was lost: the client
 //! opens a new one, as the spec tells clients to. Besides, one client sends a call
 //! the rules deny (`add` with `a` = 5000) twice a second: it must never get a result.
+//!
+//! Long on purpose: the clients' loop and every check an answer must pass are
+//! one contract, read in one place.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
