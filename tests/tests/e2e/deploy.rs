@@ -1045,8 +1045,8 @@ fn compose_prometheus_scrapes_the_sidecars_metrics_ports_and_grafana_charts_thei
     )
     .expect("JSON");
     let exported = [
-        std::fs::read_to_string(root().join("ext-authz/src/service.rs")).expect("source"),
-        std::fs::read_to_string(root().join("ext-proc/src/service.rs")).expect("source"),
+        std::fs::read_to_string(root().join("ext-authz/src/service/metrics.rs")).expect("source"),
+        std::fs::read_to_string(root().join("ext-proc/src/service/metrics.rs")).expect("source"),
     ]
     .concat();
     let panels = dashboard["panels"].as_array().expect("panels");
