@@ -2,26 +2,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ext_authz::assemble::{StreamEnds, assemble};
 use ext_authz::rate_limit::SharedRateLimits;
 use ext_authz::service::{AuthzMetrics, AuthzService, SERVICE_NAME, published_keys_route};
 use ext_authz::streams::AccessLogSink;
-use gateway_core::server::{self, CommonArgs, Sidecar};
+use gateway_core::server::{self, Sidecar};
 use std::sync::Arc;
-
-/// Envoy ext_authz gRPC server for the MCP gateway.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    server::run("ext-authz", &args.common, async |path, config| {
+    let about = "Envoy ext_authz gRPC server for the MCP gateway.";
+    server::run("ext-authz", about, async |path, config| {
         let section = config.ext_authz(path)?;
         let assembled = assemble(path, config, StreamEnds::AccessLog)?;
         let keys = published_keys_route(assembled.authorizer.clone());

@@ -5,29 +5,20 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use ext_proc::exchange::{Gateway, Sessions};
 use ext_proc::service::{ProcMetrics, ProcService, SERVICE_NAME};
 use gateway_core::policy_store::PolicyStore;
 use gateway_core::rewrite::RewriteSet;
 use gateway_core::schema_fetch::SchemaFetcher;
-use gateway_core::server::{self, CommonArgs, Sidecar};
+use gateway_core::server::{self, Sidecar};
 use gateway_core::session::{SessionSealer, configured_keys};
 use gateway_core::tool_catalog::ToolCatalog;
 use gateway_core::tool_pins::ToolPins;
 
-/// Envoy ext_proc gRPC server for the MCP gateway.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    server::run("ext-proc", &args.common, async |path, config| {
+    let about = "Envoy ext_proc gRPC server for the MCP gateway.";
+    server::run("ext-proc", about, async |path, config| {
         let section = config.ext_proc(path)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let keys = configured_keys(section.sessions.keys_file.as_deref(), config_dir)?;

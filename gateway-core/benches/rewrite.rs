@@ -1,5 +1,6 @@
 //! Rewrite cost per message: a `tools/call` of 1 KB and 100 KB through the Octelium
-//! rules (alias, identity injection, clamping, schema validation), and filtering a
+//! example of the dev config (alias, clamping), with identity injection and schema
+//! validation extended to the measured tool, and filtering a
 //! `tools/list` of 100 tools by the caller's authorization rules.
 //! Run with `cargo bench -p gateway-core --bench rewrite`.
 
@@ -12,24 +13,22 @@ use gateway_core::rewrite::{Origin, RewriteConfig, RewriteSet, ToolView};
 use gateway_core::rules::{Policy, RuleSet};
 use serde_json::{Value, json};
 
-const REWRITES: &str = r#"
-- name: another-add
-  alias: {from: another-add, to: add}
-- name: inject-identity
+/// The dev stack's config, which carries the Octelium example.
+const DEV_CONFIG: &str = include_str!("../../dev/gateway.yaml");
+
+/// The example scopes identity injection and schema validation to other tools;
+/// these make every request-side action apply to the measured `add` call.
+const ON_ADD_TOO: &str = r#"
+- name: inject-identity-into-add
   methods: [tools/call]
+  tools: [add]
   set:
   - {pointer: /params/arguments/uid, expr: auth.subject}
   - {pointer: /params/arguments/email, expr: jwt.email}
-- name: clamp-add
-  tools: [add]
-  clamp:
-  - {pointer: /params/arguments/a, min: 0, max: 1000}
 - name: validate-add
   tools: [add]
   validate:
     schema: {type: object, required: [a, b], properties: {a: {type: number}, b: {type: number}, note: {type: string}}}
-- name: filter
-  filter_tools: true
 "#;
 
 struct Tools<'a> {
@@ -48,7 +47,10 @@ impl ToolView for Tools<'_> {
 }
 
 fn benches(c: &mut Criterion) {
-    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(REWRITES).expect("yaml");
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(DEV_CONFIG).expect("yaml");
+    let mut configs: Vec<RewriteConfig> =
+        serde_yaml_ng::from_value(config["rewrites"].clone()).expect("the example's rewrites");
+    configs.extend(serde_yaml_ng::from_str::<Vec<RewriteConfig>>(ON_ADD_TOO).expect("yaml"));
     let rewrites = RewriteSet::compile(&configs).expect("compiles");
     // Half the tools are callable: one rule per visible tool, the worst case for a list.
     let mut rules = String::from("default:\n  rules:\n");

@@ -28,7 +28,8 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 pub const EXIT_SERVE_FAILED: u8 = 1;
 
 /// Command-line options every sidecar takes.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(version)]
 pub struct CommonArgs {
     /// Gateway config file (YAML).
     #[arg(long, env = CONFIG_ENV)]
@@ -39,6 +40,18 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Parses the command line of the sidecar `name`, whose `--help` says
+    /// `about`; a bad command line exits with clap's usage error (code 2).
+    pub fn parse_for(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command()
+            .name(name)
+            .bin_name(name)
+            .about(about)
+            .get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+
     /// Loads the config file these options name.
     pub fn load_config(&self) -> Result<(PathBuf, GatewayConfig), ConfigError> {
         let path = self.config.clone().ok_or(ConfigError::NoFile)?;
@@ -57,17 +70,19 @@ pub struct Sidecar {
     pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
-/// The whole life of a sidecar process: set up logging and span export, load the
-/// config, let `build` turn it into a [`Sidecar`], bind, serve until SIGTERM or
-/// SIGINT, flush spans. Returns the process exit code: [`EXIT_BAD_CONFIG`] when the
-/// config or `build` fails, [`EXIT_SERVE_FAILED`] when binding or serving fails.
+/// The whole life of a sidecar process: parse its command line (`--help` says
+/// `about`), set up logging and span export, load the config, let `build` turn it
+/// into a [`Sidecar`], bind, serve until SIGTERM or SIGINT, flush spans. Returns
+/// the process exit code: [`EXIT_BAD_CONFIG`] when the config or `build` fails,
+/// [`EXIT_SERVE_FAILED`] when binding or serving fails.
 pub async fn run(
     name: &'static str,
-    args: &CommonArgs,
+    about: &'static str,
     build: impl AsyncFnOnce(&Path, &GatewayConfig) -> anyhow::Result<Sidecar>,
 ) -> ExitCode {
+    let args = CommonArgs::parse_for(name, about);
     let telemetry = crate::telemetry::init(args.log_format, name);
-    let code = run_sidecar(name, args, build).await;
+    let code = run_sidecar(name, &args, build).await;
     telemetry.shutdown();
     code
 }

@@ -12,6 +12,7 @@
 //! - [`mcp`]: a raw streamable-HTTP MCP client for edge cases the SDKs won't produce.
 //! - [`bench`]: `cargo xtask bench e2e`, the gateway against Envoy alone and Envoy's
 //!   native MCP filters, with the `fast_backend` and `e2e_load` binaries.
+//! - [`otlp`]: a stand-in OTLP/HTTP collector that keeps the spans it is sent.
 //! - [`redis`]: a Redis server on a free loopback port, for what replicas share.
 //! - [`soak`]: `cargo xtask soak`, sustained traffic with fault drills under it.
 //! - [`procfs`]: CPU time and resident memory of a process, from `/proc`.
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod dev_idp;
 pub mod envoy_check;
 pub mod mcp;
+pub mod otlp;
 pub mod paths;
 pub mod process;
 pub mod procfs;

@@ -115,12 +115,39 @@ impl RawSession {
         .await
     }
 
-    /// A fresh request id.
+    /// A `method` request to the gateway within this session (token, protocol
+    /// version, session id), for a test to add what a well-behaved client would
+    /// not send.
+    pub fn http_request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method.clone(), &self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-protocol-version", &self.version)
+            .header("mcp-session-id", &self.session_id);
+        match method {
+            reqwest::Method::POST => {
+                request.header("accept", "application/json, text/event-stream")
+            }
+            reqwest::Method::GET => request.header("accept", "text/event-stream"),
+            _ => request,
+        }
+    }
+
+    /// Ends the session as a client does: `DELETE` with its session id.
+    pub async fn end(&self) -> anyhow::Result<reqwest::Response> {
+        self.http_request(reqwest::Method::DELETE)
+            .send()
+            .await
+            .context("DELETE the session")
+    }
+
     /// The bearer token the session was opened with.
     pub fn token(&self) -> &str {
         &self.token
     }
 
+    /// A fresh request id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -145,12 +172,7 @@ impl RawSession {
     /// Opens the session's GET event stream (server-to-client messages); the
     /// response is returned as soon as its headers arrive.
     pub async fn open_event_stream(&self) -> anyhow::Result<reqwest::Response> {
-        self.http
-            .get(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
-            .header("mcp-protocol-version", &self.version)
-            .header("mcp-session-id", &self.session_id)
+        self.http_request(reqwest::Method::GET)
             .send()
             .await
             .context("GET event stream from the gateway")
@@ -158,14 +180,47 @@ impl RawSession {
 
     /// Calls a tool and returns the text of its first content item.
     pub async fn call_tool(&self, name: &str, arguments: Value) -> anyhow::Result<String> {
-        let response = self
-            .request("tools/call", json!({"name": name, "arguments": arguments}))
-            .await?;
-        response["result"]["content"][0]["text"]
+        let answer = self.tool_answer(name, arguments).await?;
+        answer["result"]["content"][0]["text"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| anyhow!("tools/call {name}: unexpected answer {response}"))
+            .ok_or_else(|| anyhow!("tools/call {name}: unexpected answer {answer}"))
     }
+
+    /// Calls a tool and returns the whole JSON-RPC answer, result or error.
+    pub async fn tool_answer(&self, name: &str, arguments: Value) -> anyhow::Result<Value> {
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await
+    }
+
+    /// The names of the tools `tools/list` shows this session, in its order.
+    pub async fn tool_names(&self) -> anyhow::Result<Vec<String>> {
+        let list = self.request("tools/list", json!({})).await?;
+        Ok(tool_names(&list))
+    }
+}
+
+/// The tool names in a `tools/list` answer, in its order.
+pub fn tool_names(list: &Value) -> Vec<String> {
+    list["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Asserts that `answer` is a JSON-RPC error with `code` whose message contains
+/// `fragment`; returns the message.
+#[track_caller]
+pub fn assert_rpc_error<'a>(answer: &'a Value, code: i64, fragment: &str) -> &'a str {
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(fragment),
+        "the error message names {fragment:?}: {answer}"
+    );
+    message
 }
 
 /// POSTs a JSON-RPC body as an MCP client does.

@@ -3,34 +3,29 @@ use crate::cel::RequestFacts;
 use serde_json::json;
 use std::sync::Mutex;
 
-/// The Octelium Lua example as declarative rules.
-const OCTELIUM: &str = r#"
-- name: another-add
-  alias: {from: another-add, to: add}
-- name: inject-identity
-  methods: [tools/call]
-  set:
-  - {pointer: /params/arguments/uid, expr: auth.subject}
-  - {pointer: /params/arguments/email, expr: jwt.email}
-- name: clamp-add
-  tools: [add]
-  clamp:
-  - {pointer: /params/arguments/a, min: 0, max: 1000}
-  - {pointer: /params/arguments/b, min: 0, max: 1000}
-- name: validate-subtract
-  tools: [subtract]
-  validate:
-    schema: {type: object, required: [a, b], properties: {a: {type: number}, b: {type: number}}}
-- name: filter
-  filter_tools: true
+/// The dev stack's config, which carries the Octelium example (a Lua script
+/// there) as declarative rules: the one copy the README, these tests, the
+/// benchmark and the end-to-end tests share.
+const DEV_CONFIG: &str = include_str!("../../../dev/gateway.yaml");
+
+/// Redaction alone, for how it reaches every part of an answer.
+const NO_KEYS: &str = r#"
 - name: no-keys
   redact:
   - {regex: 'sk-[A-Za-z0-9]{8,}'}
   - {pointer: /structuredContent/password, replacement: "***"}
 "#;
 
+/// The Octelium example: the dev config's `rewrites`.
 fn set() -> RewriteSet {
-    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(OCTELIUM).expect("yaml");
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(DEV_CONFIG).expect("yaml");
+    let configs: Vec<RewriteConfig> =
+        serde_yaml_ng::from_value(config["rewrites"].clone()).expect("rewrites");
+    RewriteSet::compile(&configs).expect("compiles")
+}
+
+fn compiled(rules: &str) -> RewriteSet {
+    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(rules).expect("yaml");
     RewriteSet::compile(&configs).expect("compiles")
 }
 
@@ -86,32 +81,33 @@ fn alias_identity_injection_and_clamping() {
     assert_eq!(m["params"]["name"], "add");
     assert_eq!(
         m["params"]["arguments"],
-        json!({"a": 0, "b": 1000, "uid": "alice", "email": "alice@example.com"})
+        json!({"a": 0, "b": 5000}),
+        "a clamped to 0, b left alone"
     );
     // Within bounds nothing moves; floats stay floats.
     let mut m = call("add", json!({"a": 2.5, "b": 7}));
     rewrite(&mut m).expect("ok");
+    assert_eq!(m["params"]["arguments"], json!({"a": 2.5, "b": 7}));
+    // The caller's identity comes from its token, never from the client; the
+    // client's `debug` flag is dropped.
+    let mut m = call("echo", json!({"uid": "mallory", "debug": true}));
+    assert_eq!(rewrite(&mut m), Ok(true));
     assert_eq!(
-        (
-            m["params"]["arguments"]["a"].clone(),
-            m["params"]["arguments"]["b"].clone()
-        ),
-        (json!(2.5), json!(7))
+        m["params"]["arguments"],
+        json!({"uid": "alice", "email": "alice@example.com"})
     );
 }
 
 #[test]
 fn schema_invalid_calls_are_refused_with_32602() {
-    let mut m = call("subtract", json!({"a": "ten", "b": 1}));
-    let err = rewrite(&mut m).expect_err("invalid");
+    let mut m = call("subtract", json!({"a": 1}));
+    let err = rewrite(&mut m).expect_err("b is required");
     assert_eq!(err.code, -32602);
     assert!(
         err.message.contains("invalid arguments for `subtract`"),
         "{}",
         err.message
     );
-    let mut m = call("subtract", json!({"a": 1}));
-    assert!(rewrite(&mut m).is_err(), "missing b");
     let mut m = call("subtract", json!({"a": 10, "b": 1}));
     assert!(rewrite(&mut m).is_ok());
 }
@@ -168,7 +164,7 @@ fn results_are_redacted() {
     let mut m = json!({"jsonrpc": "2.0", "id": 3, "result": {
         "content": [{"type": "text", "text": "key sk-ABCDEFGH1234 and sk-short"}],
         "structuredContent": {"password": "hunter2", "user": "alice"}}});
-    assert!(set().rewrite_response(
+    assert!(compiled(NO_KEYS).rewrite_response(
         &RequestFacts::default(),
         Origin::Call {
             method: Some("tools/call"),
@@ -187,7 +183,7 @@ fn results_are_redacted() {
     );
     // A notification sent while answering a call is redacted like its answer.
     let mut n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"message": "sk-ABCDEFGH1234"}});
-    assert!(set().rewrite_response(
+    assert!(compiled(NO_KEYS).rewrite_response(
         &RequestFacts::default(),
         Origin::Call {
             method: Some("tools/call"),
@@ -199,7 +195,7 @@ fn results_are_redacted() {
     assert_eq!(n["params"]["message"], "[redacted]");
     // So is a JSON-RPC error, message and data.
     let mut e = json!({"jsonrpc": "2.0", "id": 4, "error": {"code": -32602, "message": "bad sk-ABCDEFGH1234", "data": {"echo": "sk-ABCDEFGH1234"}}});
-    assert!(set().rewrite_response(
+    assert!(compiled(NO_KEYS).rewrite_response(
         &RequestFacts::default(),
         Origin::Unknown,
         &mut e,
@@ -210,7 +206,7 @@ fn results_are_redacted() {
     let mut m = json!({"jsonrpc": "2.0", "id": 5, "result": {
         "content": [{"type": "text", "text": "{\"password\": \"hunter2\", \"user\": \"alice\"}"}],
         "structuredContent": {"password": "hunter2", "user": "alice"}}});
-    set().rewrite_response(
+    compiled(NO_KEYS).rewrite_response(
         &RequestFacts::default(),
         Origin::Unknown,
         &mut m,
@@ -236,9 +232,16 @@ fn which_phases_are_needed() {
     assert!(
         s.rewrites_response(Origin::Call {
             method: Some("tools/call"),
+            tool: Some("echo")
+        }),
+        "echo's answers are redacted"
+    );
+    assert!(
+        !s.rewrites_response(Origin::Call {
+            method: Some("tools/call"),
             tool: Some("add")
         }),
-        "redact applies to every call"
+        "no rule reads add's answers"
     );
     let none = RewriteSet::empty();
     assert!(!none.rewrites_requests());
@@ -279,15 +282,12 @@ fn rewrite_with(
     claims: &serde_json::Map<String, Value>,
     message: &mut Value,
 ) -> Result<bool, Rejection> {
-    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(rules).expect("yaml");
     let facts = RequestFacts {
         claims: Some(claims),
         subject: Some("svc"),
         ..Default::default()
     };
-    RewriteSet::compile(&configs)
-        .expect("compiles")
-        .rewrite_request(&facts, message, &tools(vec![]))
+    compiled(rules).rewrite_request(&facts, message, &tools(vec![]))
 }
 
 #[test]
@@ -376,11 +376,8 @@ fn a_condition_that_fails_applies_protective_actions_only() {
     let mut m = call("add", json!({"a": 500, "limit": 5}));
     assert_eq!(rewrite_with(rules, &premium, &mut m), Ok(false));
     // Responses: a failing condition still redacts.
-    let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(
-        "- {name: r, when: 'jwt.department != \"finance\"', redact: [{regex: 'secret'}]}",
-    )
-    .expect("yaml");
-    let set = RewriteSet::compile(&configs).expect("compiles");
+    let set =
+        compiled("- {name: r, when: 'jwt.department != \"finance\"', redact: [{regex: 'secret'}]}");
     let facts = RequestFacts {
         claims: Some(&no_tier),
         ..Default::default()

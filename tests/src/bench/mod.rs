@@ -593,12 +593,7 @@ async fn preflight(gateway: &Stack, targets: &[Target], token: &str) -> anyhow::
         }
         if target.name == "C" {
             // The gateway denies by policy with a JSON-RPC error in a 200.
-            let denied = session
-                .request(
-                    "tools/call",
-                    json!({"name": FORBIDDEN_TOOL, "arguments": {"a": 1}}),
-                )
-                .await?;
+            let denied = session.tool_answer(FORBIDDEN_TOOL, json!({"a": 1})).await?;
             if denied.get("error").is_none() {
                 bail!("config C allowed a tool its rules forbid: {denied}");
             }

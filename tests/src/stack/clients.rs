@@ -24,6 +24,15 @@ impl Stack {
         RawSession::initialize(&self.http, &self.url(), &token).await
     }
 
+    /// A POST to the gateway's MCP endpoint with the `Accept` header MCP
+    /// clients send, and nothing else (no token, session or version): for tests
+    /// that send what a well-behaved client would not.
+    pub fn mcp_post(&self) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url())
+            .header("accept", "application/json, text/event-stream")
+    }
+
     /// A fresh bearer token with an `email` claim (none when empty).
     pub async fn token_with_email(
         &self,

@@ -136,6 +136,20 @@ impl Stack {
         Ok(since)
     }
 
+    /// The `tools/call` messages that reached a session-era backend since `mark`.
+    pub async fn tool_calls_since(
+        &self,
+        mark: &RequestMark,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(tool_calls(self.requests_since(mark).await?))
+    }
+
+    /// Every `tools/call` message the session-era backends still hold, in
+    /// backend order.
+    pub async fn all_tool_calls(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(tool_calls(self.all_backend_requests().await?))
+    }
+
     /// Every request every backend received, in backend order.
     pub async fn all_backend_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut all = Vec::new();
@@ -213,4 +227,16 @@ pub(super) async fn debug_document(port: u16) -> anyhow::Result<serde_json::Valu
             .json()
             .await?,
     )
+}
+
+/// The `tools/call` messages among backend requests, as JSON-RPC.
+fn tool_calls(requests: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    requests
+        .into_iter()
+        .filter_map(|request| {
+            serde_json::from_str::<serde_json::Value>(request["body"].as_str().unwrap_or_default())
+                .ok()
+        })
+        .filter(|body| body["method"] == "tools/call")
+        .collect()
 }

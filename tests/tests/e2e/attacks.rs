@@ -532,13 +532,8 @@ async fn bodies_are_bounded_by_who_sends_them(check: Check) {
                       "params": {"pad": "x".repeat(MIB + 1)}});
     assert_eq!(session.post(&huge).await.expect("answer").status(), 413);
     // So is a GET (the event stream) carrying as much: the limit is not a POST's alone.
-    let get = stack
-        .http()
-        .get(stack.url())
-        .bearer_auth(session.token())
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
+    let get = session
+        .http_request(reqwest::Method::GET)
         .body(vec![b' '; MIB + 1])
         .send()
         .await
@@ -550,10 +545,8 @@ async fn bodies_are_bounded_by_who_sends_them(check: Check) {
     let forged = forged_token(&stack);
     for body in [initialize(), huge] {
         let response = stack
-            .http()
-            .post(stack.url())
+            .mcp_post()
             .bearer_auth(&forged)
-            .header("accept", "application/json, text/event-stream")
             .json(&body)
             .send()
             .await
@@ -683,15 +676,10 @@ async fn a_backend_cannot_make_ext_proc_hold_an_endless_event() {
     // Over it, the event becomes a JSON-RPC error for the same call: the client
     // is told, not left waiting, and none of the event's bytes are passed on.
     let answer = session
-        .request(
-            "tools/call",
-            json!({"name": "blob", "arguments": {"size": 4 * CAP}}),
-        )
+        .tool_answer("blob", json!({"size": 4 * CAP}))
         .await
         .expect("an answer for the call");
-    assert_eq!(answer["error"]["code"], -32603, "{answer}");
-    let message = answer["error"]["message"].as_str().expect("message");
-    assert!(message.contains(&CAP.to_string()), "{message}");
+    mcp::assert_rpc_error(&answer, -32603, &CAP.to_string());
     assert!(
         answer.to_string().len() < CAP,
         "the oversized event was dropped"
@@ -749,13 +737,8 @@ async fn a_client_cannot_steer_the_gateways_own_routing_headers(check: Check) {
         .await
         .expect("answer");
     assert_eq!(call.status(), 200);
-    let forced = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
+    let forced = session
+        .http_request(reqwest::Method::POST)
         .header("x-mcp-hop", "proc")
         .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
                       "params": {"name": "whoami", "arguments": {}}}))

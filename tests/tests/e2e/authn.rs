@@ -22,13 +22,10 @@ fn metadata_url(stack: &Stack) -> String {
 }
 
 async fn post_initialize(stack: &Stack, authorization: Option<&str>) -> reqwest::Response {
-    let mut request = stack
-        .http()
-        .post(stack.url())
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
-                       "clientInfo": {"name": "t", "version": "0"}}}));
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": mcp::PROTOCOL_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "t", "version": "0"}}});
+    let mut request = stack.mcp_post().json(&initialize);
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
@@ -164,15 +161,9 @@ async fn too_few_scopes_get_403_insufficient_scope() {
 async fn the_backend_gets_the_identity_never_the_token() {
     let stack = stack().await;
     let session = stack.session("alice").await.expect("initialize");
-    let token = session.token().to_owned();
     // A client trying to pass itself off as someone else.
-    let response = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
+    let response = session
+        .http_request(reqwest::Method::POST)
         .header("x-mcp-subject", "root")
         .header("x-mcp-client-id", "trusted-client")
         .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",

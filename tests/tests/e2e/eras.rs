@@ -14,14 +14,17 @@ against_both_checks!(
     rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says,
 );
 
-/// A stack serving both eras, with the check where `check` says.
-async fn both_eras(check: Check) -> Stack {
-    Stack::builder()
+/// A stack serving both eras, with the check where `check` says, and a token
+/// for alice.
+async fn both_eras(check: Check) -> (Stack, String) {
+    let stack = Stack::builder()
         .stateless_backends(1)
         .check(check)
         .start()
         .await
-        .expect("stack starts")
+        .expect("stack starts");
+    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    (stack, token)
 }
 
 /// The outcome of each call in a `dev/client.py` report, by position.
@@ -35,31 +38,36 @@ async fn stateless_post(
     stack: &Stack,
     token: &str,
     body: &Value,
-    headers: &[(&str, &str)],
+    headers: &[Header<'_>],
 ) -> reqwest::Response {
-    let mut request = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(body);
-    let overridden = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    let method = body["method"].as_str().unwrap_or_default().to_owned();
     let version = body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"]
         .as_str()
-        .unwrap_or(MODERN)
-        .to_owned();
-    if !overridden("mcp-protocol-version") {
-        request = request.header("mcp-protocol-version", version);
+        .unwrap_or(MODERN);
+    let mut mirrored = vec![
+        ("mcp-protocol-version", version),
+        ("mcp-method", body["method"].as_str().unwrap_or_default()),
+    ];
+    if let Some(name) = body["params"]["name"].as_str() {
+        mirrored.push(("mcp-name", name));
     }
-    if !overridden("mcp-method") {
-        request = request.header("mcp-method", &method);
-    }
-    if let Some(name) = body["params"]["name"].as_str()
-        && !overridden("mcp-name")
-    {
-        request = request.header("mcp-name", name);
-    }
+    mirrored.retain(|(name, _)| !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
+    mirrored.extend_from_slice(headers);
+    send(stack, token, body.to_string(), &mirrored).await
+}
+
+/// POSTs `body` to the gateway as JSON with exactly these headers besides the
+/// token and `Accept`.
+async fn send(
+    stack: &Stack,
+    token: &str,
+    body: String,
+    headers: &[Header<'_>],
+) -> reqwest::Response {
+    let mut request = stack
+        .mcp_post()
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -109,8 +117,7 @@ fn stateless_call(tool: &str, arguments: Value) -> Value {
 async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_still_hold(
     check: Check,
 ) {
-    let stack = both_eras(check).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(check).await;
     let calls = [
         ("add", json!({"a": 2, "b": 3})),
         // The demo policy allows add only while a < 1000.
@@ -174,8 +181,7 @@ async fn the_sdk_2_client_speaks_2026_07_28_through_the_gateway_and_the_rules_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
-    let stack = both_eras(Check::Sidecar).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(Check::Sidecar).await;
     // The SDK 1.x client, and the SDK 2.x client forced to the session era.
     let outcomes_1x = stack
         .python_calls(
@@ -206,8 +212,7 @@ async fn session_era_clients_are_unchanged_next_to_the_stateless_era() {
 async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rule_and_reach_no_backend(
     check: Check,
 ) {
-    let stack = both_eras(check).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(check).await;
     // The demo policy denies add with a >= 1000 and allows it below. A header
     // naming an allowed tool over a denied call must not help it; a header that
     // disagrees with an allowed call must not pass either (so the counters below
@@ -302,8 +307,7 @@ async fn mirrored_headers_that_disagree_with_the_body_are_refused_before_any_rul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_requests_without_an_envelope_or_at_an_unknown_version_get_the_specs_errors() {
-    let stack = both_eras(Check::Sidecar).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(Check::Sidecar).await;
     let before = stack.all_backend_total().await.expect("counters");
 
     let mut bare = stateless_call("whoami", json!({}));
@@ -462,8 +466,7 @@ async fn a_modern_only_backend_serves_stateless_clients_and_session_clients_get_
 async fn rewrites_apply_to_stateless_calls_and_the_headers_go_upstream_as_the_body_says(
     check: Check,
 ) {
-    let stack = both_eras(check).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(check).await;
     let report = stack
         .python_sdk2_calls(
             &token,
@@ -577,8 +580,7 @@ async fn a_param_header_that_disagrees_with_a_listed_schema_is_refused_and_reach
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes() {
-    let stack = both_eras(Check::Sidecar).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(Check::Sidecar).await;
     for (mode, version, served_by) in [
         ("legacy", "2025-11-25", "mcp-"),
         ("auto", MODERN, "stateless-"),
@@ -607,8 +609,7 @@ async fn the_typescript_sdk_client_negotiates_through_the_gateway_in_both_modes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mrtr_round_trip_and_a_subscriptions_listen_notification_pass_the_gateway() {
-    let stack = both_eras(Check::Sidecar).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(Check::Sidecar).await;
     // confirm answers `input_required`; the client asks its user (the script
     // says yes) and retries with the answer and the requestState.
     let report = stack
@@ -890,19 +891,12 @@ async fn raw_stateless_post(
     body: &str,
     headers: &[Header<'_>],
 ) -> reqwest::Response {
-    let mut request = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", MODERN)
-        .header("mcp-method", "tools/call")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.expect("POST to the gateway")
+    let mut all = vec![
+        ("mcp-protocol-version", MODERN),
+        ("mcp-method", "tools/call"),
+    ];
+    all.extend_from_slice(headers);
+    send(stack, token, body.to_owned(), &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,8 +904,7 @@ async fn a_call_judged_from_its_headers_passes_only_with_a_body_envoy_found_to_a
     // The dev config lists `tools/call` of whoami and say, and `tools/list`, in
     // edge.header_only: ext-authz judges them from what Envoy's mcp filter
     // parsed and never sees their bodies.
-    let stack = both_eras(Check::Sidecar).await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
+    let (stack, token) = both_eras(Check::Sidecar).await;
 
     // Allowed: the body reaches the backend whole, arguments and all.
     let say = stateless_call("say", json!({"text": "hello from the headers"}));

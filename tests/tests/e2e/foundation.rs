@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::fixtures::stack;
+use super::fixtures::{assert_adds, stack};
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, backend_name};
 use futures::StreamExt;
@@ -55,13 +55,7 @@ async fn python_sdk_sessions_stay_on_their_backend() {
 async fn ext_authz_down_fails_closed_and_recovers_without_restarting_envoy() {
     let mut stack = stack().await;
     let session = stack.session("alice").await.expect("initialize");
-    assert_eq!(
-        session
-            .call_tool("add", json!({"a": 1, "b": 2}))
-            .await
-            .expect("add"),
-        "3.0"
-    );
+    assert_adds(&session).await;
 
     stack.kill_ext_authz().expect("kill ext-authz");
     let upstream_before = stack

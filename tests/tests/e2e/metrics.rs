@@ -1,10 +1,11 @@
 //! What an operator sees: each sidecar's Prometheus text moves with the calls
 //! it judged and the sessions it kept; spans carry MCP's semantic conventions.
 
-use super::fixtures::stack;
-use e2e::mcp;
+use super::fixtures::{one_call_allowed_one_denied, stack};
+use e2e::mcp::{self, RawSession};
+use e2e::otlp::OtlpCollector;
 use e2e::stack::Stack;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The value of the sample `name{labels}` in Prometheus text (labels as written
 /// by the encoder, in order), or 0 when absent.
@@ -21,22 +22,9 @@ async fn each_sidecar_counts_what_it_decided() {
     let stack = stack().await;
     let session = stack.session("alice").await.expect("initialize");
     let token = session.token().to_owned();
-    session
-        .call_tool("add", json!({"a": 1, "b": 2}))
-        .await
-        .expect("allowed");
-    let denied = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(denied["error"]["code"], -32001);
+    one_call_allowed_one_denied(&session).await;
     let anonymous = stack
-        .http()
-        .post(stack.url())
-        .header("accept", "application/json, text/event-stream")
+        .mcp_post()
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
         .send()
         .await
@@ -155,32 +143,24 @@ async fn each_sidecar_counts_what_it_decided() {
     );
 }
 
+/// Calls `add` with these arguments in the client's trace `trace_id`, carried
+/// as MCP carries it: in the message's `_meta`.
+async fn call_in_trace(session: &RawSession, arguments: Value, trace_id: &str) -> Value {
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    session
+        .request(
+            "tools/call",
+            json!({"name": "add", "arguments": arguments, "_meta": {"traceparent": traceparent}}),
+        )
+        .await
+        .expect("allowed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_clients_trace() {
-    // A stand-in OTLP/HTTP collector that keeps what it is sent.
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().expect("lock").extend_from_slice(&body);
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let collector = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let collector = OtlpCollector::start().await.expect("collector");
     let stack = Stack::builder()
-        .sidecar_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .sidecar_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
         .sidecar_env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .start()
         .await
@@ -188,14 +168,7 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
     let session = stack.session("alice").await.expect("initialize");
     // The client's trace, as MCP carries it: in the message's `_meta`.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let answer = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 1, "b": 2},
-                   "_meta": {"traceparent": format!("00-{trace_id}-00f067aa0ba902b7-01")}}),
-        )
-        .await
-        .expect("allowed");
+    let answer = call_in_trace(&session, json!({"a": 1, "b": 2}), trace_id).await;
     assert_eq!(answer["result"]["content"][0]["text"], "3.0", "{answer}");
     let trace_id_bytes: Vec<u8> = (0..trace_id.len())
         .step_by(2)
@@ -214,7 +187,7 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
     let bytes = e2e::eventually(
         "spans with the MCP attributes and the client's trace id",
         || async {
-            let bytes = received.lock().expect("lock").clone();
+            let bytes = collector.bodies().concat();
             let complete =
                 wanted.iter().all(|n| contains(&bytes, n)) && contains(&bytes, &trace_id_bytes);
             anyhow::ensure!(complete, "{} bytes so far lack some", bytes.len());
@@ -226,7 +199,6 @@ async fn spans_name_the_mcp_method_tool_request_and_session_and_continue_the_cli
         !contains(&bytes, session.session_id.as_bytes()),
         "the session token itself never goes out, only its digest"
     );
-    server.abort();
 }
 
 /// SHA-256 of `text` in hex, by coreutils: not by the gateway's own code.
@@ -269,35 +241,20 @@ async fn the_audit_trail_records_each_decision_and_what_the_backend_answered() {
     let backend_ports = stack.ports().backends.clone();
     let session = stack.session("alice").await.expect("initialize");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let added = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"b": 2, "a": 1},
-                   "_meta": {"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}}),
-        )
-        .await
-        .expect("allowed");
+    let added = call_in_trace(&session, json!({"b": 2, "a": 1}), trace).await;
     assert_eq!(added["result"]["isError"], false, "{added}");
     let failed = session
-        .request(
-            "tools/call",
-            json!({"name": "divide", "arguments": {"a": 1, "b": 0}}),
-        )
+        .tool_answer("divide", json!({"a": 1, "b": 0}))
         .await
         .expect("answered");
     assert_eq!(failed["result"]["isError"], true, "a tool error: {failed}");
     let denied = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
-        )
+        .tool_answer("add", json!({"a": 5000, "b": 2}))
         .await
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001);
     let anonymous = stack
-        .http()
-        .post(stack.url())
-        .header("accept", "application/json, text/event-stream")
+        .mcp_post()
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}))
         .send()

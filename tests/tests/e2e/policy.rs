@@ -2,7 +2,7 @@
 //! demo policy with the official Python client, batches, strict parsing, and
 //! hot reload.
 
-use super::fixtures::{stack, stack_checked};
+use super::fixtures::{assert_adds, one_call_allowed_one_denied, stack, stack_checked};
 use e2e::mcp;
 use e2e::stack::{Check, Stack};
 use serde_json::{Value, json};
@@ -71,10 +71,8 @@ async fn a_batch_with_one_forbidden_call_is_refused_whole(check: Check) {
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 5000, "b": 2}}}
     ]);
     let response = stack
-        .http()
-        .post(stack.url())
+        .mcp_post()
         .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-03-26")
         .header("mcp-session-id", &session.session_id)
         .json(&batch)
@@ -112,10 +110,8 @@ async fn strict_parsing_and_versions_end_to_end() {
     let before = stack.all_backend_total().await.expect("counters");
     let raw = |body: &'static str, version: &'static str| {
         stack
-            .http()
-            .post(stack.url())
+            .mcp_post()
             .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .header("mcp-protocol-version", version)
             .header("mcp-session-id", &session.session_id)
@@ -165,10 +161,7 @@ async fn strict_parsing_and_versions_end_to_end() {
     );
     // ...and with a=5 it reaches the backend, which calls `add`.
     let answer = session
-        .request(
-            "tools/call",
-            json!({"name": "ad\u{0064}", "arguments": {"a": 5, "b": 1}}),
-        )
+        .tool_answer("ad\u{0064}", json!({"a": 5, "b": 1}))
         .await
         .expect("allowed");
     assert_eq!(answer["result"]["content"][0]["text"], "6.0");
@@ -219,7 +212,7 @@ async fn rules_reload_on_change_and_a_bad_file_keeps_the_old_rules() {
     .expect("write");
     wait_for_log(&stack, "rules reloaded").await;
     let denied = session
-        .request("tools/call", json!({"name": "whoami", "arguments": {}}))
+        .tool_answer("whoami", json!({}))
         .await
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001, "{denied}");
@@ -244,18 +237,7 @@ async fn wait_for_log(stack: &Stack, needle: &str) {
 async fn decisions_reach_envoys_access_log() {
     let stack = stack().await;
     let session = stack.session("alice").await.expect("initialize");
-    session
-        .call_tool("add", json!({"a": 1, "b": 2}))
-        .await
-        .expect("allowed");
-    let denied = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 5000, "b": 2}}),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(denied["error"]["code"], -32001);
+    one_call_allowed_one_denied(&session).await;
 
     // Envoy writes the access log line when each request ends; wait for both.
     let lines: Vec<Value> = e2e::eventually("both calls in Envoy's access log", || async {
@@ -322,7 +304,6 @@ async fn decisions_reach_envoys_access_log() {
 async fn rules_that_guard_every_request_guard_get_and_delete_too(check: Check) {
     let stack = stack_checked(check).await;
     let session = stack.session("alice").await.expect("initialize");
-    let token = session.token().to_owned();
     assert_eq!(
         session.open_event_stream().await.expect("answer").status(),
         200
@@ -342,13 +323,8 @@ async fn rules_that_guard_every_request_guard_get_and_delete_too(check: Check) {
     wait_for_log(&stack, "rules reloaded").await;
     let before = stack.all_backend_total().await.expect("counters");
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
-        let response = stack
-            .http()
-            .request(method.clone(), stack.url())
-            .bearer_auth(&token)
-            .header("accept", "text/event-stream")
-            .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-            .header("mcp-session-id", &session.session_id)
+        let response = session
+            .http_request(method.clone())
             .send()
             .await
             .expect("answer");
@@ -380,12 +356,7 @@ async fn version_2024_11_05_works_end_to_end_and_older_ones_are_refused_at_initi
         .await
         .expect("a 2024-11-05 session");
     assert_eq!(old.version, "2024-11-05");
-    assert_eq!(
-        old.call_tool("add", json!({"a": 1, "b": 2}))
-            .await
-            .expect("a call"),
-        "3.0"
-    );
+    assert_adds(&old).await;
 
     // Older than any version the gateway carries: the lifecycle's error at once,
     // never a session whose next message would be refused.

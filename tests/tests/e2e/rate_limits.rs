@@ -81,9 +81,7 @@ async fn assert_limited(answer: reqwest::Response, id: Value, period_secs: u64) 
     let body: Value = answer.json().await.expect("a JSON body");
     assert_eq!(body["jsonrpc"], "2.0", "{body}");
     assert_eq!(body["id"], id, "{body}");
-    assert_eq!(body["error"]["code"], -32000, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("Rate limit exceeded"), "{body}");
+    mcp::assert_rpc_error(&body, -32000, "Rate limit exceeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,29 +13,15 @@ use serde_json::{Value, json};
 /// Everything with `mcp:tools` is allowed; rules here are not the subject.
 const ALLOW_ALL: &str = "default:\n  default_effect: allow\n";
 
-/// The Octelium example (a Lua script there) as rewrite rules.
-const OCTELIUM: &str = r#"
-- name: another-add
-  alias: {from: another-add, to: add}
-- name: inject-identity
-  methods: [tools/call]
-  tools: [echo]
-  set:
-  - {pointer: /params/arguments/uid, expr: auth.subject}
-  - {pointer: /params/arguments/email, expr: jwt.email}
-- name: clamp-add
-  tools: [add]
-  clamp:
-  - {pointer: /params/arguments/a, min: 0, max: 1000}
-  - {pointer: /params/arguments/b, min: 0, max: 1000}
-- name: validate-subtract
-  tools: [subtract]
-  validate:
-    schema:
-      type: object
-      required: [a, b]
-      properties: {a: {type: number, minimum: 0}, b: {type: number}}
-"#;
+/// The gateway with the dev config's rewrites, which carry the Octelium example
+/// (a Lua script there), and every call allowed.
+async fn octelium_stack() -> Stack {
+    Stack::builder()
+        .rules(ALLOW_ALL)
+        .start()
+        .await
+        .expect("stack starts")
+}
 
 async fn stack_with(rewrites: &str, rules: &str, backend_args: &[&str]) -> Stack {
     let rewrites = rewrites_section(rewrites);
@@ -53,24 +39,15 @@ fn rewrites_section(yaml: &str) -> serde_yaml_ng::Value {
     serde_yaml_ng::from_str(yaml).expect("rewrites YAML")
 }
 
-async fn backend_calls(stack: &Stack) -> Vec<Value> {
-    tools_calls(stack.all_backend_requests().await.expect("backends"))
-}
-
-/// The `tools/call` messages among backend requests.
-fn tools_calls(requests: Vec<Value>) -> Vec<Value> {
-    requests
-        .into_iter()
-        .filter_map(|request| {
-            serde_json::from_str::<Value>(request["body"].as_str().unwrap_or_default()).ok()
-        })
-        .filter(|body| body["method"] == "tools/call")
-        .collect()
+/// Asserts that no `tools/call` reached a backend since `mark`.
+async fn assert_nothing_forwarded_since(stack: &Stack, mark: &RequestMark, why: &str) {
+    let calls = stack.tool_calls_since(mark).await.expect("backends");
+    assert!(calls.is_empty(), "{why}: forwarded {calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_octelium_example_as_declarative_rules() {
-    let stack = stack_with(OCTELIUM, ALLOW_ALL, &[]).await;
+    let stack = octelium_stack().await;
     let token = stack
         .token_with_email("alice", "mcp:tools", "alice@example.com")
         .await
@@ -79,20 +56,21 @@ async fn the_octelium_example_as_declarative_rules() {
         .await
         .expect("initialize");
 
-    // The alias works and both arguments are clamped.
+    // The alias works and `a` is clamped.
     let sum = session
-        .call_tool("another-add", json!({"a": -5, "b": 5000}))
+        .call_tool("another-add", json!({"a": -5, "b": 7}))
         .await
         .expect("another-add");
-    assert_eq!(sum, "1000.0");
-    let calls = backend_calls(&stack).await;
+    assert_eq!(sum, "7.0");
+    let calls = stack.all_tool_calls().await.expect("backends");
     let received = calls.last().expect("the backend got the call");
     assert_eq!(received["params"]["name"], "add");
-    assert_eq!(received["params"]["arguments"], json!({"a": 0, "b": 1000}));
+    assert_eq!(received["params"]["arguments"], json!({"a": 0, "b": 7}));
 
-    // The caller's identity is injected from its token; the backend echoes it.
+    // The caller's identity is injected from its token, whatever the client
+    // claims; the backend echoes it.
     let echoed = session
-        .call_tool("echo", json!({"a": 1}))
+        .call_tool("echo", json!({"a": 1, "uid": "mallory", "debug": true}))
         .await
         .expect("echo");
     let echoed: Value = serde_json::from_str(&echoed).expect("JSON");
@@ -100,7 +78,7 @@ async fn the_octelium_example_as_declarative_rules() {
         echoed,
         json!({"a": 1.0, "uid": "alice", "email": "alice@example.com"})
     );
-    let calls = backend_calls(&stack).await;
+    let calls = stack.all_tool_calls().await.expect("backends");
     assert_eq!(
         calls.last().expect("echo call")["params"]["arguments"],
         json!({"a": 1, "uid": "alice", "email": "alice@example.com"})
@@ -109,20 +87,11 @@ async fn the_octelium_example_as_declarative_rules() {
     // A schema-invalid call is refused with -32602 and never forwarded.
     let before = stack.request_mark().await.expect("mark");
     let refused = session
-        .request(
-            "tools/call",
-            json!({"name": "subtract", "arguments": {"a": -1, "b": 2}}),
-        )
+        .tool_answer("subtract", json!({"a": 1}))
         .await
         .expect("answer");
-    assert_eq!(refused["error"]["code"], -32602, "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .expect("text")
-            .contains("subtract")
-    );
-    assert!(calls_since(&stack, &before).await.is_empty());
+    mcp::assert_rpc_error(&refused, -32602, "subtract");
+    assert_nothing_forwarded_since(&stack, &before, "refused").await;
     // A valid one passes.
     assert_eq!(
         session
@@ -133,18 +102,9 @@ async fn the_octelium_example_as_declarative_rules() {
     );
 
     // tools/list shows the alias.
-    let list = session
-        .request("tools/list", json!({}))
-        .await
-        .expect("list");
-    let names: Vec<&str> = list["result"]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let names = session.tool_names().await.expect("list");
     assert!(
-        names.contains(&"another-add") && names.contains(&"add"),
+        names.iter().any(|n| n == "another-add") && names.iter().any(|n| n == "add"),
         "{names:?}"
     );
 }
@@ -158,20 +118,8 @@ default:
 "#;
 
 async fn tool_names(stack: &Stack, subject: &str) -> Vec<String> {
-    let token = stack.token(subject, "mcp:tools").await.expect("token");
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
-    let list = session
-        .request("tools/list", json!({}))
-        .await
-        .expect("list");
-    let mut names: Vec<String> = list["result"]["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(str::to_owned))
-        .collect();
+    let session = stack.session(subject).await.expect("initialize");
+    let mut names = session.tool_names().await.expect("list");
     names.sort();
     names
 }
@@ -317,24 +265,23 @@ async fn tools_list_follows_a_rules_reload() {
 
 // Fail closed: each documented rewrite, tried by a low-privilege caller.
 
-/// What backends received since `before` calls (all backends' tools/call bodies).
-/// The `tools/call` messages that reached a backend since `mark`.
-async fn calls_since(stack: &Stack, mark: &RequestMark) -> Vec<Value> {
-    tools_calls(stack.requests_since(mark).await.expect("backends"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
-    let rewrites = format!(
-        "{OCTELIUM}
+    // A required injection (the default), and an optional one.
+    let rewrites = r#"
+- name: inject-identity
+  methods: [tools/call]
+  tools: [echo]
+  set:
+  - {pointer: /params/arguments/uid, expr: auth.subject}
+  - {pointer: /params/arguments/email, expr: jwt.email}
 - name: inject-optional
   methods: [tools/call]
   tools: [blob]
   set:
-  - {{pointer: /params/arguments/email, expr: jwt.email, on_missing: remove}}
-"
-    );
-    let stack = stack_with(&rewrites, ALLOW_ALL, &[]).await;
+  - {pointer: /params/arguments/email, expr: jwt.email, on_missing: remove}
+"#;
+    let stack = stack_with(rewrites, ALLOW_ALL, &[]).await;
     // A client-credentials style token: no `email` claim.
     let token = stack
         .token("svc-reports", "mcp:tools")
@@ -347,37 +294,27 @@ async fn an_identity_the_token_lacks_is_never_taken_from_the_client() {
 
     // The rule injects `email` from the token; the client brings its own.
     let refused = session
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"a": 1, "email": "ceo@example.com"}}),
-        )
+        .tool_answer("echo", json!({"a": 1, "email": "ceo@example.com"}))
         .await
         .expect("answer");
-    assert_eq!(refused["error"]["code"], -32001, "{refused}");
-    let message = refused["error"]["message"].as_str().expect("message");
-    assert!(
-        message.contains("inject-identity") && message.contains("/params/arguments/email"),
-        "{message}"
-    );
+    let message = mcp::assert_rpc_error(&refused, -32001, "inject-identity");
+    assert!(message.contains("/params/arguments/email"), "{message}");
     assert!(!message.contains("ceo@example.com"), "{message}");
-    assert!(
-        calls_since(&stack, &before).await.is_empty(),
-        "nothing was forwarded"
-    );
+    assert_nothing_forwarded_since(&stack, &before, "nothing was forwarded").await;
 
     // With `on_missing: remove`, the call goes on without the client's value.
     session
         .call_tool("blob", json!({"size": 3, "email": "ceo@example.com"}))
         .await
         .expect("blob");
-    let calls = calls_since(&stack, &before).await;
+    let calls = stack.tool_calls_since(&before).await.expect("backends");
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["params"]["arguments"], json!({"size": 3}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clamp_refuses_what_is_not_a_number() {
-    let stack = stack_with(OCTELIUM, ALLOW_ALL, &[]).await;
+    let stack = octelium_stack().await;
     let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
     for a in [
@@ -388,17 +325,12 @@ async fn clamp_refuses_what_is_not_a_number() {
         json!({"n": 1}),
     ] {
         let refused = session
-            .request(
-                "tools/call",
-                json!({"name": "add", "arguments": {"a": a, "b": 1}}),
-            )
+            .tool_answer("add", json!({"a": a, "b": 1}))
             .await
             .expect("answer");
-        assert_eq!(refused["error"]["code"], -32602, "{a}: {refused}");
-        let message = refused["error"]["message"].as_str().expect("message");
-        assert!(message.contains("/params/arguments/a"), "{message}");
+        mcp::assert_rpc_error(&refused, -32602, "/params/arguments/a");
     }
-    assert!(calls_since(&stack, &before).await.is_empty());
+    assert_nothing_forwarded_since(&stack, &before, "refused").await;
     // Numbers are clamped as before.
     assert_eq!(
         session
@@ -435,7 +367,7 @@ async fn a_condition_that_cannot_be_evaluated_still_protects() {
         "11.0"
     );
     assert_eq!(
-        calls_since(&stack, &before).await[0]["params"]["arguments"],
+        stack.tool_calls_since(&before).await.expect("backends")[0]["params"]["arguments"],
         json!({"a": 10, "b": 1})
     );
     let echoed = session
@@ -461,10 +393,7 @@ async fn a_redacted_structured_value_is_gone_from_the_text_mirror_too() {
     let session = stack.session("alice").await.expect("initialize");
     // FastMCP puts a dict result in structuredContent and its JSON in content[].text.
     let answer = session
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"uid": "hunter2", "a": 1}}),
-        )
+        .tool_answer("echo", json!({"uid": "hunter2", "a": 1}))
         .await
         .expect("answer");
     assert_eq!(
@@ -490,10 +419,9 @@ async fn errors_and_compressed_answers_are_redacted_too() {
         .await
         .expect("stack starts");
     let session = stack.session("alice").await.expect("initialize");
-    let token = session.token().to_owned();
     // The backend names the unknown tool in its JSON-RPC error.
     let error = session
-        .request("tools/call", json!({"name": SECRET, "arguments": {}}))
+        .tool_answer(SECRET, json!({}))
         .await
         .expect("answer");
     assert!(
@@ -505,14 +433,9 @@ async fn errors_and_compressed_answers_are_redacted_too() {
     // A client that accepts gzip still gets a redacted answer: the backend is
     // asked for an uncompressed one.
     let before = stack.request_mark().await.expect("mark");
-    let response = stack
-        .http()
-        .post(stack.url())
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
+    let response = session
+        .http_request(reqwest::Method::POST)
         .header("accept-encoding", "gzip")
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
         .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "echo", "arguments": {"uid": SECRET}}}))
         .send()
@@ -522,12 +445,14 @@ async fn errors_and_compressed_answers_are_redacted_too() {
     let text = response.text().await.expect("body");
     assert!(text.contains("***"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
-    let received = stack.backend_requests(0).await.expect("requests");
-    let mut all = received;
-    for index in 1..stack.ports().backends.len() {
-        all.extend(stack.backend_requests(index).await.expect("requests"));
-    }
-    assert!(!calls_since(&stack, &before).await.is_empty());
+    let all = stack.all_backend_requests().await.expect("requests");
+    assert!(
+        !stack
+            .tool_calls_since(&before)
+            .await
+            .expect("backends")
+            .is_empty()
+    );
     assert!(
         all.iter().all(|r| !r["headers"]["accept-encoding"]
             .as_str()
@@ -595,20 +520,10 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
     // Before the tools are listed the gateway cannot check arguments: with
     // `unlisted_tools: refuse` it says so.
     let unlisted = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
-        )
+        .tool_answer("add", json!({"a": 1, "b": 1}))
         .await
         .expect("answer");
-    assert_eq!(unlisted["error"]["code"], -32602, "{unlisted}");
-    assert!(
-        unlisted["error"]["message"]
-            .as_str()
-            .expect("message")
-            .contains("tools/list"),
-        "{unlisted}"
-    );
+    mcp::assert_rpc_error(&unlisted, -32602, "tools/list");
     session
         .request("tools/list", json!({}))
         .await
@@ -616,34 +531,23 @@ async fn a_value_of_the_wrong_type_cannot_slip_past_a_rule() {
 
     // The rule denies 13; the server would coerce "13" to 13.
     let denied = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": 13, "b": 1}}),
-        )
+        .tool_answer("add", json!({"a": 13, "b": 1}))
         .await
         .expect("answer");
     assert_eq!(denied["error"]["code"], -32001, "{denied}");
     for a in [json!("13"), json!("1.3e1"), json!(true)] {
         let refused = session
-            .request(
-                "tools/call",
-                json!({"name": "add", "arguments": {"a": a, "b": 1}}),
-            )
+            .tool_answer("add", json!({"a": a, "b": 1}))
             .await
             .expect("answer");
-        assert_eq!(refused["error"]["code"], -32602, "{a}: {refused}");
-        assert!(
-            refused["error"]["message"]
-                .as_str()
-                .expect("message")
-                .contains("invalid arguments for `add`"),
-            "{refused}"
-        );
+        mcp::assert_rpc_error(&refused, -32602, "invalid arguments for `add`");
     }
-    assert!(
-        calls_since(&stack, &before).await.is_empty(),
-        "nothing of the wrong type reached a backend"
-    );
+    assert_nothing_forwarded_since(
+        &stack,
+        &before,
+        "nothing of the wrong type reached a backend",
+    )
+    .await;
     assert_eq!(
         session
             .call_tool("add", json!({"a": 12, "b": 1}))
@@ -660,38 +564,21 @@ async fn a_tool_no_client_listed_is_checked_against_the_schema_the_gateway_asks_
     let session = stack.session("alice").await.expect("initialize");
     let before = stack.request_mark().await.expect("mark");
     let refused = session
-        .request(
-            "tools/call",
-            json!({"name": "add", "arguments": {"a": "13", "b": 1}}),
-        )
+        .tool_answer("add", json!({"a": "13", "b": 1}))
         .await
         .expect("answer");
-    assert_eq!(refused["error"]["code"], -32602, "{refused}");
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .expect("message")
-            .contains("invalid arguments for `add`"),
-        "{refused}"
-    );
+    mcp::assert_rpc_error(&refused, -32602, "invalid arguments for `add`");
     // The gateway asked the session's backend for its tools itself; the call
     // never reached it.
-    let mut asked = Vec::new();
-    for index in 0..stack.ports().backends.len() {
-        asked.extend(
-            stack
-                .backend_requests(index)
-                .await
-                .expect("backend")
-                .into_iter()
-                .filter(|r| r["body"].as_str().unwrap_or("").contains("gateway-schema-")),
-        );
-    }
+    let asked: Vec<Value> = stack
+        .all_backend_requests()
+        .await
+        .expect("backends")
+        .into_iter()
+        .filter(|r| r["body"].as_str().unwrap_or("").contains("gateway-schema-"))
+        .collect();
     assert_eq!(asked.len(), 1, "one tools/list from the gateway: {asked:?}");
-    assert!(
-        calls_since(&stack, &before).await.is_empty(),
-        "the mistyped call was not forwarded"
-    );
+    assert_nothing_forwarded_since(&stack, &before, "the mistyped call was not forwarded").await;
     // A well-typed call goes through, with no second listing.
     assert_eq!(
         session
@@ -766,10 +653,8 @@ async fn fast_stack(rewrites: &str) -> (Stack, e2e::process::Process, tempfile::
 /// POSTs `body` in `session` under protocol 2025-03-26 (which has batches).
 async fn post_2025_03_26(stack: &Stack, token: &str, session: &str, body: &Value) -> Value {
     let response = stack
-        .http()
-        .post(stack.url())
+        .mcp_post()
         .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-03-26")
         .header("mcp-session-id", session)
         .json(body)

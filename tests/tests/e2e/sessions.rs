@@ -475,15 +475,7 @@ async fn a_plain_call_skips_ext_proc_and_no_answer_carries_a_backends_session_id
     drop(stream);
     before = streams().await.expect("stat");
 
-    let deleted = stack
-        .http()
-        .delete(stack.url())
-        .bearer_auth(&token)
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
-        .send()
-        .await
-        .expect("DELETE");
+    let deleted = session.end().await.expect("DELETE");
     assert!(deleted.status().is_success(), "{}", deleted.status());
     let after = streams().await.expect("stat");
     answers.push(Answer {

@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -37,6 +39,15 @@ fn sidecar_config(authz_port: u16, proc_port: u16) -> String {
         "ext_authz:\n  server:\n    listen: 127.0.0.1:{authz_port}\n  resource: https://gw/mcp\n  \
          issuers: [{{issuer: https://idp.invalid, jwks_uri: https://idp.invalid/jwks}}]\n  rules_file: rules.yaml\n\
          ext_proc:\n  server:\n    listen: 127.0.0.1:{proc_port}\n    shutdown_grace_period: 10s\n  sessions: {{keys_file: keys.txt}}\n"
+    )
+}
+
+/// An ext-authz section with this one issuer (a YAML flow mapping), and nothing
+/// for ext-proc.
+fn with_issuer(issuer: &str) -> String {
+    format!(
+        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: https://gw/mcp\n  \
+         issuers: [{issuer}]\n  rules_file: rules.yaml\n"
     )
 }
 
@@ -109,10 +120,7 @@ fn key_urls_that_hide_another_host_stop_start_up() {
     ] {
         let path = config(
             &dir,
-            &format!(
-                "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: https://gw/mcp\n  \
-                 issuers: [{{issuer: https://idp, jwks_uri: \"{uri}\"}}]\n  rules_file: rules.yaml\n"
-            ),
+            &with_issuer(&format!("{{issuer: https://idp, jwks_uri: \"{uri}\"}}")),
         );
         let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
         assert_eq!(code, Some(64), "{uri}: {stderr}");
@@ -129,64 +137,54 @@ fn key_urls_that_hide_another_host_stop_start_up() {
 
 #[test]
 fn bad_config_exits_64_naming_file_key_and_reason() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = config(
-        &dir,
-        "ext_authz:\n  server:\n    listen: 127.0.0.1:1\n    grace: 5s\n",
-    );
-    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains("gateway.yaml: ext_authz.server: unknown field `grace`"),
-        "{stderr}"
-    );
-
-    // A file valid for ext-authz lacks ext-proc's section.
-    let path = config(
-        &dir,
-        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  issuers: [{issuer: https://idp}]\n  rules_file: rules.yaml\n",
-    );
-    let (code, stderr) = run_to_exit("ext-proc", &["--config".as_ref(), path.as_os_str()]);
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("ext_proc: missing section"), "{stderr}");
-
-    // Values the sidecar cannot use are named too.
-    let path = config(
-        &dir,
-        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
-         issuers: [{issuer: https://idp, algorithms: [HS256]}]\n  rules_file: rules.yaml\n",
-    );
-    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains("ext_authz.issuers[0].algorithms: `HS256` is not accepted"),
-        "{stderr}"
-    );
-    let path = config(
-        &dir,
-        "ext_authz:\n  server: {listen: 127.0.0.1:1}\n  resource: https://gw/mcp\n  \
-         issuers: [{issuer: http://idp.example}]\n  rules_file: rules.yaml\n",
-    );
-    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains("ext_authz.issuers[0].issuer: `http://idp.example/` refused: plain http"),
-        "{stderr}"
-    );
-
-    // A rule that does not compile: named, with the parser's message.
-    let path = config(&dir, &sidecar_config(1, 2));
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        "default:\n  rules:\n  - {name: half-written, effect: allow, when: 'mcp.tool in [\"add\"'}\n",
-    )
-    .expect("write rules");
-    let (code, stderr) = run_to_exit("ext-authz", &["--config".as_ref(), path.as_os_str()]);
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains("rules.yaml: rule `half-written`: when: "),
-        "{stderr}"
-    );
+    // (sidecar, gateway.yaml, rules.yaml, what stderr must say)
+    let cases = [
+        (
+            "ext-authz",
+            "ext_authz:\n  server:\n    listen: 127.0.0.1:1\n    grace: 5s\n".to_owned(),
+            None,
+            "gateway.yaml: ext_authz.server: unknown field `grace`",
+        ),
+        // A file valid for ext-authz lacks ext-proc's section.
+        (
+            "ext-proc",
+            with_issuer("{issuer: https://idp}"),
+            None,
+            "ext_proc: missing section",
+        ),
+        // Values the sidecar cannot use are named too.
+        (
+            "ext-authz",
+            with_issuer("{issuer: https://idp, algorithms: [HS256]}"),
+            None,
+            "ext_authz.issuers[0].algorithms: `HS256` is not accepted",
+        ),
+        (
+            "ext-authz",
+            with_issuer("{issuer: http://idp.example}"),
+            None,
+            "ext_authz.issuers[0].issuer: `http://idp.example/` refused: plain http",
+        ),
+        // A rule that does not compile: named, with the parser's message.
+        (
+            "ext-authz",
+            sidecar_config(1, 2),
+            Some(
+                "default:\n  rules:\n  - {name: half-written, effect: allow, when: 'mcp.tool in [\"add\"'}\n",
+            ),
+            "rules.yaml: rule `half-written`: when: ",
+        ),
+    ];
+    for (sidecar, gateway, rules, expected) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = config(&dir, &gateway);
+        if let Some(rules) = rules {
+            std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
+        }
+        let (code, stderr) = run_to_exit(sidecar, &["--config".as_ref(), path.as_os_str()]);
+        assert_eq!(code, Some(64), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
 }
 
 #[test]
@@ -288,15 +286,14 @@ async fn a_missing_crypto_provider_falls_back_loudly_or_stops_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut proc_, port, tx, mut replies) = ext_proc_stream(&dir).await;
+    let (mut proc_, port, mut stream) = ext_proc_stream(&dir).await;
 
-    tx.send(headers(
-        Phase::RequestHeaders,
-        &[(":method", "POST"), (":path", "/mcp")],
-    ))
-    .await
-    .expect("send");
-    let first = replies.message().await.expect("reply").expect("some reply");
+    let first = stream
+        .send_headers(
+            Phase::RequestHeaders,
+            &[(":method", "POST"), (":path", "/mcp")],
+        )
+        .await;
     assert!(
         matches!(first.response, Some(Reply::RequestHeaders(_))),
         "{first:?}"
@@ -310,23 +307,17 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
     })
     .await;
 
-    tx.send(headers(
-        Phase::ResponseHeaders,
-        &[(":status", "200"), ("content-type", "application/json")],
-    ))
-    .await
-    .expect("send after SIGTERM");
-    let second = replies
-        .message()
-        .await
-        .expect("reply after SIGTERM")
-        .expect("some reply");
+    let second = stream
+        .send_headers(
+            Phase::ResponseHeaders,
+            &[(":status", "200"), ("content-type", "application/json")],
+        )
+        .await;
     assert!(
         matches!(second.response, Some(Reply::ResponseHeaders(_))),
         "{second:?}"
     );
-    drop(tx);
-    assert!(replies.message().await.expect("clean end").is_none());
+    assert!(stream.close().await, "ext-proc ends the stream cleanly");
 
     let status = proc_.wait_for_exit(Duration::from_secs(10)).expect("exits");
     assert!(status.success(), "ext-proc exit: {status}");
@@ -340,15 +331,14 @@ async fn in_flight_ext_proc_stream_finishes_after_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_proc_answers_a_stream_that_starts_in_the_response_phase() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_ext_proc, _port, tx, mut replies) = ext_proc_stream(&dir).await;
+    let (_ext_proc, _port, mut stream) = ext_proc_stream(&dir).await;
     // As after an ext_authz local reply: no request phase at all.
-    tx.send(headers(
-        Phase::ResponseHeaders,
-        &[(":status", "200"), ("content-type", "text/event-stream")],
-    ))
-    .await
-    .expect("send");
-    let reply = replies.message().await.expect("reply").expect("some reply");
+    let reply = stream
+        .send_headers(
+            Phase::ResponseHeaders,
+            &[(":status", "200"), ("content-type", "text/event-stream")],
+        )
+        .await;
     assert!(
         matches!(reply.response, Some(Reply::ResponseHeaders(_))),
         "{reply:?}"
@@ -361,12 +351,43 @@ async fn ext_proc_answers_a_stream_that_starts_in_the_response_phase() {
     );
 }
 
-type Replies = tonic::Streaming<envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse>;
+/// One ext_proc stream opened to ext-proc, as Envoy opens it.
+struct ProcStream {
+    requests: mpsc::Sender<ProcessingRequest>,
+    replies: tonic::Streaming<ProcessingResponse>,
+}
+
+impl ProcStream {
+    /// Sends the headers of `phase` and returns ext-proc's reply to them.
+    async fn send_headers(
+        &mut self,
+        phase: fn(HttpHeaders) -> Phase,
+        pairs: &[(&str, &str)],
+    ) -> ProcessingResponse {
+        self.requests
+            .send(headers(phase, pairs))
+            .await
+            .expect("send");
+        self.replies
+            .message()
+            .await
+            .expect("reply")
+            .expect("some reply")
+    }
+
+    /// Ends the stream as Envoy does; whether ext-proc then ended it cleanly.
+    async fn close(self) -> bool {
+        let Self {
+            requests,
+            mut replies,
+        } = self;
+        drop(requests);
+        replies.message().await.is_ok_and(|m| m.is_none())
+    }
+}
 
 /// A running ext-proc and one ext_proc stream opened to it, as Envoy would.
-async fn ext_proc_stream(
-    dir: &tempfile::TempDir,
-) -> (Process, u16, mpsc::Sender<ProcessingRequest>, Replies) {
+async fn ext_proc_stream(dir: &tempfile::TempDir) -> (Process, u16, ProcStream) {
     let port = free_port().expect("port");
     let path = config(dir, &sidecar_config(free_port().expect("port"), port));
     let mut proc_ = start("ext-proc", &path, dir);
@@ -380,7 +401,14 @@ async fn ext_proc_stream(
         .await
         .expect("stream opens")
         .into_inner();
-    (proc_, port, tx, replies)
+    (
+        proc_,
+        port,
+        ProcStream {
+            requests: tx,
+            replies,
+        },
+    )
 }
 
 fn headers(phase: fn(HttpHeaders) -> Phase, pairs: &[(&str, &str)]) -> ProcessingRequest {
@@ -410,27 +438,7 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
         AttributeContext, CheckRequest, attribute_context,
     };
 
-    // A stand-in OTLP/HTTP collector that keeps what it is sent.
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().expect("lock").push(body.to_vec());
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let collector = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let collector = e2e::otlp::OtlpCollector::start().await.expect("collector");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port().expect("port");
@@ -439,7 +447,7 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
     command
         .arg("--config")
         .arg(&path)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     let mut authz = Process::spawn("ext-authz", command, &dir.path().join("a.log")).expect("spawn");
     wait_serving(&mut authz, port).await;
@@ -468,7 +476,7 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
     );
 
     e2e::eventually("a span reaches the collector", || async {
-        let bodies = received.lock().expect("lock").clone();
+        let bodies = collector.bodies();
         let found = bodies.iter().any(|b| {
             let text = String::from_utf8_lossy(b);
             text.contains("ext_authz.check") && text.contains("ext-authz")
@@ -483,5 +491,4 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
             .expect("stops")
             .success()
     );
-    server.abort();
 }

@@ -2,7 +2,8 @@
 //! seen (a rug pull), or lists one with a poisoned description, has the tool
 //! held back: gone from `tools/list`, calls to it refused before any backend.
 
-use e2e::mcp::RawSession;
+use super::fixtures::assert_adds;
+use e2e::mcp::{self, RawSession};
 use e2e::stack::{Stack, backend_name};
 use serde_json::{Value, json};
 
@@ -16,19 +17,7 @@ async fn pinned(mode: &'static str) -> Stack {
 }
 
 async fn listed(session: &RawSession) -> Vec<String> {
-    let list = session
-        .request("tools/list", json!({}))
-        .await
-        .expect("tools/list");
-    list["result"]["tools"]
-        .as_array()
-        .map(|tools| {
-            tools
-                .iter()
-                .filter_map(|t| Some(t["name"].as_str()?.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+    session.tool_names().await.expect("tools/list")
 }
 
 /// The backend (index) that serves `session`.
@@ -68,17 +57,10 @@ async fn calls_received(stack: &Stack, index: usize, tool: &str) -> usize {
 
 async fn refused(session: &RawSession, tool: &str) -> String {
     let answer = session
-        .request(
-            "tools/call",
-            json!({"name": tool, "arguments": {"a": 1, "b": 2}}),
-        )
+        .tool_answer(tool, json!({"a": 1, "b": 2}))
         .await
         .expect("an answer");
-    assert_eq!(answer["error"]["code"], -32602, "{tool}: {answer}");
-    answer["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    mcp::assert_rpc_error(&answer, -32602, "").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,13 +78,7 @@ async fn a_rug_pull_hides_the_tool_and_its_calls_reach_no_backend_across_restart
     let tools = listed(&session).await;
     assert!(tools.iter().any(|t| t == "add") && tools.iter().any(|t| t == "another-add"));
     let backend = backend_of(&session).await;
-    assert_eq!(
-        session
-            .call_tool("add", json!({"a": 1, "b": 2}))
-            .await
-            .expect("add"),
-        "3.0"
-    );
+    assert_adds(&session).await;
 
     rug_pull(&stack, backend, None).await;
     let tools = listed(&session).await;
@@ -201,13 +177,7 @@ async fn in_observe_mode_a_changed_tool_stays_and_each_scan_check_fires_on_a_poi
             "{check}: {metrics}"
         );
     }
-    assert_eq!(
-        session
-            .call_tool("add", json!({"a": 1, "b": 2}))
-            .await
-            .expect("add"),
-        "3.0"
-    );
+    assert_adds(&session).await;
     let log = stack.ext_proc_log();
     assert!(log.contains("tool description scan finding"), "{log}");
     let metrics = stack.metrics("ext-proc").await.expect("metrics");
@@ -271,13 +241,7 @@ async fn pins_printed_by_cargo_xtask_pin_tools_let_an_enforcing_gateway_serve_th
         !tools.iter().any(|t| t == "whoami"),
         "unpinned: held back: {tools:?}"
     );
-    assert_eq!(
-        session
-            .call_tool("add", json!({"a": 1, "b": 2}))
-            .await
-            .expect("add"),
-        "3.0"
-    );
+    assert_adds(&session).await;
     assert!(refused(&session, "whoami").await.contains("no pin"));
 
     // Enforced, a rug pull is held as under trust on first use (every backend

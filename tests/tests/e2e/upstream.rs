@@ -75,15 +75,7 @@ async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
         .expect("call");
     assert_eq!(sum.parse::<f64>().ok(), Some(3.0));
     // A bodiless request carries it too.
-    let ended = stack
-        .http()
-        .delete(stack.url())
-        .bearer_auth(&token)
-        .header("mcp-protocol-version", mcp::PROTOCOL_VERSION)
-        .header("mcp-session-id", &session.session_id)
-        .send()
-        .await
-        .expect("DELETE");
+    let ended = session.end().await.expect("DELETE");
     assert!(ended.status().is_success(), "{}", ended.status());
     let requests = stack.all_backend_requests().await.expect("backends");
     assert!(
@@ -240,9 +232,7 @@ async fn with_the_provider_down_the_exchanging_pool_fails_closed_and_the_other_i
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.expect("JSON-RPC error");
     assert_eq!(body["id"], 5, "{body}");
-    assert_eq!(body["error"]["code"], -32003, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("upstream credential"), "{body}");
+    let message = mcp::assert_rpc_error(&body, -32003, "upstream credential");
     assert!(!message.contains(&fresh), "the token leaked into the error");
     assert_eq!(
         stack.all_backend_total().await.expect("backends"),
