@@ -16,8 +16,7 @@ mod ext_proc;
 mod upstream;
 
 pub use edge::{
-    EdgeConfig, HeaderOnlyCalls, ProtocolConfig, RateLimit, RateLimitKey, RateLimitMatch,
-    RateLimitsConfig,
+    EdgeConfig, HeaderOnlyCalls, ProtocolConfig, RateLimit, RateLimitKey, RateLimitsConfig,
 };
 pub use ext_authz::{ExtAuthzConfig, IdentityHeaders, IssuerConfig, JwksSettings};
 pub use ext_proc::{ArgumentValidation, ExtProcConfig, SessionsConfig, UnlistedTools};
@@ -168,12 +167,12 @@ impl GatewayConfig {
         // Limits match the backend's tool name (aliases resolved before any
         // check): a limit on an alias would never count anything.
         for limit in &config.edge.rate_limits.limits {
-            for tool in &limit.matches.tools {
+            for tool in limit.matches.tools() {
                 if let Some(alias) = config
                     .rewrites
                     .iter()
                     .filter_map(|r| r.alias.as_ref())
-                    .find(|a| &a.from == tool)
+                    .find(|a| a.from == tool)
                 {
                     return Err(ConfigError::Invalid {
                         path: path.to_owned(),

@@ -12,6 +12,8 @@
 //! - [`handoff`]: what ext-authz hands ext-proc about a request (dynamic metadata).
 //! - [`jsonrpc`]: the MCP/JSON-RPC message model, parsed strictly.
 //! - [`metrics`]: a sidecar's Prometheus metrics, on a port of their own.
+//! - [`prefilter`]: the `methods` and `tools` lists rules, rewrites and rate
+//!   limits select messages by, with one meaning.
 //! - [`rules`]: authorization rules (CEL) over JSON-RPC messages.
 //! - [`session`]: sealed, caller-bound session tokens and the headers that pin a
 //!   session to its backend.
@@ -41,6 +43,7 @@ pub mod handoff;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy_store;
+pub mod prefilter;
 pub mod protocol;
 pub mod rewrite;
 pub mod rules;

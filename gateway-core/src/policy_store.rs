@@ -3,8 +3,10 @@
 //! replaces good rules.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::config::HeaderOnlyCalls;
 use crate::rules::{Policy, PolicyError};
@@ -12,7 +14,8 @@ use crate::rules::{Policy, PolicyError};
 /// The current policy, shared by every request.
 pub struct PolicyStore {
     path: PathBuf,
-    current: RwLock<Arc<Policy>>,
+    /// Read by every request, written by a reload: a read takes no lock.
+    current: ArcSwap<Policy>,
     /// Calls judged from their headers alone: no rule they fall under may read
     /// their body, in the first rules or any reloaded.
     header_only: Vec<HeaderOnlyCalls>,
@@ -25,7 +28,7 @@ impl PolicyStore {
         let policy = Self::read(&path, header_only)?;
         Ok(Self {
             path,
-            current: RwLock::new(Arc::new(policy)),
+            current: ArcSwap::from_pointee(policy),
             header_only: header_only.to_vec(),
         })
     }
@@ -50,17 +53,14 @@ impl PolicyStore {
     pub fn fixed(policy: Policy) -> Self {
         Self {
             path: PathBuf::new(),
-            current: RwLock::new(Arc::new(policy)),
+            current: ArcSwap::from_pointee(policy),
             header_only: Vec::new(),
         }
     }
 
     /// The policy for a request that starts now.
     pub fn current(&self) -> Arc<Policy> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.load_full()
     }
 
     pub fn path(&self) -> &Path {
@@ -88,11 +88,7 @@ impl PolicyStore {
 
     fn install(&self, policy: Policy) -> usize {
         let rules = policy.rule_count();
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(policy);
+        self.current.store(Arc::new(policy));
         rules
     }
 

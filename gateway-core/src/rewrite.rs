@@ -23,6 +23,8 @@ use std::sync::Arc;
 use cel::{Env, Program};
 use serde_json::Value;
 
+use crate::prefilter::Prefilter;
+
 mod compile;
 mod config;
 mod pointer;
@@ -85,8 +87,7 @@ pub struct RewriteSet {
 
 struct Rewrite {
     name: String,
-    methods: Option<HashSet<String>>,
-    tools: Option<HashSet<String>>,
+    prefilter: Prefilter,
     when: Option<Program>,
     set: Vec<Injection>,
     remove: Vec<String>,
@@ -155,7 +156,7 @@ impl RewriteSet {
             || self
                 .rules
                 .iter()
-                .any(|r| r.touches_requests() && r.prefilter(Some(method), tool))
+                .any(|r| r.touches_requests() && r.prefilter.admits(Some(method), tool))
     }
 
     /// Whether a message of this origin may be rewritten (so its body is needed).
@@ -190,7 +191,7 @@ impl Rewrite {
     /// unknown origin is admitted by every rule (fail closed).
     fn applies_to(&self, origin: Origin<'_>) -> bool {
         match origin {
-            Origin::Call { method, tool } => self.prefilter(method, tool),
+            Origin::Call { method, tool } => self.prefilter.admits(method, tool),
             Origin::Unknown => true,
         }
     }
@@ -201,16 +202,6 @@ impl Rewrite {
             || !self.remove.is_empty()
             || !self.clamp.is_empty()
             || self.validate.is_some()
-    }
-
-    fn prefilter(&self, method: Option<&str>, tool: Option<&str>) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|m| method.is_some_and(|x| m.contains(x)))
-            && self
-                .tools
-                .as_ref()
-                .is_none_or(|t| tool.is_some_and(|x| t.contains(x)))
     }
 
     /// The rule's `when` in `context`; a rule with a `when` and no context (never

@@ -43,6 +43,7 @@ use serde_json::Value as Json;
 
 use crate::cel::{RequestFacts, VARIABLES, children, facts_context, free_variables, mcp_value};
 use crate::jsonrpc::Message;
+use crate::prefilter::Prefilter;
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -159,8 +160,7 @@ pub struct RuleSet {
 struct Rule {
     name: Arc<str>,
     effect: Effect,
-    methods: Option<HashSet<String>>,
-    tools: Option<HashSet<String>>,
+    prefilter: Prefilter,
     program: Option<Program>,
     /// The `when` reads the message beyond what its headers say (see
     /// [`HEADER_FACTS`]).
@@ -312,16 +312,13 @@ impl RuleSet {
                     Some(program)
                 }
             };
-            let set =
-                |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
             let reads_body = program
                 .as_ref()
                 .is_some_and(|p| reads_beyond_headers(p.expression()));
             rules.push(Rule {
                 name: config.name.as_str().into(),
                 effect: config.effect,
-                methods: set(&config.methods),
-                tools: set(&config.tools),
+                prefilter: Prefilter::new(&config.methods, &config.tools),
                 program,
                 reads_body,
             });
@@ -373,7 +370,7 @@ impl RuleSet {
             scope.add_variable_from_value("mcp", mcp);
         }
         for rule in &self.rules {
-            if rule.effect != Effect::Deny || rule.methods.is_some() || rule.tools.is_some() {
+            if rule.effect != Effect::Deny || !rule.prefilter.admits_all() {
                 continue;
             }
             let matched = match &rule.program {
@@ -530,17 +527,8 @@ impl RuleSet {
 
 impl Rule {
     fn applies_to(&self, message: &Message) -> bool {
-        let method_ok = self.methods.as_ref().is_none_or(|m| {
-            message
-                .method
-                .as_ref()
-                .is_some_and(|method| m.contains(method))
-        });
-        let tool_ok = self
-            .tools
-            .as_ref()
-            .is_none_or(|t| message.tool.as_ref().is_some_and(|tool| t.contains(tool)));
-        method_ok && tool_ok
+        self.prefilter
+            .admits(message.method.as_deref(), message.tool.as_deref())
     }
 }
 

@@ -553,20 +553,17 @@ impl Authorizer {
         if limits.is_empty() {
             return Ok(None);
         }
-        let counts_all =
-            |m: &gateway_core::config::RateLimitMatch| m.methods.is_empty() && m.tools.is_empty();
         let mut under: Option<(usize, u32)> = None;
         if call.calls.is_empty() {
             under = limits
                 .iter()
-                .position(|l| counts_all(&l.matches))
+                .position(|l| l.matches.admits_all())
                 .map(|i| (i, 1));
         }
         for message in &call.calls {
             let Some(index) = limits.iter().position(|l| {
-                counts_all(&l.matches)
-                    || l.matches
-                        .matches(message.method.as_deref(), message.tool.as_deref())
+                l.matches
+                    .admits(message.method.as_deref(), message.tool.as_deref())
             }) else {
                 continue;
             };

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::prefilter::Prefilter;
+
 /// The MCP protocol eras the gateway serves, each from its own pool of backends.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,26 +129,17 @@ pub struct RateLimitsConfig {
 pub struct RateLimit {
     /// Letters, digits, `-`, `_`, `.`; unique. Names the limit in errors and logs.
     pub name: String,
-    /// Which messages count; an empty match counts every request.
+    /// Which messages count: any of `methods` (all when empty) and any of
+    /// `tools` (all when empty; a tool is a `tools/call`'s, alias resolved). An
+    /// empty match counts every request.
     #[serde(default, rename = "match")]
-    pub matches: RateLimitMatch,
+    pub matches: Prefilter,
     #[serde(default)]
     pub per: RateLimitKey,
     pub requests: std::num::NonZeroU32,
     /// Whole seconds, from 1 s to 1 day (`30s`, `1m`, `1h`).
     #[serde(with = "humantime_serde")]
     pub period: Duration,
-}
-
-/// The messages a limit counts: any of `methods` (all when empty) and any of
-/// `tools` (all when empty; a tool is a `tools/call`'s, alias resolved).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitMatch {
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub tools: Vec<String>,
 }
 
 /// Whose requests share one count.
@@ -160,17 +153,6 @@ pub enum RateLimitKey {
     ClientId,
     /// Everyone: one count for the whole gateway (or replica).
     Gateway,
-}
-
-impl RateLimitMatch {
-    /// Whether a message with `method` (and `tool`, for a `tools/call`) counts.
-    pub fn matches(&self, method: Option<&str>, tool: Option<&str>) -> bool {
-        let method_ok =
-            self.methods.is_empty() || method.is_some_and(|m| self.methods.iter().any(|x| x == m));
-        let tool_ok =
-            self.tools.is_empty() || tool.is_some_and(|t| self.tools.iter().any(|x| x == t));
-        method_ok && tool_ok
-    }
 }
 
 /// Limits whose names are usable as Envoy descriptor values and Redis keys, and

@@ -200,21 +200,6 @@ fn a_rate_limit_on_an_alias_is_refused_naming_the_backends_tool() {
 }
 
 #[test]
-fn a_message_matches_a_limit_by_any_of_its_methods_and_tools() {
-    let m = RateLimitMatch {
-        methods: vec!["tools/call".into()],
-        tools: vec!["a".into(), "b".into()],
-    };
-    assert!(m.matches(Some("tools/call"), Some("b")));
-    assert!(!m.matches(Some("tools/call"), Some("c")));
-    assert!(!m.matches(Some("tools/list"), None));
-    assert!(
-        RateLimitMatch::default().matches(None, None),
-        "an empty match counts all"
-    );
-}
-
-#[test]
 fn header_only_calls_are_checked_where_they_are_listed() {
     let ok = parse(
         "edge:\n  header_only:\n  - {method: tools/call, names: [whoami, get.time]}\n  - {method: tools/list}\n",

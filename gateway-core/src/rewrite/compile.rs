@@ -12,6 +12,7 @@ use super::{
     ValidateConfig, Validation,
 };
 use crate::cel::{VARIABLES, free_variables};
+use crate::prefilter::Prefilter;
 
 impl RewriteSet {
     /// Compiles rewrite rules; every expression, schema and regex once.
@@ -113,12 +114,9 @@ impl RewriteSet {
                     }
                 });
             }
-            let list =
-                |items: &[String]| (!items.is_empty()).then(|| items.iter().cloned().collect());
             rules.push(Rewrite {
                 name: config.name.clone(),
-                methods: list(&config.methods),
-                tools: list(&config.tools),
+                prefilter: Prefilter::new(&config.methods, &config.tools),
                 when,
                 set,
                 remove: config.remove.clone(),

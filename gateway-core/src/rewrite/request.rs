@@ -44,7 +44,7 @@ impl RewriteSet {
         let matching: Vec<&Rewrite> = self
             .rules
             .iter()
-            .filter(|r| r.prefilter(method, tool))
+            .filter(|r| r.prefilter.admits(method, tool))
             .collect();
         // The CEL context (claims, headers, the message) costs more than most
         // rewrites: it is built only when a matching rule evaluates something.

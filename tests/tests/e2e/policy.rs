@@ -118,48 +118,51 @@ async fn strict_parsing_and_versions_end_to_end() {
             .body(body)
             .send()
     };
-    // Duplicate `method`: one parser would see tools/list, another tools/call.
-    let response = raw(
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"add","arguments":{"a":5000}}}"#,
-        mcp::PROTOCOL_VERSION,
-    )
-    .await
-    .expect("answer");
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.expect("JSON");
-    assert_eq!(body["error"]["code"], -32700);
-    // Malformed JSON.
-    assert_eq!(
-        raw("{\"jsonrpc\":", mcp::PROTOCOL_VERSION)
-            .await
-            .expect("answer")
-            .status(),
-        400
-    );
-    // An unsupported protocol version.
-    assert_eq!(
-        raw(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, "2099-01-01")
-            .await
-            .expect("answer")
-            .status(),
-        400
-    );
-    // Escaped names are judged as what they spell: `ad\u0064` with a=5000 is denied...
-    let response = raw(
-        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ad\u0064","arguments":{"a":5000,"b":1}}}"#,
-        mcp::PROTOCOL_VERSION,
-    )
-    .await
-    .expect("answer");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("JSON");
-    assert_eq!(body["error"]["code"], -32001);
+    // (why, body, MCP-Protocol-Version, status, JSON-RPC error code if any)
+    let refused = [
+        (
+            "a duplicate `method`: one parser would see tools/list, another tools/call",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"add","arguments":{"a":5000}}}"#,
+            mcp::PROTOCOL_VERSION,
+            400,
+            Some(-32700),
+        ),
+        (
+            "malformed JSON",
+            "{\"jsonrpc\":",
+            mcp::PROTOCOL_VERSION,
+            400,
+            None,
+        ),
+        (
+            "an unsupported protocol version",
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            "2099-01-01",
+            400,
+            None,
+        ),
+        (
+            "an escaped name is judged as what it spells: `ad\\u0064` with a=5000 is denied",
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ad\u0064","arguments":{"a":5000,"b":1}}}"#,
+            mcp::PROTOCOL_VERSION,
+            200,
+            Some(-32001),
+        ),
+    ];
+    for (why, body, version, status, code) in refused {
+        let response = raw(body, version).await.expect("answer");
+        assert_eq!(response.status(), status, "{why}");
+        if let Some(code) = code {
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(body["error"]["code"], code, "{why}: {body}");
+        }
+    }
     assert_eq!(
         stack.all_backend_total().await.expect("counters"),
         before,
         "nothing above reached a backend"
     );
-    // ...and with a=5 it reaches the backend, which calls `add`.
+    // `ad\u0064` with a=5 reaches the backend, which calls `add`.
     let answer = session
         .tool_answer("ad\u{0064}", json!({"a": 5, "b": 1}))
         .await
