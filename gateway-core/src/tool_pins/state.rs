@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use super::{PinError, Quarantine};
@@ -34,7 +35,14 @@ pub struct PoolState {
 pub(super) struct StateFile {
     pub(super) path: PathBuf,
     lock_path: PathBuf,
-    cached: RwLock<(Stamp, std::sync::Arc<PinState>)>,
+    /// Read on every listing and call, replaced when the file changes.
+    cached: ArcSwap<Snapshot>,
+}
+
+/// The state as last read, and the stamp of the file it was read from.
+struct Snapshot {
+    stamp: Stamp,
+    state: Arc<PinState>,
 }
 
 /// A file's modification time and length, `None` when it does not exist.
@@ -48,7 +56,10 @@ impl StateFile {
         let file = Self {
             path,
             lock_path,
-            cached: RwLock::new((None, std::sync::Arc::new(PinState::default()))),
+            cached: ArcSwap::from_pointee(Snapshot {
+                stamp: None,
+                state: Arc::default(),
+            }),
         };
         file.reload().map_err(|reason| PinError::File {
             path: file.path.clone(),
@@ -60,24 +71,20 @@ impl StateFile {
     /// The state as the file says now; an error while the file cannot be read
     /// or parsed (callers hold tools back then), or once it has vanished after
     /// being read (which would lift every quarantine).
-    pub(super) fn current(&self) -> Result<std::sync::Arc<PinState>, String> {
+    pub(super) fn current(&self) -> Result<Arc<PinState>, String> {
         let stamp = stamp(&self.path);
-        if let Ok(cached) = self.cached.read()
-            && cached.0 == stamp
-        {
-            return Ok(cached.1.clone());
+        let cached = self.cached.load();
+        if cached.stamp == stamp {
+            return Ok(cached.state.clone());
         }
-        if stamp.is_none() && self.cached.read().is_ok_and(|cached| cached.0.is_some()) {
+        if stamp.is_none() && cached.stamp.is_some() {
             return Err(format!("{}: gone since it was read", self.path.display()));
         }
-        self.reload()?;
-        self.cached
-            .read()
-            .map(|c| c.1.clone())
-            .map_err(|_| "tool pin state lock poisoned".to_owned())
+        self.reload()
     }
 
-    pub(super) fn reload(&self) -> Result<(), String> {
+    /// Reads the file again and keeps what it holds; the state read.
+    pub(super) fn reload(&self) -> Result<Arc<PinState>, String> {
         let stamp = stamp(&self.path);
         let state = match std::fs::read(&self.path) {
             Ok(bytes) => {
@@ -86,10 +93,12 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PinState::default(),
             Err(e) => return Err(format!("cannot read: {e}")),
         };
-        if let Ok(mut cached) = self.cached.write() {
-            *cached = (stamp, std::sync::Arc::new(state));
-        }
-        Ok(())
+        let state = Arc::new(state);
+        self.cached.store(Arc::new(Snapshot {
+            stamp,
+            state: state.clone(),
+        }));
+        Ok(state)
     }
 
     /// Applies `change` to the state on disk, under the lock.
@@ -102,8 +111,7 @@ impl StateFile {
             .map_err(|e| format!("{}: cannot open: {e}", self.lock_path.display()))?;
         lock.lock()
             .map_err(|e| format!("{}: cannot lock: {e}", self.lock_path.display()))?;
-        self.reload()?;
-        let mut state = (*self.current()?).clone();
+        let mut state = (*self.reload()?).clone();
         change(&mut state);
         let text = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
         let mut temporary = self.path.clone().into_os_string();
