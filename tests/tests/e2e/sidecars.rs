@@ -65,9 +65,33 @@ fn run_to_exit(binary: &str, args: &[&std::ffi::OsStr]) -> (Option<i32>, String)
 }
 
 fn start(binary: &str, config: &std::path::Path, dir: &tempfile::TempDir) -> Process {
+    start_with(binary, config, dir, |_| {})
+}
+
+/// [`start`], with `adjust` adding arguments or environment.
+fn start_with(
+    binary: &str,
+    config: &std::path::Path,
+    dir: &tempfile::TempDir,
+    adjust: impl FnOnce(&mut Command),
+) -> Process {
     let mut command = Command::new(paths::bin_dir().join(binary));
     command.arg("--config").arg(config);
+    adjust(&mut command);
     Process::spawn(binary, command, &dir.path().join(format!("{binary}.log"))).expect("spawn")
+}
+
+/// ext-authz on a free port with a config that loads (see [`start_with`]),
+/// once it serves; and its port.
+async fn serving_ext_authz(
+    dir: &tempfile::TempDir,
+    adjust: impl FnOnce(&mut Command),
+) -> (Process, u16) {
+    let port = free_port().expect("port");
+    let path = config(dir, &sidecar_config(port, free_port().expect("port")));
+    let mut authz = start_with("ext-authz", &path, dir, adjust);
+    wait_serving(&mut authz, port).await;
+    (authz, port)
 }
 
 async fn wait_serving(process: &mut Process, port: u16) {
@@ -206,15 +230,10 @@ fn port_in_use_exits_1_naming_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_on_request() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port().expect("port");
-    let path = config(&dir, &sidecar_config(port, free_port().expect("port")));
-    let mut command = Command::new(paths::bin_dir().join("ext-authz"));
-    command
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-format", "json"]);
-    let mut authz = Process::spawn("ext-authz", command, &dir.path().join("a.log")).expect("spawn");
-    wait_serving(&mut authz, port).await;
+    let (mut authz, port) = serving_ext_authz(&dir, |command| {
+        command.args(["--log-format", "json"]);
+    })
+    .await;
     let status = authz.stop(Duration::from_secs(10)).expect("stops");
     assert!(status.success(), "{status}");
     let log = authz.log_text();
@@ -441,16 +460,12 @@ async fn spans_go_out_over_otlp_when_an_endpoint_is_set() {
     let collector = e2e::otlp::OtlpCollector::start().await.expect("collector");
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port().expect("port");
-    let path = config(&dir, &sidecar_config(port, free_port().expect("port")));
-    let mut command = Command::new(paths::bin_dir().join("ext-authz"));
-    command
-        .arg("--config")
-        .arg(&path)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let mut authz = Process::spawn("ext-authz", command, &dir.path().join("a.log")).expect("spawn");
-    wait_serving(&mut authz, port).await;
+    let (mut authz, port) = serving_ext_authz(&dir, |command| {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    })
+    .await;
 
     let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{port}"))
         .await
