@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
@@ -16,9 +17,7 @@ mod metrics;
 
 pub use metrics::AuthzMetrics;
 
-use envoy_messages::{
-    client_traceparent, parsed_call, session_digest, source_address, to_response,
-};
+use envoy_messages::{client_traceparent, parsed_call, session_digest, to_response};
 
 /// Fully qualified name of the gRPC service, as the health service reports it.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -125,7 +124,7 @@ impl Authorization for AuthzService {
                     },
                     protocol_version: http.headers.get("mcp-protocol-version").map(String::as_str),
                     headers: Some(&http.headers),
-                    source_address: attributes.and_then(source_address).unwrap_or_default(),
+                    source_address: request.get_client_address().map_or("", String::as_str),
                     origin: http.headers.get("origin").map(String::as_str),
                     body_state,
                     parsed_by_envoy: (body_state == BodyState::ParsedByEnvoy)

@@ -2,15 +2,14 @@
 //! parsed, the client's trace context, the peer's address, and the
 //! `CheckResponse` a verdict becomes.
 
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
-use envoy_types::pb::google::rpc::Status;
 use gateway_core::handoff;
 use tonic::Code;
 
@@ -115,20 +114,21 @@ pub(super) fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckR
         ),
         Verdict::Deny(_) => {}
     }
+    let mut response;
     match Reply::of(verdict) {
-        Reply::Allow(forward) => CheckResponse {
-            status: Some(status(Code::Ok)),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: forward
-                    .set_headers
-                    .into_iter()
-                    .map(|(key, value)| header(key, value))
-                    .collect(),
-                headers_to_remove: forward.remove_headers,
-                ..Default::default()
-            })),
-            dynamic_metadata: Some(structure(forward.metadata)),
-        },
+        Reply::Allow(forward) => {
+            let mut ok = OkHttpResponseBuilder::new();
+            for (key, value) in forward.set_headers {
+                ok.add_header(key, value, Some(OVERWRITE), false);
+            }
+            for name in forward.remove_headers {
+                ok.remove_header(name);
+            }
+            response = CheckResponse::with_status(tonic::Status::new(Code::Ok, ""));
+            response
+                .set_http_response(ok)
+                .set_dynamic_metadata(Some(structure(forward.metadata)));
+        }
         Reply::Deny(local) => {
             let code = match local.status {
                 401 => Code::Unauthenticated,
@@ -138,24 +138,28 @@ pub(super) fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckR
                 503 => Code::Unavailable,
                 _ => Code::PermissionDenied,
             };
-            CheckResponse {
-                status: Some(status(code)),
-                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                    status: Some(HttpStatus {
-                        code: i32::from(local.status),
-                    }),
-                    headers: local
-                        .headers
-                        .into_iter()
-                        .map(|(key, value)| header(key, value))
-                        .collect(),
-                    body: local.body,
-                })),
-                dynamic_metadata: Some(structure(local.metadata)),
+            let mut denied = DeniedHttpResponseBuilder::new();
+            denied.set_body(local.body);
+            for (key, value) in local.headers {
+                denied.add_header(key, value, Some(OVERWRITE), false);
             }
+            let mut denied = denied.build();
+            // The verdict's status as it is: the builder takes only the codes
+            // Envoy's enum names.
+            denied.status = Some(HttpStatus {
+                code: i32::from(local.status),
+            });
+            response = CheckResponse::with_status(tonic::Status::new(code, ""));
+            response
+                .set_http_response(denied)
+                .set_dynamic_metadata(Some(structure(local.metadata)));
         }
     }
+    response
 }
+
+/// Headers the gateway sets replace any the client sent under the same name.
+const OVERWRITE: HeaderAppendAction = HeaderAppendAction::OverwriteIfExistsOrAdd;
 
 pub(super) fn structure(metadata: Vec<(&'static str, Meta)>) -> Struct {
     let fields = metadata
@@ -170,42 +174,6 @@ pub(super) fn structure(metadata: Vec<(&'static str, Meta)>) -> Struct {
         })
         .collect();
     Struct { fields }
-}
-
-pub(super) fn source_address(
-    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
-) -> Option<&str> {
-    use envoy_types::pb::envoy::config::core::v3::address::Address;
-    let address = attributes
-        .source
-        .as_ref()?
-        .address
-        .as_ref()?
-        .address
-        .as_ref()?;
-    match address {
-        Address::SocketAddress(socket) => Some(socket.address.as_str()),
-        _ => None,
-    }
-}
-
-pub(super) fn header(key: String, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key,
-            value,
-            ..Default::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
-}
-
-pub(super) fn status(code: Code) -> Status {
-    Status {
-        code: code as i32,
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]
