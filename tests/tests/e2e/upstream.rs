@@ -2,6 +2,7 @@
 //! 8693 token exchanged at the dev provider (same subject, the pool's audience),
 //! the stateless pool a static key; and what happens when the provider is gone.
 
+use super::fixtures::assert_adds;
 use e2e::dev_idp::jwt_part;
 use e2e::mcp::{self, RawSession};
 use e2e::stack::{BACKEND_AUDIENCE, Stack};
@@ -64,16 +65,9 @@ async fn stateless_call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pool_gets_its_own_credential_and_never_the_callers_token() {
     let stack = stack().await;
-    let token = stack.token("alice", "mcp:tools").await.expect("token");
-
-    let session = RawSession::initialize(stack.http(), &stack.url(), &token)
-        .await
-        .expect("initialize");
-    let sum = session
-        .call_tool("add", json!({"a": 1, "b": 2}))
-        .await
-        .expect("call");
-    assert_eq!(sum.parse::<f64>().ok(), Some(3.0));
+    let session = stack.session("alice").await.expect("initialize");
+    let token = session.token().to_owned();
+    assert_adds(&session).await;
     // A bodiless request carries it too.
     let ended = session.end().await.expect("DELETE");
     assert!(ended.status().is_success(), "{}", ended.status());
