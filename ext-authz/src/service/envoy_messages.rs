@@ -3,7 +3,7 @@
 //! `CheckResponse` a verdict becomes.
 
 use envoy_types::ext_authz::v3::{
-    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder, ToHttpResponse,
 };
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
@@ -114,8 +114,7 @@ pub(super) fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckR
         ),
         Verdict::Deny(_) => {}
     }
-    let mut response;
-    match Reply::of(verdict) {
+    let (code, http_response, metadata) = match Reply::of(verdict) {
         Reply::Allow(forward) => {
             let mut ok = OkHttpResponseBuilder::new();
             for (key, value) in forward.set_headers {
@@ -124,10 +123,7 @@ pub(super) fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckR
             for name in forward.remove_headers {
                 ok.remove_header(name);
             }
-            response = CheckResponse::with_status(tonic::Status::new(Code::Ok, ""));
-            response
-                .set_http_response(ok)
-                .set_dynamic_metadata(Some(structure(forward.metadata)));
+            (Code::Ok, ok.to_http_response(), forward.metadata)
         }
         Reply::Deny(local) => {
             let code = match local.status {
@@ -149,12 +145,13 @@ pub(super) fn to_response(request: &HttpRequest<'_>, verdict: Verdict) -> CheckR
             denied.status = Some(HttpStatus {
                 code: i32::from(local.status),
             });
-            response = CheckResponse::with_status(tonic::Status::new(code, ""));
-            response
-                .set_http_response(denied)
-                .set_dynamic_metadata(Some(structure(local.metadata)));
+            (code, denied.to_http_response(), local.metadata)
         }
-    }
+    };
+    let mut response = CheckResponse::with_status(tonic::Status::new(code, ""));
+    response
+        .set_http_response(http_response)
+        .set_dynamic_metadata(Some(structure(metadata)));
     response
 }
 
