@@ -84,9 +84,7 @@ impl Call {
     pub fn answered_by(&self, id: &serde_json::Value) -> bool {
         self.id.as_deref() == Some(id.to_string().as_str())
     }
-}
 
-impl Call {
     /// The call's fields that are set, by their name in the contract.
     fn fields(&self) -> impl Iterator<Item = (&'static str, &String)> {
         [
@@ -190,12 +188,17 @@ pub fn strings_of(value: &Value) -> Vec<String> {
         Some(Kind::ListValue(items)) => items
             .values
             .iter()
-            .filter_map(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
+            .filter_map(|v| str_of(v).map(str::to_owned))
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// The text of a string metadata value; `None` for any other kind.
+pub fn str_of(value: &Value) -> Option<&str> {
+    match value.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s),
+        _ => None,
     }
 }
 
@@ -213,10 +216,7 @@ fn list(values: Vec<Value>) -> Value {
 }
 
 fn text(s: &Struct, name: &str) -> Option<String> {
-    match s.fields.get(name)?.kind.as_ref()? {
-        Kind::StringValue(v) => Some(v.clone()),
-        _ => None,
-    }
+    s.fields.get(name).and_then(str_of).map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
-use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Streaming;
 
 use gateway_core::handoff::{self, key};
 
-use super::envoy_messages::{HeaderView, attribute};
+use super::envoy_messages::{HeaderView, attribute, handoff_fields};
 use crate::audit::{AnswerAudit, AuditedRequest};
 use crate::exchange::Headers;
 
@@ -61,14 +60,12 @@ pub(super) fn audited_request(
     message: &ProcessingRequest,
     headers: &HeaderView<'_>,
 ) -> AuditedRequest {
-    let fields = message
-        .metadata_context
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(handoff::NAMESPACE))
-        .map(|s| &s.fields);
-    let text = |key: &str| match fields?.get(key)?.kind.as_ref()? {
-        Kind::StringValue(s) => Some(s.clone()),
-        _ => None,
+    let fields = handoff_fields(message);
+    let text = |key: &str| {
+        fields?
+            .get(key)
+            .and_then(handoff::str_of)
+            .map(str::to_owned)
     };
     let status = headers
         .get(":status")

@@ -1,6 +1,8 @@
 //! Envoy's ext_proc messages read and written: the caller ext-authz handed
 //! off, Envoy's attributes and headers, and each kind of answer.
 
+use std::collections::HashMap;
+
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
@@ -8,14 +10,11 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
     BodySendMode, HeaderSendMode,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingRequest,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, body_mutation::Mutation,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::value::Kind;
-
-use envoy_types::pb::envoy::service::ext_proc::v3::{BodyMutation, body_mutation::Mutation};
-
+use envoy_types::pb::google::protobuf::Value;
 use gateway_core::handoff::{self, key};
 
 use crate::exchange::{
@@ -27,16 +26,8 @@ pub(super) const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
 
 /// The caller ext-authz authenticated, from the dynamic metadata Envoy forwards.
 pub(super) fn caller(message: &ProcessingRequest) -> Option<Caller> {
-    let fields = &message
-        .metadata_context
-        .as_ref()?
-        .filter_metadata
-        .get(handoff::NAMESPACE)?
-        .fields;
-    let text = |key: &str| match fields.get(key)?.kind.as_ref()? {
-        Kind::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    };
+    let fields = handoff_fields(message)?;
+    let text = |key: &str| fields.get(key).and_then(handoff::str_of);
     Some(Caller {
         subject: text(key::SUBJECT)?.to_owned(),
         issuer: text(key::ISSUER)?.to_owned(),
@@ -74,6 +65,17 @@ pub(super) fn caller(message: &ProcessingRequest) -> Option<Caller> {
     })
 }
 
+/// What ext-authz handed off for this request (its dynamic metadata, which
+/// Envoy forwards), by key.
+pub(super) fn handoff_fields(message: &ProcessingRequest) -> Option<&HashMap<String, Value>> {
+    let handoff = message
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(handoff::NAMESPACE)?;
+    Some(&handoff.fields)
+}
+
 /// The values of all `keys`, or none: an opened token comes whole.
 pub(super) fn all_of<'m, const N: usize>(
     text: &impl Fn(&str) -> Option<&'m str>,
@@ -88,17 +90,12 @@ pub(super) fn all_of<'m, const N: usize>(
 
 /// A string attribute Envoy attached to this message (e.g. `upstream.address`).
 pub(super) fn attribute<'m>(message: &'m ProcessingRequest, name: &str) -> Option<&'m str> {
-    match message
+    message
         .attributes
         .get(ATTRIBUTES_KEY)?
         .fields
-        .get(name)?
-        .kind
-        .as_ref()?
-    {
-        Kind::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    }
+        .get(name)
+        .and_then(handoff::str_of)
 }
 
 /// The answer to a body message. A replaced buffered body carries its new
