@@ -17,7 +17,7 @@
 //! rule, and every authorization rule, sees the backend's tool name. Pointers are
 //! relative to the JSON-RPC message: `/params/arguments/a`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use cel::{Env, Program};
@@ -25,12 +25,14 @@ use serde_json::Value;
 
 use crate::prefilter::Prefilter;
 
+mod aliases;
 mod compile;
 mod config;
 mod pointer;
 mod request;
 mod response;
 
+pub use aliases::Aliases;
 pub use config::{
     AliasConfig, ClampConfig, OnMissing, RedactConfig, RewriteConfig, SetConfig, ValidateConfig,
 };
@@ -76,7 +78,7 @@ pub trait ToolView {
 
 /// All rewrite rules, compiled.
 pub struct RewriteSet {
-    aliases: HashMap<String, String>,
+    aliases: Aliases,
     rules: Vec<Rewrite>,
     env: Arc<Env>,
     uses: HashSet<&'static str>,
@@ -130,10 +132,9 @@ enum Redaction {
 }
 
 impl RewriteSet {
-    /// The backend's name for a tool a client called (the tool itself when it is
-    /// not an alias).
-    pub fn resolve_alias<'a>(&'a self, tool: &'a str) -> &'a str {
-        self.aliases.get(tool).map_or(tool, String::as_str)
+    /// The tool aliases, which both sidecars resolve before rules see a call.
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
     }
 
     /// Whether some rule reads the CEL variable `name` (`jwt`, `request`, ...):
@@ -151,7 +152,7 @@ impl RewriteSet {
     /// arguments: an alias or a rule that sets, removes, clamps or validates
     /// its arguments applies to it.
     pub fn rewrites_request_of(&self, method: &str, tool: Option<&str>) -> bool {
-        let aliased = method == "tools/call" && tool.is_some_and(|t| self.aliases.contains_key(t));
+        let aliased = method == "tools/call" && tool.is_some_and(|t| self.aliases.target(t).is_some());
         aliased
             || self
                 .rules

@@ -107,7 +107,7 @@ impl Authorizer {
             if message.method.as_deref() == Some("tools/call")
                 && let Some(tool) = &message.tool
             {
-                let resolved = self.rewrites.resolve_alias(tool);
+                let resolved = self.rewrites.aliases().resolve(tool);
                 if resolved != tool {
                     message.tool = Some(resolved.to_owned());
                 }

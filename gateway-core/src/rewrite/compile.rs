@@ -1,14 +1,14 @@
 //! Compiling rules as written into a [`RewriteSet`], once at load: CEL compiled
 //! with its variables checked, pointers and regexes checked, schemas compiled.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use cel::{Env, Program};
 
 use super::pointer::check_pointer;
 use super::{
-    Injection, Origin, Redaction, Rewrite, RewriteConfig, RewriteError, RewriteSet, SetValue,
+    Aliases, Injection, Origin, Redaction, Rewrite, RewriteConfig, RewriteError, RewriteSet, SetValue,
     ValidateConfig, Validation,
 };
 use crate::cel::{VARIABLES, free_variables};
@@ -18,7 +18,7 @@ impl RewriteSet {
     /// Compiles rewrite rules; every expression, schema and regex once.
     pub fn compile(configs: &[RewriteConfig]) -> Result<Self, RewriteError> {
         let env = Arc::new(Env::stdlib());
-        let mut aliases = HashMap::new();
+        let mut aliases = Aliases::default();
         let mut rules = Vec::new();
         let mut uses = HashSet::new();
         for config in configs {
@@ -39,16 +39,8 @@ impl RewriteSet {
                 }
                 Ok(program)
             };
-            if let Some(alias) = &config.alias
-                && (alias.from == alias.to
-                    || aliases
-                        .insert(alias.from.clone(), alias.to.clone())
-                        .is_some())
-            {
-                return Err(error(format!(
-                    "alias `{}` is circular or defined twice",
-                    alias.from
-                )));
+            if let Some(alias) = &config.alias {
+                aliases.add(alias).map_err(&error)?;
             }
             let when = config.when.as_deref().map(&mut compile).transpose()?;
             let mut set = Vec::new();
@@ -152,7 +144,7 @@ impl RewriteSet {
     /// An empty set: nothing is rewritten.
     pub fn empty() -> Self {
         Self {
-            aliases: HashMap::new(),
+            aliases: Aliases::default(),
             rules: Vec::new(),
             env: Arc::new(Env::stdlib()),
             uses: HashSet::new(),

@@ -23,9 +23,9 @@ impl RewriteSet {
         if is_call
             && let Some(name) = message.pointer_mut("/params/name")
             && let Some(tool) = name.as_str()
-            && let Some(target) = self.aliases.get(tool)
+            && let Some(target) = self.aliases.target(tool)
         {
-            *name = Value::String(target.clone());
+            *name = Value::String(target.to_owned());
             changed = true;
         }
         if self.rules.is_empty() {

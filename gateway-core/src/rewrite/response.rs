@@ -81,13 +81,13 @@ impl RewriteSet {
         }
         // Each alias appears as a tool of its own, described like its target.
         let mut added = Vec::new();
-        for (alias, target) in &self.aliases {
+        for (alias, target) in self.aliases.iter() {
             if let Some(original) = list
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some(target))
             {
                 let mut copy = original.clone();
-                copy["name"] = Value::String(alias.clone());
+                copy["name"] = Value::String(alias.to_owned());
                 added.push(copy);
             }
         }
@@ -97,7 +97,8 @@ impl RewriteSet {
             let names: Vec<&str> = list
                 .iter()
                 .map(|t| {
-                    self.resolve_alias(t.get("name").and_then(Value::as_str).unwrap_or_default())
+                    self.aliases
+                        .resolve(t.get("name").and_then(Value::as_str).unwrap_or_default())
                 })
                 .collect();
             let visible = tools.visible(&names);

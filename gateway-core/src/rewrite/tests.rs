@@ -249,8 +249,8 @@ fn which_phases_are_needed() {
         method: Some("tools/list"),
         tool: None
     }));
-    assert_eq!(s.resolve_alias("another-add"), "add");
-    assert_eq!(s.resolve_alias("add"), "add");
+    assert_eq!(s.aliases().resolve("another-add"), "add");
+    assert_eq!(s.aliases().resolve("add"), "add");
 }
 
 #[test]
@@ -274,6 +274,40 @@ fn bad_rewrites_are_named() {
     assert!(bad("- {name: v, validate: {schema: {type: 12}}}").contains("validate.schema"));
     assert!(
         bad("- {name: w, set: [{pointer: /a, expr: 'mpc.x'}]}").contains("unknown variable `mpc`")
+    );
+}
+
+/// Aliases resolve in one hop, so each target must be a backend's own name.
+#[test]
+fn aliases_that_cannot_reach_a_backend_tool_are_refused_at_load() {
+    let cases = [
+        ("- {name: a, alias: {from: add, to: add}}", "`a`: alias `add` names itself"),
+        (
+            "- {name: a, alias: {from: plus, to: add}}\n- {name: b, alias: {from: plus, to: sum}}",
+            "`b`: alias `plus` is defined twice",
+        ),
+        // An alias of an alias, in either order.
+        (
+            "- {name: a, alias: {from: plus, to: add}}\n- {name: b, alias: {from: sum, to: plus}}",
+            "`b`: alias `sum` points to `plus`, which is itself an alias",
+        ),
+        (
+            "- {name: a, alias: {from: sum, to: plus}}\n- {name: b, alias: {from: plus, to: add}}",
+            "`b`: alias `sum` points to `plus`, which is itself an alias",
+        ),
+    ];
+    for (rules, why) in cases {
+        let configs: Vec<RewriteConfig> = serde_yaml_ng::from_str(rules).expect("yaml");
+        let err = RewriteSet::compile(&configs).err().expect("refused");
+        assert_eq!(err.to_string(), format!("rewrites: {why}"), "{rules}");
+    }
+    let two = compiled(
+        "- {name: a, alias: {from: sum, to: add}}\n- {name: b, alias: {from: plus, to: add}}",
+    );
+    assert_eq!(
+        two.aliases().iter().collect::<Vec<_>>(),
+        [("plus", "add"), ("sum", "add")],
+        "two names for one tool are fine, listed in order"
     );
 }
 
