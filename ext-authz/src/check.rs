@@ -29,8 +29,9 @@
 //!
 //! One request, in order: [`Authorizer::check`] here refuses what is not HTTP the
 //! gateway takes and authenticates the caller (I/O: the token cache, JWKS); then
-//! `decide.rs` judges the authenticated request (pure: body, protocol version,
-//! rules, tool pins, rate limits); then `route.rs` finishes an allow (I/O:
+//! `Authorizer::decide` (`decide.rs`) judges the authenticated request (pure:
+//! body, protocol version, rules, tool pins, rate limits; its tests need an
+//! identity, not a token); then `route.rs` finishes an allow (I/O:
 //! session, upstream credential, schemas, the hop). The replies are shaped in
 //! `denial.rs` (JSON-RPC denials a client's SDK understands, HTTP refusals) and
 //! `resource_metadata.rs` (the RFC 9728 document, the RFC 6750 challenges).
@@ -398,7 +399,7 @@ impl Authorizer {
             Ok(admitted) => admitted,
             Err(refused) => return refused,
         };
-        let verdict = match self.check_authenticated(request, path, identity.clone()) {
+        let verdict = match self.decide(request, path, identity.clone()) {
             Verdict::Allow(allowed) => self.route(allowed, request, path).await,
             denied => denied,
         };

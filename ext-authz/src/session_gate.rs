@@ -141,20 +141,8 @@ impl SessionGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::identity;
     use gateway_core::session::SessionKey;
-
-    fn identity(subject: &str, client: Option<&str>) -> Identity {
-        Identity {
-            subject: subject.to_owned(),
-            issuer: "https://idp".to_owned(),
-            client_id: client.map(str::to_owned),
-            scopes: Vec::new(),
-            expires_at: 0,
-            claims: serde_json::Map::new(),
-            claims_json: "{}".to_owned(),
-            token_sha256: [0; 32],
-        }
-    }
 
     fn gate(max_age: Duration) -> SessionGate {
         let key = SessionKey::new("k1", [5; 32]).expect("key");

@@ -1,4 +1,5 @@
-//! Keys and tokens for tests: OpenSSL-generated keys with their JWKs.
+//! Keys and tokens for tests: OpenSSL-generated keys with their JWKs, and the
+//! identity a verified token gives, for the stages after authentication.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,8 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use serde_json::{Value, json};
+
+use crate::authn::Identity;
 
 /// A signing key with its public JWK.
 pub struct TestKey {
@@ -186,4 +189,25 @@ impl Drop for JwksServer {
 /// A JWKS document with the public keys of `keys`.
 pub fn jwks(keys: &[&TestKey]) -> Value {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+}
+
+/// The identity of a verified token for `subject` (with `mcp:tools`), acting
+/// through `client_id` if given: what the stages after authentication start from.
+pub fn identity(subject: &str, client_id: Option<&str>) -> Identity {
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), subject.into());
+    claims.insert("scope".into(), "mcp:tools".into());
+    if let Some(client) = client_id {
+        claims.insert("client_id".into(), client.into());
+    }
+    Identity {
+        subject: subject.to_owned(),
+        issuer: "https://idp.example".to_owned(),
+        client_id: client_id.map(str::to_owned),
+        scopes: vec!["mcp:tools".to_owned()],
+        expires_at: now() + 3600,
+        claims_json: Value::Object(claims.clone()).to_string(),
+        claims,
+        token_sha256: [0; 32],
+    }
 }

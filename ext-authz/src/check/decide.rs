@@ -25,8 +25,9 @@ use super::{
 use crate::authn::Identity;
 
 impl Authorizer {
-    /// The checks that follow authentication: body, protocol version, rules.
-    pub(super) fn check_authenticated(
+    /// The judgement of an authenticated request: body, protocol version,
+    /// rules, tool pins, rate limits. Pure: no token, no I/O.
+    pub(super) fn decide(
         &self,
         request: &HttpRequest<'_>,
         path: &str,

@@ -1,5 +1,10 @@
+//! The authentication stage's tests (metadata, challenges, what a token
+//! gives) run `Authorizer::check` against a JWKS server; the judgement's
+//! (rules, batches, bodies, eras) run `Authorizer::decide` on an identity
+//! made here, with no token and no key server.
+
 use super::*;
-use crate::test_util::{JwksServer, TestKey, claims};
+use crate::test_util::{JwksServer, TestKey, claims, identity};
 use gateway_core::config::GatewayConfig;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
@@ -17,9 +22,24 @@ default:
 "#;
 
 async fn authorizer(server: &JwksServer, extra: &str) -> Authorizer {
+    authorizer_with_keys_at(&server.url, extra)
+}
+
+/// An authorizer whose issuer's keys are never fetched: for the judgement,
+/// which starts from an identity. Its authenticator spawns the issuer's key
+/// refresh (hence `#[tokio::test]`), which never runs: nothing here awaits.
+fn decider() -> Authorizer {
+    authorizer_with_keys_at("http://127.0.0.1:9/never-fetched", "")
+}
+
+/// `authz`'s judgement of `request` from alice.
+fn judge(authz: &Authorizer, request: &HttpRequest<'_>) -> Verdict {
+    authz.decide(request, request.path, Arc::new(identity("alice", None)))
+}
+
+fn authorizer_with_keys_at(jwks_uri: &str, extra: &str) -> Authorizer {
     let text = format!(
-        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  rules_file: r.yaml\n  limits: {{max_body_bytes: 2048}}\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {}\n{extra}",
-        server.url
+        "ext_authz:\n  server: {{listen: 127.0.0.1:1}}\n  resource: {RESOURCE}\n  required_scopes: [mcp:tools]\n  rules_file: r.yaml\n  limits: {{max_body_bytes: 2048}}\n  issuers:\n  - issuer: {ISSUER}\n    jwks_uri: {jwks_uri}\n{extra}"
     );
     let config = GatewayConfig::parse(Path::new("t.yaml"), &text).expect("config");
     let section = config.ext_authz.expect("section");
@@ -194,25 +214,12 @@ async fn identity_headers_are_set_or_removed_and_the_token_is_dropped() {
     assert!(!allowed.remove_headers.contains(&"authorization".to_owned()));
 }
 
-struct Caller {
-    bearer: String,
-}
-
-async fn caller(key: &TestKey) -> Caller {
-    Caller {
-        bearer: format!(
-            "Bearer {}",
-            key.sign(&claims(ISSUER, RESOURCE, "mcp:tools"))
-        ),
-    }
-}
-
-impl Caller {
-    fn post<'a>(&'a self, body: &'a str, version: Option<&'a str>) -> HttpRequest<'a> {
-        let mut r = request("POST", "/mcp", Some(&self.bearer), body.as_bytes());
-        r.protocol_version = version;
-        r
-    }
+/// A POST of `body` under `version`: what the judgement looks at (the token
+/// was read before it).
+fn post<'a>(body: &'a str, version: Option<&'a str>) -> HttpRequest<'a> {
+    let mut r = request("POST", "/mcp", None, body.as_bytes());
+    r.protocol_version = version;
+    r
 }
 
 fn json(d: &Denied) -> serde_json::Value {
@@ -227,17 +234,14 @@ fn add(id: u32, a: i64) -> String {
 
 #[tokio::test]
 async fn a_denied_request_is_a_json_rpc_error_in_a_200_naming_the_rule() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let authz = authorizer(&server, "").await;
-    let c = caller(&key).await;
+    let authz = decider();
 
-    let Verdict::Allow(allowed) = authz.check(&c.post(&add(1, 5), None)).await else {
+    let Verdict::Allow(allowed) = judge(&authz, &post(&add(1, 5), None)) else {
         panic!("a=5 is allowed")
     };
     assert_eq!(allowed.rule.as_deref(), Some("small-add"));
 
-    let d = denied(authz.check(&c.post(&add(7, 5000), None)).await);
+    let d = denied(judge(&authz, &post(&add(7, 5000), None)));
     assert_eq!(d.status, 200);
     assert_eq!(d.rule.as_deref(), Some("default"));
     let body = json(&d);
@@ -249,7 +253,7 @@ async fn a_denied_request_is_a_json_rpc_error_in_a_200_naming_the_rule() {
     );
 
     let del = r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete"}}"#;
-    let d = denied(authz.check(&c.post(del, None)).await);
+    let d = denied(judge(&authz, &post(del, None)));
     assert_eq!((d.status, d.rule.as_deref()), (200, Some("no-delete")));
     assert_eq!(json(&d)["id"], "x");
     assert_eq!(
@@ -260,15 +264,11 @@ async fn a_denied_request_is_a_json_rpc_error_in_a_200_naming_the_rule() {
 
 #[tokio::test]
 async fn a_denied_notification_is_403() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let authz = authorizer(&server, "").await;
-    let c = caller(&key).await;
-    let d = denied(
-        authz
-            .check(&c.post(r#"{"jsonrpc":"2.0","method":"notifications/secret"}"#, None))
-            .await,
-    );
+    let authz = decider();
+    let d = denied(judge(
+        &authz,
+        &post(r#"{"jsonrpc":"2.0","method":"notifications/secret"}"#, None),
+    ));
     assert_eq!(d.status, 403);
     assert_eq!(json(&d)["error"]["code"], DENIED_CODE);
     assert!(json(&d)["id"].is_null());
@@ -276,15 +276,12 @@ async fn a_denied_notification_is_403() {
 
 #[tokio::test]
 async fn batches_are_refused_whole_or_refused_outright() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let authz = authorizer(&server, "").await;
-    let c = caller(&key).await;
+    let authz = decider();
     let batch = format!("[{},{}]", add(1, 5), add(2, 5000));
 
     // 2025-03-26 (also the default without a header): judged element by element.
     for version in [None, Some("2025-03-26")] {
-        let d = denied(authz.check(&c.post(&batch, version)).await);
+        let d = denied(judge(&authz, &post(&batch, version)));
         assert_eq!(d.status, 200);
         let answers = json(&d);
         assert_eq!(answers.as_array().map(Vec::len), Some(2));
@@ -298,14 +295,11 @@ async fn batches_are_refused_whole_or_refused_outright() {
         assert_eq!(answers[1]["id"], 2);
     }
     let ok = format!("[{},{}]", add(1, 5), add(2, 6));
-    assert!(matches!(
-        authz.check(&c.post(&ok, None)).await,
-        Verdict::Allow(_)
-    ));
+    assert!(matches!(judge(&authz, &post(&ok, None)), Verdict::Allow(_)));
 
     // Later versions have no batches at all.
     for version in ["2025-06-18", "2025-11-25"] {
-        let d = denied(authz.check(&c.post(&ok, Some(version))).await);
+        let d = denied(judge(&authz, &post(&ok, Some(version))));
         assert_eq!(d.status, 400, "{version}");
         assert_eq!(json(&d)["error"]["code"], -32600);
     }
@@ -313,25 +307,22 @@ async fn batches_are_refused_whole_or_refused_outright() {
 
 #[tokio::test]
 async fn bad_bodies_and_versions_get_precise_errors() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let authz = authorizer(&server, "").await;
-    let c = caller(&key).await;
+    let authz = decider();
 
-    let d = denied(authz.check(&c.post("{not json", None)).await);
+    let d = denied(judge(&authz, &post("{not json", None)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (400, Some(-32700))
     );
     let dup = r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}"#;
-    let d = denied(authz.check(&c.post(dup, None)).await);
+    let d = denied(judge(&authz, &post(dup, None)));
     assert_eq!(d.status, 400);
     assert_eq!(json(&d)["error"]["message"], "duplicate key `method`");
     let big = add(1, 5).replace("\"b\":1", &format!("\"b\":\"{}\"", "x".repeat(4096)));
-    assert_eq!(denied(authz.check(&c.post(&big, None)).await).status, 413);
+    assert_eq!(denied(judge(&authz, &post(&big, None))).status, 413);
     // An unknown version: the spec's -32022, naming the versions served, so a
     // client retries with one of them.
-    let d = denied(authz.check(&c.post(&add(1, 5), Some("1999-01-01"))).await);
+    let d = denied(judge(&authz, &post(&add(1, 5), Some("1999-01-01"))));
     assert_eq!(d.status, 400);
     assert_eq!(json(&d)["error"]["code"], -32022);
     assert_eq!(json(&d)["error"]["data"]["requested"], "1999-01-01");
@@ -341,7 +332,7 @@ async fn bad_bodies_and_versions_get_precise_errors() {
     );
     // Method names are case-sensitive; a miscased MCP method is refused outright.
     let miscased = r#"{"jsonrpc":"2.0","id":3,"method":"INITIALIZE","params":{}}"#;
-    let d = denied(authz.check(&c.post(miscased, None)).await);
+    let d = denied(judge(&authz, &post(miscased, None)));
     assert_eq!(
         (d.status, d.rule.as_deref()),
         (200, Some("builtin:method-case"))
@@ -371,31 +362,21 @@ fn eras(text: &str) -> ProtocolConfig {
         .protocol
 }
 
-impl Caller {
-    fn stateless<'a>(
-        &'a self,
-        body: &'a str,
-        headers: &'a HashMap<String, String>,
-    ) -> HttpRequest<'a> {
-        let mut r = self.post(body, Some("2026-07-28"));
-        r.headers = Some(headers);
-        r
-    }
+/// A stateless-era POST of `body` with `headers`.
+fn stateless<'a>(body: &'a str, headers: &'a HashMap<String, String>) -> HttpRequest<'a> {
+    let mut r = post(body, Some("2026-07-28"));
+    r.headers = Some(headers);
+    r
 }
 
 #[tokio::test]
 async fn stateless_calls_are_judged_by_the_rules_only_when_their_headers_mirror_the_body() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let authz = authorizer(&server, "")
-        .await
-        .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"));
-    let c = caller(&key).await;
+    let authz = decider().with_protocol(&eras("protocol: {eras: [session, stateless]}\n"));
     let (small, large) = (stateless_add(5), stateless_add(5000));
     let good = mirrored("tools/call", "add");
     let lying = mirrored("tools/call", "ping");
 
-    match authz.check(&c.stateless(&small, &good)).await {
+    match judge(&authz, &stateless(&small, &good)) {
         Verdict::Allow(allowed) => {
             assert_eq!(allowed.protocol.era, Era::Stateless);
             assert_eq!(
@@ -411,13 +392,13 @@ async fn stateless_calls_are_judged_by_the_rules_only_when_their_headers_mirror_
         }
         Verdict::Deny(d) => panic!("denied: {d:?}"),
     }
-    let d = denied(authz.check(&c.stateless(&large, &good)).await);
+    let d = denied(judge(&authz, &stateless(&large, &good)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (200, Some(DENIED_CODE))
     );
     // A header that disagrees: refused as such, and no rule was consulted.
-    let d = denied(authz.check(&c.stateless(&small, &lying)).await);
+    let d = denied(judge(&authz, &stateless(&small, &lying)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (400, Some(-32020))
@@ -428,15 +409,12 @@ async fn stateless_calls_are_judged_by_the_rules_only_when_their_headers_mirror_
 
 #[tokio::test]
 async fn an_era_without_backends_is_refused_with_the_versions_that_are_served() {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
-    let c = caller(&key).await;
     let headers = mirrored("tools/call", "add");
     let body = stateless_add(5);
 
     // The default: the session era only.
-    let session_only = authorizer(&server, "").await;
-    let d = denied(session_only.check(&c.stateless(&body, &headers)).await);
+    let session_only = decider();
+    let d = denied(judge(&session_only, &stateless(&body, &headers)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (400, Some(-32022))
@@ -447,11 +425,9 @@ async fn an_era_without_backends_is_refused_with_the_versions_that_are_served() 
     );
 
     // The stateless era only: a session-era initialize is refused likewise.
-    let stateless_only = authorizer(&server, "")
-        .await
-        .with_protocol(&eras("protocol: {eras: [stateless]}\n"));
+    let stateless_only = decider().with_protocol(&eras("protocol: {eras: [stateless]}\n"));
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"0"}}}"#;
-    let d = denied(stateless_only.check(&c.post(init, None)).await);
+    let d = denied(judge(&stateless_only, &post(init, None)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (400, Some(-32022))
@@ -463,19 +439,16 @@ async fn an_era_without_backends_is_refused_with_the_versions_that_are_served() 
     assert_eq!(json(&d)["error"]["data"]["requested"], "2025-11-25");
 }
 
-impl Caller {
-    /// A call Envoy's `mcp` filter parsed and ext-authz gets without its body.
-    fn header_only<'a>(
-        &'a self,
-        method: &str,
-        name: &str,
-        headers: &'a HashMap<String, String>,
-    ) -> HttpRequest<'a> {
-        let mut r = self.stateless("", headers);
-        r.body_state = BodyState::ParsedByEnvoy;
-        r.parsed_by_envoy = Some(parsed(method, name));
-        r
-    }
+/// A call Envoy's `mcp` filter parsed and ext-authz gets without its body.
+fn header_only<'a>(
+    method: &str,
+    name: &str,
+    headers: &'a HashMap<String, String>,
+) -> HttpRequest<'a> {
+    let mut r = stateless("", headers);
+    r.body_state = BodyState::ParsedByEnvoy;
+    r.parsed_by_envoy = Some(parsed(method, name));
+    r
 }
 
 /// What Envoy's `mcp` filter hands ext-authz for a call it parsed: never the
@@ -495,30 +468,22 @@ fn parsed(method: &str, name: &str) -> serde_json::Map<String, serde_json::Value
 #[tokio::test]
 async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and_refused_by_the_others()
  {
-    let key = TestKey::new(Algorithm::ES256, "k");
-    let server = JwksServer::start(&[&key]).await;
     let listed = GatewayConfig::parse(
         Path::new("g.yaml"),
         "edge:\n  header_only:\n  - {method: tools/call, names: [delete, add]}\n  - {method: ping}\n",
     )
     .expect("config")
     .edge;
-    let authz = authorizer(&server, "")
-        .await
+    let authz = decider()
         .with_protocol(&eras("protocol: {eras: [session, stateless]}\n"))
         .with_edge(&listed);
-    let c = caller(&key).await;
     let (delete, add) = (
         mirrored("tools/call", "delete"),
         mirrored("tools/call", "add"),
     );
 
     // `no-delete` reads no body: the call is denied as a JSON-RPC error with its id.
-    let d = denied(
-        authz
-            .check(&c.header_only("tools/call", "delete", &delete))
-            .await,
-    );
+    let d = denied(judge(&authz, &header_only("tools/call", "delete", &delete)));
     assert_eq!(
         (
             d.status,
@@ -530,7 +495,7 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
     assert_eq!(d.rule.as_deref(), Some("no-delete"));
     // `small-add` reads the arguments, which did not come: refused whole (503),
     // never judged as if `a` were missing.
-    let d = denied(authz.check(&c.header_only("tools/call", "add", &add)).await);
+    let d = denied(judge(&authz, &header_only("tools/call", "add", &add)));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (503, Some(-32603))
@@ -538,16 +503,12 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
     assert!(d.reason.contains("small-add"), "{}", d.reason);
     // Envoy's config routed it here without parsing it, or routes a call the
     // gateway config does not list: nothing it may judge.
-    let mut r = c.header_only("tools/call", "delete", &delete);
+    let mut r = header_only("tools/call", "delete", &delete);
     r.parsed_by_envoy = None;
-    let d = denied(authz.check(&r).await);
+    let d = denied(judge(&authz, &r));
     assert_eq!(d.status, 503);
     let other = mirrored("tools/call", "other");
-    let d = denied(
-        authz
-            .check(&c.header_only("tools/call", "other", &other))
-            .await,
-    );
+    let d = denied(judge(&authz, &header_only("tools/call", "other", &other)));
     assert_eq!(
         (d.status, d.reason.contains("edge.header_only")),
         (503, true),
@@ -555,11 +516,11 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
         d.reason
     );
     // An id Envoy's doubles may have changed cannot be echoed faithfully.
-    let mut r = c.header_only("tools/call", "delete", &delete);
+    let mut r = header_only("tools/call", "delete", &delete);
     if let Some(call) = &mut r.parsed_by_envoy {
         call.insert("id".to_owned(), serde_json::json!(1.5));
     }
-    let d = denied(authz.check(&r).await);
+    let d = denied(judge(&authz, &r));
     assert_eq!(
         (d.status, json(&d)["error"]["code"].as_i64()),
         (400, Some(-32600))
@@ -568,14 +529,14 @@ async fn a_call_judged_from_its_headers_is_judged_by_rules_that_read_no_body_and
     // headers set from what Envoy parsed.
     let mut ping = mirrored("ping", "");
     ping.remove("mcp-name");
-    let mut r = c.header_only("ping", "", &ping);
+    let mut r = header_only("ping", "", &ping);
     if let Some(call) = &mut r.parsed_by_envoy {
         call["params"]
             .as_object_mut()
             .expect("params")
             .remove("name");
     }
-    match authz.check(&r).await {
+    match judge(&authz, &r) {
         Verdict::Allow(allowed) => {
             assert_eq!(allowed.rule.as_deref(), Some("lifecycle"));
             assert!(
