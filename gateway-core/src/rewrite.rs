@@ -152,7 +152,8 @@ impl RewriteSet {
     /// arguments: an alias or a rule that sets, removes, clamps or validates
     /// its arguments applies to it.
     pub fn rewrites_request_of(&self, method: &str, tool: Option<&str>) -> bool {
-        let aliased = method == "tools/call" && tool.is_some_and(|t| self.aliases.target(t).is_some());
+        let aliased =
+            method == "tools/call" && tool.is_some_and(|t| self.aliases.target(t).is_some());
         aliased
             || self
                 .rules

@@ -244,7 +244,8 @@ impl Exchange<'_> {
         let Some(name) = message.pointer("/params/name").and_then(Value::as_str) else {
             return Ok(());
         };
-        let Some(schema) = tools.mirrored_schema(self.gateway.rewrites.aliases().resolve(name)) else {
+        let Some(schema) = tools.mirrored_schema(self.gateway.rewrites.aliases().resolve(name))
+        else {
             return Ok(());
         };
         protocol::check_param_headers(&schema, message.pointer("/params/arguments"), |header| {

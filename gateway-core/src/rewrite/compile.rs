@@ -8,8 +8,8 @@ use cel::{Env, Program};
 
 use super::pointer::check_pointer;
 use super::{
-    Aliases, Injection, Origin, Redaction, Rewrite, RewriteConfig, RewriteError, RewriteSet, SetValue,
-    ValidateConfig, Validation,
+    Aliases, Injection, Origin, Redaction, Rewrite, RewriteConfig, RewriteError, RewriteSet,
+    SetValue, ValidateConfig, Validation,
 };
 use crate::cel::{VARIABLES, free_variables};
 use crate::prefilter::Prefilter;

@@ -281,7 +281,10 @@ fn bad_rewrites_are_named() {
 #[test]
 fn aliases_that_cannot_reach_a_backend_tool_are_refused_at_load() {
     let cases = [
-        ("- {name: a, alias: {from: add, to: add}}", "`a`: alias `add` names itself"),
+        (
+            "- {name: a, alias: {from: add, to: add}}",
+            "`a`: alias `add` names itself",
+        ),
         (
             "- {name: a, alias: {from: plus, to: add}}\n- {name: b, alias: {from: plus, to: sum}}",
             "`b`: alias `plus` is defined twice",
