@@ -35,7 +35,8 @@ pub mod stack;
 
 /// Tries `attempt` every 50 ms until it gives `Ok`, for at most [`patience`];
 /// then panics, naming `what` and the last attempt's error. For tests waiting on
-/// something another process does (a reload, a log line, a restart).
+/// something another process does (a reload, a log line, a restart). An
+/// attempt that has not finished within [`ATTEMPT_LIMIT`] failed.
 pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
@@ -43,7 +44,10 @@ where
 {
     let deadline = std::time::Instant::now() + patience();
     loop {
-        match attempt().await {
+        let outcome = tokio::time::timeout(ATTEMPT_LIMIT, attempt())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {ATTEMPT_LIMIT:?}")));
+        match outcome {
             Ok(value) => return value,
             Err(err) if std::time::Instant::now() >= deadline => {
                 panic!("{what}, not within {:?}: {err:#}", patience())
@@ -52,6 +56,11 @@ where
         }
     }
 }
+
+/// The longest one attempt of a wait may take (a readiness probe, a try of
+/// [`eventually`]): one that hangs (a connection accepted, never answered)
+/// must not use up the whole [`patience`] before the next.
+pub const ATTEMPT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `len` random bytes, for keys, secrets and ids the tests make.
 pub fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {

@@ -202,9 +202,6 @@ impl Stack {
     }
 }
 
-/// The longest one readiness probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Whether a start-up failure was a listening port already in use.
 pub(super) fn port_taken(err: &anyhow::Error) -> bool {
     let text = format!("{err:#}").to_ascii_lowercase();
@@ -215,10 +212,9 @@ pub(super) fn port_taken(err: &anyhow::Error) -> bool {
 
 /// Polls `ready` until it says yes, the process dies, or patience runs out.
 ///
-/// Each probe gets at most [`PROBE_TIMEOUT`]: a probe that hangs (a connection
-/// accepted by whatever holds the port, but never answered) must not use up
-/// the whole patience before the process is looked at again. A process that
-/// lost its port exits, and its log then says why (see [`port_taken`]).
+/// Each probe gets at most [`crate::ATTEMPT_LIMIT`], so that a hung probe does
+/// not keep the process from being looked at again: a process that lost its
+/// port exits, and its log then says why (see [`port_taken`]).
 pub async fn wait_until<F, Fut>(process: &mut Process, ready: F) -> anyhow::Result<()>
 where
     F: Fn() -> Fut,
@@ -228,11 +224,11 @@ where
     let deadline = started + crate::patience();
     loop {
         process.ensure_running()?;
-        let last_error = match tokio::time::timeout(PROBE_TIMEOUT, ready()).await {
+        let last_error = match tokio::time::timeout(crate::ATTEMPT_LIMIT, ready()).await {
             Ok(Ok(true)) => return Ok(()),
             Ok(Ok(false)) => "not ready".to_owned(),
             Ok(Err(err)) => format!("{err:#}"),
-            Err(_) => format!("no answer within {PROBE_TIMEOUT:?}"),
+            Err(_) => format!("no answer within {:?}", crate::ATTEMPT_LIMIT),
         };
         if Instant::now() > deadline {
             process.ensure_running()?;
