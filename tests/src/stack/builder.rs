@@ -325,22 +325,52 @@ impl Ports {
     }
 }
 
-/// A free loopback port for a server to listen on.
+/// A free loopback port for a server to listen on, kept for this process.
 ///
 /// Picked at random below Linux's ephemeral range (32768 and up), so that the
 /// kernel never hands it to an outgoing connection between this check and the
-/// server's bind; tests running side by side pick different ports by chance.
+/// server's bind. Tests run side by side, each in a process of its own: a port
+/// is claimed with a lock on a file named after it, held until this process
+/// exits, so no other test picks it while its server is still starting. (A
+/// program that is not a test may still take it: then the server fails to
+/// bind, and the stack starts again on new ports.)
 pub fn free_port() -> anyhow::Result<u16> {
     use std::io::Read;
     let mut random = [0u8; 2];
     for _ in 0..200 {
         std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
         let port = 20_000 + u16::from_le_bytes(random) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if claim(port)? && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
     bail!("no free port found between 20000 and 32000")
+}
+
+/// Claims `port` for this process, or says another process holds it.
+fn claim(port: u16) -> anyhow::Result<bool> {
+    static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("mcp-gateway-e2e-ports");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(port.to_string());
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // The lock lives as long as the file stays open: until the process ends.
+            CLAIMED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(file);
+            Ok(true)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
 }
 
 /// `count` free loopback ports.
@@ -365,4 +395,17 @@ pub fn random_session_key(id: &str) -> anyhow::Result<String> {
         "{id}:{}\n",
         base64::engine::general_purpose::STANDARD.encode(crate::random_bytes(32)?)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_handed_out_stays_claimed_by_this_process() {
+        let port = free_port().expect("a port");
+        // What another test's process would see: a lock it cannot take.
+        assert!(!claim(port).expect("the claim file opens"), "{port}");
+        assert_ne!(free_port().expect("a port"), port);
+    }
 }
