@@ -43,7 +43,7 @@ impl Aliases {
     /// The backend's name for a tool a client called (the tool itself when it
     /// is not an alias).
     pub fn resolve<'a>(&'a self, tool: &'a str) -> &'a str {
-        self.targets.get(tool).map_or(tool, String::as_str)
+        self.target(tool).unwrap_or(tool)
     }
 
     /// The backend's name when `tool` is an alias.

@@ -335,11 +335,9 @@ impl Ports {
 /// program that is not a test may still take it: then the server fails to
 /// bind, and the stack starts again on new ports.)
 pub fn free_port() -> anyhow::Result<u16> {
-    use std::io::Read;
-    let mut random = [0u8; 2];
     for _ in 0..200 {
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-        let port = 20_000 + u16::from_le_bytes(random) % 12_000;
+        let random = crate::random_bytes(2)?;
+        let port = 20_000 + u16::from_le_bytes([random[0], random[1]]) % 12_000;
         if claim(port)? && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
